@@ -1,0 +1,259 @@
+"""The vocabulary of blockwatch: services, targets, observations, measurements, verdicts.
+
+Everything here is a frozen, slotted, keyword-only dataclass with no I/O, so that every other
+package (storage, scheduler, reports, the CLI) can share it without importing each other.
+Observations are facts; verdicts are opinions computed from them by versioned rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+Probe = Literal["dns", "tcp", "tls", "http"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """A host:port that a service's clients talk to."""
+
+    host: str
+    port: int
+    transport: Literal["tcp", "udp"] = "tcp"
+    tls: bool = False
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    """A named thing people use, with its endpoints and the facts expected about it."""
+
+    name: str
+    title: str
+    category: str
+    domains: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    asns: tuple[int, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    cert_names: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """One thing a probe measures: a name at a resolver, an endpoint, or a URL."""
+
+    service: str
+    probe: str
+    host: str
+    port: int | None = None
+    url: str | None = None
+    resolver: str | None = None
+    sni: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable, human-readable identifier of the target, stored with the measurement."""
+        if self.url is not None:
+            return self.url
+        if self.probe == "dns":
+            return f"{self.host}@{self.resolver or 'system'}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        suffix = f"#{self.sni}" if self.sni and self.sni != self.host else ""
+        return f"{host}:{self.port}{suffix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+# --- observations -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DNSAnswer:
+    rtype: str
+    value: str
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DNSResponse:
+    """One DNS response received for a query (a censor may send several)."""
+
+    t: float  # seconds after the query was sent
+    source: str  # address:port the response came from
+    id: int
+    flags: int
+    rcode: str
+    answers: tuple[DNSAnswer, ...] = ()
+    ip_ttl: int | None = None
+    malformed: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DNSObservation:
+    layer: ClassVar[str] = "dns"
+    resolver: str
+    transport: str
+    qname: str
+    qtype: str
+    t0: float
+    responses: tuple[DNSResponse, ...] = ()
+    failure: str | None = None
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Addresses from the first well-formed response (what a stub resolver would use)."""
+        for resp in self.responses:
+            if resp.malformed is None:
+                return tuple(a.value for a in resp.answers if a.rtype in ("A", "AAAA"))
+        return ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TCPObservation:
+    layer: ClassVar[str] = "tcp"
+    address: str
+    port: int
+    t0: float
+    t: float
+    failure: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSObservation:
+    layer: ClassVar[str] = "tls"
+    address: str
+    port: int
+    sni: str | None
+    t0: float
+    t: float
+    version: str | None = None
+    cipher: str | None = None
+    alpn: str | None = None
+    peer_chain_sha256: tuple[str, ...] = ()
+    cert_subject: str | None = None
+    cert_sans: tuple[str, ...] = ()
+    cert_not_after: str | None = None
+    verified: bool | None = None
+    verify_error: str | None = None
+    failure: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPObservation:
+    layer: ClassVar[str] = "http"
+    url: str
+    t0: float
+    t: float
+    status: int | None = None
+    redirects: tuple[str, ...] = ()
+    http_version: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    body_length: int | None = None
+    body_sha256: str | None = None
+    body_truncated: bool = False
+    title: str | None = None
+    address: str | None = None
+    failure: str | None = None
+
+
+Observation = DNSObservation | TCPObservation | TLSObservation | HTTPObservation
+_LAYERS: dict[str, type[Any]] = {
+    "dns": DNSObservation,
+    "tcp": TCPObservation,
+    "tls": TLSObservation,
+    "http": HTTPObservation,
+}
+
+
+def observation_to_dict(obs: Observation) -> dict[str, Any]:
+    out = dataclasses.asdict(obs)
+    out["layer"] = obs.layer
+    return out
+
+
+def observation_from_dict(data: dict[str, Any]) -> Observation:
+    """Rebuild an observation stored as JSON (tuples come back as lists)."""
+    data = dict(data)
+    cls = _LAYERS[data.pop("layer")]
+    if cls is DNSObservation:
+        data["responses"] = tuple(
+            DNSResponse(
+                **{**r, "answers": tuple(DNSAnswer(**a) for a in r.get("answers", ()))}
+            )
+            for r in data.get("responses", ())
+        )
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            continue
+        if isinstance(v, list):
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        kwargs[k] = v
+    obs: Observation = cls(**kwargs)
+    return obs
+
+
+# --- measurements and verdicts ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measurement:
+    """One probe of one target in one run."""
+
+    id: str
+    run_id: str
+    vantage: str
+    target: Target
+    probe_version: str
+    started_at: dt.datetime
+    runtime_s: float
+    observations: tuple[Observation, ...] = ()
+    failure: str | None = None
+    failed_operation: str | None = None
+
+    @property
+    def service(self) -> str:
+        return self.target.service
+
+    @property
+    def probe(self) -> str:
+        return self.target.probe
+
+
+VerdictName = Literal[
+    "ok",
+    "dns_blocked",
+    "tcp_blocked",
+    "tls_blocked",
+    "http_blocked",
+    "vpn_blocked",
+    "blocked",
+    "partial",
+    "down",
+    "inconclusive",
+    "network_unavailable",
+    "error",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """An opinion about a measurement (or a whole service), with the rule that produced it."""
+
+    verdict: str
+    rule_id: str
+    analyzer_version: str
+    service: str
+    measurement_id: str | None = None
+    layer: str | None = None
+    evidence: str = ""
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,16 @@
+"""The probe registry: a new probe is one module plus one line here."""
+
+from __future__ import annotations
+
+from probes.context import Probe
+from probes.dns import DNSProbe
+from probes.http import HTTPProbe
+from probes.tcp import TCPProbe
+from probes.tls import TLSProbe
+
+PROBES: dict[str, Probe] = {
+    "dns": DNSProbe(),
+    "tcp": TCPProbe(),
+    "tls": TLSProbe(),
+    "http": HTTPProbe(),
+}
