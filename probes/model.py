@@ -257,3 +257,22 @@ class Verdict:
     layer: str | None = None
     evidence: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    """One sweep from one vantage. ``status``: running, complete, interrupted, failed,
+    network_unavailable. The vantage's public IP is never part of a run."""
+
+    id: str
+    vantage: str
+    started_at: dt.datetime
+    country: str | None = None
+    asn: int | None = None
+    finished_at: dt.datetime | None = None
+    status: str = "running"
+    software_version: str = ""
+    config_hash: str = ""
+    group: str | None = None
+    baseline: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
