@@ -41,6 +41,7 @@ class Service:
     endpoints: tuple[Endpoint, ...] = ()
     asns: tuple[int, ...] = ()
     prefixes: tuple[str, ...] = ()
+    exclusive_prefixes: bool = False
     cert_names: tuple[str, ...] = ()
     source: str = ""
 

@@ -1,0 +1,51 @@
+"""Wiring: turn a validated Config into the typed objects the lower packages take."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from blockwatch.config import Config
+from probes.catalogue import parse_endpoint
+from probes.context import ProbeContext, Timeouts
+from probes.resolvers import parse_resolver
+from probes.scope import Scope
+from scheduler.sweep import SweepSettings
+
+
+def software_version() -> str:
+    try:
+        return version("blockwatch")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def probe_context(cfg: Config) -> ProbeContext:
+    t = cfg.timeouts
+    return ProbeContext(
+        scope=Scope.from_entries(cfg.probes.scope),
+        timeouts=Timeouts(dns=t.dns, tcp=t.tcp, tls=t.tls, http=t.http),
+        lookup_resolver=parse_resolver(cfg.dns.resolvers[0]),
+        ca_bundle=str(cfg.tls.ca_bundle) if cfg.tls.ca_bundle else None,
+        proxy=cfg.vantage.socks5_proxy,
+        source_address=cfg.vantage.source_address,
+        user_agent=f"blockwatch/{software_version()}",
+        dns_retries=cfg.dns.retries,
+        dns_inflight_per_resolver=cfg.concurrency.per_resolver,
+    )
+
+
+def sweep_settings(cfg: Config, *, vantage: str | None = None,
+                   group: str | None = None) -> SweepSettings:
+    return SweepSettings(
+        vantage=vantage or cfg.vantage.name,
+        country=cfg.vantage.country,
+        asn=cfg.vantage.asn,
+        group=group,
+        concurrency=cfg.concurrency.total,
+        per_host=cfg.concurrency.per_host,
+        control_resolvers=tuple(cfg.dns.controls),
+        baseline_endpoints=tuple(parse_endpoint(e) for e in cfg.baseline.endpoints),
+        baseline_timeout=cfg.baseline.timeout,
+        software_version=software_version(),
+        config_hash=cfg.digest,
+    )

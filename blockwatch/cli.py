@@ -1,0 +1,322 @@
+"""The ``blockwatch`` command line.
+
+Exit codes (documented in the README; cron and systemd rely on them):
+  0  the sweep ran (whatever it found blocked) / the command succeeded
+  1  an internal error (a bug: please report it)
+  2  bad usage or a bad config file: nothing was measured or written
+  3  the results database could not be opened or written
+  4  the local network was unavailable: nothing was probed, the run is stored as such
+  130 interrupted (Ctrl-C / SIGTERM): what was measured is stored, the run is "interrupted"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from blockwatch.config import ConfigError, load_config
+
+EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_STORAGE, EXIT_NETWORK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+log = logging.getLogger("blockwatch")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parse_since(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="blockwatch", description=(
+        "Measure whether internet services are reachable or censored, and keep every "
+        "observation."))
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", metavar="FILE", help="TOML config (default: none)")
+        sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    run = sub.add_parser("run", help="one sweep now, stored in the database")
+    common(run)
+    run.add_argument("-s", "--service", action="append", metavar="NAME",
+                     help="only this service (repeatable); default: the config's or all")
+    run.add_argument("--vantage", metavar="NAME", help="label this run's vantage NAME")
+    run.add_argument("--json", action="store_true",
+                     help="print one JSON object per measurement instead of the table")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress, no table")
+
+    runs = sub.add_parser("runs", help="list past runs, newest first")
+    common(runs)
+    runs.add_argument("-n", "--limit", type=int, default=20)
+
+    show = sub.add_parser("show", help="show one run: its services and measurements")
+    common(show)
+    show.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+
+    exp = sub.add_parser("export", help="write every measurement as JSON lines or CSV")
+    common(exp)
+    exp.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl")
+    exp.add_argument("--since", type=_parse_since, metavar="DATE",
+                     help="only measurements started at or after DATE (UTC)")
+    exp.add_argument("--run", metavar="RUN_ID", help="only this run")
+    exp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+
+    sub.add_parser("services", help="list the service catalogue").add_argument(
+        "-c", "--config", metavar="FILE")
+    return p
+
+
+def _version() -> str:
+    from blockwatch.app import software_version
+
+    return f"blockwatch {software_version()}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from storage import StorageError
+
+    try:
+        handler = _COMMANDS[args.command]
+        return handler(args)
+    except ConfigError as exc:
+        print(f"blockwatch: config error:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"blockwatch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageError as exc:
+        print(f"blockwatch: database error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    except KeyboardInterrupt:
+        print("blockwatch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+@contextmanager
+def _store(cfg: Any) -> Iterator[Any]:
+    from storage import open_store
+
+    store = open_store(cfg.storage_url())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from blockwatch import app
+    from scheduler.plan import plan_sweep
+
+    cfg = load_config(args.config)
+    services = cfg.selected_services(args.service)
+    ctx = app.probe_context(cfg)
+    settings = app.sweep_settings(cfg, vantage=args.vantage)
+    targets = plan_sweep(services, probes=cfg.probes.probes, resolvers=cfg.dns.resolvers,
+                         controls=cfg.dns.controls if "dns" in cfg.probes.probes else ())
+    interactive = sys.stderr.isatty() and not (args.json or args.quiet)
+    with _store(cfg) as store:
+        outcome = _run_sweep(store, services, targets, ctx, settings, interactive)
+        if outcome is None:
+            return EXIT_INTERRUPTED
+        if args.json:
+            from storage.export import write_jsonl
+
+            write_jsonl(store.export_rows(run_id=outcome.run.id), sys.stdout)
+        elif not args.quiet:
+            _print_summary(outcome, sys.stdout)
+    if outcome.run.status == "network_unavailable":
+        print("blockwatch: network unavailable: no baseline endpoint answered, nothing was "
+              "probed (run stored as network_unavailable)", file=sys.stderr)
+        return EXIT_NETWORK
+    return EXIT_OK
+
+
+def _run_sweep(store: Any, services: Any, targets: Any, ctx: Any, settings: Any,
+               interactive: bool) -> Any:
+    from scheduler.sweep import sweep
+
+    async def go() -> Any:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        # SIGTERM (systemd stop, kill) interrupts like Ctrl-C: the sweep stores what it has.
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        if not interactive:
+            return await sweep(store, services, targets, ctx, settings)
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.description}"),
+                      transient=True) as bar:
+            tid = bar.add_task("", total=len(targets))
+
+            def progress(done: int, total: int, m: Any) -> None:
+                bar.update(tid, completed=done, description=f"{m.service} {m.probe}")
+
+            return await sweep(store, services, targets, ctx, settings, progress=progress)
+
+    try:
+        return asyncio.run(go())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("blockwatch: interrupted; measurements so far are stored, run marked "
+              "interrupted", file=sys.stderr)
+        return None
+
+
+def _print_summary(outcome: Any, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, soft_wrap=False, width=max(100, Console(file=out).width))
+    run = outcome.run
+    table = Table(title=f"run {run.id}  vantage {run.vantage}  {run.status}")
+    for col in ("service", "verdict", "layer", "evidence"):
+        table.add_column(col)
+    style = {"ok": "green", "blocked": "bold red", "partial": "red", "down": "yellow",
+             "inconclusive": "yellow", "network_unavailable": "magenta"}
+    for v in outcome.verdicts:
+        if v.measurement_id is None:
+            table.add_row(v.service, f"[{style.get(v.verdict, '')}]{v.verdict}",
+                          v.layer or "", v.evidence[:70])
+    console.print(table)
+    console.print(f"{len(outcome.measurements)} measurements stored; "
+                  f"details: blockwatch show {run.id[:13]}")
+
+
+# --- runs / show / export -----------------------------------------------------------------------
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    cfg = load_config(args.config)
+    with _store(cfg) as store:
+        runs = store.runs(limit=args.limit)
+    table = Table(title=f"{len(runs)} most recent runs")
+    for col in ("run", "started (UTC)", "vantage", "group", "status", "duration", "summary"):
+        table.add_column(col)
+    for r in runs:
+        dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
+        table.add_row(r.id[:13], r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.vantage,
+                      r.group or "", r.status, dur, _one_line(r.summary))
+    Console(width=140).print(table)
+    return EXIT_OK
+
+
+def _one_line(summary: dict[str, Any]) -> str:
+    services = summary.get("services", {})
+    parts = [f"{n} {k}" for k, n in sorted(services.items())]
+    blocked = summary.get("blocked") or []
+    if blocked:
+        parts.append("blocked: " + ", ".join(blocked[:4]))
+    return "; ".join(parts)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    cfg = load_config(args.config)
+    with _store(cfg) as store:
+        run = store.get_run(args.run_id)
+        if run is None:
+            raise UsageError(f"no run {args.run_id!r} (see `blockwatch runs`)")
+        verdicts = store.verdicts(run_id=run.id)
+        rows = list(store.export_rows(run_id=run.id))
+    console = Console(width=160)
+    console.print(f"[bold]run {run.id}[/]  vantage {run.vantage}"
+                  f"{' (' + run.country + ')' if run.country else ''}  status {run.status}")
+    console.print(f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
+                  f"  baseline {run.baseline.get('status', '?')}  {_one_line(run.summary)}")
+    services = Table(title="services")
+    for col in ("service", "verdict", "layer", "rule", "evidence"):
+        services.add_column(col)
+    for v in verdicts:
+        if v.measurement_id is None:
+            services.add_row(v.service, v.verdict, v.layer or "", v.rule_id, v.evidence[:60])
+    console.print(services)
+    ms = Table(title="measurements")
+    for col in ("service", "probe", "target", "time", "failure", "verdict", "rule"):
+        ms.add_column(col)
+    for r in rows:
+        ms.add_row(r["service"], r["probe"], r["target"][:50], f"{r['runtime_s']:.2f}s",
+                   (r["failure"] or "")[:40], r["verdict"] or "", r["rule_id"] or "")
+    console.print(ms)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from storage.export import write_csv, write_jsonl
+
+    cfg = load_config(args.config)
+    writer = write_jsonl if args.format == "jsonl" else write_csv
+    with _store(cfg) as store:
+        rows = store.export_rows(since=args.since, run_id=_resolve_run(store, args.run))
+        if args.output:
+            try:
+                with open(args.output, "w", encoding="utf-8", newline="") as fh:
+                    n = writer(rows, fh)
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+            print(f"{n} measurements written to {args.output}", file=sys.stderr)
+        else:
+            writer(rows, sys.stdout)
+    return EXIT_OK
+
+
+def _resolve_run(store: Any, prefix: str | None) -> str | None:
+    if prefix is None:
+        return None
+    run = store.get_run(prefix)
+    if run is None:
+        raise UsageError(f"no run {prefix!r} (see `blockwatch runs`)")
+    return str(run.id)
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    cfg = load_config(args.config)
+    table = Table(title="service catalogue")
+    for col in ("name", "title", "category", "domains", "urls", "endpoints"):
+        table.add_column(col)
+    for s in cfg.catalogue().values():
+        table.add_row(s.name, s.title, s.category, str(len(s.domains)), str(len(s.urls)),
+                      str(len(s.endpoints)))
+    Console(width=120).print(table)
+    return EXIT_OK
+
+
+_COMMANDS = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show, "export": cmd_export,
+             "services": cmd_services}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

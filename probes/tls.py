@@ -1,0 +1,227 @@
+"""The TLS handshake probe: what each address presents for a server name, and whether we trust it.
+
+Guarantees:
+
+- Per resolved address: a TCP connect (``TCPObservation``), then a handshake with the SNI under
+  ``ctx.timeouts.tls`` (``TLSObservation``). TCP and TLS failures are separate observations, so a
+  reset is pinned to the layer it happened at.
+- The handshake is verified first. If the certificate is rejected, the facts are still recorded:
+  a second connection (its own ``TCPObservation``) completes an unverified handshake, and the
+  ``TLSObservation`` carries ``verified=False``, ``verify_error`` and ``failure`` (the same string:
+  a certificate we do not trust is a TLS failure, and often interception or a block page).
+- The handshake is driven through a memory BIO over the raw stream, so an EOF from the peer
+  (``eof_error``) stays distinct from a reset (``connection_reset``); asyncio's own TLS reports
+  both as a reset.
+- Facts: protocol version, cipher, ALPN, SHA-256 of each certificate the peer sent (the leaf
+  alone on Pythons that cannot return the chain), and the leaf's subject CN, SANs and notAfter.
+"""
+
+from __future__ import annotations
+
+import _ssl
+import asyncio
+import contextlib
+import hashlib
+import ssl
+from dataclasses import dataclass, replace
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from probes.context import ProbeContext, ProbeResult
+from probes.failures import classify
+from probes.model import Observation, Target, TLSObservation
+from probes.scope import OutOfScopeError
+from probes.tcp import Clock, Dialed, Route, Streams, close, dial, plan
+
+ALPN = ("h2", "http/1.1")  # what a browser offers; a censor may look at it
+_READ = 16384
+
+
+class Session:
+    """A client TLS session driven over an asyncio stream pair through memory BIOs."""
+
+    def __init__(self, streams: Streams, context: ssl.SSLContext, sni: str | None) -> None:
+        self.streams = streams
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=sni)
+
+    async def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.streams[1].write(data)
+            await self.streams[1].drain()
+
+    async def handshake(self) -> None:
+        """Complete the handshake; raise what went wrong (ssl, socket or EOF), unwrapped."""
+        while True:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                data = await self.streams[0].read(_READ)
+                if data:
+                    self.incoming.write(data)
+                else:
+                    self.incoming.write_eof()
+                continue
+            except ssl.SSLError:
+                # send our alert (e.g. bad certificate) so the server sees why we left
+                with contextlib.suppress(OSError):
+                    await self._flush()
+                raise
+            await self._flush()
+            return
+
+    def close_notify(self) -> None:
+        """Send close_notify without waiting for the server's: politeness, not a measurement."""
+        with contextlib.suppress(ssl.SSLError):
+            self.tls.unwrap()
+        data = self.outgoing.read()
+        if data:
+            self.streams[1].write(data)
+
+
+def _peer_chain(tls: ssl.SSLObject) -> list[bytes]:
+    """DER of each certificate the peer sent, leaf first (the leaf alone if Python can't tell)."""
+    getter = getattr(tls, "get_unverified_chain", None)  # public from Python 3.13
+    if getter is None:
+        getter = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
+    chain = None
+    if getter is not None:
+        with contextlib.suppress(Exception):  # a private API: never let it fail the probe
+            chain = getter()
+    if chain:
+        return [c if isinstance(c, bytes) else c.public_bytes(_ssl.ENCODING_DER) for c in chain]
+    leaf = tls.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    subject: str | None = None
+    sans: tuple[str, ...] = ()
+    not_after: str | None = None
+
+
+def describe(der: bytes) -> Leaf:
+    """Subject CN (or the whole subject without one), SANs and notAfter of a certificate."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return Leaf()
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    subject = str(names[0].value) if names else (cert.subject.rfc4514_string() or None)
+    sans: list[str] = []
+    with contextlib.suppress(x509.ExtensionNotFound, ValueError):
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = [*ext.get_values_for_type(x509.DNSName),
+                *(str(ip) for ip in ext.get_values_for_type(x509.IPAddress))]
+    return Leaf(subject, tuple(sans), cert.not_valid_after_utc.isoformat())
+
+
+def facts(base: TLSObservation, tls: ssl.SSLObject) -> TLSObservation:
+    chain = _peer_chain(tls)
+    leaf = describe(chain[0]) if chain else Leaf()
+    cipher = tls.cipher()
+    return replace(
+        base,
+        version=tls.version(),
+        cipher=cipher[0] if cipher else None,
+        alpn=tls.selected_alpn_protocol(),
+        peer_chain_sha256=tuple(hashlib.sha256(der).hexdigest() for der in chain),
+        cert_subject=leaf.subject,
+        cert_sans=leaf.sans,
+        cert_not_after=leaf.not_after,
+    )
+
+
+def _context(ctx: ProbeContext, verify: bool) -> ssl.SSLContext:
+    context = ctx.ssl_context(verify=verify)
+    context.set_alpn_protocols(list(ALPN))
+    return context
+
+
+async def _try(
+    ctx: ProbeContext, streams: Streams, sni: str | None, verify: bool
+) -> ssl.SSLObject:
+    session = Session(streams, _context(ctx, verify), sni)
+    async with asyncio.timeout(ctx.timeouts.tls):
+        await session.handshake()
+    session.close_notify()
+    return session.tls
+
+
+_EXPECTED = (OSError, TimeoutError, ValueError, OutOfScopeError)  # ssl.SSLError is an OSError
+
+
+async def _unverified_facts(
+    ctx: ProbeContext, route: Route, sni: str | None, clock: Clock, base: TLSObservation
+) -> tuple[Dialed, TLSObservation]:
+    """After a rejected certificate: connect again and look at it without verifying."""
+    again = await dial(ctx, route, clock)
+    if again.streams is None:
+        return again, base
+    try:
+        return again, facts(base, await _try(ctx, again.streams, sni, verify=False))
+    except _EXPECTED:
+        return again, base
+    finally:
+        await close(again.streams)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    observations: tuple[Observation, ...]
+    tcp: Dialed
+    tls: TLSObservation | None
+
+
+async def attempt(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock) -> Attempt:
+    """TCP connect, then a verified handshake (and an unverified one if the cert is rejected)."""
+    tcp = await dial(ctx, route, clock)
+    if tcp.streams is None:
+        return Attempt((tcp.observation,), tcp, None)
+    base = TLSObservation(address=route.address, port=route.port, sni=sni, t0=clock(), t=0.0)
+    try:
+        tls = await _try(ctx, tcp.streams, sni, verify=True)
+    except ssl.SSLCertVerificationError as exc:
+        error = classify(exc)
+    except _EXPECTED as exc:
+        observed = replace(base, t=clock(), failure=classify(exc))
+        return Attempt((tcp.observation, observed), tcp, observed)
+    else:
+        observed = facts(replace(base, t=clock(), verified=True), tls)
+        return Attempt((tcp.observation, observed), tcp, observed)
+    finally:
+        await close(tcp.streams)
+    base = replace(base, t=clock(), verified=False, verify_error=error, failure=error)
+    again, observed = await _unverified_facts(ctx, route, sni, clock, base)
+    return Attempt((tcp.observation, again.observation, observed), tcp, observed)
+
+
+def _outcome(attempts: list[Attempt]) -> tuple[str | None, str | None]:
+    if any(a.tls is not None and a.tls.verified for a in attempts):
+        return None, None
+    first = attempts[0]
+    if first.tls is None:
+        return first.tcp.observation.failure, first.tcp.operation
+    return first.tls.failure, "tls_handshake"
+
+
+class TLSProbe:
+    """Does each address complete a trusted handshake for the server name?"""
+
+    name = "tls"
+    version = "1"
+
+    async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
+        clock = Clock()
+        sni = target.sni or target.host
+        found = await plan(target.host, target.port or 443, ctx)
+        if not found.routes:
+            return ProbeResult(found.dns, found.failure, found.operation)
+        attempts = list(await asyncio.gather(*(attempt(ctx, r, sni, clock) for r in found.routes)))
+        failure, operation = _outcome(attempts)
+        observations = (*found.dns, *(o for a in attempts for o in a.observations))
+        return ProbeResult(observations, failure, operation)

@@ -1,0 +1,65 @@
+"""Planning a sweep: which targets each service yields for each probe. Pure, no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit
+
+from probes.model import Service, Target
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _url_endpoint(url: str) -> tuple[str, int, bool]:
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    return parts.hostname or "", parts.port or (443 if tls else 80), tls
+
+
+def plan_service(service: Service, *, probes: Iterable[str], resolvers: Sequence[str],
+                 controls: Sequence[str] = ()) -> list[Target]:
+    """Targets for one service, deduplicated, in a stable order (dns, tcp, tls, http)."""
+    wanted = set(probes)
+    name = service.name
+    out: list[Target] = []
+    hosts = list(service.domains)
+    for url in service.urls:
+        host, _, _ = _url_endpoint(url)
+        if host not in hosts and not _is_ip(host):
+            hosts.append(host)
+    if "dns" in wanted:
+        for host in hosts:
+            for resolver in dict.fromkeys([*resolvers, *controls]):
+                out.append(Target(service=name, probe="dns", host=host, resolver=resolver))
+    endpoints: dict[tuple[str, int], bool] = {}
+    for url in service.urls:
+        host, port, tls = _url_endpoint(url)
+        endpoints[(host, port)] = endpoints.get((host, port), False) or tls
+    for ep in service.endpoints:
+        if ep.transport == "tcp":
+            key = (ep.host, ep.port)
+            endpoints[key] = endpoints.get(key, False) or ep.tls or (
+                ep.port == 443 and not _is_ip(ep.host))
+    if "tcp" in wanted:
+        out += [Target(service=name, probe="tcp", host=h, port=p) for (h, p) in endpoints]
+    if "tls" in wanted:
+        out += [Target(service=name, probe="tls", host=h, port=p, sni=h)
+                for (h, p), tls in endpoints.items() if tls]
+    if "http" in wanted:
+        out += [Target(service=name, probe="http", host=_url_endpoint(u)[0], url=u)
+                for u in dict.fromkeys(service.urls)]
+    return out
+
+
+def plan_sweep(services: Sequence[Service], *, probes: Iterable[str], resolvers: Sequence[str],
+               controls: Sequence[str] = ()) -> list[Target]:
+    probes = list(probes)
+    return [t for s in services
+            for t in plan_service(s, probes=probes, resolvers=resolvers, controls=controls)]

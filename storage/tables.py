@@ -1,0 +1,127 @@
+"""The SQL schema as ORM classes: ``runs``, ``measurements``, ``verdicts``.
+
+These classes are storage's private mapping of the vocabulary in ``probes.model``; nothing outside
+``storage/`` sees them. The schema they describe is a contract with researchers (docs/schema.md)
+and changes only through a migration in ``storage/migrations/versions``; a test checks that the
+migrations and these classes agree.
+
+Design notes:
+
+- Observations are one JSON array per measurement, not a table per layer: they are written once,
+  read whole, and their shape is owned by ``probes.model``; JSON functions reach inside them.
+- Verdicts are append-only: re-analysis adds rows, and a measurement's current verdict is the one
+  with the highest ``id`` (``sqlite_autoincrement`` guarantees ids are never reused).
+- ``service``/``probe``/``target`` are copies of fields of ``target_json`` so that the common
+  queries can use an index.
+- Constraint names follow a naming convention so that later migrations (batch mode on SQLite)
+  can refer to them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, MetaData
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from storage.types import JSONType, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT on PostgreSQL (billions of verdicts across vantages); exactly INTEGER on SQLite, where
+# only "INTEGER PRIMARY KEY" becomes the rowid and autoincrements.
+VerdictId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute
+        dt.datetime: UTCDateTime(),
+        dict[str, Any]: JSONType,
+        list[dict[str, Any]]: JSONType,
+    }
+
+
+class RunRow(Base):
+    """One sweep from one vantage."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    vantage: Mapped[str]
+    country: Mapped[str | None]
+    asn: Mapped[int | None] = mapped_column(BigInteger)  # 32-bit ASNs overflow a signed INTEGER
+    group_name: Mapped[str | None]
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None]
+    status: Mapped[str]
+    software_version: Mapped[str]
+    config_hash: Mapped[str]
+    baseline: Mapped[dict[str, Any]]
+    summary: Mapped[dict[str, Any]]
+
+    __table_args__ = (
+        Index("ix_runs_started_at", "started_at"),
+        Index("ix_runs_group_name_started_at", "group_name", "started_at"),
+    )
+
+
+class MeasurementRow(Base):
+    """One probe of one target in one run, with all its observations."""
+
+    __tablename__ = "measurements"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    vantage: Mapped[str]
+    service: Mapped[str]
+    probe: Mapped[str]
+    probe_version: Mapped[str]
+    target: Mapped[str]
+    target_json: Mapped[dict[str, Any]]
+    started_at: Mapped[dt.datetime]
+    runtime_s: Mapped[float]
+    failure: Mapped[str | None]
+    failed_operation: Mapped[str | None]
+    observations: Mapped[list[dict[str, Any]]]
+
+    __table_args__ = (
+        Index("ix_measurements_run_id", "run_id"),
+        Index("ix_measurements_service_started_at", "service", "started_at"),
+        Index("ix_measurements_started_at", "started_at"),
+    )
+
+
+class VerdictRow(Base):
+    """An opinion about a measurement (``measurement_id`` set) or a whole service (NULL)."""
+
+    __tablename__ = "verdicts"
+
+    id: Mapped[int] = mapped_column(VerdictId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    measurement_id: Mapped[str | None] = mapped_column(
+        ForeignKey("measurements.id", ondelete="CASCADE")
+    )
+    service: Mapped[str]
+    verdict: Mapped[str]
+    layer: Mapped[str | None]
+    rule_id: Mapped[str]
+    analyzer_version: Mapped[str]
+    evidence: Mapped[str]
+    details: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime]
+
+    __table_args__ = (
+        # (measurement_id, id): "latest verdict of a measurement" is one index seek everywhere
+        Index("ix_verdicts_measurement_id", "measurement_id", "id"),
+        Index("ix_verdicts_service_run_id", "service", "run_id"),
+        Index("ix_verdicts_run_id", "run_id"),
+        {"sqlite_autoincrement": True},
+    )

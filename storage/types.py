@@ -1,0 +1,73 @@
+"""Column types shared by the tables and the migrations: UTC datetimes and JSON.
+
+Guarantees:
+
+- ``UTCDateTime`` accepts only timezone-aware datetimes and always returns aware UTC ones.
+  PostgreSQL stores ``timestamptz``. SQLite, which has no datetime type, stores fixed-width
+  ISO 8601 UTC text, ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (27 characters): text of one width sorts
+  and compares exactly like the instants it names, and SQLite's date functions read it
+  (``date(started_at)``, ``strftime('%H', started_at)``).
+- ``JSONType`` is ``JSON`` on SQLite (text, queried with ``json_extract``/``json_each``) and
+  ``JSONB`` on PostgreSQL (indexable, queried with ``->``/``->>``).
+
+The migrations import these types, so their stored format is frozen: changing it needs a new
+migration that rewrites the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Dialect, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+SQLITE_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def ensure_utc(value: dt.datetime, what: str = "datetime") -> dt.datetime:
+    """``value`` in UTC; a naive datetime is a bug (whose local time would it be?)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got naive {value.isoformat()}")
+    return value.astimezone(dt.UTC)
+
+
+def format_utc(value: dt.datetime) -> str:
+    """Fixed-width ISO 8601 UTC with a ``Z``: the SQLite storage and the export format."""
+    return ensure_utc(value).strftime(SQLITE_FORMAT)
+
+
+def parse_utc(text: str) -> dt.datetime:
+    """Read ``format_utc``'s output (and, leniently, any ISO 8601; naive means UTC)."""
+    value = dt.datetime.fromisoformat(text)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An instant: aware UTC in, aware UTC out, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Text())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return format_utc(value)
+        return ensure_utc(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return parse_utc(value)
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)

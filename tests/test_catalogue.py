@@ -1,0 +1,48 @@
+"""The built-in catalogue is well-formed data covering the services of the seeds."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from probes.catalogue import CatalogueError, load_catalogue, parse_endpoint, service_from_dict
+
+REQUIRED = {"facebook", "instagram", "whatsapp", "kakaotalk", "line", "wechat", "twitter",
+            "youtube", "google", "telegram", "signal", "chinadigitaltimes"}
+
+
+def test_catalogue_covers_the_seed_services() -> None:
+    cat = load_catalogue()
+    assert REQUIRED <= set(cat)
+    assert any(s.category == "vpn" for s in cat.values())
+    for s in cat.values():
+        assert s.source, f"{s.name} has no source for its facts"
+        assert s.domains or s.urls
+
+
+def test_exclusive_prefixes_are_real_networks() -> None:
+    for s in load_catalogue().values():
+        if s.exclusive_prefixes:
+            assert s.prefixes
+            for p in s.prefixes:
+                assert ipaddress.ip_network(p).is_global
+
+
+def test_endpoint_parsing() -> None:
+    assert parse_endpoint("a.b:443").port == 443
+    ep = parse_endpoint("[2001:db8::1]:853")
+    assert ep.host == "2001:db8::1"
+    assert parse_endpoint("udp://vpn.example:1194").transport == "udp"
+    for bad in ("nohost", "a:b", "a:0", "ftp://a:1"):
+        with pytest.raises(ValueError):
+            parse_endpoint(bad)
+
+
+def test_bad_service_definitions() -> None:
+    with pytest.raises(CatalogueError, match="exclusive_prefixes needs prefixes"):
+        service_from_dict("x", {"domains": ["a.b"], "exclusive_prefixes": True})
+    with pytest.raises(CatalogueError, match="asns"):
+        service_from_dict("x", {"domains": ["a.b"], "asns": ["AS1"]})
+    with pytest.raises(CatalogueError, match="name must be"):
+        service_from_dict("a b", {"domains": ["a.b"]})
