@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, MetaData
+from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, MetaData
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from storage.types import JSONType, UTCDateTime
@@ -87,7 +87,7 @@ class MeasurementRow(Base):
     target: Mapped[str]
     target_json: Mapped[dict[str, Any]]
     started_at: Mapped[dt.datetime]
-    runtime_s: Mapped[float]
+    runtime_s: Mapped[float] = mapped_column(Double)  # DOUBLE PRECISION on PostgreSQL
     failure: Mapped[str | None]
     failed_operation: Mapped[str | None]
     observations: Mapped[list[dict[str, Any]]]

@@ -8,13 +8,19 @@ For development (``alembic revision --autogenerate``, ``upgrade --sql``), the co
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy.engine import Connection
 
 from storage.tables import Base
 
 # SQLite cannot ALTER most things; batch mode recreates the table instead.
-_OPTIONS = {"target_metadata": Base.metadata, "render_as_batch": True, "compare_type": True}
+_OPTIONS: dict[str, Any] = {
+    "target_metadata": Base.metadata,
+    "render_as_batch": True,
+    "compare_type": True,
+}
 
 
 def _run(connection: Connection) -> None:

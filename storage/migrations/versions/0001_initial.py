@@ -55,7 +55,7 @@ def upgrade() -> None:
         sa.Column("target", sa.String(), nullable=False),
         sa.Column("target_json", JSONType, nullable=False),
         sa.Column("started_at", UTCDateTime(), nullable=False),
-        sa.Column("runtime_s", sa.Float(), nullable=False),
+        sa.Column("runtime_s", sa.Double(), nullable=False),
         sa.Column("failure", sa.String(), nullable=True),
         sa.Column("failed_operation", sa.String(), nullable=True),
         sa.Column("observations", JSONType, nullable=False),

@@ -1,0 +1,66 @@
+"""Write export records (``Store.export_rows``) as JSON Lines or CSV.
+
+Guarantees: the field set and order are fixed, ``EXPORT_FIELDS``: the fields of the export
+contract first (ARCHITECTURE.md), then extras; new fields are only ever appended. JSONL writes
+one object per line with ``observations`` as a list; CSV writes one row per record with
+``observations`` JSON-encoded in one cell and empty cells for NULL. Both stream and return the
+number of records written. Open CSV files with ``newline=""``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+CONTRACT_FIELDS = (
+    "measurement_id",
+    "run_id",
+    "vantage",
+    "service",
+    "target",
+    "probe",
+    "started_at",
+    "runtime_s",
+    "failure",
+    "verdict",
+    "rule_id",
+    "analyzer_version",
+    "observations",
+)
+EXPORT_FIELDS = (
+    *CONTRACT_FIELDS,
+    "probe_version",
+    "failed_operation",
+    "evidence",
+    "country",
+    "asn",
+)
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], fh: TextIO) -> int:
+    count = 0
+    for row in rows:
+        record = {name: row.get(name) for name in EXPORT_FIELDS}
+        fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        fh.write("\n")
+        count += 1
+    return count
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], fh: TextIO) -> int:
+    writer = csv.writer(fh)
+    writer.writerow(EXPORT_FIELDS)
+    count = 0
+    for row in rows:
+        writer.writerow([_cell(name, row.get(name)) for name in EXPORT_FIELDS])
+        count += 1
+    return count
+
+
+def _cell(name: str, value: Any) -> Any:
+    if name == "observations":
+        return json.dumps(value if value is not None else [], ensure_ascii=False,
+                          separators=(",", ":"))
+    return "" if value is None else value

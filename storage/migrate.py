@@ -1,0 +1,104 @@
+"""Bring a database to the schema this software knows, atomically, without an alembic.ini.
+
+Guarantees of ``upgrade``:
+
+- it runs in one transaction that takes the write lock first (``BEGIN IMMEDIATE`` on SQLite, an
+  advisory lock on PostgreSQL), so two processes opening a fresh database at once do not race:
+  the second waits, then finds the schema at head;
+- it is idempotent: at head, it changes nothing;
+- it refuses, with ``StorageError``, a database stamped with a revision this software does not
+  know (written by a newer blockwatch) and one that has blockwatch's tables but no revision;
+- on SQLite, foreign keys are off while migrating (batch migrations drop and recreate tables,
+  which ``ON DELETE CASCADE`` would otherwise empty) and checked before the commit.
+
+For developers, ``alembic_config(url)`` drives the Alembic commands, e.g.
+``command.revision(alembic_config("sqlite:///dev.db"), "add x", autogenerate=True, rev_id="0002")``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection, Engine
+
+from storage.errors import StorageError
+from storage.tables import Base
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+IMMEDIATE = "blockwatch_begin_immediate"  # execution option read by storage.db's BEGIN hook
+_PG_LOCK = 0x626C6B77  # "blkw": the advisory lock id serialising migrations on PostgreSQL
+
+
+def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def known_revisions() -> set[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return {s.revision for s in script.walk_revisions()}
+
+
+def head() -> str:
+    rev = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert rev is not None
+    return rev
+
+
+def current(conn: Connection) -> set[str]:
+    return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def upgrade(engine: Engine, where: str) -> None:
+    """Migrate the database behind ``engine`` to head (``where`` names it in errors)."""
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            _raw(conn, "PRAGMA foreign_keys = OFF")  # a no-op inside a transaction: do it first
+        try:
+            conn.execution_options(**{IMMEDIATE: True})
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+                _check(conn, where)
+                command.upgrade(alembic_config(connection=conn), "head")
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise StorageError(where, "migration left rows with dangling references")
+        finally:
+            if sqlite:
+                _raw(conn, "PRAGMA foreign_keys = ON")
+
+
+def _check(conn: Connection, where: str) -> None:
+    revisions = current(conn)
+    unknown = revisions - known_revisions()
+    if unknown:
+        raise StorageError(
+            where,
+            f"schema revision {', '.join(sorted(unknown))} is newer than this blockwatch knows "
+            f"(latest {head()}); upgrade blockwatch",
+        )
+    ours = set(Base.metadata.tables) & set(inspect(conn).get_table_names())
+    if ours and not revisions:
+        raise StorageError(
+            where, f"has tables {', '.join(sorted(ours))} but no schema revision; "
+            "not a blockwatch database"
+        )
+
+
+def _raw(conn: Connection, sql: str) -> None:
+    """Run ``sql`` on the driver connection, outside SQLAlchemy's transaction handling."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute(sql)

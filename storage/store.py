@@ -1,0 +1,274 @@
+"""The store: save and query runs, measurements and verdicts (synchronous; call it from a thread
+in async code).
+
+Guarantees:
+
+- Each write method is one transaction: a batch is stored whole or not at all, so a killed
+  writer loses at most the batch in flight.
+- Verdicts are append-only; a measurement's current verdict is its latest (highest id).
+- ``measurements`` and ``export_rows`` stream (``yield_per``) inside one read transaction: memory
+  stays flat however many rows, and the rows are one consistent snapshot.
+- Every database error is a ``StorageError`` naming the database.
+- One ``Store`` may be shared by threads (file SQLite and PostgreSQL: one pooled connection per
+  call); iterate a stream to its end, or close it, to give its connection back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
+
+from sqlalchemy import Engine, Select, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from probes.model import Measurement, Run, Verdict
+from storage.convert import (
+    export_row,
+    measurement_from_row,
+    measurement_to_row,
+    run_from_row,
+    run_to_row,
+    verdict_from_row,
+    verdict_to_row,
+)
+from storage.errors import StorageError, describe
+from storage.migrate import IMMEDIATE
+from storage.tables import MeasurementRow, RunRow, VerdictRow
+from storage.types import ensure_utc
+
+YIELD_PER = 500
+
+T = TypeVar("T")
+
+
+class Store:
+    """Runs, measurements and verdicts in one database. Make one with ``open_store``."""
+
+    def __init__(self, engine: Engine, where: str) -> None:
+        self._engine = engine
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(**{IMMEDIATE: True}),
+                                   expire_on_commit=False)
+        self._closed = False
+        self.url = where  # password hidden
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for read-only SQL of your own (e.g. ``pandas.read_sql``)."""
+        return self._engine
+
+    def __repr__(self) -> str:
+        return f"<Store {self.url}>"
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def start_run(self, run: Run) -> None:
+        row = run_to_row(run)
+        with self._transaction(write=True) as s:
+            s.execute(insert(RunRow), [row])
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        finished_at: dt.datetime,
+        summary: Mapping[str, Any],
+    ) -> None:
+        values = {
+            "status": status,
+            "finished_at": ensure_utc(finished_at, "finished_at"),
+            "summary": dict(summary),
+        }
+        with self._transaction(write=True) as s:
+            done = s.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise StorageError(self.url, f"no run {run_id!r} to finish")
+
+    def add_measurements(
+        self, measurements: Sequence[Measurement], verdicts: Sequence[Verdict] = ()
+    ) -> None:
+        """Store a batch of measurements and their verdicts in one transaction.
+
+        A verdict's run is its measurement's (in this batch or already stored); a service-level
+        verdict (``measurement_id=None``) takes the batch's run if the batch has exactly one.
+        """
+        if not measurements and not verdicts:
+            return
+        rows = [measurement_to_row(m) for m in measurements]
+        runs = {m.id: m.run_id for m in measurements}
+        with self._transaction(write=True) as s:
+            if rows:
+                s.execute(insert(MeasurementRow), rows)
+            if verdicts:
+                batch_run = _single({m.run_id for m in measurements})
+                runs |= self._stored_runs(s, verdicts, runs)
+                self._insert_verdicts(s, verdicts, lambda v: _run_of(v, runs, batch_run))
+
+    def add_verdicts(self, run_id: str, verdicts: Sequence[Verdict]) -> None:
+        """Append verdicts for ``run_id`` (service-level ones, or a re-analysis) in one
+        transaction."""
+        if verdicts:
+            with self._transaction(write=True) as s:
+                self._insert_verdicts(s, verdicts, lambda _v: run_id)
+
+    def _insert_verdicts(
+        self, s: Session, verdicts: Sequence[Verdict], run_of: Callable[[Verdict], str]
+    ) -> None:
+        now = dt.datetime.now(dt.UTC)
+        rows = [verdict_to_row(v, run_id=run_of(v), created_at=now) for v in verdicts]
+        s.execute(insert(VerdictRow), rows)
+
+    def _stored_runs(
+        self, s: Session, verdicts: Sequence[Verdict], known: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Runs of the measurements that verdicts refer to but this batch does not contain."""
+        wanted = {v.measurement_id for v in verdicts if v.measurement_id is not None} - set(known)
+        if not wanted:
+            return {}
+        found = s.execute(
+            select(MeasurementRow.id, MeasurementRow.run_id).where(MeasurementRow.id.in_(wanted))
+        )
+        runs = {mid: rid for mid, rid in found}
+        missing = wanted - set(runs)
+        if missing:
+            raise StorageError(self.url, f"verdict for unknown measurement {min(missing)!r}")
+        return runs
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def runs(self, limit: int = 50, group: str | None = None) -> list[Run]:
+        """The latest ``limit`` runs, newest first, optionally of one group."""
+        stmt = select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id.desc()).limit(limit)
+        if group is not None:
+            stmt = stmt.where(RunRow.group_name == group)
+        with self._transaction() as s:
+            return [run_from_row(r) for r in s.scalars(stmt)]
+
+    def get_run(self, run_id: str) -> Run | None:
+        """The run with this id or unique id prefix; ``StorageError`` if the prefix is
+        ambiguous."""
+        if not run_id:
+            return None
+        with self._transaction() as s:
+            exact = s.get(RunRow, run_id)
+            if exact is not None:
+                return run_from_row(exact)
+            # substr, not LIKE: LIKE is case-insensitive on SQLite and needs escaping
+            prefix = func.substr(RunRow.id, 1, len(run_id)) == run_id
+            found = list(s.scalars(select(RunRow).where(prefix).order_by(RunRow.id).limit(2)))
+        if len(found) > 1:
+            raise StorageError(
+                self.url, f"run id prefix {run_id!r} is ambiguous ({found[0].id}, {found[1].id}, "
+                "...); give more characters"
+            )
+        return run_from_row(found[0]) if found else None
+
+    def measurements(
+        self, run_id: str | None = None, since: dt.datetime | None = None
+    ) -> Iterator[Measurement]:
+        """Measurements in start order, optionally of one run and/or started at or after
+        ``since``, streamed."""
+        stmt = _filtered(select(MeasurementRow.__table__), run_id, since)
+        for row in self._stream(stmt):
+            yield self._rebuild(row, measurement_from_row)
+
+    def verdicts(
+        self, run_id: str | None = None, measurement_id: str | None = None
+    ) -> list[Verdict]:
+        """Verdicts in the order they were added (the last one of a measurement is current)."""
+        stmt = select(VerdictRow).order_by(VerdictRow.id)
+        if run_id is not None:
+            stmt = stmt.where(VerdictRow.run_id == run_id)
+        if measurement_id is not None:
+            stmt = stmt.where(VerdictRow.measurement_id == measurement_id)
+        with self._transaction() as s:
+            return [verdict_from_row(r) for r in s.scalars(stmt)]
+
+    def export_rows(
+        self, since: dt.datetime | None = None, run_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """One flat record per measurement with its latest verdict (see
+        ``storage.export.EXPORT_FIELDS``), in start order, streamed."""
+        m, v, r = MeasurementRow, VerdictRow, RunRow
+        latest = (
+            select(func.max(v.id)).where(v.measurement_id == m.id).correlate(m).scalar_subquery()
+        )
+        stmt = (
+            select(m.__table__, v.verdict, v.rule_id, v.analyzer_version, v.evidence,
+                   r.country, r.asn)
+            .join(r, r.id == m.run_id)
+            .outerjoin(v, v.id == latest)
+        )
+        for row in self._stream(_filtered(stmt, run_id, since)):
+            yield self._rebuild(row, export_row)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[Session]:
+        if self._closed:
+            raise StorageError(self.url, "store is closed")
+        maker = self._write if write else self._read
+        try:
+            with maker() as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(self.url, describe(exc)) from exc
+
+    def _stream(self, stmt: Select[Any]) -> Iterator[Mapping[str, Any]]:
+        with self._transaction() as s:
+            for row in s.execute(stmt.execution_options(yield_per=YIELD_PER)):
+                yield cast(Mapping[str, Any], row._mapping)
+
+    def _rebuild(self, row: Mapping[str, Any], build: Callable[[Mapping[str, Any]], T]) -> T:
+        try:
+            return build(row)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StorageError(
+                self.url, f"measurement {row['id']!r} cannot be read by this version ({exc!r})"
+            ) from exc
+
+
+def _filtered(stmt: Select[Any], run_id: str | None, since: dt.datetime | None) -> Select[Any]:
+    m = MeasurementRow
+    if run_id is not None:
+        stmt = stmt.where(m.run_id == run_id)
+    if since is not None:
+        stmt = stmt.where(m.started_at >= ensure_utc(since, "since"))
+    return stmt.order_by(m.started_at, m.id)
+
+
+def _single(runs: set[str]) -> str | None:
+    return next(iter(runs)) if len(runs) == 1 else None
+
+
+def _run_of(v: Verdict, runs: Mapping[str, str], batch_run: str | None) -> str:
+    if v.measurement_id is not None:
+        return runs[v.measurement_id]
+    if batch_run is None:
+        raise ValueError(
+            f"service verdict for {v.service!r} has no measurement and the batch is not of "
+            "exactly one run; use Store.add_verdicts(run_id, ...)"
+        )
+    return batch_run
