@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from probes.context import ProbeContext, ProbeResult
 from probes.failures import DNS_NO_ANSWER, classify
-from probes.model import DNSObservation, Target, TCPObservation
+from probes.model import DNSObservation, Observation, Target, TCPObservation
 from probes.scope import OutOfScopeError
 from probes.socks import SocksProxy, SocksReplyError, parse_proxy
 from probes.socks import open_connection as socks_open_connection
@@ -165,5 +165,5 @@ class TCPProbe:
         attempts = list(await asyncio.gather(*(dial(ctx, r, clock) for r in found.routes)))
         await asyncio.gather(*(close(a.streams) for a in attempts))
         failure, operation = first_failure(attempts)
-        observations = (*found.dns, *(a.observation for a in attempts))
+        observations: tuple[Observation, ...] = (*found.dns, *(a.observation for a in attempts))
         return ProbeResult(observations, failure, operation)

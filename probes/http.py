@@ -1,0 +1,416 @@
+"""The HTTP(S) fetch probe: what a URL answers, following redirects, with bounded reads.
+
+Guarantees:
+
+- Every connection goes through ``ScopedBackend``: the host is resolved with ``ctx.lookup``
+  (the sweep's resolver and cache, never the system's), each address is scope-checked before a
+  socket is opened, and the connection goes to the IP (httpcore still sends the name in SNI and
+  Host). With ``ctx.proxy`` the connection goes to the scope-checked proxy, which resolves names.
+- At most 10 redirects are followed, each recorded; the 11th is ``http_too_many_redirects``.
+- At most 512 KiB of the (decoded) body is read; its SHA-256 and length describe what was read,
+  and ``body_truncated`` says more was sent.
+- Timeouts per layer (connect: ``tcp``, handshake: ``tls``, read/write/pool: ``http``) under an
+  overall deadline of their sum. The failed operation is the layer in progress when the fetch
+  failed (``resolve``, ``connect``, ``tls_handshake``, ``http_round_trip``, or ``proxy_connect``
+  when the proxy itself failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import html
+import ipaddress
+import re
+import ssl
+import typing
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import httpcore
+import httpx
+
+from probes.context import ProbeContext, ProbeResult
+from probes.failures import DNS_NO_ANSWER, EOF_ERROR, TOO_MANY_REDIRECTS, classify
+from probes.model import DNSObservation, HTTPObservation, Target
+from probes.scope import OutOfScopeError
+from probes.socks import (
+    RecvExactly,
+    Send,
+    SocksError,
+    SocksReplyError,
+    negotiate,
+    parse_proxy,
+)
+from probes.tcp import Clock
+
+MAX_REDIRECTS = 10
+BODY_CAP = 512 * 1024
+TITLE_CAP = 200
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+
+
+class LookupFailed(Exception):
+    """The name (or the proxy's name) of a connection did not resolve."""
+
+    def __init__(self, failure: str, operation: str = "resolve") -> None:
+        super().__init__(failure)
+        self.failure = failure
+        self.operation = operation
+
+
+@dataclass
+class Progress:
+    """What the backend saw: the layer in progress and the DNS facts, for the probe to report."""
+
+    stage: str = "http_round_trip"  # until a connection is being made
+    dns: dict[str, tuple[DNSObservation, ...]] = field(default_factory=dict)
+
+
+# --- the network backend: every connection is resolved by us and scope-checked ----------------
+
+
+class ScopedStream(httpcore.AsyncNetworkStream):
+    """A connection that reports the handshake as its own layer, under its own timeout."""
+
+    def __init__(
+        self, inner: httpcore.AsyncNetworkStream, ctx: ProbeContext, progress: Progress,
+        server_addr: tuple[str, int],
+    ) -> None:
+        self._inner, self._ctx, self._progress = inner, ctx, progress
+        self._server_addr = server_addr
+
+    # httpcore's stream and backend interfaces take ``timeout`` arguments (hence the noqa)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (ours comes from ctx.timeouts.tls)
+    ) -> httpcore.AsyncNetworkStream:
+        self._progress.stage = "tls_handshake"
+        inner = await self._inner.start_tls(ssl_context, server_hostname, self._ctx.timeouts.tls)
+        self._progress.stage = "http_round_trip"
+        return ScopedStream(inner, self._ctx, self._progress, self._server_addr)
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        # through a proxy, the server is the name we asked for, not the proxy's address
+        if info == "server_addr":
+            return self._server_addr
+        return self._inner.get_extra_info(info)
+
+
+def _same_family(a: str, b: str) -> bool:
+    return ipaddress.ip_address(a).version == ipaddress.ip_address(b).version
+
+
+class ScopedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, with names resolved by ``ctx.lookup`` and the scope enforced."""
+
+    def __init__(self, ctx: ProbeContext, progress: Progress) -> None:
+        self._ctx, self._progress = ctx, progress
+        self._inner = httpcore.AnyIOBackend()
+
+    async def _resolve(self, host: str, operation: str) -> tuple[str, ...]:
+        self._progress.stage = operation
+        found = await self._ctx.lookup(host)
+        if operation == "resolve":
+            self._progress.dns.setdefault(host, found.observations)
+        if found.failure or not found.addresses:
+            raise LookupFailed(found.failure or DNS_NO_ANSWER, operation)
+        return found.addresses
+
+    async def _open(
+        self, address: str, port: int, limit: float | None
+    ) -> httpcore.AsyncNetworkStream:
+        self._ctx.scope.check(address)
+        source = self._ctx.source_address
+        local = source if source and _same_family(source, address) else None
+        return await self._inner.connect_tcp(address, port, limit, local_address=local)
+
+    async def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None, socket_options: Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if self._ctx.proxy:
+            return await self._connect_via_proxy(host, port, timeout)
+        addresses = await self._resolve(host, "resolve")
+        self._progress.stage = "connect"
+        errors: list[Exception] = []
+        for address in addresses:  # in the resolver's order, like a stub resolver's client
+            try:
+                stream = await self._open(address, port, timeout)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout, OutOfScopeError) as exc:
+                errors.append(exc)
+                continue
+            self._progress.stage = "http_round_trip"
+            return ScopedStream(stream, self._ctx, self._progress, (address, port))
+        raise errors[0]
+
+    async def _connect_via_proxy(
+        self, host: str, port: int, limit: float | None
+    ) -> httpcore.AsyncNetworkStream:
+        proxy = parse_proxy(self._ctx.proxy or "")
+        addresses = await self._resolve(proxy.host, "proxy_connect")
+        stream = await self._open(addresses[0], proxy.port, limit)
+        try:
+            async with asyncio.timeout(limit):
+                await negotiate(*_stream_io(stream), proxy, host, port)
+        except SocksReplyError as exc:
+            self._progress.stage = "connect"  # the proxy could not reach the target
+            await stream.aclose()
+            raise httpcore.ConnectError(str(exc)) from exc
+        except (SocksError, httpcore.NetworkError) as exc:
+            await stream.aclose()
+            raise httpcore.ConnectError(str(exc)) from exc
+        except TimeoutError as exc:
+            self._progress.stage = "connect"
+            await stream.aclose()
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        self._progress.stage = "http_round_trip"
+        return ScopedStream(stream, self._ctx, self._progress, (host, port))
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.UnsupportedProtocol("blockwatch probes do not use Unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _stream_io(stream: httpcore.AsyncNetworkStream) -> tuple[RecvExactly, Send]:
+    """Adapt an httpcore stream to ``negotiate`` (the caller bounds the time)."""
+
+    async def recv(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = await stream.read(n - len(data))
+            if not chunk:
+                raise SocksError("SOCKS5 proxy closed the connection during negotiation")
+            data += chunk
+        return data
+
+    async def send(data: bytes) -> None:
+        await stream.write(data)
+
+    return recv, send
+
+
+# --- the httpx transport over our own pool ----------------------------------------------------
+
+# httpx 0.28 has no public way to hand its transport a network backend, so this mirrors
+# httpx.AsyncHTTPTransport around a pool we build: httpcore errors become httpx errors.
+_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+def _reraise_mapped(exc: Exception) -> typing.NoReturn:
+    for source, target in _EXCEPTIONS:  # most specific first
+        if isinstance(exc, source):
+            raise target(str(exc)) from exc
+    raise exc
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, stream: typing.AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self._stream:
+                yield part
+        except Exception as exc:
+            _reraise_mapped(exc)
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class ScopedTransport(httpx.AsyncBaseTransport):
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
+                             port=request.url.port, target=request.url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        try:
+            resp = await self._pool.handle_async_request(core)
+        except Exception as exc:
+            _reraise_mapped(exc)
+        assert isinstance(resp.stream, typing.AsyncIterable)
+        return httpx.Response(status_code=resp.status, headers=resp.headers,
+                              stream=_Body(resp.stream), extensions=resp.extensions)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+def client_for(ctx: ProbeContext, progress: Progress) -> httpx.AsyncClient:
+    """An httpx client whose every connection is resolved by ``ctx`` and scope-checked."""
+    pool = httpcore.AsyncConnectionPool(
+        ssl_context=ctx.ssl_context(verify=True),
+        network_backend=ScopedBackend(ctx, progress),
+    )
+    t = ctx.timeouts
+    return httpx.AsyncClient(
+        transport=ScopedTransport(pool),
+        timeout=httpx.Timeout(connect=t.tcp, read=t.http, write=t.http, pool=t.http),
+        headers={"User-Agent": ctx.user_agent},
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+# --- the probe --------------------------------------------------------------------------------
+
+
+async def read_capped(response: httpx.Response, cap: int = BODY_CAP) -> tuple[bytes, bool]:
+    """At most ``cap`` bytes of the decoded body, and whether the server sent more."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
+
+
+def extract_title(body: bytes, encoding: str | None = None) -> str | None:
+    """The page's <title>: entities decoded, whitespace collapsed, at most 200 characters."""
+    match = _TITLE.search(body)
+    if match is None:
+        return None
+    try:
+        text = match.group(1).decode(encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = match.group(1).decode("utf-8", errors="replace")
+    return " ".join(html.unescape(text).split())[:TITLE_CAP]
+
+
+def _failure(exc: BaseException) -> str:
+    # anyio's EndOfStream (peer closed during the TLS handshake) carries no cause to classify
+    cur: BaseException | None = exc
+    while cur is not None:
+        if type(cur).__name__ == "EndOfStream":
+            return EOF_ERROR
+        cur = cur.__cause__ or cur.__context__
+    return classify(exc)
+
+
+@dataclass
+class Fetch:
+    """The last response seen and the redirects followed to it."""
+
+    redirects: list[str] = field(default_factory=list)
+    response: httpx.Response | None = None
+    body: bytes | None = None
+    truncated: bool = False
+    failure: str | None = None
+
+
+async def fetch(client: httpx.AsyncClient, url: str, into: Fetch) -> None:
+    """Follow up to ``MAX_REDIRECTS`` redirects and read the final body, filling ``into``."""
+    request = client.build_request("GET", url)
+    while True:
+        response = await client.send(request, stream=True)
+        into.response = response
+        try:
+            if response.next_request is None:
+                into.body, into.truncated = await read_capped(response)
+                return
+            if len(into.redirects) == MAX_REDIRECTS:
+                into.failure = TOO_MANY_REDIRECTS
+                return
+            request = response.next_request
+            into.redirects.append(str(request.url))
+        finally:
+            await response.aclose()
+
+
+def _server_address(response: httpx.Response | None) -> str | None:
+    stream = response.extensions.get("network_stream") if response is not None else None
+    addr = stream.get_extra_info("server_addr") if stream is not None else None
+    return str(addr[0]) if addr else None
+
+
+def observation(url: str, got: Fetch, t0: float, t: float, failure: str | None) -> HTTPObservation:
+    response, body = got.response, got.body
+    return HTTPObservation(
+        url=url,
+        t0=t0,
+        t=t,
+        status=response.status_code if response is not None else None,
+        redirects=tuple(got.redirects),
+        http_version=response.http_version if response is not None else None,
+        headers=tuple((k.decode("latin-1"), v.decode("latin-1"))
+                      for k, v in (response.headers.raw if response is not None else ())),
+        body_length=len(body) if body is not None else None,
+        body_sha256=hashlib.sha256(body).hexdigest() if body is not None else None,
+        body_truncated=got.truncated,
+        title=extract_title(body, response.charset_encoding) if body and response else None,
+        address=_server_address(response),
+        failure=failure,
+    )
+
+
+_EXPECTED = (httpx.HTTPError, OSError, TimeoutError, OutOfScopeError)
+
+
+class HTTPProbe:
+    """What does the URL answer, and where do its redirects lead?"""
+
+    name = "http"
+    version = "1"
+
+    async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
+        url = target.url or f"https://{target.host}/"
+        clock, progress, got = Clock(), Progress(), Fetch()
+        failure = operation = None
+        t = ctx.timeouts
+        t0 = clock()
+        try:
+            async with asyncio.timeout(t.tcp + t.tls + t.http), client_for(ctx, progress) as client:
+                await fetch(client, url, got)
+        except LookupFailed as exc:
+            failure, operation = exc.failure, exc.operation
+        except _EXPECTED as exc:
+            failure, operation = _failure(exc), progress.stage
+        if got.failure is not None:
+            failure, operation = got.failure, "http_round_trip"
+        dns = tuple(o for observations in progress.dns.values() for o in observations)
+        if failure is not None and operation == "resolve" and got.response is None:
+            return ProbeResult(dns, failure, operation)
+        return ProbeResult((*dns, observation(url, got, t0, clock(), failure)), failure, operation)

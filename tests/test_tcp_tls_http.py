@@ -1,0 +1,596 @@
+"""The TCP, TLS and HTTP probes against real loopback servers (and a loopback SOCKS5 proxy).
+
+Names are mapped by pre-seeding the context's lookup cache, so no test depends on probes.dns and
+nothing is ever resolved by the system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trustme
+from servers import (
+    EXACT_BODY,
+    LARGE_BODY,
+    PKI,
+    TITLE_PAGE,
+    LoopbackServer,
+    SocksBehaviour,
+    blackhole_port,
+    close_on_data,
+    http,
+    make_pki,
+    refusing_port,
+    reset_on_data,
+    silent,
+    socks5,
+)
+
+from probes.context import Lookup, ProbeContext, Timeouts
+from probes.http import BODY_CAP, HTTPProbe, extract_title
+from probes.model import DNSObservation, HTTPObservation, Target, TCPObservation, TLSObservation
+from probes.runner import run_probe
+from probes.scope import Scope
+from probes.socks import SocksReplyError, parse_proxy
+from probes.tcp import TCPProbe
+from probes.tls import TLSProbe, _peer_chain
+
+HOST = "example.test"
+FAST = Timeouts(dns=0.5, tcp=0.5, tls=1.0, http=1.0)
+DNS_FACT = DNSObservation(resolver="fake", transport="udp", qname=HOST, qtype="A", t0=0.0)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> PKI:
+    return make_pki(tmp_path)
+
+
+def context(
+    *addresses: str, failure: str | None = None, scope: Scope | None = None, **kw: object
+) -> ProbeContext:
+    """A fast context whose lookup of HOST answers ``addresses`` (or fails)."""
+    ctx = ProbeContext(scope=scope or Scope.loopback(), timeouts=FAST, **kw)  # type: ignore[arg-type]
+    fut: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
+    fut.set_result(Lookup(addresses, (DNS_FACT,), failure))
+    ctx._lookups[HOST] = fut
+    return ctx
+
+
+def of(kind: type, observations: tuple[object, ...]) -> list:  # type: ignore[type-arg]
+    return [o for o in observations if isinstance(o, kind)]
+
+
+def chain_sha256(cert: trustme.LeafCert) -> list[str]:
+    pems = [blob.bytes().decode() for blob in cert.cert_chain_pems]
+    return [hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest() for pem in pems]
+
+
+def leaf_sha256(cert: trustme.LeafCert) -> str:
+    return chain_sha256(cert)[0]
+
+
+async def settle() -> None:
+    """Give the servers' accept callbacks a moment to run."""
+    await asyncio.sleep(0.05)
+
+
+# --- TCP ---------------------------------------------------------------------------------------
+
+
+async def test_tcp_connects() -> None:
+    async with LoopbackServer(silent) as server:
+        result = await TCPProbe().observe(Target(service="s", probe="tcp", host=HOST,
+                                                 port=server.port), context("127.0.0.1"))
+        await settle()
+    assert result.failure is None and result.operation is None
+    assert result.observations[0] == DNS_FACT
+    (tcp,) = of(TCPObservation, result.observations)
+    assert (tcp.address, tcp.port, tcp.failure) == ("127.0.0.1", server.port, None)
+    assert 0 <= tcp.t0 <= tcp.t
+    assert server.accepted == 1
+
+
+async def test_tcp_refused() -> None:
+    with refusing_port() as port:
+        result = await TCPProbe().observe(Target(service="s", probe="tcp", host="127.0.0.1",
+                                                 port=port), context())
+    assert (result.failure, result.operation) == ("connection_refused", "connect")
+    assert of(TCPObservation, result.observations)[0].failure == "connection_refused"
+
+
+async def test_tcp_timeout() -> None:
+    with blackhole_port() as port:
+        result = await TCPProbe().observe(Target(service="s", probe="tcp", host="127.0.0.1",
+                                                 port=port), context())
+    assert (result.failure, result.operation) == ("generic_timeout_error", "connect")
+
+
+async def test_tcp_tries_every_address_and_succeeds_if_one_does() -> None:
+    async with LoopbackServer(silent) as server:
+        with refusing_port("::1", server.port):  # nothing may answer on the IPv6 twin
+            result = await TCPProbe().observe(
+                Target(service="s", probe="tcp", host=HOST, port=server.port),
+                context("::1", "127.0.0.1"),
+            )
+    assert result.failure is None
+    v6, v4 = of(TCPObservation, result.observations)
+    assert (v6.address, v6.failure) == ("::1", "connection_refused")
+    assert (v4.address, v4.failure) == ("127.0.0.1", None)
+
+
+async def test_tcp_fails_with_the_first_address_failure() -> None:
+    with refusing_port() as port, blackhole_port() as dropped:
+        ctx = context("127.0.0.1")
+        result = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=port), ctx
+        )
+        assert result.failure == "connection_refused"
+        ctx2 = context("127.0.0.1", "::1")
+        result = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=dropped), ctx2
+        )
+    assert (result.failure, result.operation) == ("generic_timeout_error", "connect")
+    assert len(of(TCPObservation, result.observations)) == 2
+
+
+async def test_tcp_lookup_failure_is_a_resolve_failure() -> None:
+    result = await TCPProbe().observe(
+        Target(service="s", probe="tcp", host=HOST, port=443),
+        context(failure="dns_nxdomain_error"),
+    )
+    assert result == type(result)((DNS_FACT,), "dns_nxdomain_error", "resolve")
+
+
+async def test_tcp_scope_refusal_sends_nothing() -> None:
+    async with LoopbackServer(silent) as server:
+        ctx = context("127.0.0.1", scope=Scope.from_entries(["10.0.0.0/8"]))
+        result = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=server.port), ctx
+        )
+        await settle()
+    assert (result.failure, result.operation) == ("out_of_scope", "connect")
+    assert server.accepted == 0
+
+
+async def test_tcp_source_address() -> None:
+    async with LoopbackServer(silent) as server:
+        ctx = context("127.0.0.1", source_address="127.0.0.2")
+        result = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=server.port), ctx
+        )
+        await settle()
+    assert result.failure is None
+    assert server.peers == ["127.0.0.2"]
+
+
+async def test_tcp_source_address_of_another_family_is_not_used() -> None:
+    async with LoopbackServer(silent, host="::1") as server:
+        ctx = context("::1", source_address="127.0.0.2")
+        result = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=server.port), ctx
+        )
+    assert result.failure is None
+
+
+# --- SOCKS5 ------------------------------------------------------------------------------------
+
+
+def proxied(proxy: LoopbackServer, scope: Scope | None = None, auth: str = "") -> ProbeContext:
+    """A context with no lookup seeded for HOST: through the proxy, names must stay remote."""
+    return ProbeContext(scope=scope or Scope.loopback(), timeouts=FAST,
+                        proxy=f"socks5://{auth}127.0.0.1:{proxy.port}")
+
+
+async def test_tcp_through_socks_resolves_at_the_proxy() -> None:
+    how = SocksBehaviour(names={HOST: "127.0.0.1"})
+    async with LoopbackServer(silent) as target, LoopbackServer(socks5(how)) as proxy:
+        ctx = proxied(proxy)
+        result = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=target.port), ctx
+        )
+        await settle()
+    assert result.failure is None
+    (tcp,) = of(TCPObservation, result.observations)
+    assert len(result.observations) == 1  # no DNS: the proxy resolved the name
+    assert (tcp.address, tcp.port) == (HOST, target.port)
+    assert how.asked == [(3, HOST, target.port)]  # a name, not an address
+    assert HOST not in ctx._lookups
+    assert target.accepted == 1
+
+
+async def test_socks_username_password() -> None:
+    how = SocksBehaviour(username="alice", password="s3cr:t", names={HOST: "127.0.0.1"})
+    async with LoopbackServer(silent) as target, LoopbackServer(socks5(how)) as proxy:
+        good = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=target.port),
+            proxied(proxy, auth="alice:s3cr%3At@"),
+        )
+        bad = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=target.port),
+            proxied(proxy, auth="alice:wrong@"),
+        )
+    assert good.failure is None
+    assert bad.operation == "proxy_connect"
+    assert bad.failure is not None and bad.failure.startswith("unknown_failure: SocksError")
+
+
+@pytest.mark.parametrize(
+    ("reply", "failure"),
+    [
+        (0x05, "connection_refused"),
+        (0x04, "host_unreachable"),
+        (0x03, "network_unreachable"),
+        (0x06, "generic_timeout_error"),
+        (0x02, "unknown_failure: SocksReplyError: SOCKS5 proxy: connection not allowed by ruleset"),
+    ],
+)
+async def test_socks_reply_codes(reply: int, failure: str) -> None:
+    async with LoopbackServer(socks5(SocksBehaviour(reply=reply))) as proxy:
+        result = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=443), proxied(proxy)
+        )
+    assert (result.failure, result.operation) == (failure, "connect")
+
+
+async def test_socks_proxy_down_is_our_side() -> None:
+    with refusing_port() as port:
+        ctx = ProbeContext(scope=Scope.loopback(), timeouts=FAST,
+                           proxy=f"socks5://127.0.0.1:{port}")
+        result = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=443), ctx
+        )
+    assert (result.failure, result.operation) == ("connection_refused", "proxy_connect")
+
+
+async def test_socks_proxy_out_of_scope_gets_nothing() -> None:
+    async with LoopbackServer(socks5(SocksBehaviour())) as proxy:
+        result = await TCPProbe().observe(
+            Target(service="s", probe="tcp", host=HOST, port=443),
+            proxied(proxy, scope=Scope.from_entries(["10.0.0.0/8"])),
+        )
+        await settle()
+    assert (result.failure, result.operation) == ("out_of_scope", "proxy_connect")
+    assert proxy.accepted == 0
+
+
+def test_parse_proxy() -> None:
+    proxy = parse_proxy("socks5h://u%40x:p@[::1]:9050")
+    assert (proxy.host, proxy.port, proxy.username, proxy.password) == ("::1", 9050, "u@x", "p")
+    with pytest.raises(ValueError, match="socks5"):
+        parse_proxy("http://127.0.0.1:8080")
+    assert SocksReplyError(0x05).errno == 111
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+async def tls_probe(server: LoopbackServer, ctx: ProbeContext, sni: str | None = None):  # type: ignore[no-untyped-def]
+    target = Target(service="s", probe="tls", host=HOST, port=server.port, sni=sni)
+    return await TLSProbe().observe(target, ctx)
+
+
+async def test_tls_valid_certificate_facts(pki: PKI) -> None:
+    async with LoopbackServer(http, tls=pki.server_context(pki.valid)) as server:
+        result = await tls_probe(server, context("127.0.0.1", ca_bundle=pki.ca_bundle))
+    assert result.failure is None
+    assert [type(o) for o in result.observations] == [DNSObservation, TCPObservation,
+                                                      TLSObservation]
+    tls = result.observations[-1]
+    assert tls.verified is True and tls.verify_error is None and tls.failure is None
+    assert tls.sni == HOST and tls.address == "127.0.0.1"
+    assert tls.version == "TLSv1.3"
+    assert tls.cipher and tls.cipher.startswith("TLS_")
+    assert tls.alpn == "http/1.1"
+    assert tls.peer_chain_sha256[0] == leaf_sha256(pki.valid)
+    assert tls.cert_subject == HOST
+    assert tls.cert_sans == (HOST, "127.0.0.1", "::1")
+    assert tls.cert_not_after and tls.cert_not_after.endswith("+00:00")
+    assert server.sni == [HOST]
+
+
+@pytest.mark.parametrize(
+    ("cert", "error"),
+    [
+        ("wrong_host", "ssl_invalid_hostname"),
+        ("unknown_ca", "ssl_unknown_authority"),
+        ("expired", "ssl_invalid_certificate"),
+    ],
+)
+async def test_tls_rejected_certificate_still_recorded(pki: PKI, cert: str, error: str) -> None:
+    leaf = getattr(pki, cert)
+    async with LoopbackServer(http, tls=pki.server_context(leaf)) as server:
+        result = await tls_probe(server, context("127.0.0.1", ca_bundle=pki.ca_bundle))
+    assert (result.failure, result.operation) == (error, "tls_handshake")
+    first, second = of(TCPObservation, result.observations)  # the facts need a second look
+    assert first.failure is None and second.failure is None
+    (tls,) = of(TLSObservation, result.observations)
+    assert (tls.verified, tls.verify_error, tls.failure) == (False, error, error)
+    assert tls.version == "TLSv1.3"
+    assert tls.peer_chain_sha256[0] == leaf_sha256(leaf)
+    assert server.accepted == 2
+
+
+async def test_tls_records_the_chain_the_server_sent(pki: PKI) -> None:
+    async with LoopbackServer(http, tls=pki.server_context(pki.via_intermediate)) as server:
+        result = await tls_probe(server, context("127.0.0.1", ca_bundle=pki.ca_bundle))
+    assert result.failure is None
+    (tls,) = of(TLSObservation, result.observations)
+    expected = chain_sha256(pki.via_intermediate)
+    assert len(expected) == 2
+    # Pythons without get_unverified_chain record the leaf alone
+    assert list(tls.peer_chain_sha256) in (expected, expected[:1])
+
+
+def test_peer_chain_falls_back_to_the_leaf() -> None:
+    class OldSSLObject:
+        def getpeercert(self, binary_form: bool = False) -> bytes:
+            return b"leaf-der"
+
+    assert _peer_chain(OldSSLObject()) == [b"leaf-der"]  # type: ignore[arg-type]
+
+
+async def test_tls_sni_is_the_targets(pki: PKI) -> None:
+    async with LoopbackServer(http, tls=pki.server_context(pki.wrong_host)) as server:
+        result = await tls_probe(server, context("127.0.0.1", ca_bundle=pki.ca_bundle),
+                                 sni="other.test")
+    assert result.failure is None
+    assert server.sni == ["other.test"]
+    assert of(TLSObservation, result.observations)[0].cert_sans == ("other.test",)
+
+
+@pytest.mark.parametrize(
+    ("handler", "failure"),
+    [(reset_on_data, "connection_reset"), (close_on_data, "eof_error"),
+     (silent, "generic_timeout_error")],
+)
+async def test_tls_handshake_interference(handler: object, failure: str) -> None:
+    async with LoopbackServer(handler) as server:  # type: ignore[arg-type]
+        result = await tls_probe(server, context("127.0.0.1"))
+    assert (result.failure, result.operation) == (failure, "tls_handshake")
+    (tcp,) = of(TCPObservation, result.observations)
+    (tls,) = of(TLSObservation, result.observations)
+    assert tcp.failure is None
+    assert (tls.failure, tls.verified, tls.version) == (failure, None, None)
+
+
+async def test_tls_tcp_failure_is_a_connect_failure() -> None:
+    with refusing_port() as port:
+        result = await TLSProbe().observe(
+            Target(service="s", probe="tls", host="127.0.0.1", port=port), context()
+        )
+    assert (result.failure, result.operation) == ("connection_refused", "connect")
+    assert of(TLSObservation, result.observations) == []
+
+
+async def test_tls_one_good_address_is_enough(pki: PKI) -> None:
+    async with LoopbackServer(http, tls=pki.server_context(pki.valid)) as server:
+        with refusing_port("::1", server.port):
+            result = await tls_probe(server, context("::1", "127.0.0.1", ca_bundle=pki.ca_bundle))
+    assert result.failure is None
+    assert [o.failure for o in of(TCPObservation, result.observations)] == [
+        "connection_refused", None]
+
+
+async def test_tls_through_socks(pki: PKI) -> None:
+    how = SocksBehaviour(names={HOST: "127.0.0.1"})
+    async with (LoopbackServer(http, tls=pki.server_context(pki.valid)) as server,
+                LoopbackServer(socks5(how)) as proxy):
+        ctx = proxied(proxy)
+        ctx.ca_bundle = pki.ca_bundle
+        result = await tls_probe(server, ctx)
+    assert result.failure is None
+    assert of(TLSObservation, result.observations)[0].address == HOST
+    assert how.asked == [(3, HOST, server.port)]
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+
+async def http_probe(url: str, ctx: ProbeContext) -> tuple[HTTPObservation | None, object]:
+    result = await HTTPProbe().observe(Target(service="s", probe="http", host=HOST, url=url), ctx)
+    found = of(HTTPObservation, result.observations)
+    return (found[0] if found else None), result
+
+
+async def test_http_page(pki: PKI) -> None:
+    async with LoopbackServer(http) as server:
+        ctx = context("127.0.0.1")
+        obs, result = await http_probe(f"http://{HOST}:{server.port}/", ctx)
+    assert result.failure is None  # type: ignore[attr-defined]
+    assert result.observations[0] == DNS_FACT  # type: ignore[attr-defined]
+    assert obs is not None
+    assert (obs.status, obs.http_version, obs.address) == (200, "HTTP/1.1", "127.0.0.1")
+    assert obs.title == "Hello, blocked World & co"
+    assert obs.body_length == len(TITLE_PAGE) and not obs.body_truncated
+    assert obs.body_sha256 == hashlib.sha256(TITLE_PAGE).hexdigest()
+    assert ("Set-Cookie", "seen=1") in obs.headers
+    assert obs.redirects == () and 0 <= obs.t0 <= obs.t
+    (request,) = server.requests
+    assert request.headers["host"] == f"{HOST}:{server.port}"
+    assert request.headers["user-agent"] == ctx.user_agent
+
+
+async def test_http_redirect_chain() -> None:
+    async with LoopbackServer(http) as server:
+        base = f"http://{HOST}:{server.port}"
+        obs, result = await http_probe(f"{base}/redirect/3", context("127.0.0.1"))
+    assert result.failure is None  # type: ignore[attr-defined]
+    assert obs is not None and obs.status == 200
+    assert obs.redirects == (f"{base}/redirect/2", f"{base}/redirect/1", f"{base}/")
+    assert obs.url == f"{base}/redirect/3"
+
+
+async def test_http_ten_redirects_are_followed_eleven_are_not() -> None:
+    async with LoopbackServer(http) as server:
+        base = f"http://{HOST}:{server.port}"
+        ten, ok = await http_probe(f"{base}/redirect/10", context("127.0.0.1"))
+        loop, bad = await http_probe(f"{base}/loop", context("127.0.0.1"))
+    assert ok.failure is None and ten is not None and len(ten.redirects) == 10  # type: ignore[attr-defined]
+    assert (bad.failure, bad.operation) == ("http_too_many_redirects", "http_round_trip")  # type: ignore[attr-defined]
+    assert loop is not None and loop.failure == "http_too_many_redirects"
+    assert loop.status == 302 and loop.redirects == (f"{base}/loop",) * 10
+
+
+async def test_http_body_cap() -> None:
+    async with LoopbackServer(http) as server:
+        base = f"http://{HOST}:{server.port}"
+        large, _ = await http_probe(f"{base}/large", context("127.0.0.1"))
+        exact, _ = await http_probe(f"{base}/exact", context("127.0.0.1"))
+    assert large is not None and large.body_truncated and large.body_length == BODY_CAP
+    assert large.body_sha256 == hashlib.sha256(LARGE_BODY[:BODY_CAP]).hexdigest()
+    assert exact is not None and not exact.body_truncated and exact.body_length == BODY_CAP
+    assert exact.body_sha256 == hashlib.sha256(EXACT_BODY).hexdigest()
+
+
+Check = Callable[[HTTPObservation | None], bool]
+
+
+@pytest.mark.parametrize(
+    ("path", "failure"),
+    [("/slow", "generic_timeout_error"), ("/reset", "connection_reset"), ("/close", "eof_error")],
+)
+async def test_http_round_trip_failures(path: str, failure: str) -> None:
+    async with LoopbackServer(http) as server:
+        server.slow_delay = 5
+        obs, result = await http_probe(f"http://{HOST}:{server.port}{path}", context("127.0.0.1"))
+    assert (result.failure, result.operation) == (failure, "http_round_trip")  # type: ignore[attr-defined]
+    assert obs is not None and obs.failure == failure and obs.status is None
+
+
+async def test_http_connect_failures() -> None:
+    with refusing_port() as port, blackhole_port() as dropped:
+        _, refused = await http_probe(f"http://{HOST}:{port}/", context("127.0.0.1"))
+        _, timed_out = await http_probe(f"http://{HOST}:{dropped}/", context("127.0.0.1"))
+    assert (refused.failure, refused.operation) == ("connection_refused", "connect")  # type: ignore[attr-defined]
+    assert (timed_out.failure, timed_out.operation) == ("generic_timeout_error", "connect")  # type: ignore[attr-defined]
+
+
+async def test_http_tries_the_next_address() -> None:
+    async with LoopbackServer(http) as server:
+        with refusing_port("::1", server.port):
+            obs, result = await http_probe(f"http://{HOST}:{server.port}/",
+                                           context("::1", "127.0.0.1"))
+    assert result.failure is None  # type: ignore[attr-defined]
+    assert obs is not None and obs.address == "127.0.0.1"
+
+
+async def test_http_source_address_and_ipv6_literal() -> None:
+    async with LoopbackServer(http) as v4, LoopbackServer(http, host="::1") as v6:
+        ctx = context(source_address="127.0.0.2")
+        four, r4 = await http_probe(f"http://127.0.0.1:{v4.port}/", ctx)
+        six, r6 = await http_probe(f"http://[::1]:{v6.port}/", ctx)
+        await settle()
+    assert r4.failure is None and r6.failure is None  # type: ignore[attr-defined]
+    assert v4.peers == ["127.0.0.2"]
+    assert four is not None and six is not None and six.address == "::1"
+
+
+async def test_http_lookup_failure() -> None:
+    obs, result = await http_probe(f"http://{HOST}/", context(failure="dns_nxdomain_error"))
+    assert obs is None
+    assert result.observations == (DNS_FACT,)  # type: ignore[attr-defined]
+    assert (result.failure, result.operation) == ("dns_nxdomain_error", "resolve")  # type: ignore[attr-defined]
+
+
+async def test_http_scope_refusal_sends_nothing() -> None:
+    async with LoopbackServer(http) as server:
+        ctx = context("127.0.0.1", scope=Scope.from_entries(["10.0.0.0/8"]))
+        _, result = await http_probe(f"http://{HOST}:{server.port}/", ctx)
+        _, literal = await http_probe(f"http://127.0.0.1:{server.port}/", ctx)
+        await settle()
+    assert (result.failure, result.operation) == ("out_of_scope", "connect")  # type: ignore[attr-defined]
+    assert (literal.failure, literal.operation) == ("out_of_scope", "connect")  # type: ignore[attr-defined]
+    assert server.accepted == 0
+
+
+async def test_https_valid(pki: PKI) -> None:
+    async with LoopbackServer(http, tls=pki.server_context(pki.valid)) as server:
+        obs, result = await http_probe(f"https://{HOST}:{server.port}/",
+                                       context("127.0.0.1", ca_bundle=pki.ca_bundle))
+    assert result.failure is None  # type: ignore[attr-defined]
+    assert obs is not None and obs.status == 200 and obs.title
+    assert server.sni == [HOST]
+
+
+@pytest.mark.parametrize(
+    ("cert", "failure"),
+    [
+        ("wrong_host", "ssl_invalid_hostname"),
+        ("unknown_ca", "ssl_unknown_authority"),
+        ("expired", "ssl_invalid_certificate"),
+    ],
+)
+async def test_https_certificate_failures(pki: PKI, cert: str, failure: str) -> None:
+    async with LoopbackServer(http, tls=pki.server_context(getattr(pki, cert))) as server:
+        _, result = await http_probe(f"https://{HOST}:{server.port}/",
+                                     context("127.0.0.1", ca_bundle=pki.ca_bundle))
+    assert (result.failure, result.operation) == (failure, "tls_handshake")  # type: ignore[attr-defined]
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("handler", "failure"),
+    [(reset_on_data, "connection_reset"), (close_on_data, "eof_error"),
+     (silent, "generic_timeout_error")],
+)
+async def test_https_handshake_interference(handler: object, failure: str) -> None:
+    async with LoopbackServer(handler) as server:  # type: ignore[arg-type]
+        _, result = await http_probe(f"https://{HOST}:{server.port}/", context("127.0.0.1"))
+    assert (result.failure, result.operation) == (failure, "tls_handshake")  # type: ignore[attr-defined]
+
+
+async def test_http_through_socks(pki: PKI) -> None:
+    how = SocksBehaviour(names={HOST: "127.0.0.1"})
+    async with (LoopbackServer(http, tls=pki.server_context(pki.valid)) as server,
+                LoopbackServer(socks5(how)) as proxy):
+        ctx = proxied(proxy)
+        ctx.ca_bundle = pki.ca_bundle
+        obs, result = await http_probe(f"https://{HOST}:{server.port}/redirect/1", ctx)
+    assert result.failure is None  # type: ignore[attr-defined]
+    assert obs is not None and obs.status == 200 and obs.address == HOST
+    assert how.asked[0] == (3, HOST, server.port)
+    assert HOST not in ctx._lookups
+
+
+async def test_http_through_socks_refused_target() -> None:
+    async with LoopbackServer(socks5(SocksBehaviour(reply=0x05))) as proxy:
+        _, result = await http_probe(f"http://{HOST}/", proxied(proxy))
+    assert (result.failure, result.operation) == ("connection_refused", "connect")  # type: ignore[attr-defined]
+
+
+async def test_http_through_socks_proxy_out_of_scope() -> None:
+    async with LoopbackServer(socks5(SocksBehaviour())) as proxy:
+        _, result = await http_probe(
+            f"http://{HOST}/", proxied(proxy, scope=Scope.from_entries(["10.0.0.0/8"]))
+        )
+        await settle()
+    assert (result.failure, result.operation) == ("out_of_scope", "proxy_connect")  # type: ignore[attr-defined]
+    assert proxy.accepted == 0
+
+
+def test_extract_title() -> None:
+    assert extract_title(b"<html><title>\n a  <b> &lt;c&gt; </title>") == "a <b> <c>"
+    assert extract_title(b"<p>no title</p>") is None
+    assert extract_title(b"<title>" + b"x" * 500 + b"</title>") == "x" * 200
+    assert extract_title("<title>caf\xe9</title>".encode("latin-1"), "latin-1") == "caf\xe9"
+
+
+# --- the runner --------------------------------------------------------------------------------
+
+
+async def test_exception_inside_a_probe_becomes_unknown_failure() -> None:
+    ctx = context()
+    broken: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
+    broken.set_exception(RuntimeError("resolver exploded at 192.0.2.1"))
+    ctx._lookups[HOST] = broken
+    measurement = await run_probe(
+        TCPProbe(), Target(service="s", probe="tcp", host=HOST, port=443), ctx,
+        run_id="r", vantage="v",
+    )
+    assert measurement.failure == "unknown_failure: RuntimeError: resolver exploded at [scrubbed]"
+    assert measurement.failed_operation == "probe"
