@@ -22,10 +22,9 @@ import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
-import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -74,6 +73,9 @@ def is_bogon(ip: str) -> bool:
     return any(addr.version == net.version and addr in net for net in _BOGONS)
 
 
+_Responses = tuple[DNSResponse, ...]
+
+
 class _Failed(Exception):
     """A query ended before any response, with this failure string."""
 
@@ -96,9 +98,9 @@ class DNSProbe:
         a, aaaa = await asyncio.gather(
             query(spec, target.host, "A", ctx), query(spec, target.host, "AAAA", ctx)
         )
-        # An AAAA query without addresses counts as failed here (an empty AAAA answer is normal,
-        # so its own failure is None): otherwise a forged A answer next to an empty AAAA answer
-        # would hide the block from the measurement.
+        # An AAAA query without addresses counts as failed here (its own failure is None, as a
+        # name without IPv6 is normal): otherwise a sinkhole's bogon A answer next to an empty
+        # AAAA answer would leave the measurement without a failure.
         if a.failure is not None and (aaaa.failure is not None or not aaaa.addresses):
             return ProbeResult((a, aaaa), a.failure, "resolve")
         return ProbeResult((a, aaaa))
@@ -118,7 +120,7 @@ async def query(spec: ResolverSpec, qname: str, rdtype: str, ctx: ProbeContext) 
     q = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
     t0 = time.time()
     failure: str | None = None
-    responses: tuple[DNSResponse, ...] = ()
+    responses: _Responses = ()
     try:
         where = await _destination(spec, ctx)
         async with ctx.dns_limit(str(spec)):
@@ -140,7 +142,7 @@ async def query(spec: ResolverSpec, qname: str, rdtype: str, ctx: ProbeContext) 
     )
 
 
-def _failure(rdtype: str, responses: tuple[DNSResponse, ...], ctx: ProbeContext) -> str | None:
+def _failure(rdtype: str, responses: _Responses, ctx: ProbeContext) -> str | None:
     """The failure a stub resolver would meet: it acts on the first well-formed response."""
     if not responses:
         return failures.GENERIC_TIMEOUT
@@ -191,19 +193,19 @@ def system_nameservers() -> tuple[str, ...]:
     return addresses or system_resolver_addresses()
 
 
-def system_resolver() -> ResolverSpec:
+def system_resolver() -> ResolverSpec | None:
     """The system resolver as an explicit UDP resolver (the first nameserver, port 53)."""
     nameservers = system_nameservers()
-    if not nameservers:
-        raise _Failed(failures.unknown("no nameserver in /etc/resolv.conf"))
-    return ResolverSpec("udp", nameservers[0], 53)
+    return ResolverSpec("udp", nameservers[0], 53) if nameservers else None
 
 
 async def _destination(spec: ResolverSpec, ctx: ProbeContext) -> _Where:
     """Turn a resolver into an address the scope admits, or raise ``_Failed``."""
     if spec.is_system:
-        spec_used = system_resolver()
-        address = spec_used.address
+        found = system_resolver()
+        if found is None:
+            raise _Failed(failures.unknown("no nameserver in /etc/resolv.conf"))
+        spec_used, address = found, found.address
     elif spec.scheme == "https" and not _is_ip(spec.address):
         spec_used, address = spec, await _doh_address(spec, ctx)
     else:
@@ -217,6 +219,10 @@ async def _destination(spec: ResolverSpec, ctx: ProbeContext) -> _Where:
 
 async def _doh_address(spec: ResolverSpec, ctx: ProbeContext) -> str:
     """The address of a DoH server named by host name: the first one the scope admits."""
+    lookup_spec = ctx.lookup_resolver
+    if lookup_spec.scheme == "https" and not _is_ip(lookup_spec.address):
+        # it would look its own name up with itself, waiting forever on its own lookup
+        raise _Failed(failures.unknown("a DoH lookup resolver needs an IP address in its URL"))
     lookup = await ctx.lookup(spec.address)
     if not lookup.addresses:
         raise _Failed(lookup.failure or failures.DNS_NO_ANSWER)
@@ -240,28 +246,38 @@ def _endpoint(address: str, port: int) -> str:
 
 
 def _response(
-    data: bytes, q: dns.message.Message, source: str, t: float, ip_ttl: int | None = None,
+    data: bytes,
+    q: dns.message.Message,
+    source: str,
+    t: float,
+    ip_ttl: int | None = None,
     malformed: str | None = None,
 ) -> DNSResponse:
     """Record one response; bytes that do not parse become ``malformed`` instead of raising."""
-    qid = int.from_bytes(data[:2], "big") if len(data) >= 2 else -1
     flags = int.from_bytes(data[2:4], "big") if len(data) >= 4 else -1
-    rcode = dns.rcode.to_text(dns.rcode.Rcode(flags & 0xF)) if flags >= 0 else ""
-    base = {"t": round(t, 6), "source": source, "id": qid, "flags": flags, "ip_ttl": ip_ttl}
+    header = DNSResponse(
+        t=round(t, 6),
+        source=source,
+        id=int.from_bytes(data[:2], "big") if len(data) >= 2 else -1,
+        flags=flags,
+        rcode=dns.rcode.to_text(dns.rcode.from_flags(flags, 0)) if flags >= 0 else "",
+        ip_ttl=ip_ttl,
+        malformed=malformed,
+    )
     if malformed is not None:
-        return DNSResponse(rcode=rcode, malformed=malformed, **base)
+        return header
     try:
         msg = dns.message.from_wire(data)
     except Exception as exc:  # hostile bytes can raise from any corner of the parser
-        return DNSResponse(rcode=rcode, malformed=f"{type(exc).__name__}: {exc}"[:200], **base)
+        return replace(header, malformed=failures.scrub(f"{type(exc).__name__}: {exc}")[:200])
     if not q.is_response(msg):
-        return DNSResponse(rcode=rcode, malformed="not a response to this query", **base)
+        return replace(header, malformed="not a response to this query")
     answers = tuple(
         DNSAnswer(rtype=dns.rdatatype.to_text(rrset.rdtype), value=rd.to_text(), ttl=rrset.ttl)
         for rrset in msg.answer
         for rd in rrset
     )
-    return DNSResponse(rcode=dns.rcode.to_text(msg.rcode()), answers=answers, **base)
+    return replace(header, rcode=dns.rcode.to_text(msg.rcode()), answers=answers)
 
 
 # --- UDP ----------------------------------------------------------------------------------------
@@ -297,10 +313,8 @@ class _Inbox:
         while True:
             try:
                 data, anc, _flags, addr = self._sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4))
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # drained (EAGAIN), or a queued ICMP error: nothing to record
                 return
-            except OSError:  # an ICMP error queued on the socket: nothing to record
-                continue
             self.queue.put_nowait(_Datagram(data, (addr[0], addr[1]), self._loop.time(), _ttl(anc)))
 
     def close(self) -> None:
@@ -343,7 +357,7 @@ def _family(address: str) -> int:
     return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
-async def _udp(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> tuple[DNSResponse, ...]:
+async def _udp(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _Responses:
     """Send the query, and resend it if nothing at all came back; record every response."""
     loop = asyncio.get_running_loop()
     wire = q.to_wire()
@@ -352,10 +366,8 @@ async def _udp(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> tupl
         inbox = _Inbox(sock)
         try:
             sent = loop.time()
-            for attempt in range(1 + max(0, ctx.dns_retries)):
-                if attempt:
-                    # a retry keeps the socket and the id: a late answer to the first send counts
-                    await asyncio.sleep(0)
+            # A retry keeps the socket and the id, so a late answer to the first send still counts.
+            for _attempt in range(1 + max(0, ctx.dns_retries)):
                 await loop.sock_sendto(sock, wire, (where.address, where.port))
                 await _listen(inbox, q, where, sent, loop.time() + ctx.timeouts.dns, responses)
                 if responses:
@@ -407,7 +419,7 @@ def _ours(dgram: _Datagram, q: dns.message.Message, where: _Where) -> bool:
 # --- TCP and TLS --------------------------------------------------------------------------------
 
 
-async def _stream(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> tuple[DNSResponse, ...]:
+async def _stream(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _Responses:
     """One query over TCP or TLS (DoT), length-prefixed (RFC 1035 4.2.2, RFC 7858).
 
     asyncio streams rather than ``dns.asyncquery.tcp``/``tls`` so that the raw bytes reach the
@@ -440,11 +452,12 @@ async def _stream(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> t
 # --- HTTPS (DoH) --------------------------------------------------------------------------------
 
 
-async def _https(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> tuple[DNSResponse, ...]:
+async def _https(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _Responses:
     """One query as a DoH POST (RFC 8484) to the scope-checked address.
 
-    httpx directly: the installed dnspython's DoH needs ``httpx2``, and it would resolve the
-    server's name itself, bypassing the scope check. The URL is rewritten to the address, with
+    httpx directly: the installed dnspython (2.9) does DoH with ``httpx2``, which is not a
+    dependency, and without a bootstrap address it would resolve the server's name itself,
+    around the scope check. The URL is rewritten to the address, with
     the Host header and the TLS server name keeping the original name.
     """
     url = urlsplit(where.spec.url or "")
@@ -456,8 +469,11 @@ async def _https(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> tu
     }
     extensions = {} if _is_ip(where.spec.address) else {"sni_hostname": where.spec.address}
     loop = asyncio.get_running_loop()
+    transport = httpx.AsyncHTTPTransport(
+        verify=ctx.ssl_context(), local_address=ctx.source_address
+    )
     async with httpx.AsyncClient(
-        verify=ctx.ssl_context(), trust_env=False, timeout=ctx.timeouts.dns
+        transport=transport, trust_env=False, timeout=ctx.timeouts.dns
     ) as client:
         async with asyncio.timeout(ctx.timeouts.dns):
             sent = loop.time()
@@ -467,8 +483,9 @@ async def _https(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> tu
             ) as resp:
                 data = await _read_capped(resp)
                 t = loop.time() - sent
-    status = None if resp.status_code == 200 else f"HTTP status {resp.status_code}"
-    return (_response(data, q, netloc, t, malformed=status),)
+    if resp.status_code != 200:  # the body is a block page or an error, not a DNS message
+        return (_response(b"", q, netloc, t, malformed=f"HTTP status {resp.status_code}"),)
+    return (_response(data, q, netloc, t),)
 
 
 async def _read_capped(resp: httpx.Response) -> bytes:
@@ -481,5 +498,5 @@ async def _read_capped(resp: httpx.Response) -> bytes:
     return bytes(body)
 
 
-_Exchange = Callable[[_Where, dns.message.Message, ProbeContext], Awaitable[tuple[DNSResponse, ...]]]
+_Exchange = Callable[[_Where, dns.message.Message, ProbeContext], Awaitable[_Responses]]
 _EXCHANGES: dict[str, _Exchange] = {"udp": _udp, "tcp": _stream, "tls": _stream, "https": _https}

@@ -1,0 +1,472 @@
+"""The DNS probe against a real DNS server on loopback (tests/dns_server.py).
+
+Each test picks the server's behaviour for a name and checks the failure string and the
+responses the probe recorded. Timeouts are 0.25 s, so a normal UDP query (which listens until
+the timeout or the injection window ends) costs a quarter of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from dns_server import Behaviour, DNSServer
+
+from probes import dns as dns_probe
+from probes import failures as F
+from probes.context import ProbeContext, ProbeResult, Timeouts
+from probes.dns import INJECTION_WINDOW_S, DNSProbe, is_bogon, lookup_addresses, query
+from probes.model import DNSObservation, Target
+from probes.resolvers import ResolverSpec, parse_resolver
+from probes.runner import run_probe
+from probes.scope import Scope
+
+TIMEOUT = 0.25
+LINUX = sys.platform.startswith("linux")
+
+NAMES = {
+    "ok.test": Behaviour(addresses=("127.0.0.2", "::1")),
+    "v4only.test": Behaviour(addresses=("127.0.0.2",)),
+    "nx.test": Behaviour(rcode="NXDOMAIN"),
+    "servfail.test": Behaviour(rcode="SERVFAIL"),
+    "refused.test": Behaviour(rcode="REFUSED"),
+    "empty.test": Behaviour(),
+    "silent.test": Behaviour(silent=True),
+    "lost.test": Behaviour(addresses=("127.0.0.2",), drop_first=1),
+    "injected.test": Behaviour(
+        addresses=("127.0.0.2",), forged=("10.10.34.35",), forged_ip_ttl=33, delay=0.05
+    ),
+    "spoofed.test": Behaviour(addresses=("127.0.0.2",), forged=("31.13.64.1",),
+                              forged_other_port=True, delay=0.05),
+    "doh.test": Behaviour(addresses=("127.0.0.1",)),
+    "uncertified-doh.test": Behaviour(addresses=("127.0.0.1",)),
+    "doh-elsewhere.test": Behaviour(addresses=("127.0.0.2",)),
+    "blockpage.test": Behaviour(addresses=("127.0.0.2",), http_status=403),
+}
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def server(ca: trustme.CA) -> Iterator[DNSServer]:
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("dns.test", "doh.test", "127.0.0.1").configure_cert(tls)
+    with DNSServer(dict(NAMES), tls=tls) as srv:
+        yield srv
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def context(scope: Scope | None = None, timeout: float = TIMEOUT, **kw: object) -> ProbeContext:
+    return ProbeContext(
+        scope=scope or Scope.loopback(), timeouts=Timeouts(dns=timeout), **kw  # type: ignore[arg-type]
+    )
+
+
+async def probe(host: str, resolver: str | None, ctx: ProbeContext | None = None) -> ProbeResult:
+    target = Target(service="test", probe="dns", host=host, resolver=resolver)
+    return await DNSProbe().observe(target, ctx or context())
+
+
+def a_and_aaaa(result: ProbeResult) -> tuple[DNSObservation, DNSObservation]:
+    a, aaaa = result.observations
+    assert isinstance(a, DNSObservation) and isinstance(aaaa, DNSObservation)
+    assert (a.qtype, aaaa.qtype) == ("A", "AAAA")
+    return a, aaaa
+
+
+# --- bogons ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ip",
+    ["0.0.0.0", "10.1.2.3", "100.64.0.1", "127.0.0.1", "169.254.1.1", "172.16.5.4",
+     "192.168.1.1", "198.18.0.1", "203.0.113.7", "224.0.0.1", "240.0.0.1", "255.255.255.255",
+     "::", "::1", "fe80::1", "fc00::1", "2001:db8::1", "ff02::1", "::ffff:10.0.0.1"],
+)
+def test_bogons(ip: str) -> None:
+    assert is_bogon(ip)
+
+
+@pytest.mark.parametrize(
+    "ip", ["8.8.8.8", "31.13.64.1", "157.240.1.35", "2a03:2880:f10c::1", "::ffff:8.8.8.8"]
+)
+def test_public_addresses_are_not_bogons(ip: str) -> None:
+    assert not is_bogon(ip)
+
+
+# --- answers and rcodes over UDP ------------------------------------------------------------
+
+
+async def test_udp_answer_is_recorded_in_full(server: DNSServer) -> None:
+    result = await probe("ok.test", server.udp)
+    a, aaaa = a_and_aaaa(result)
+    assert (result.failure, a.failure, aaaa.failure) == (None, None, None)
+    assert (a.resolver, a.transport, a.qname) == (server.udp, "udp", "ok.test")
+    [resp] = a.responses
+    sent_ids = {q.id for q in server.queries if q.qtype == "A"}
+    assert resp.id in sent_ids
+    assert resp.source == server.endpoint == f"127.0.0.1:{server.port}"
+    assert resp.rcode == "NOERROR" and resp.flags & 0x8000  # QR: a response
+    assert [(x.rtype, x.value, x.ttl) for x in resp.answers] == [("A", "127.0.0.2", 300)]
+    assert 0 < resp.t < TIMEOUT and resp.malformed is None
+    assert aaaa.addresses == ("::1",)
+    if LINUX:
+        assert resp.ip_ttl == server.ip_ttl
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_ipv6_resolver() -> None:
+    with DNSServer({"ok.test": NAMES["ok.test"]}, host="::1") as server:
+        result = await probe("ok.test", server.udp)
+    a, _ = a_and_aaaa(result)
+    assert result.failure is None and a.resolver == server.udp
+    [resp] = a.responses
+    assert resp.source == server.endpoint == f"[::1]:{server.port}"
+    if LINUX:
+        assert resp.ip_ttl == server.ip_ttl  # the IPv6 hop limit
+
+
+@pytest.mark.parametrize(
+    ("name", "failure"),
+    [("nx.test", F.DNS_NXDOMAIN), ("servfail.test", F.DNS_SERVFAIL),
+     ("refused.test", F.DNS_REFUSED)],
+)
+async def test_error_rcodes(server: DNSServer, name: str, failure: str) -> None:
+    result = await probe(name, server.udp)
+    a, aaaa = a_and_aaaa(result)
+    assert (result.failure, result.operation) == (failure, "resolve")
+    assert a.failure == aaaa.failure == failure
+    assert len(a.responses) == 1 and a.responses[0].answers == ()
+
+
+async def test_empty_answer_fails_a_but_not_aaaa(server: DNSServer) -> None:
+    result = await probe("empty.test", server.udp)
+    a, aaaa = a_and_aaaa(result)
+    assert (a.failure, aaaa.failure) == (F.DNS_NO_ANSWER, None)
+    assert result.failure == F.DNS_NO_ANSWER
+
+
+async def test_name_without_ipv6_is_ok(server: DNSServer) -> None:
+    result = await probe("v4only.test", server.udp)
+    a, aaaa = a_and_aaaa(result)
+    assert (result.failure, a.failure, aaaa.failure) == (None, None, None)
+    assert a.addresses == ("127.0.0.2",) and aaaa.addresses == ()
+
+
+@pytest.mark.parametrize(
+    ("addresses", "failure"),
+    [
+        (("10.1.2.3",), F.DNS_BOGON),
+        (("10.1.2.3", "192.168.0.1", "fe80::1"), F.DNS_BOGON),
+        (("10.1.2.3", "8.8.8.8"), None),  # one public address: not a sinkhole answer
+        (("127.0.0.9",), None),  # a bogon, but inside the scope: a real address here
+        (("10.1.2.3", "127.0.0.9"), None),
+    ],
+)
+async def test_bogon_answers(
+    server: DNSServer, addresses: tuple[str, ...], failure: str | None
+) -> None:
+    server.names["bogon.test"] = Behaviour(addresses=addresses)
+    result = await probe("bogon.test", server.udp)
+    a, aaaa = a_and_aaaa(result)
+    assert a.failure == failure
+    assert result.failure == failure
+    if "fe80::1" in addresses:
+        assert aaaa.failure == F.DNS_BOGON
+
+
+# --- lost packets and silence ---------------------------------------------------------------
+
+
+async def test_silence_is_retried_once_then_times_out(server: DNSServer) -> None:
+    start = time.monotonic()
+    result = await probe("silent.test", server.udp)
+    elapsed = time.monotonic() - start
+    a, aaaa = a_and_aaaa(result)
+    assert (result.failure, a.failure, aaaa.failure) == (F.GENERIC_TIMEOUT,) * 3
+    assert a.responses == ()
+    assert server.count("silent.test", "A") == 2 and server.count("silent.test", "AAAA") == 2
+    assert elapsed >= 2 * TIMEOUT * 0.9
+
+
+async def test_no_retry_when_retries_are_off(server: DNSServer) -> None:
+    result = await probe("silent.test", server.udp, context(dns_retries=0))
+    assert result.failure == F.GENERIC_TIMEOUT
+    assert server.count("silent.test", "A") == 1
+
+
+async def test_lost_query_is_answered_on_retry(server: DNSServer) -> None:
+    result = await probe("lost.test", server.udp)
+    a, _ = a_and_aaaa(result)
+    assert result.failure is None and a.addresses == ("127.0.0.2",)
+    assert server.count("lost.test", "A") == 2
+    [resp] = a.responses
+    assert resp.t >= TIMEOUT  # measured from the first send: the answer is to the retry
+
+
+# --- injection ------------------------------------------------------------------------------
+
+
+async def test_injected_and_real_answers_are_both_recorded(server: DNSServer) -> None:
+    result = await probe("injected.test", server.udp)
+    a, _ = a_and_aaaa(result)
+    forged, real = a.responses
+    assert forged.id == real.id
+    assert forged.answers[0].value == "10.10.34.35" and real.answers[0].value == "127.0.0.2"
+    assert forged.t < real.t
+    # the stub's view is the first answer: a bogon outside the scope
+    assert a.addresses == ("10.10.34.35",) and a.failure == F.DNS_BOGON
+    assert result.failure == F.DNS_BOGON
+    if LINUX:
+        assert (forged.ip_ttl, real.ip_ttl) == (33, server.ip_ttl)
+
+
+async def test_answer_from_another_source_is_recorded(server: DNSServer) -> None:
+    result = await probe("spoofed.test", server.udp)
+    a, _ = a_and_aaaa(result)
+    first, second = a.responses
+    assert first.answers[0].value == "31.13.64.1" and second.answers[0].value == "127.0.0.2"
+    assert first.source != server.endpoint and first.source.startswith("127.0.0.1:")
+    assert second.source == server.endpoint
+
+
+async def test_listening_ends_one_window_after_the_first_answer(server: DNSServer) -> None:
+    # a real answer 0.3 s after the forged one is inside the window, and the query then ends
+    # well before its 5 s timeout
+    server.names["slow.test"] = Behaviour(addresses=("127.0.0.2",), forged=("31.13.64.1",),
+                                          delay=0.3)
+    ctx = context(timeout=5.0)
+    start = time.monotonic()
+    a = await query(parse_resolver(server.udp), "slow.test", "A", ctx)
+    elapsed = time.monotonic() - start
+    assert [r.answers[0].value for r in a.responses] == ["31.13.64.1", "127.0.0.2"]
+    assert INJECTION_WINDOW_S * 0.9 <= elapsed < INJECTION_WINDOW_S + 1.0
+
+
+# --- malformed responses --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"\x01",
+        b"\x12\x34 not dns at all",
+        b"\xff\xff\x81\x80\x00\x05\x00\x00\x00\x00\x00\x00",  # 5 questions announced, none sent
+        bytes(range(256)) * 3,
+    ],
+)
+async def test_garbage_is_recorded_as_malformed(server: DNSServer, garbage: bytes) -> None:
+    server.names["garbage.test"] = Behaviour(garbage=garbage)
+    result = await probe("garbage.test", server.udp)
+    a, aaaa = a_and_aaaa(result)
+    assert (result.failure, a.failure, aaaa.failure) == (F.DNS_MALFORMED,) * 3
+    [resp] = a.responses
+    assert resp.malformed
+    assert resp.id == (int.from_bytes(garbage[:2], "big") if len(garbage) >= 2 else -1)
+
+
+async def test_truncated_answer_is_malformed_with_its_header(server: DNSServer) -> None:
+    server.names["cut.test"] = Behaviour(addresses=("127.0.0.2",), truncate=True)
+    result = await probe("cut.test", server.udp)
+    a, _ = a_and_aaaa(result)
+    assert a.failure == F.DNS_MALFORMED
+    [resp] = a.responses
+    assert resp.malformed and resp.id in {q.id for q in server.queries if q.qtype == "A"}
+    assert resp.rcode == "NOERROR"
+
+
+# --- TCP, TLS, HTTPS ------------------------------------------------------------------------
+
+
+async def test_tcp_answer(server: DNSServer) -> None:
+    result = await probe("ok.test", server.tcp)
+    a, aaaa = a_and_aaaa(result)
+    assert result.failure is None and a.transport == "tcp"
+    assert (a.addresses, aaaa.addresses) == (("127.0.0.2",), ("::1",))
+    assert server.count(transport="tcp") == 2 and server.count(transport="udp") == 0
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "failure"),
+    [
+        (Behaviour(rcode="NXDOMAIN"), F.DNS_NXDOMAIN),
+        (Behaviour(garbage=b"\x00\x01junk"), F.DNS_MALFORMED),
+        (Behaviour(silent=True), F.GENERIC_TIMEOUT),
+    ],
+)
+async def test_tcp_failures(server: DNSServer, behaviour: Behaviour, failure: str) -> None:
+    server.names["t.test"] = behaviour
+    result = await probe("t.test", server.tcp)
+    assert result.failure == failure
+    assert server.count("t.test", "A") == 1  # TCP retransmits by itself: no second query
+
+
+async def test_tcp_connection_refused() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = await probe("ok.test", f"tcp://127.0.0.1:{port}")
+    assert result.failure == F.CONNECTION_REFUSED
+
+
+async def test_dns_over_tls(server: DNSServer, ca_file: str) -> None:
+    result = await probe("ok.test", server.dot("dns.test"), context(ca_bundle=ca_file))
+    a, _ = a_and_aaaa(result)
+    assert result.failure is None and a.transport == "tls" and a.addresses == ("127.0.0.2",)
+    assert server.count(transport="tls") == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "with_ca", "failure"),
+    [("dns.test", False, F.SSL_UNKNOWN_AUTHORITY), ("other.test", True, F.SSL_INVALID_HOSTNAME)],
+)
+async def test_dns_over_tls_checks_the_certificate(
+    server: DNSServer, ca_file: str, name: str, with_ca: bool, failure: str
+) -> None:
+    ctx = context(ca_bundle=ca_file if with_ca else None)
+    result = await probe("ok.test", server.dot(name), ctx)
+    assert result.failure == failure
+    assert server.count(transport="tls") == 0
+
+
+async def test_dns_over_https_by_address(server: DNSServer, ca_file: str) -> None:
+    result = await probe("ok.test", server.doh(), context(ca_bundle=ca_file))
+    a, _ = a_and_aaaa(result)
+    assert result.failure is None and a.transport == "https"
+    assert a.resolver == server.doh()
+    assert a.responses[0].source == f"127.0.0.1:{server.https_port}"
+
+
+async def test_dns_over_https_by_name_is_looked_up_first(server: DNSServer, ca_file: str) -> None:
+    ctx = context(ca_bundle=ca_file, lookup_resolver=parse_resolver(server.udp))
+    result = await probe("ok.test", server.doh("doh.test"), ctx)
+    assert result.failure is None
+    assert server.count("doh.test", transport="udp") == 2  # A and AAAA, once: the lookup cache
+    assert server.count("ok.test", transport="https") == 2
+
+
+async def test_dns_over_https_checks_the_certificate(server: DNSServer, ca_file: str) -> None:
+    result = await probe("ok.test", server.doh())  # the test CA is not trusted
+    assert result.failure == F.SSL_UNKNOWN_AUTHORITY
+    # the certificate names 127.0.0.1 but not this name: the name is checked, not the address
+    ctx = context(ca_bundle=ca_file, lookup_resolver=parse_resolver(server.udp))
+    result = await probe("ok.test", server.doh("uncertified-doh.test"), ctx)
+    assert result.failure == F.SSL_INVALID_HOSTNAME
+    assert server.count(transport="https") == 0
+
+
+async def test_dns_over_https_block_page_is_malformed(server: DNSServer, ca_file: str) -> None:
+    result = await probe("blockpage.test", server.doh(), context(ca_bundle=ca_file))
+    a, _ = a_and_aaaa(result)
+    assert a.failure == F.DNS_MALFORMED
+    assert a.responses[0].malformed == "HTTP status 403"
+
+
+# --- scope ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_out_of_scope_resolver_gets_nothing(server: DNSServer, transport: str) -> None:
+    resolver = server.udp if transport == "udp" else server.tcp
+    result = await probe("ok.test", resolver, context(Scope.from_entries(["10.0.0.0/8"])))
+    a, aaaa = a_and_aaaa(result)
+    assert (result.failure, a.failure, aaaa.failure) == (F.OUT_OF_SCOPE,) * 3
+    assert a.responses == () and result.operation == "resolve"
+    await asyncio.sleep(0.05)  # anything sent would have reached the server by now
+    assert server.count() == 0
+
+
+async def test_out_of_scope_doh_address_gets_nothing(server: DNSServer, ca_file: str) -> None:
+    # the lookup resolver (127.0.0.1) is in scope; the DoH name resolves to 127.0.0.2, which
+    # is not: a connection there would fail with connection_refused, not out_of_scope
+    ctx = context(Scope.from_entries(["127.0.0.1/32"]), ca_bundle=ca_file,
+                  lookup_resolver=parse_resolver(server.udp))
+    result = await probe("ok.test", server.doh("doh-elsewhere.test"), ctx)
+    assert result.failure == F.OUT_OF_SCOPE
+    assert server.count(transport="https") == 0
+
+
+async def test_system_resolver_is_used_for_no_resolver(
+    server: DNSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the real system resolver must never be contacted: point "system" at the test server
+    monkeypatch.setattr(
+        dns_probe, "system_resolver", lambda: ResolverSpec("udp", "127.0.0.1", server.port)
+    )
+    result = await probe("ok.test", None)
+    a, _ = a_and_aaaa(result)
+    assert result.failure is None and (a.resolver, a.transport) == ("system", "udp")
+    assert server.count("ok.test") == 2
+
+
+async def test_system_resolver_outside_scope_gets_nothing(
+    server: DNSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a loopback nameserver outside a 127.0.0.2/32 scope: even a broken scope check could only
+    # send to loopback (port 53, where nothing listens)
+    monkeypatch.setattr(dns_probe, "system_nameservers", lambda: ("127.0.0.1",))
+    result = await probe("ok.test", "system", context(Scope.from_entries(["127.0.0.2/32"])))
+    a, _ = a_and_aaaa(result)
+    assert result.failure == F.OUT_OF_SCOPE and a.resolver == "system"
+
+
+# --- lookups, limits, runner ----------------------------------------------------------------
+
+
+async def test_lookup_addresses(server: DNSServer) -> None:
+    ctx = context(lookup_resolver=parse_resolver(server.udp))
+    found = await lookup_addresses("ok.test", ctx)
+    assert found.addresses == ("127.0.0.2", "::1") and found.failure is None
+    assert [o.qtype for o in found.observations] == ["A", "AAAA"]
+    missing = await lookup_addresses("nx.test", ctx)
+    assert (missing.addresses, missing.failure) == ((), F.DNS_NXDOMAIN)
+
+
+async def test_context_lookup_queries_once_per_sweep(server: DNSServer) -> None:
+    ctx = context(lookup_resolver=parse_resolver(server.udp))
+    first, second = await asyncio.gather(ctx.lookup("ok.test"), ctx.lookup("ok.test"))
+    assert first.addresses == second.addresses == ("127.0.0.2", "::1")
+    assert server.count("ok.test") == 2
+
+
+@pytest.mark.parametrize(("limit", "serial"), [(1, True), (2, False)])
+async def test_queries_in_flight_are_limited_per_resolver(
+    server: DNSServer, limit: int, serial: bool
+) -> None:
+    await probe("ok.test", server.udp, context(dns_inflight_per_resolver=limit))
+    first, second = sorted(q.at for q in server.queries)
+    # each UDP query listens for the whole (short) timeout, so a serial second query waits
+    assert (second - first >= TIMEOUT * 0.8) is serial
+
+
+async def test_runner_reports_the_resolve_failure(server: DNSServer) -> None:
+    target = Target(service="test", probe="dns", host="nx.test", resolver=server.udp)
+    m = await run_probe(DNSProbe(), target, context(), run_id="r", vantage="v")
+    assert (m.failure, m.failed_operation, m.probe_version) == (F.DNS_NXDOMAIN, "resolve", "1")
+    assert len(m.observations) == 2
