@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from probes.context import ProbeContext, Timeouts  # noqa: E402
-from probes.model import Service, Target  # noqa: E402
-from probes.scope import Scope  # noqa: E402
-from scheduler.sweep import SweepSettings, sweep  # noqa: E402
-from storage import open_store  # noqa: E402
+from probes.context import ProbeContext, Timeouts
+from probes.model import Service, Target
+from probes.scope import Scope
+from scheduler.sweep import SweepSettings, sweep
+from storage import open_store
 
 PORT = 18080
 
@@ -76,7 +76,8 @@ def main() -> None:
     targets = [Target(service="bench", probe="http", host=address(i),
                       url=f"http://{address(i)}:{PORT}/{'hang' if i % 5 == 0 else 'ok'}/{i}")
                for i in range(args.n)]
-    svc = Service(name="bench", title="bench", category="other", urls=tuple(t.url or "" for t in targets))
+    svc = Service(name="bench", title="bench", category="other",
+                  urls=tuple(t.url or "" for t in targets))
     ctx = ProbeContext(scope=Scope.from_entries(["127.0.0.0/8"]),
                        timeouts=Timeouts(dns=1, tcp=args.timeout, tls=args.timeout,
                                          http=args.timeout))

@@ -167,8 +167,13 @@ def _run_sweep(store: Any, services: Any, targets: Any, ctx: Any, settings: Any,
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
         if not interactive:
             return await sweep(store, services, targets, ctx, settings)
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TextColumn("{task.description}"),

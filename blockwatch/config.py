@@ -23,7 +23,8 @@ from probes.model import Service
 from probes.resolvers import parse_resolver
 from probes.scope import parse_entry
 
-PROBE_NAMES = ("dns", "tcp", "tls", "http")
+ProbeName = Literal["dns", "tcp", "tls", "http"]
+PROBE_NAMES: tuple[ProbeName, ...] = ("dns", "tcp", "tls", "http")
 DEFAULT_CONTROLS = ["https://1.1.1.1/dns-query", "tls://9.9.9.9#dns.quad9.net"]
 DEFAULT_BASELINE = ["1.1.1.1:443", "9.9.9.9:443", "8.8.8.8:443"]
 
@@ -116,9 +117,7 @@ class TLS(_Strict):
 class Probes(_Strict):
     scope: list[str] = Field(default_factory=lambda: ["public", "system-resolvers"], min_length=1)
     services: list[str] = Field(default_factory=list)
-    probes: list[Literal["dns", "tcp", "tls", "http"]] = Field(
-        default_factory=lambda: list(PROBE_NAMES), min_length=1
-    )
+    probes: list[ProbeName] = Field(default_factory=lambda: list(PROBE_NAMES), min_length=1)
 
     @field_validator("scope")
     @classmethod

@@ -13,14 +13,15 @@ import uuid
 
 from probes.context import Probe, ProbeContext
 from probes.failures import GENERIC_TIMEOUT, classify, unknown
-from probes.model import Measurement, Target
+from probes.model import Measurement, Observation, Target
 
 
 def new_id() -> str:
     """A time-ordered id (UUIDv7 layout), so ids sort by creation time in the database."""
     ms = time.time_ns() // 1_000_000
     rand = uuid.uuid4().int & ((1 << 74) - 1)
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62)
+    value |= rand & ((1 << 62) - 1)
     return str(uuid.UUID(int=value))
 
 
@@ -35,7 +36,7 @@ async def run_probe(
 ) -> Measurement:
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    observations: tuple = ()
+    observations: tuple[Observation, ...] = ()
     failure: str | None
     operation: str | None
     try:

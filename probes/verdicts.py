@@ -22,6 +22,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from probes import failures as F
 from probes.model import DNSObservation, Measurement, Service, Verdict
@@ -66,20 +67,12 @@ RULES: dict[str, Rule] = {r.id: r for r in (
 BLOCKED = {"dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "vpn_blocked"}
 
 
-def is_bogon(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return True
-    return not ip.is_global or ip.is_multicast
-
-
 def _verdict(rule_id: str, m: Measurement | None, service: str, *, layer: str | None = None,
-             evidence: str = "", **details: object) -> Verdict:
+             evidence: str = "", details: dict[str, Any] | None = None) -> Verdict:
     return Verdict(
         verdict=RULES[rule_id].verdict, rule_id=rule_id, analyzer_version=ANALYZER_VERSION,
         service=service, measurement_id=m.id if m else None, layer=layer, evidence=evidence,
-        details=dict(details),
+        details=details or {},
     )
 
 
@@ -133,7 +126,7 @@ def judge_dns(m: Measurement, service: Service | None,
         answers = sorted({a.value for r in obs.responses for a in r.answers})
         return _verdict("dns.injection.multiple_responses", m, name, layer="dns",
                         evidence=f"{len(obs.responses)} responses: {', '.join(answers[:4])}",
-                        responses=len(obs.responses))
+                        details={"responses": len(obs.responses)})
     if obs.failure == F.DNS_NXDOMAIN and good_control:
         return _verdict("dns.nxdomain_vs_control", m, name, layer="dns",
                         evidence="NXDOMAIN; control resolver returned addresses")
@@ -166,7 +159,7 @@ def judge_measurement(m: Measurement, service: Service | None,
         return _verdict("scope.refused", m, m.service, evidence="address outside scope")
     if m.failed_operation == "probe":
         return _verdict("probe.bug", m, m.service, evidence=m.failure[:80])
-    layer = _LAYER.get(m.failed_operation or "", None)
+    layer = _LAYER.get(m.failed_operation or "")
     return _verdict("failure.no_control", m, m.service, layer=layer,
                     evidence=f"{m.failure} at {m.failed_operation}")
 
@@ -204,13 +197,14 @@ def judge_service(name: str, verdicts: Sequence[Verdict]) -> Verdict:
     if blocked:
         rule = "service.partial" if ok else "service.blocked"
         return _verdict(rule, None, name, layer=",".join(layers), evidence=blocked[0].evidence,
-                        rules=sorted({v.rule_id for v in blocked}), **counts)
+                        details={**counts, "rules": sorted({v.rule_id for v in blocked})})
     if verdicts and len(ok) == len(verdicts):
-        return _verdict("service.ok", None, name, evidence=f"{len(ok)} measurements ok", **counts)
+        return _verdict("service.ok", None, name, evidence=f"{len(ok)} measurements ok",
+                        details=counts)
     if failed and all(v.verdict == "down" for v in failed) and not ok:
         return _verdict("service.down", None, name, layer=failed[0].layer,
-                        evidence=failed[0].evidence, **counts)
+                        evidence=failed[0].evidence, details=counts)
     first = failed[0] if failed else None
     return _verdict("service.inconclusive", None, name, layer=first.layer if first else None,
                     evidence=(f"{len(failed)}/{len(verdicts)} failed: {first.evidence}"
-                              if first else "no measurements"), **counts)
+                              if first else "no measurements"), details=counts)

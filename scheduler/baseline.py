@@ -9,6 +9,7 @@ the scope are skipped, not contacted; if none is left the baseline is "unchecked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,17 +33,15 @@ class Baseline:
         return {"status": self.status, "checks": self.checks}
 
 
-async def _check(ep: Endpoint, timeout: float) -> dict[str, Any]:
+async def _check(ep: Endpoint, limit: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     failure: str | None = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             _, writer = await asyncio.open_connection(ep.host, ep.port)
         writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await writer.wait_closed()
-        except OSError:
-            pass
     except Exception as exc:
         failure = classify(exc)
     return {"endpoint": str(ep), "failure": failure,
@@ -50,11 +49,11 @@ async def _check(ep: Endpoint, timeout: float) -> dict[str, Any]:
 
 
 async def check_baseline(endpoints: Sequence[Endpoint], scope: Scope,
-                         timeout: float = 5.0) -> Baseline:
+                         limit: float = 5.0) -> Baseline:
     allowed = [ep for ep in endpoints if scope.allows(ep.host)]
     if not allowed:
         return Baseline("unchecked", [{"endpoint": str(ep), "failure": "out_of_scope"}
                                       for ep in endpoints])
-    checks = list(await asyncio.gather(*(_check(ep, timeout) for ep in allowed)))
+    checks = list(await asyncio.gather(*(_check(ep, limit) for ep in allowed)))
     answered = any(c["failure"] in (None, CONNECTION_REFUSED, CONNECTION_RESET) for c in checks)
     return Baseline("up" if answered else "down", checks)

@@ -22,7 +22,8 @@ def test_example_config_is_valid_and_documents_every_section() -> None:
 
 def test_no_file_means_defaults_in_xdg_data_dir(tmp_path: Path) -> None:
     cfg = load_config(None)
-    assert cfg.storage_url() == f"sqlite:///{tmp_path / 'xdg-data' / 'blockwatch' / 'blockwatch.db'}"
+    expected = tmp_path / "xdg-data" / "blockwatch" / "blockwatch.db"
+    assert cfg.storage_url() == f"sqlite:///{expected}"
 
 
 @pytest.mark.parametrize(
