@@ -1,0 +1,252 @@
+"""The CLI end to end, as a user runs it: a subprocess, a config file, a temporary SQLite
+database, and real servers on loopback (a tested DNS resolver that lies, a control resolver
+that does not, an HTTPS server with a trustme certificate)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dns_server import Behaviour, DNSServer
+from servers import LoopbackServer, blackhole_port, http, make_pki
+
+from storage import open_store
+
+BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")
+CONTRACT = {"measurement_id", "run_id", "vantage", "service", "target", "probe", "started_at",
+            "runtime_s", "failure", "verdict", "rule_id", "analyzer_version", "observations"}
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def blockwatch(*args: str, timeout: float = 60) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        BLOCKWATCH, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+@dataclass
+class World:
+    config: Path
+    db: Path
+    https_port: int
+    tested: DNSServer
+
+
+def write_config(path: Path, *, db: Path, tested: str, control: str, https_port: int,
+                 ca: str, baseline: str, extra: str = "") -> None:
+    path.write_text(f"""
+[vantage]
+name = "lab-test"
+country = "CN"
+
+[storage]
+url = "sqlite:///{db}"
+
+[timeouts]
+dns = 1.0
+tcp = 2.0
+tls = 2.0
+http = 3.0
+
+[dns]
+resolvers = ["{tested}"]
+controls = ["{control}"]
+
+[tls]
+ca_bundle = "{ca}"
+
+[probes]
+scope = ["127.0.0.0/8", "::1/128"]
+services = ["good", "nxblocked", "injected"]
+
+[baseline]
+endpoints = ["{baseline}"]
+timeout = 1.0
+
+[[services]]
+name = "good"
+domains = ["example.test"]
+urls = ["https://example.test:{https_port}/"]
+
+[[services]]
+name = "nxblocked"
+domains = ["nx.test"]
+
+[[services]]
+name = "injected"
+domains = ["inj.test"]
+{extra}
+""")
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    pki = make_pki(tmp_path)
+    real = Behaviour(addresses=("127.0.0.1",))
+    tested_names = {"example.test": real, "nx.test": Behaviour(rcode="NXDOMAIN"),
+                    "inj.test": Behaviour(addresses=("127.0.0.1",), forged=("127.0.0.9",))}
+    control_names = {"example.test": real, "nx.test": real, "inj.test": real}
+    with DNSServer(tested_names) as tested, DNSServer(control_names) as control:
+        async with LoopbackServer(http, tls=pki.server_context(pki.valid)) as web:
+            db = tmp_path / "results.db"
+            config = tmp_path / "bw.toml"
+            write_config(config, db=db, tested=tested.udp, control=control.udp,
+                         https_port=web.port, ca=pki.ca_bundle,
+                         baseline=f"127.0.0.1:{web.port}")
+            yield World(config, db, web.port, tested)
+
+
+def service_verdicts(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT service, verdict FROM verdicts WHERE measurement_id IS NULL")
+        return dict(rows.fetchall())
+
+
+async def test_run_stores_verdicts_and_lists_them(world: World) -> None:
+    res = await blockwatch("run", "--config", str(world.config))
+    assert res.code == 0, res.err
+    assert "good" in res.out and "ok" in res.out
+    verdicts = service_verdicts(world.db)
+    assert verdicts == {"good": "ok", "nxblocked": "blocked", "injected": "blocked"}
+    with sqlite3.connect(world.db) as conn:
+        rules = {r for (r,) in conn.execute("SELECT rule_id FROM verdicts")}
+        status, country = conn.execute("SELECT status, country FROM runs").fetchone()
+        probes = {p for (p,) in conn.execute("SELECT probe FROM measurements")}
+    assert {"dns.nxdomain_vs_control", "dns.injection.multiple_responses"} <= rules
+    assert (status, country) == ("complete", "CN")
+    assert probes == {"dns", "tcp", "tls", "http"}
+
+    runs = await blockwatch("runs", "--config", str(world.config))
+    assert runs.code == 0 and "complete" in runs.out and "lab-test" in runs.out
+    run_id = json.loads((await blockwatch("export", "--config", str(world.config))).out
+                        .splitlines()[0])["run_id"]
+    show = await blockwatch("show", run_id[:10], "--config", str(world.config))
+    assert show.code == 0, show.err
+    assert "dns.nxdomain_vs_control" in show.out and "inj.test" in show.out
+
+
+async def test_run_json_prints_one_object_per_measurement(world: World) -> None:
+    res = await blockwatch("run", "--config", str(world.config), "--json",
+                           "--service", "injected")
+    assert res.code == 0, res.err
+    rows = [json.loads(line) for line in res.out.splitlines()]
+    assert rows and all(CONTRACT <= set(r) for r in rows)
+    assert {r["service"] for r in rows} == {"injected"}
+    tested = [r for r in rows if r["target"].startswith("inj.test@udp://127.0.0.1")
+              and world.tested.udp in r["target"]]
+    assert tested[0]["verdict"] == "dns_blocked"
+    responses = tested[0]["observations"][0]["responses"]
+    assert {a["value"] for r in responses for a in r["answers"]} == {"127.0.0.1", "127.0.0.9"}
+
+
+async def test_export_formats_and_since(world: World) -> None:
+    assert (await blockwatch("run", "--config", str(world.config), "--quiet")).code == 0
+    jl = await blockwatch("export", "--config", str(world.config), "--format", "jsonl")
+    rows = [json.loads(line) for line in jl.out.splitlines()]
+    assert rows and all(CONTRACT <= set(r) for r in rows)
+    c = await blockwatch("export", "--config", str(world.config), "--format", "csv")
+    table = list(csv.DictReader(io.StringIO(c.out)))
+    assert len(table) == len(rows) and CONTRACT <= set(table[0])
+    later = await blockwatch("export", "--config", str(world.config), "--since", "2999-01-01")
+    assert later.code == 0 and later.out == ""
+    bad = await blockwatch("export", "--config", str(world.config), "--since", "yesterday")
+    assert bad.code == 2 and "not a date" in bad.err
+
+
+async def test_network_unavailable_probes_nothing(world: World, tmp_path: Path) -> None:
+    with blackhole_port() as port:
+        text = world.config.read_text().replace(
+            f'endpoints = ["127.0.0.1:{world.https_port}"]', f'endpoints = ["127.0.0.1:{port}"]')
+        world.config.write_text(text)
+        before = world.tested.count()
+        res = await blockwatch("run", "--config", str(world.config))
+    assert res.code == 4, res.err
+    assert "network unavailable" in res.err
+    assert world.tested.count() == before  # not one query was sent
+    assert set(service_verdicts(world.db).values()) == {"network_unavailable"}
+    with sqlite3.connect(world.db) as conn:
+        assert conn.execute("SELECT count(*) FROM measurements").fetchone() == (0,)
+        assert conn.execute("SELECT status FROM runs").fetchone() == ("network_unavailable",)
+
+
+async def test_config_error_measures_nothing(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    db = tmp_path / "never.db"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n[timeouts]\ntcp = "slow"\n')
+    res = await blockwatch("run", "--config", str(cfg))
+    assert res.code == 2
+    assert f"{cfg}:4: timeouts.tcp" in res.err
+    assert "Traceback" not in res.err
+    assert not db.exists()
+
+
+async def test_broken_database_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "broken.db"
+    db.write_bytes(b"this is not a database" * 100)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n')
+    res = await blockwatch("runs", "--config", str(cfg))
+    assert res.code == 3
+    assert "database error" in res.err and "Traceback" not in res.err
+    assert db.read_bytes() == b"this is not a database" * 100  # nothing overwritten
+
+
+async def test_unknown_service_and_run(world: World) -> None:
+    res = await blockwatch("run", "--config", str(world.config), "--service", "nosuch")
+    assert res.code == 2 and "unknown service 'nosuch'" in res.err
+    res = await blockwatch("show", "ffffffff", "--config", str(world.config))
+    assert res.code == 2 and "no run" in res.err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_interrupt_stores_what_was_measured(world: World, sig: int) -> None:
+    slow = f"https://example.test:{world.https_port}/slow"
+    text = world.config.read_text() + f"""
+[[services]]
+name = "slow"
+urls = ["{slow}"]
+"""
+    text = text.replace('services = ["good", "nxblocked", "injected"]',
+                        'services = ["good", "slow"]').replace("http = 3.0", "http = 60.0")
+    world.config.write_text(text)
+    proc = await asyncio.create_subprocess_exec(
+        BLOCKWATCH, "run", "--config", str(world.config), "--quiet",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    for _ in range(200):  # wait until the fast targets are stored
+        await asyncio.sleep(0.1)
+        if world.db.exists():
+            with open_store(f"sqlite:///{world.db}") as store:
+                if sum(1 for _ in store.measurements()) >= 3:
+                    break
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130, err.decode()
+    with sqlite3.connect(world.db) as conn:
+        assert conn.execute("SELECT status FROM runs").fetchone() == ("interrupted",)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        n = conn.execute("SELECT count(*) FROM measurements").fetchone()[0]
+        services = {s for (s,) in conn.execute("SELECT service FROM measurements")}
+    assert n >= 3 and "good" in services
+    assert "Traceback" not in err.decode()
+
+
+def test_console_script_is_installed() -> None:
+    assert os.access(BLOCKWATCH, os.X_OK)
