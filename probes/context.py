@@ -47,9 +47,19 @@ class ProbeContext:
     dns_inflight_per_resolver: int = 32
     _lookups: dict[str, asyncio.Future[Lookup]] = field(default_factory=dict)
     _dns_limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    _ssl: dict[tuple[bool, tuple[str, ...]], ssl.SSLContext] = field(default_factory=dict)
 
-    def ssl_context(self, verify: bool = True) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
+    def ssl_context(self, verify: bool = True, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+        """Shared per sweep (building one loads the system CA store: milliseconds each time).
+
+        Callers must not modify the returned context; ask for ALPN protocols here instead.
+        """
+        cached = self._ssl.get((verify, alpn))
+        if cached is not None:
+            return cached
+        ctx = self._ssl[(verify, alpn)] = ssl.create_default_context()
+        if alpn:
+            ctx.set_alpn_protocols(list(alpn))
         if self.ca_bundle:
             ctx.load_verify_locations(cafile=self.ca_bundle)
         if not verify:

@@ -137,9 +137,7 @@ def facts(base: TLSObservation, tls: ssl.SSLObject) -> TLSObservation:
 
 
 def _context(ctx: ProbeContext, verify: bool) -> ssl.SSLContext:
-    context = ctx.ssl_context(verify=verify)
-    context.set_alpn_protocols(list(ALPN))
-    return context
+    return ctx.ssl_context(verify=verify, alpn=tuple(ALPN))
 
 
 async def _try(

@@ -34,10 +34,10 @@ class Result:
     err: str
 
 
-async def blockwatch(*args: str, timeout: float = 60) -> Result:
+async def blockwatch(*args: str, limit: float = 60) -> Result:
     proc = await asyncio.create_subprocess_exec(
         BLOCKWATCH, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(), limit)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
 
