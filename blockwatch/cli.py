@@ -78,7 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("services", help="list the service catalogue").add_argument(
         "-c", "--config", metavar="FILE")
+    for module in _extensions():
+        _COMMANDS.update(module.register(sub, common))
     return p
+
+
+# Command groups of their own (lab, schedule, report, ...) live in modules that expose
+# ``register(subparsers, common) -> {command: handler}``; adding one is one line here.
+EXTENSIONS: tuple[str, ...] = ()
+
+
+def _extensions() -> list[Any]:
+    import importlib
+
+    return [importlib.import_module(name) for name in EXTENSIONS]
 
 
 def _version() -> str:
@@ -96,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         handler = _COMMANDS[args.command]
-        return handler(args)
+        return int(handler(args))
     except ConfigError as exc:
         print(f"blockwatch: config error:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -319,7 +332,7 @@ def cmd_services(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show, "export": cmd_export,
+_COMMANDS: dict[str, Any] = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show, "export": cmd_export,
              "services": cmd_services}
 
 
