@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write every measurement as JSON lines or CSV")
     common(exp)
-    exp.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl")
+    from storage.export import FORMATS
+
+    exp.add_argument("-f", "--format", choices=sorted(FORMATS), default="jsonl")
     exp.add_argument("--since", type=_parse_since, metavar="DATE",
                      help="only measurements started at or after DATE (UTC)")
     exp.add_argument("--run", metavar="RUN_ID", help="only this run")
@@ -124,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:  # a bug: say so in one line; -v shows the traceback
+        log.debug("internal error", exc_info=True)
+        print(f"blockwatch: internal error (a bug, please report it): "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_BUG
 
 
 @contextmanager
@@ -290,21 +297,26 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from storage.export import write_csv, write_jsonl
+    from storage.export import FORMATS
 
     cfg = load_config(args.config)
-    writer = write_jsonl if args.format == "jsonl" else write_csv
+    fmt = FORMATS[args.format]
+    if fmt.binary and not args.output:
+        raise UsageError(f"--format {args.format} writes a binary file: give --output FILE")
     with _store(cfg) as store:
         rows = store.export_rows(since=args.since, run_id=_resolve_run(store, args.run))
         if args.output:
             try:
-                with open(args.output, "w", encoding="utf-8", newline="") as fh:
-                    n = writer(rows, fh)
+                mode = "wb" if fmt.binary else "w"
+                encoding = None if fmt.binary else "utf-8"
+                with open(args.output, mode, encoding=encoding,
+                          newline=None if fmt.binary else "") as fh:
+                    n = fmt.write(rows, fh)
             except OSError as exc:
                 raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
             print(f"{n} measurements written to {args.output}", file=sys.stderr)
         else:
-            writer(rows, sys.stdout)
+            fmt.write(rows, sys.stdout)
     return EXIT_OK
 
 
@@ -332,8 +344,8 @@ def cmd_services(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS: dict[str, Any] = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show, "export": cmd_export,
-             "services": cmd_services}
+_COMMANDS: dict[str, Any] = {"run": cmd_run, "runs": cmd_runs, "show": cmd_show,
+                             "export": cmd_export, "services": cmd_services}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 CONTRACT_FIELDS = (
@@ -64,3 +65,19 @@ def _cell(name: str, value: Any) -> Any:
         return json.dumps(value if value is not None else [], ensure_ascii=False,
                           separators=(",", ":"))
     return "" if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class Format:
+    """An export format: ``write(rows, fh) -> count``; ``binary`` formats get a bytes file and
+    need ``--output`` (they cannot go to a terminal)."""
+
+    write: Callable[[Iterable[Mapping[str, Any]], Any], int]
+    binary: bool = False
+
+
+# The export formats by name; a new format is one function and one line here.
+FORMATS: dict[str, Format] = {
+    "jsonl": Format(write_jsonl),
+    "csv": Format(write_csv),
+}
