@@ -45,6 +45,8 @@ class ProbeContext:
     user_agent: str = "blockwatch/0.1 (+https://github.com/blockwatch)"
     dns_retries: int = 1
     dns_inflight_per_resolver: int = 32
+    # key material for VPN probes by Target.key; held in memory only, never stored or logged
+    secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
     _lookups: dict[str, asyncio.Future[Lookup]] = field(default_factory=dict)
     _dns_limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     _ssl: dict[tuple[bool, tuple[str, ...]], ssl.SSLContext] = field(default_factory=dict)

@@ -57,6 +57,10 @@ class Target:
     url: str | None = None
     resolver: str | None = None
     sni: str | None = None
+    transport: str | None = None  # "udp" or "tcp" for VPN probes
+    # non-secret probe options, stored with the measurement (e.g. ("tls_auth", "yes")); key
+    # material never goes here: it reaches the probe through ProbeContext.secrets
+    options: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -67,10 +71,22 @@ class Target:
             return f"{self.host}@{self.resolver or 'system'}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         suffix = f"#{self.sni}" if self.sni and self.sni != self.host else ""
-        return f"{host}:{self.port}{suffix}"
+        scheme = f"{self.transport}://" if self.transport else ""
+        return f"{scheme}{host}:{self.port}{suffix}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if not self.options:
+            out.pop("options", None)
+        else:
+            out["options"] = [list(kv) for kv in self.options]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Target:
+        data = dict(data)
+        data["options"] = tuple(tuple(kv) for kv in data.get("options", ()))
+        return cls(**data)
 
 
 # --- observations -----------------------------------------------------------------------------
@@ -165,12 +181,33 @@ class HTTPObservation:
     failure: str | None = None
 
 
-Observation = DNSObservation | TCPObservation | TLSObservation | HTTPObservation
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VPNObservation:
+    """One VPN handshake attempt. ``result``: ``reachable`` (the server answered its protocol),
+    ``no_reply``, ``reset``, ``icmp_unreachable``, ``refused``, ``unverifiable`` (the protocol
+    cannot be tested without key material the config does not give), ``malformed`` (a reply
+    that is not the protocol)."""
+
+    layer: ClassVar[str] = "vpn"
+    protocol: str
+    address: str
+    port: int
+    transport: str
+    t0: float
+    t: float
+    result: str
+    details: tuple[tuple[str, str], ...] = ()
+    failure: str | None = None
+
+
+Observation = (DNSObservation | TCPObservation | TLSObservation | HTTPObservation
+               | VPNObservation)
 _LAYERS: dict[str, type[Any]] = {
     "dns": DNSObservation,
     "tcp": TCPObservation,
     "tls": TLSObservation,
     "http": HTTPObservation,
+    "vpn": VPNObservation,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from probes.context import Probe
 from probes.dns import DNSProbe
 from probes.http import HTTPProbe
+from probes.openvpn import OpenVPNProbe
 from probes.tcp import TCPProbe
 from probes.tls import TLSProbe
 
@@ -13,4 +14,5 @@ PROBES: dict[str, Probe] = {
     "tcp": TCPProbe(),
     "tls": TLSProbe(),
     "http": HTTPProbe(),
+    "openvpn": OpenVPNProbe(),
 }

@@ -1,7 +1,7 @@
 """Vocabulary <-> rows: the only place that knows both ``probes.model`` and the table layout.
 
 Guarantees: a Run, Measurement or Verdict written and read back compares equal to the original
-(observations rebuilt with ``observation_from_dict``, targets with ``Target(**target_json)``);
+(observations rebuilt with ``observation_from_dict``, targets with ``Target.from_dict``);
 datetimes must be timezone-aware (``ValueError`` otherwise).
 """
 
@@ -82,7 +82,7 @@ def measurement_from_row(row: Mapping[str, Any]) -> Measurement:
         id=row["id"],
         run_id=row["run_id"],
         vantage=row["vantage"],
-        target=Target(**row["target_json"]),
+        target=Target.from_dict(row["target_json"]),
         probe_version=row["probe_version"],
         started_at=row["started_at"],
         runtime_s=row["runtime_s"],
