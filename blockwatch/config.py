@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from probes.catalogue import CatalogueError, load_catalogue, service_from_dict
 from probes.model import Service
@@ -142,7 +150,60 @@ class Baseline(_Strict):
         return v
 
 
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?"
+                       r"(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"1h30m"``, ``"1d"``; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration like 90s, 15m, 1h30m or a number of seconds")
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip().lower()
+    m = _DURATION.match(text)
+    if not text or m is None or not any(m.groups()):
+        raise ValueError(f"{value!r} is not a duration (use e.g. 90s, 15m, 1h30m, 1d)")
+    days, hours, minutes, seconds = (float(g or 0) for g in m.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+GROUP_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Schedule(_Strict):
+    """One schedule group: what it runs, when, for how long at most, and from which vantage."""
+
+    name: str = Field(pattern=GROUP_NAME)
+    services: list[str] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    every: Duration | None = Field(default=None, ge=1, le=366 * 86400)
+    cron: str | None = None
+    spread: Duration = Field(default=0.0, ge=0, le=366 * 86400)
+    max_runtime: Duration | None = Field(default=None, gt=0, le=7 * 86400)
+    vantage: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        from scheduler.groups import validate_cron
+
+        return None if v is None else validate_cron(v)
+
+    @model_validator(mode="after")
+    def _when(self) -> Schedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of every (e.g. \"1h\") or cron (e.g. \"0 * * * *\")")
+        if self.every is not None and self.spread > self.every:
+            raise ValueError("spread must not be longer than every (runs would overlap)")
+        return self
+
+
 class Config(_Strict):
+    # true: the user has read what blockwatch does (README, `blockwatch consent`) and agrees to
+    # unattended runs; without it an unattended run refuses
+    consent: bool = False
     vantage: Vantage = Field(default_factory=Vantage)
     storage: Storage = Field(default_factory=Storage)
     timeouts: Timeouts = Field(default_factory=Timeouts)
@@ -152,6 +213,7 @@ class Config(_Strict):
     probes: Probes = Field(default_factory=Probes)
     baseline: Baseline = Field(default_factory=Baseline)
     services: list[dict[str, Any]] = Field(default_factory=list)
+    schedules: list[Schedule] = Field(default_factory=list)
 
     # derived, set by load_config
     source: str = Field(default="(defaults)", exclude=True)
@@ -186,21 +248,75 @@ class Config(_Strict):
             )
         return [catalogue[n] for n in dict.fromkeys(wanted)]
 
+    def schedule(self, name: str) -> Schedule:
+        for group in self.schedules:
+            if group.name == name:
+                return group
+        known = ", ".join(g.name for g in self.schedules) or "none: add [[schedules]]"
+        raise ConfigError(f"{self.source}: no schedule group {name!r} (known: {known})")
+
+    def group_services(self, group: Schedule) -> list[Service]:
+        """The group's services and categories in catalogue order, or the run default."""
+        if not group.services and not group.categories:
+            return self.selected_services()
+        catalogue = self.catalogue()
+        wanted = set(group.services)
+        return [s for s in catalogue.values()
+                if s.name in wanted or s.category in group.categories]
+
+    def _check_schedules(self, text: str) -> None:
+        catalogue = self.catalogue()
+        categories = {s.category for s in catalogue.values()}
+        seen: set[str] = set()
+        for i, group in enumerate(self.schedules):
+            def fail(key: str, problem: str, i: int = i) -> ConfigError:
+                line = _find_line(text, ("schedules", i, key))
+                where = f"{self.source}:{line}" if line else self.source
+                return ConfigError(f"{where}: schedules[{i}].{key}: {problem}")
+
+            if group.name in seen:
+                raise fail("name", f"group {group.name!r} is defined twice")
+            seen.add(group.name)
+            unknown = [n for n in group.services if n not in catalogue]
+            if unknown:
+                raise fail("services", f"unknown service {unknown[0]!r}; see `blockwatch services`")
+            bad = [c for c in group.categories if c not in categories]
+            if bad:
+                raise fail("categories", f"unknown category {bad[0]!r}; known: "
+                           f"{', '.join(sorted(categories))}")
+
 
 def _find_line(text: str, loc: tuple[int | str, ...]) -> int | None:
-    """Best-effort line number of a key path in TOML text (pydantic knows no positions)."""
-    keys = [k for k in loc if isinstance(k, str)]
-    table: list[str] = []
+    """Best-effort line number of a key path in TOML text (pydantic knows no positions).
+
+    ``[[name]]`` tables are counted, so ``("schedules", 1, "every")`` finds the second group's
+    ``every``; trailing list indexes (an item of an inline array) point at the array's key.
+    """
+    target = list(loc)
+    found = _line_of(text, target)
+    while found is None and target and isinstance(target[-1], int):
+        target.pop()
+        found = _line_of(text, target)
+    return found
+
+
+def _line_of(text: str, target: list[int | str]) -> int | None:
+    table: list[int | str] = []
+    counts: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
-        header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", stripped)
+        header = re.match(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?", stripped)
         if header:
-            table = [p.strip().strip('"') for p in header.group(1).split(".")]
-            if table == keys:
+            table = [p.strip().strip('"') for p in header.group(2).split(".")]
+            if header.group(1) == "[[":
+                key = ".".join(str(p) for p in table)
+                counts[key] = counts.get(key, -1) + 1
+                table.append(counts[key])
+            if table == target:
                 return lineno
             continue
         m = re.match(r"^([A-Za-z0-9_\-\"]+)\s*=", stripped)
-        if m and [*table, m.group(1).strip('"')] == keys:
+        if m and [*table, m.group(1).strip('"')] == target:
             return lineno
     return None
 
@@ -233,6 +349,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     cfg = cfg.model_copy(update={"source": source, "digest": digest})
     cfg.catalogue()  # custom services are validated now, before anything runs
+    cfg._check_schedules(text)
     return cfg
 
 

@@ -75,3 +75,96 @@ def test_custom_service_and_selection() -> None:
     assert [s.name for s in cfg.selected_services(["mysite", "line"])] == ["mysite", "line"]
     with pytest.raises(ConfigError, match="unknown service 'nosuch'"):
         cfg.selected_services(["nosuch"])
+
+
+# --- schedule groups and consent -----------------------------------------------------------------
+
+GROUPS = """
+consent = true
+
+[[schedules]]
+name = "hourly"
+services = ["kakaotalk"]
+categories = ["vpn"]
+every = "1h"
+spread = "10m"
+max_runtime = "20m"
+vantage = "home"
+
+[[schedules]]
+name = "nightly"
+cron = "30 2 * * 1-5"
+"""
+
+
+def test_schedule_groups_parse_durations_and_select_services() -> None:
+    cfg = parse_config(GROUPS + "\n[probes]\nservices = ['line']\n", "my.toml")
+    assert cfg.consent is True
+    hourly, nightly = cfg.schedules
+    assert (hourly.every, hourly.spread, hourly.max_runtime) == (3600, 600, 1200)
+    assert hourly.vantage == "home" and nightly.cron == "30 2 * * 1-5"
+    names = [s.name for s in cfg.group_services(hourly)]
+    assert "kakaotalk" in names and "line" not in names
+    assert {s.category for s in cfg.group_services(hourly) if s.name != "kakaotalk"} == {"vpn"}
+    assert [s.name for s in cfg.group_services(nightly)] == ["line"]  # the run default
+    assert cfg.schedule("nightly") is nightly
+    with pytest.raises(ConfigError, match="no schedule group 'weekly'"):
+        cfg.schedule("weekly")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[[schedules]]\nname = 'a'\n", "my.toml:1: schedules[0]: give exactly one of every"),
+        ("[[schedules]]\nname = 'a'\nevery = '1h'\ncron = '* * * * *'\n", "exactly one"),
+        ("[[schedules]]\nname = 'a'\nevery = 'often'\n",
+         "my.toml:3: schedules[0].every: 'often' is not a duration"),
+        ("[[schedules]]\nname = 'a'\nevery = '0s'\n", "schedules[0].every: Input should be"),
+        ("[[schedules]]\nname = 'a'\nevery = '1m'\nspread = '2m'\n", "spread must not be longer"),
+        ("[[schedules]]\nname = 'a'\ncron = '61 * * * *'\n", "my.toml:3: schedules[0].cron:"),
+        ("[[schedules]]\nname = 'a'\ncron = '* * *'\n", "must have 5 fields"),
+        ("[[schedules]]\nname = 'a b'\nevery = 60\n", "schedules[0].name: String should match"),
+        ("[[schedules]]\nname = 'a'\nevery = 60\ncolour = 1\n",
+         "my.toml:4: schedules[0].colour: unknown key"),
+        ("[[schedules]]\nname = 'a'\nevery = 60\n[[schedules]]\nname = 'b'\nevery = 'x'\n",
+         "my.toml:6: schedules[1].every"),
+        ("[[schedules]]\nname = 'a'\nevery = 60\n[[schedules]]\nname = 'a'\nevery = 60\n",
+         "my.toml:5: schedules[1].name: group 'a' is defined twice"),
+        ("[[schedules]]\nname = 'a'\nevery = 60\nservices = ['nosuch']\n",
+         "my.toml:4: schedules[0].services: unknown service 'nosuch'"),
+        ("[[schedules]]\nname = 'a'\nevery = 60\ncategories = ['cats']\n",
+         "schedules[0].categories: unknown category 'cats'"),
+        ("[[schedules]]\nname = 'a'\nevery = true\n", "schedules[0].every"),
+        ("consent = 'maybe'\n", "my.toml:1: consent: Input should be a valid boolean"),
+    ],
+)
+def test_bad_schedule_names_the_group_and_key(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "my.toml")
+    assert expected in str(info.value)
+
+
+def test_cron_weekdays_mean_what_crontab_means() -> None:
+    import datetime as dt
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    from scheduler.groups import _cron_fields
+
+    trigger = CronTrigger(**_cron_fields("0 3 * * 1-5"), timezone=dt.UTC)
+    saturday = dt.datetime(2026, 11, 28, 12, tzinfo=dt.UTC)  # 2026-11-28 is a Saturday
+    fire = trigger.get_next_fire_time(None, saturday)
+    assert fire is not None and fire.strftime("%a %H:%M") == "Mon 03:00"
+    sunday = CronTrigger(**_cron_fields("0 0 * * 0"), timezone=dt.UTC)
+    fire = sunday.get_next_fire_time(None, saturday)
+    assert fire is not None and fire.strftime("%a") == "Sun"
+
+
+def test_example_schedules_parse_when_uncommented() -> None:
+    text = (ROOT / "config.example.toml").read_text()
+    block = text[text.index("# [[schedules]]"):]
+    body = "\n".join(line[2:] if line.startswith("# ") else "" for line in block.splitlines())
+    cfg = parse_config(body, "example")
+    assert [(g.name, g.every, g.cron) for g in cfg.schedules] == [
+        ("messaging", 3600.0, None), ("nightly-all", None, "30 2 * * *")]
+    assert load_config(ROOT / "config.example.toml").consent is False
