@@ -5,6 +5,7 @@ from __future__ import annotations
 from probes.context import Probe
 from probes.dns import DNSProbe
 from probes.http import HTTPProbe
+from probes.ikev2 import IKEv2Probe
 from probes.openvpn import OpenVPNProbe
 from probes.tcp import TCPProbe
 from probes.tls import TLSProbe
@@ -15,4 +16,5 @@ PROBES: dict[str, Probe] = {
     "tls": TLSProbe(),
     "http": HTTPProbe(),
     "openvpn": OpenVPNProbe(),
+    "ikev2": IKEv2Probe(),
 }
