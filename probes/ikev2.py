@@ -39,10 +39,11 @@ OPERATION = "vpn_handshake"
 
 # (type, id, key length attribute or None)
 ENCR, PRF, INTEG, DH = 1, 2, 3, 4
-_CBC = [(ENCR, 12, 256), (ENCR, 12, 128), (PRF, 5, None), (PRF, 2, None),
+Transform = tuple[int, int, int | None]
+_CBC: list[Transform] = [(ENCR, 12, 256), (ENCR, 12, 128), (PRF, 5, None), (PRF, 2, None),
         (INTEG, 12, None), (INTEG, 2, None)]
-_GCM = [(ENCR, 20, 256), (ENCR, 20, 128), (PRF, 5, None), (PRF, 2, None)]
-_GROUPS = [(DH, 31, None), (DH, 19, None), (DH, 14, None)]
+_GCM: list[Transform] = [(ENCR, 20, 256), (ENCR, 20, 128), (PRF, 5, None), (PRF, 2, None)]
+_GROUPS: list[Transform] = [(DH, 31, None), (DH, 19, None), (DH, 14, None)]
 KE_GROUP = 31  # curve25519: a 32-byte public key
 
 
@@ -55,7 +56,7 @@ def _transform(ttype: int, tid: int, keylen: int | None, last: bool) -> bytes:
     return struct.pack(">BBHBBH", 0 if last else 3, 0, 8 + len(attrs), ttype, 0, tid) + attrs
 
 
-def _proposal(number: int, transforms: list[tuple[int, int, int | None]], last: bool) -> bytes:
+def _proposal(number: int, transforms: list[Transform], last: bool) -> bytes:
     body = b"".join(_transform(t, i, k, n == len(transforms) - 1)
                     for n, (t, i, k) in enumerate(transforms))
     # protocol 1 = IKE, SPI size 0 in IKE_SA_INIT
