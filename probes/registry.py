@@ -9,6 +9,7 @@ from probes.ikev2 import IKEv2Probe
 from probes.openvpn import OpenVPNProbe
 from probes.tcp import TCPProbe
 from probes.tls import TLSProbe
+from probes.wireguard import WireGuardProbe
 
 PROBES: dict[str, Probe] = {
     "dns": DNSProbe(),
@@ -17,4 +18,5 @@ PROBES: dict[str, Probe] = {
     "http": HTTPProbe(),
     "openvpn": OpenVPNProbe(),
     "ikev2": IKEv2Probe(),
+    "wireguard": WireGuardProbe(),
 }
