@@ -1,0 +1,96 @@
+"""PPTP control channel reachability: Start-Control-Connection-Request on TCP 1723.
+
+RFC 2637: every control message starts with its length, message type 1 (control) and the magic
+cookie 0x1A2B3C4D. A server answers SCCRQ with a Start-Control-Connection-Reply (type 2); that
+reply proves a PPTP server, although the data plane (GRE) may still be blocked separately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+from probes import failures as F
+from probes.context import ProbeContext, ProbeResult
+from probes.model import Target, VPNObservation
+
+MAGIC = 0x1A2B3C4D
+SCCRQ, SCCRP, STOP_CCRQ = 1, 2, 3
+SCCRQ_LENGTH = 156
+MALFORMED = "pptp_malformed_reply"
+OPERATION = "vpn_handshake"
+RESULT_CODES = {1: "ok", 2: "general_error", 3: "command_channel_exists", 4: "not_authorized",
+                5: "unknown_protocol_version"}
+
+
+class MalformedReply(ValueError):
+    pass
+
+
+def build_sccrq(host_name: bytes = b"blockwatch", vendor: bytes = b"blockwatch") -> bytes:
+    return struct.pack(">HHIHHHHIIHH64s64s", SCCRQ_LENGTH, 1, MAGIC, SCCRQ, 0, 0x0100, 0,
+                       1, 1, 0, 0, host_name[:64], vendor[:64])
+
+
+def parse_reply(data: bytes) -> tuple[int, str]:
+    """(control message type, result) of the server's first control message."""
+    if len(data) < 16:
+        raise MalformedReply(f"{len(data)} bytes: too short for a PPTP control message")
+    length, kind, magic, ctrl = struct.unpack(">HHIH", data[:10])
+    if magic != MAGIC or kind != 1:
+        raise MalformedReply("no PPTP magic cookie: not a PPTP server")
+    if ctrl == SCCRP:
+        if length < 21 or len(data) < 21:
+            raise MalformedReply("truncated Start-Control-Connection-Reply")
+        return ctrl, RESULT_CODES.get(data[14], f"result_{data[14]}")
+    if ctrl == STOP_CCRQ:
+        return ctrl, "stop_control_connection"
+    raise MalformedReply(f"control message type {ctrl}, expected a reply to SCCRQ")
+
+
+class PPTPProbe:
+    name = "pptp"
+    version = "1"
+
+    async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
+        port = target.port or 1723
+        lookup = await ctx.lookup(target.host)
+        if not lookup.addresses:
+            return ProbeResult(lookup.observations, lookup.failure or F.DNS_NO_ANSWER, "resolve")
+        address = lookup.addresses[0]
+        t0, start = time.time(), time.perf_counter()
+
+        def done(result: str, failure: str | None, **details: str) -> ProbeResult:
+            o = VPNObservation(protocol="pptp", address=address, port=port, transport="tcp",
+                               t0=t0, t=round(time.perf_counter() - start, 6), result=result,
+                               details=tuple(sorted(details.items())), failure=failure)
+            return ProbeResult((*lookup.observations, o), failure,
+                               OPERATION if failure else None)
+
+        if not ctx.scope.allows(address):
+            return done("not_sent", F.OUT_OF_SCOPE)
+        try:
+            async with asyncio.timeout(ctx.timeouts.tcp):
+                reader, writer = await asyncio.open_connection(address, port)
+                try:
+                    writer.write(build_sccrq())
+                    await writer.drain()
+                    head = await reader.readexactly(2)
+                    (length,) = struct.unpack(">H", head)
+                    if not 16 <= length <= 4096:
+                        return done("malformed", MALFORMED, why=f"length {length}")
+                    data = head + await reader.readexactly(length - 2)
+                finally:
+                    writer.close()
+        except Exception as exc:
+            failure = F.classify(exc)
+            result = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_RESET: "reset",
+                      F.CONNECTION_REFUSED: "refused", F.EOF_ERROR: "closed"}.get(failure,
+                                                                                  "error")
+            return done(result, failure)
+        try:
+            _, result_code = parse_reply(data)
+        except MalformedReply as exc:
+            return done("malformed", MALFORMED, why=str(exc))
+        return done("reachable", None, reply=result_code)
