@@ -8,7 +8,8 @@ Guarantees:
   Host). With ``ctx.proxy`` the connection goes to the scope-checked proxy, which resolves names.
 - At most 10 redirects are followed, each recorded; the 11th is ``http_too_many_redirects``.
 - At most 512 KiB of the (decoded) body is read; its SHA-256 and length describe what was read,
-  and ``body_truncated`` says more was sent.
+  and ``body_truncated`` says more was sent. Its first 8 KiB are kept as text
+  (``body_sample``) for block-page fingerprints.
 - Timeouts per layer (connect: ``tcp``, handshake: ``tls``, read/write/pool: ``http``) under an
   overall deadline of their sum. The failed operation is the layer in progress when the fetch
   failed (``resolve``, ``connect``, ``tls_handshake``, ``http_round_trip``, or ``proxy_connect``
@@ -46,6 +47,10 @@ from probes.tcp import Clock
 
 MAX_REDIRECTS = 10
 BODY_CAP = 512 * 1024
+# Block pages are small (often one injected TCP segment) and say who they are near the top;
+# 8 KiB per fetch keeps them matchable by fingerprints, now and on re-analysis, without
+# storing whole pages.
+BODY_SAMPLE_CAP = 8 * 1024
 TITLE_CAP = 200
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 
@@ -320,6 +325,15 @@ def extract_title(body: bytes, encoding: str | None = None) -> str | None:
     return " ".join(html.unescape(text).split())[:TITLE_CAP]
 
 
+def body_sample(body: bytes, encoding: str | None = None) -> str:
+    """The first ``BODY_SAMPLE_CAP`` bytes of the body as text (undecodable bytes replaced)."""
+    head = body[:BODY_SAMPLE_CAP]
+    try:
+        return head.decode(encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return head.decode("utf-8", errors="replace")
+
+
 def _failure(exc: BaseException) -> str:
     # anyio's EndOfStream (peer closed during the TLS handshake) carries no cause to classify
     cur: BaseException | None = exc
@@ -383,6 +397,7 @@ def observation(url: str, got: Fetch, t0: float, t: float, failure: str | None) 
         title=extract_title(body, response.charset_encoding) if body and response else None,
         address=_server_address(response),
         failure=failure,
+        body_sample=body_sample(body, response.charset_encoding) if body and response else None,
     )
 
 
@@ -393,7 +408,7 @@ class HTTPProbe:
     """What does the URL answer, and where do its redirects lead?"""
 
     name = "http"
-    version = "1"
+    version = "2"  # 2: body_sample
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         url = target.url or f"https://{target.host}/"

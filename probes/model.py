@@ -179,6 +179,9 @@ class HTTPObservation:
     title: str | None = None
     address: str | None = None
     failure: str | None = None
+    # the first BODY_SAMPLE_CAP (8 KiB) characters of the decoded body, so block-page
+    # fingerprints can be matched, and matched again by a later analyzer, without the body
+    body_sample: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,19 +1,26 @@
-"""Verdicts, first version: pure functions from observations to opinions, with rule ids.
+"""Verdicts, version 2: pure functions from observations to opinions, with stable rule ids.
 
 Blocking is claimed only on evidence that stands without guessing:
 
-* a tested resolver says NXDOMAIN, or answers only bogons, while a control resolver gives the
-  same name real addresses;
-* one query got several responses with different contents (an on-path injector races the
-  resolver; a duplicated packet would carry the same contents);
-* every answer lies outside the prefixes a service is known to use exclusively, and the control
-  resolver (if any) does not give that same answer.
+* a **strong signature**, which needs no control: one query answered several times with
+  different contents (an on-path injector), a DNS answer that is a known forged address, an HTTP
+  body or header matching a national/ISP/product block-page fingerprint, every DNS answer
+  outside the networks a service uses exclusively;
+* a **control** that disagrees: a control resolver (or a control vantage, such as OONI's test
+  helper for imported data) gets real addresses where the tested resolver says NXDOMAIN, answers
+  bogons, or answers addresses that share nothing with the control's (no IP, no /24 or /48, no
+  catalogue prefix, no certificate valid for the name); the control connects, handshakes or
+  fetches where the tested side failed; a certificate invalid for the name where the control's
+  address presents a valid one.
 
-Everything else that failed is ``inconclusive`` with the reason (no control yet says whether it
-is blocking or an outage), or ``down`` when the control fails the same way. When the baseline
-found the local network down, nothing is judged at all: ``network_unavailable``.
-Rules are data with stable ids; ``ANALYZER_VERSION`` changes whenever a rule's logic does, so
-stored verdicts can be recomputed and compared.
+Known false positives come first: a CDN's captcha or error page (fingerprint scope ``fp``) is
+never a block page, and DNS answers that differ from the control while the control's own answers
+lie outside the service's known networks are CDN answers until something else corroborates
+them (``inconclusive``). A failure the control shares is ``down``; any other failure is
+``inconclusive`` with the reason; with the local network down nothing is judged at all.
+
+Rules are data (``RULES``) with stable ids; ``ANALYZER_VERSION`` changes whenever a rule's
+logic does, so stored verdicts can be recomputed (``blockwatch reanalyze``) and compared.
 """
 
 from __future__ import annotations
@@ -21,13 +28,23 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from probes import failures as F
-from probes.model import DNSObservation, Measurement, Service, Verdict
+from probes.fingerprints import FingerprintSet, HTTPMatch
+from probes.model import (
+    DNSObservation,
+    HTTPObservation,
+    Measurement,
+    Service,
+    TCPObservation,
+    TLSObservation,
+    Verdict,
+)
 
-ANALYZER_VERSION = "1"
+ANALYZER_VERSION = "2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +60,53 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("ok.no_failure", "ok", "every layer of the measurement succeeded"),
     Rule("dns.injection.multiple_responses", "dns_blocked",
          "one query got several responses with different contents: an on-path injector"),
+    Rule("dns.fingerprint", "dns_blocked",
+         "an answer is a known forged address (a DNS fingerprint): a strong signature"),
     Rule("dns.nxdomain_vs_control", "dns_blocked",
          "the tested resolver says NXDOMAIN while a control resolver returns addresses"),
     Rule("dns.bogon_vs_control", "dns_blocked",
          "the tested resolver returns only bogons while a control resolver returns addresses"),
+    Rule("dns.answer_vs_control_nxdomain", "dns_blocked",
+         "the tested resolver returns addresses for a name the controls say does not exist"),
     Rule("dns.outside_expected_prefixes", "dns_blocked",
          "every answer lies outside the prefixes the service uses exclusively"),
+    Rule("dns.inconsistent_vs_control", "dns_blocked",
+         "the answers share nothing with the control's, whose answers lie in the service's "
+         "known networks"),
+    Rule("dns.inconsistent.corroborated", "dns_blocked",
+         "the answers share nothing with the control's, and the returned addresses do not "
+         "serve the name (invalid certificate, or no connection where the control's do)"),
+    Rule("dns.inconsistent.cdn", "inconclusive",
+         "the answers differ from the control's, but the control's lie outside any known "
+         "network of the service (a CDN may answer differently by region)"),
+    Rule("dns.failure_vs_control", "dns_blocked",
+         "resolving failed while the control resolved the name or fetched the URL"),
     Rule("dns.same_as_control", "down",
          "the control resolver fails the same way: the name is broken everywhere"),
+    Rule("tcp.failure_vs_control", "tcp_blocked",
+         "the connection failed while the control connected to the same address or fetched "
+         "the URL"),
+    Rule("tls.failure_vs_control", "tls_blocked",
+         "the TLS handshake failed while the control completed it or fetched the URL"),
+    Rule("tls.invalid_cert_vs_control", "tls_blocked",
+         "the certificate is invalid for the name while the control's handshake for the same "
+         "name is valid: interception or a block page"),
+    Rule("http.failure_vs_control", "http_blocked",
+         "the HTTP exchange failed while the control fetched the URL"),
+    Rule("http.blockpage_fingerprint", "http_blocked",
+         "the response matches a national/ISP/product block-page fingerprint"),
+    Rule("http.blockpage_weak_vs_control", "http_blocked",
+         "the response matches a vague block-page fingerprint and differs from the control's"),
+    Rule("http.blockpage_weak", "inconclusive",
+         "the response matches a vague block-page fingerprint, but no control confirms it"),
+    Rule("http.fingerprint.false_positive", "ok",
+         "the response matches a known false-positive fingerprint (a CDN captcha or error "
+         "page): the site's own answer, not a censor's"),
+    Rule("http.diff_vs_control", "inconclusive",
+         "the response differs from the control's (status, or body length, headers and title) "
+         "without any block-page fingerprint"),
+    Rule("failure.same_as_control", "down",
+         "the control fails at the same step: an outage, not blocking"),
     Rule("failure.no_control", "inconclusive",
          "a failure without a control cannot tell blocking from an outage"),
     Rule("scope.refused", "error", "the scope allow-list refused the address; nothing was sent"),
@@ -66,6 +122,20 @@ RULES: dict[str, Rule] = {r.id: r for r in (
 
 BLOCKED = {"dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "vpn_blocked"}
 
+# Failures a censor produces. Others (too many redirects, a broken Location, unknown_failure)
+# are the server's or our own doing: a control that succeeds does not make them blocking.
+INTERFERENCE = frozenset({
+    F.GENERIC_TIMEOUT, F.CONNECTION_REFUSED, F.CONNECTION_RESET, F.CONNECTION_ABORTED,
+    F.HOST_UNREACHABLE, F.NETWORK_UNREACHABLE, F.EOF_ERROR, F.SSL_INVALID_HOSTNAME,
+    F.SSL_UNKNOWN_AUTHORITY, F.SSL_INVALID_CERTIFICATE, F.SSL_FAILED_HANDSHAKE,
+    F.DNS_NXDOMAIN, F.DNS_SERVFAIL, F.DNS_REFUSED, F.DNS_NO_ANSWER, F.DNS_BOGON,
+})
+CERT_FAILURES = frozenset({F.SSL_INVALID_HOSTNAME, F.SSL_UNKNOWN_AUTHORITY,
+                           F.SSL_INVALID_CERTIFICATE})
+_LAYER = {"resolve": "dns", "connect": "tcp", "tls_handshake": "tls", "http_round_trip": "http"}
+_FAILURE_RULE = {"dns": "dns.failure_vs_control", "tcp": "tcp.failure_vs_control",
+                 "tls": "tls.failure_vs_control", "http": "http.failure_vs_control"}
+
 
 def _verdict(rule_id: str, m: Measurement | None, service: str, *, layer: str | None = None,
              evidence: str = "", details: dict[str, Any] | None = None) -> Verdict:
@@ -76,10 +146,31 @@ def _verdict(rule_id: str, m: Measurement | None, service: str, *, layer: str | 
     )
 
 
+# --- what the run knows beside each measurement ---------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class _ControlAnswer:
     addresses: frozenset[str]
     failure: str | None
+
+
+@dataclass(slots=True)
+class Evidence:
+    """Facts of a whole run that a measurement's verdict may lean on (controls, certificates)."""
+
+    dns: dict[str, list[_ControlAnswer]] = field(default_factory=lambda: defaultdict(list))
+    # control vantage observations, keyed by what they are about
+    tcp: dict[tuple[str, int], list[str | None]] = field(default_factory=lambda: defaultdict(list))
+    tls: dict[tuple[str, int], list[TLSObservation]] = field(
+        default_factory=lambda: defaultdict(list))
+    http: dict[str, list[HTTPObservation]] = field(default_factory=lambda: defaultdict(list))
+    # the tested vantage's own TLS and TCP facts, by server name / address
+    verified: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    bad_cert: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    tcp_ok: set[str] = field(default_factory=set)
+    tcp_failed: set[str] = field(default_factory=set)
+    answering: set[str] = field(default_factory=set)  # tested resolvers that answered something
 
 
 def _dns_a(m: Measurement) -> DNSObservation | None:
@@ -89,15 +180,51 @@ def _dns_a(m: Measurement) -> DNSObservation | None:
     return None
 
 
-def _controls(ms: Iterable[Measurement], controls: set[str]) -> dict[str, list[_ControlAnswer]]:
-    out: dict[str, list[_ControlAnswer]] = defaultdict(list)
-    for m in ms:
-        if m.probe != "dns" or (m.target.resolver or "system") not in controls:
-            continue
-        obs = _dns_a(m)
-        if obs is not None:
-            out[m.target.host.lower()].append(_ControlAnswer(frozenset(obs.addresses), obs.failure))
-    return out
+def _add_control(ev: Evidence, m: Measurement) -> None:
+    for o in m.observations:
+        if isinstance(o, DNSObservation) and o.qtype == "A":
+            ev.dns[m.target.host.lower()].append(
+                _ControlAnswer(frozenset(o.addresses), o.failure))
+        elif isinstance(o, TCPObservation):
+            ev.tcp[(o.address, o.port)].append(o.failure)
+        elif isinstance(o, TLSObservation):
+            ev.tls[(o.address, o.port)].append(o)
+        elif isinstance(o, HTTPObservation):
+            ev.http[m.target.url or o.url].append(o)
+
+
+def _add_tested(ev: Evidence, m: Measurement) -> None:
+    for o in m.observations:
+        if isinstance(o, TLSObservation) and o.sni:
+            if o.verified:
+                ev.verified[o.sni.lower()].add(o.address)
+            elif o.failure in CERT_FAILURES:
+                ev.bad_cert[o.sni.lower()].add(o.address)
+        elif isinstance(o, TCPObservation):
+            (ev.tcp_ok if o.failure is None else ev.tcp_failed).add(o.address)
+        elif isinstance(o, DNSObservation) and any(r.malformed is None for r in o.responses):
+            ev.answering.add(m.target.resolver or "system")
+
+
+def is_control(m: Measurement, resolvers: set[str], vantages: set[str]) -> bool:
+    """Control measurements are evidence, never subjects of a verdict."""
+    if m.vantage in vantages:
+        return True
+    return m.probe == "dns" and (m.target.resolver or "system") in resolvers
+
+
+def gather(measurements: Iterable[Measurement], resolvers: set[str],
+           vantages: set[str]) -> Evidence:
+    ev = Evidence()
+    for m in measurements:
+        if is_control(m, resolvers, vantages):
+            _add_control(ev, m)
+        else:
+            _add_tested(ev, m)
+    return ev
+
+
+# --- DNS --------------------------------------------------------------------------------------
 
 
 def _injection(obs: DNSObservation) -> bool:
@@ -106,20 +233,73 @@ def _injection(obs: DNSObservation) -> bool:
     return len(valid) > 1 and len(contents) > 1
 
 
+def _in_prefixes(address: str, prefixes: Sequence[str]) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip.version == n.version and ip in n
+               for n in (ipaddress.ip_network(p, strict=False) for p in prefixes))
+
+
 def _outside(addresses: Sequence[str], prefixes: Sequence[str]) -> bool:
-    nets = [ipaddress.ip_network(p) for p in prefixes]
-    for a in addresses:
-        ip = ipaddress.ip_address(a)
-        if any(ip.version == n.version and ip in n for n in nets):
-            return False
-    return bool(addresses)
+    return bool(addresses) and not any(_in_prefixes(a, prefixes) for a in addresses)
 
 
-def judge_dns(m: Measurement, service: Service | None,
-              controls: list[_ControlAnswer]) -> Verdict | None:
+def _net(address: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    ip = ipaddress.ip_address(address)
+    return ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False)
+
+
+def consistent(tested: Iterable[str], control: Iterable[str], *,
+               prefixes: Sequence[str] = (), verified: Iterable[str] = ()) -> bool:
+    """OONI / Censored Planet style: a shared IP, a shared /24 (IPv4) or /48 (IPv6), an answer
+    inside the service's known networks, or a certificate valid for the name on an answer."""
+    tested, control = set(tested), set(control)
+    if tested & control or tested & set(verified):
+        return True
+    if {_net(a) for a in tested} & {_net(a) for a in control}:
+        return True
+    return any(_in_prefixes(a, prefixes) for a in tested)
+
+
+def _fingerprinted(m: Measurement, fps: FingerprintSet) -> tuple[str, str] | None:
+    for o in m.observations:
+        if isinstance(o, DNSObservation):
+            for r in o.responses:
+                for a in r.answers:
+                    found = fps.match_dns(a.value)
+                    if found is not None and found.strong:
+                        return a.value, found.name
+    return None
+
+
+def _inconsistent(m: Measurement, obs: DNSObservation, service: Service | None,
+                  good: list[_ControlAnswer], ev: Evidence) -> Verdict | None:
+    name, host = m.service, m.target.host.lower()
+    control = set().union(*(c.addresses for c in good))
+    prefixes = service.prefixes if service else ()
+    if consistent(obs.addresses, control, prefixes=prefixes, verified=ev.verified.get(host, ())):
+        return None
+    details = {"answers": sorted(obs.addresses)[:8], "control": sorted(control)[:8]}
+    shown = f"{', '.join(obs.addresses[:2])} vs control {', '.join(sorted(control)[:2])}"
+    if prefixes and not _outside(sorted(control), prefixes):
+        return _verdict("dns.inconsistent_vs_control", m, name, layer="dns", details=details,
+                        evidence=f"{shown} (in {service.title if service else name}'s networks)")
+    tested = set(obs.addresses)
+    if tested & ev.bad_cert.get(host, set()):
+        return _verdict("dns.inconsistent.corroborated", m, name, layer="dns", details=details,
+                        evidence=f"{shown}; invalid certificate for {host} there")
+    if tested <= ev.tcp_failed and control & ev.tcp_ok:
+        return _verdict("dns.inconsistent.corroborated", m, name, layer="dns", details=details,
+                        evidence=f"{shown}; no connection there, the control's connect")
+    return _verdict("dns.inconsistent.cdn", m, name, layer="dns", details=details,
+                    evidence=f"{shown}; control outside known networks (CDN?)")
+
+
+def judge_dns(m: Measurement, service: Service | None, controls: list[_ControlAnswer],
+              ev: Evidence | None = None, fps: FingerprintSet | None = None) -> Verdict | None:
     obs = _dns_a(m)
     if obs is None:
         return None
+    ev = ev or Evidence()
     name = m.service
     good_control = [c for c in controls if c.failure is None and c.addresses]
     if _injection(obs):
@@ -133,24 +313,189 @@ def judge_dns(m: Measurement, service: Service | None,
     if obs.failure == F.DNS_BOGON and good_control:
         return _verdict("dns.bogon_vs_control", m, name, layer="dns",
                         evidence=f"bogon {', '.join(obs.addresses[:3])}; control disagrees")
+    if (obs.failure is None and obs.addresses and controls
+            and all(c.failure == F.DNS_NXDOMAIN for c in controls)):
+        return _verdict("dns.answer_vs_control_nxdomain", m, name, layer="dns",
+                        evidence=f"{obs.addresses[0]} for a name the control says does not exist")
     if obs.failure is None and service and service.exclusive_prefixes and obs.addresses:
-        control_addrs = set().union(*(c.addresses for c in good_control)) if good_control else set()
+        control_addrs = set().union(*(c.addresses for c in good_control))
         if _outside(obs.addresses, service.prefixes) and not (set(obs.addresses) & control_addrs):
             return _verdict("dns.outside_expected_prefixes", m, name, layer="dns",
                             evidence=f"{obs.addresses[0]} outside {service.title}'s networks")
+    control_addrs = set().union(*(c.addresses for c in good_control))
+    forged = _fingerprinted(m, fps) if fps is not None else None
+    if forged is not None and forged[0] not in control_addrs:  # else the fingerprint is stale
+        return _verdict("dns.fingerprint", m, name, layer="dns",
+                        evidence=f"{forged[0]} is a known forged answer ({forged[1]})",
+                        details={"address": forged[0], "fingerprint": forged[1]})
+    if obs.failure is None and obs.addresses and good_control:
+        return _inconsistent(m, obs, service, good_control, ev)
     if obs.failure is not None and controls and all(c.failure == obs.failure for c in controls):
         return _verdict("dns.same_as_control", m, name, layer="dns",
                         evidence=f"{obs.failure} from control resolvers too")
     return None
 
 
-_LAYER = {"resolve": "dns", "connect": "tcp", "tls_handshake": "tls", "http_round_trip": "http"}
+# --- HTTP content -----------------------------------------------------------------------------
+
+_COMMON_HEADERS = frozenset({
+    "date", "content-type", "server", "cache-control", "vary", "set-cookie", "location",
+    "expires", "x-powered-by", "content-encoding", "last-modified", "accept-ranges", "pragma",
+    "x-frame-options", "etag", "x-content-type-options", "age", "via", "p3p", "x-xss-protection",
+    "content-language", "cf-ray", "strict-transport-security", "link", "x-varnish",
+    "content-length", "connection", "transfer-encoding", "alt-svc", "keep-alive",
+})
 
 
-def judge_measurement(m: Measurement, service: Service | None,
-                      controls: list[_ControlAnswer]) -> Verdict:
+def http_matches_control(tested: HTTPObservation, control: HTTPObservation) -> bool:
+    """OONI web_connectivity: the same status and one of body length (proportion > 0.7),
+    uncommon header names, or title words of 5+ characters match."""
+    if tested.status != control.status:
+        return False
+    a, b = tested.body_length or 0, control.body_length or 0
+    if a and b and min(a, b) / max(a, b) > 0.7:
+        return True
+    names = [{k.lower() for k, _ in h.headers} - _COMMON_HEADERS for h in (tested, control)]
+    if names[0] and names[0] == names[1]:
+        return True
+    words = [{w.lower() for w in (h.title or "").split() if len(w) >= 5} for h in (tested, control)]
+    return bool(words[0] & words[1])
+
+
+def _http_obs(m: Measurement) -> HTTPObservation | None:
+    return next((o for o in reversed(m.observations) if isinstance(o, HTTPObservation)), None)
+
+
+def _matches(obs: HTTPObservation, fps: FingerprintSet) -> list[HTTPMatch]:
+    # the probe follows redirects: a redirect to a block page shows as a redirect URL
+    headers = (*obs.headers, *(("location", url) for url in obs.redirects))
+    return fps.match_http(obs.body_sample, headers)
+
+
+def judge_http(m: Measurement, ev: Evidence, fps: FingerprintSet) -> Verdict | None:
+    obs = _http_obs(m)
+    if obs is None or obs.status is None or m.failure is not None:
+        return None
+    name = m.service
+    controls = [c for c in ev.http.get(m.target.url or obs.url, []) if c.status is not None
+                and c.failure is None]
+    differs = bool(controls) and not any(http_matches_control(obs, c) for c in controls)
+    found = _matches(obs, fps)
+    if found and found[0].fingerprint.false_positive:
+        fp = found[0].fingerprint
+        return _verdict("http.fingerprint.false_positive", m, name, layer="http",
+                        evidence=f"{fp.name} in {found[0].where}: not a censor's page",
+                        details={"fingerprint": fp.name})
+    strong = [f for f in found if f.fingerprint.strong]
+    if strong:
+        fp = strong[0].fingerprint
+        return _verdict("http.blockpage_fingerprint", m, name, layer="http",
+                        evidence=f"block page {fp.name} ({fp.scope}"
+                                 f"{', ' + ','.join(fp.countries) if fp.countries else ''}) "
+                                 f"in {strong[0].where}",
+                        details={"fingerprint": fp.name, "status": obs.status})
+    if found:
+        fp = found[0].fingerprint
+        rule = "http.blockpage_weak_vs_control" if differs else "http.blockpage_weak"
+        return _verdict(rule, m, name, layer="http", details={"fingerprint": fp.name},
+                        evidence=f"vague block page {fp.name} in {found[0].where}"
+                                 f"{'; control differs' if differs else '; no control agrees'}")
+    if differs:
+        c = controls[0]
+        return _verdict("http.diff_vs_control", m, name, layer="http",
+                        evidence=f"status {obs.status} vs control {c.status}, "
+                                 f"{obs.body_length} vs {c.body_length} bytes, no fingerprint",
+                        details={"status": obs.status, "control_status": c.status})
+    return None
+
+
+# --- failures against a control ---------------------------------------------------------------
+
+
+def _failed_step(m: Measurement) -> tuple[str, str | None, int | None, str | None]:
+    """(layer, address, port, server name) of the step that failed."""
+    layer = _LAYER.get(m.failed_operation or "", "")
+    host = urlsplit(m.target.url).hostname if m.target.url else None
+    for o in reversed(m.observations):
+        if isinstance(o, TLSObservation) and layer == "tls" and o.failure is not None:
+            return layer, o.address, o.port, o.sni
+        if isinstance(o, TCPObservation) and layer == "tcp" and o.failure is not None:
+            return layer, o.address, o.port, None
+        if isinstance(o, HTTPObservation):
+            return layer, o.address, m.target.port, host
+    return layer, None, m.target.port, host or m.target.sni or m.target.host
+
+
+def _control_outcome(m: Measurement, ev: Evidence, layer: str, address: str | None,
+                     port: int | None, sni: str | None) -> tuple[bool, bool, str]:
+    """(the control succeeded at this step, the control failed at it, what the control was)."""
+    ok = failed = False
+    what = ""
+    if layer == "tcp" and address is not None and port is not None:
+        for failure in ev.tcp.get((address, port), []):
+            ok, failed, what = ok or failure is None, failed or failure is not None, "connect"
+    if layer == "tls" and address is not None and port is not None:
+        for o in ev.tls.get((address, port), []):
+            if sni is None or o.sni is None or o.sni.lower() == sni.lower():
+                ok, failed = ok or o.failure is None, failed or o.failure is not None
+                what = "handshake"
+    if layer == "dns" and m.probe == "dns":  # other probes may fail at a redirect's name
+        for c in ev.dns.get(m.target.host.lower(), []):
+            ok, failed = ok or bool(c.addresses), failed or c.failure is not None
+            what = "resolver"
+    for h in ev.http.get(m.target.url or "", []) if m.target.url else []:
+        good = h.failure is None and h.status is not None
+        ok, failed, what = ok or good, failed or not good, what or "fetch"
+    return ok, failed, what
+
+
+def _valid_at_control_address(ev: Evidence, address: str | None, sni: str | None) -> bool:
+    """This vantage got a valid certificate for the name at an address a control resolver
+    gave, and ``address`` is not one of the control's (else: the server's own misconfiguration)."""
+    if not sni:
+        return False
+    control = set().union(*(c.addresses for c in ev.dns.get(sni.lower(), [])))
+    return address not in control and bool(ev.verified.get(sni.lower(), set()) & control)
+
+
+def judge_failure(m: Measurement, ev: Evidence) -> Verdict | None:
+    failure = m.failure or ""
+    layer, address, port, sni = _failed_step(m)
+    if not layer:
+        return None
+    ok, failed, what = _control_outcome(m, ev, layer, address, port, sni)
+    where = f"{address}:{port}" if address else m.target.key
+    if layer == "tls" and failure in CERT_FAILURES and (
+            ok or _valid_at_control_address(ev, address, sni)):
+        return _verdict("tls.invalid_cert_vs_control", m, m.service, layer="tls",
+                        evidence=f"{failure} at {where}; the control's certificate for "
+                                 f"{sni} is valid", details={"address": address})
+    if layer == "dns" and failure == F.GENERIC_TIMEOUT and m.probe == "dns" and (
+            (m.target.resolver or "system") not in ev.answering):
+        ok = False  # a resolver that answered nothing in this run may just be broken
+    if ok and failure in INTERFERENCE:
+        return _verdict(_FAILURE_RULE[layer], m, m.service, layer=layer,
+                        evidence=f"{failure} at {m.failed_operation} ({where}); control {what} "
+                                 "succeeded", details={"address": address})
+    if failed and not ok:
+        return _verdict("failure.same_as_control", m, m.service, layer=layer,
+                        evidence=f"{failure} at {m.failed_operation}; control {what} failed too")
+    return None
+
+
+# --- measurements, runs, services -------------------------------------------------------------
+
+
+def judge_measurement(m: Measurement, service: Service | None, controls: list[_ControlAnswer],
+                      ev: Evidence | None = None,
+                      fps: FingerprintSet | None = None) -> Verdict:
+    ev = ev or Evidence()
     if m.probe == "dns":
-        found = judge_dns(m, service, controls)
+        found = judge_dns(m, service, controls, ev, fps)
+        if found is not None:
+            return found
+    if m.probe == "http" and fps is not None:
+        found = judge_http(m, ev, fps)
         if found is not None:
             return found
     if m.failure is None:
@@ -159,30 +504,54 @@ def judge_measurement(m: Measurement, service: Service | None,
         return _verdict("scope.refused", m, m.service, evidence="address outside scope")
     if m.failed_operation == "probe":
         return _verdict("probe.bug", m, m.service, evidence=m.failure[:80])
+    found = judge_failure(m, ev)
+    if found is not None:
+        return found
     layer = _LAYER.get(m.failed_operation or "")
     return _verdict("failure.no_control", m, m.service, layer=layer,
                     evidence=f"{m.failure} at {m.failed_operation}")
 
 
+_BUILTIN: list[FingerprintSet] = []
+
+
+def builtin_fingerprints() -> FingerprintSet:
+    """The shipped fingerprints, loaded once."""
+    if not _BUILTIN:
+        from probes.fingerprints import load
+
+        _BUILTIN.append(load())
+    return _BUILTIN[0]
+
+
 def judge_run(measurements: Sequence[Measurement], services: dict[str, Service],
-              control_resolvers: Iterable[str], *, network_ok: bool = True) -> list[Verdict]:
-    """Verdicts for every tested measurement of a run, then one per service."""
-    controls = set(control_resolvers)
+              control_resolvers: Iterable[str], *, network_ok: bool = True,
+              control_vantages: Iterable[str] = (),
+              fingerprints: FingerprintSet | None = None) -> list[Verdict]:
+    """Verdicts for every tested measurement of a run, then one per service.
+
+    Measurements of ``control_resolvers`` (DNS) and of ``control_vantages`` (any probe) are
+    controls: evidence for the others, judged themselves never. ``fingerprints`` defaults to
+    the built-in set.
+    """
+    resolvers, vantages = set(control_resolvers), set(control_vantages)
     if not network_ok:
         names = sorted({m.service for m in measurements} | set(services))
         return [_verdict("service.network_unavailable", None, n,
                          evidence="local network down at baseline") for n in names]
-    control_answers = _controls(measurements, controls)
+    fps = fingerprints if fingerprints is not None else builtin_fingerprints()
+    ev = gather(measurements, resolvers, vantages)
     out: list[Verdict] = []
     for m in measurements:
-        if m.probe == "dns" and (m.target.resolver or "system") in controls:
-            continue  # control measurements are evidence, not subjects
+        if is_control(m, resolvers, vantages):
+            continue
         out.append(judge_measurement(m, services.get(m.service),
-                                     control_answers.get(m.target.host.lower(), [])))
+                                     ev.dns.get(m.target.host.lower(), []), ev, fps))
     by_service: dict[str, list[Verdict]] = defaultdict(list)
     for v in out:
         by_service[v.service].append(v)
-    for name in sorted(set(by_service) | {m.service for m in measurements}):
+    tested = {m.service for m in measurements if not is_control(m, resolvers, vantages)}
+    for name in sorted(set(by_service) | tested):
         out.append(judge_service(name, by_service.get(name, [])))
     return out
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import datetime as dt
 
 from probes import failures as F
+from probes.fingerprints import FingerprintSet, parse_entry
 from probes.model import (
     DNSAnswer,
     DNSObservation,
     DNSResponse,
+    HTTPObservation,
     Measurement,
     Service,
     Target,
+    TCPObservation,
+    TLSObservation,
 )
 from probes.runner import new_id
-from probes.verdicts import RULES, judge_run
+from probes.verdicts import ANALYZER_VERSION, RULES, consistent, http_matches_control, judge_run
 
 FB = Service(name="facebook", title="Facebook", category="social", domains=("facebook.com",),
              prefixes=("157.240.0.0/16",), exclusive_prefixes=True)
@@ -135,3 +139,221 @@ def test_connection_reset_without_control_is_inconclusive() -> None:
     v = by_measurement(out, m)
     assert (v.verdict, v.layer) == ("inconclusive", "tcp")
     assert "connection_reset" in v.evidence
+
+
+# --- analyzer v2 ------------------------------------------------------------------------------
+
+TH = "control-vantage"
+NEWS = Service(name="news", title="News", category="news", domains=("news.test",))
+CDNSVC = Service(name="cdnsvc", title="CDN service", category="news", domains=("cdn.test",),
+                 prefixes=("198.51.0.0/16",))
+
+
+def measured(service: str, probe: str, *obs: object, failure: str | None = None,
+             op: str | None = None, vantage: str = "v", host: str = "news.test",
+             port: int | None = 443, url: str | None = None) -> Measurement:
+    return Measurement(id=new_id(), run_id="r", vantage=vantage,
+                       target=Target(service=service, probe=probe, host=host, port=port, url=url),
+                       probe_version="1", started_at=dt.datetime.now(dt.UTC), runtime_s=0.1,
+                       observations=tuple(obs), failure=failure,  # type: ignore[arg-type]
+                       failed_operation=op)
+
+
+def tls(address: str, *, sni: str = "news.test", failure: str | None = None) -> TLSObservation:
+    return TLSObservation(address=address, port=443, sni=sni, t0=0, t=0.1,
+                          verified=failure is None, failure=failure)
+
+
+def page(url: str, status: int = 200, length: int = 1000, title: str = "Daily news",
+         sample: str | None = None) -> HTTPObservation:
+    return HTTPObservation(url=url, t0=0, t=0.1, status=status, body_length=length, title=title,
+                           body_sample=sample)
+
+
+def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
+    v = by_measurement(out, m)
+    return v.verdict, v.rule_id
+
+
+def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
+    assert ANALYZER_VERSION == "2"
+    known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "blocked",
+             "partial", "down", "inconclusive", "network_unavailable", "error"}
+    assert {r.verdict for r in RULES.values()} <= known
+    v1 = {"baseline.network_unavailable", "ok.no_failure", "dns.injection.multiple_responses",
+          "dns.nxdomain_vs_control", "dns.bogon_vs_control", "dns.outside_expected_prefixes",
+          "dns.same_as_control", "failure.no_control", "scope.refused", "probe.bug",
+          "service.ok", "service.blocked", "service.partial", "service.down",
+          "service.inconclusive", "service.network_unavailable"}
+    assert v1 <= set(RULES), "rule ids of v1 stay stable"
+
+
+def test_consistency_rules() -> None:
+    assert consistent(["1.2.3.4"], ["1.2.3.4", "5.6.7.8"])
+    assert consistent(["1.2.3.9"], ["1.2.3.4"])  # same /24
+    assert not consistent(["1.2.4.9"], ["1.2.3.4"])
+    assert consistent(["2a00:1:2:ff::1"], ["2a00:1:2::5"])  # same /48
+    assert consistent(["9.9.9.9"], ["1.1.1.1"], prefixes=["9.9.0.0/16"])
+    assert consistent(["9.9.9.9"], ["1.1.1.1"], verified=["9.9.9.9"])
+
+
+def test_known_forged_answer_is_blocking_without_control() -> None:
+    m = dns("news", "news.test", "system", resp("8.7.198.45"))
+    out = judge_run([m], {"news": NEWS}, [])
+    assert verdict_of(out, m) == ("dns_blocked", "dns.fingerprint")
+
+
+def test_forged_answer_that_a_control_also_gives_is_a_stale_fingerprint() -> None:
+    m = dns("news", "news.test", "system", resp("8.7.198.45"))
+    control = dns("news", "news.test", CONTROL, resp("8.7.198.45"))
+    out = judge_run([m, control], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, m) == ("ok", "ok.no_failure")
+
+
+def test_inconsistent_answer_when_control_is_in_the_services_networks() -> None:
+    m = dns("cdnsvc", "cdn.test", "system", resp("203.0.114.7"))
+    control = dns("cdnsvc", "cdn.test", CONTROL, resp("198.51.7.7"))
+    out = judge_run([m, control], {"cdnsvc": CDNSVC}, [CONTROL])
+    assert verdict_of(out, m) == ("dns_blocked", "dns.inconsistent_vs_control")
+
+
+def test_different_cdn_answers_are_inconclusive_not_blocked() -> None:
+    m = dns("news", "news.test", "system", resp("203.0.114.7"))
+    control = dns("news", "news.test", CONTROL, resp("192.0.3.1"))
+    out = judge_run([m, control], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, m) == ("inconclusive", "dns.inconsistent.cdn")
+
+
+def test_different_answer_with_a_valid_certificate_there_is_consistent() -> None:
+    m = dns("news", "news.test", "system", resp("203.0.114.7"))
+    control = dns("news", "news.test", CONTROL, resp("192.0.3.1"))
+    handshake = measured("news", "tls", tls("203.0.114.7"))
+    out = judge_run([m, control, handshake], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, m) == ("ok", "ok.no_failure")
+
+
+def test_different_answer_with_an_invalid_certificate_there_is_blocking() -> None:
+    m = dns("news", "news.test", "system", resp("203.0.114.7"))
+    control = dns("news", "news.test", CONTROL, resp("192.0.3.1"))
+    handshake = measured("news", "tls", tls("203.0.114.7", failure=F.SSL_UNKNOWN_AUTHORITY),
+                         failure=F.SSL_UNKNOWN_AUTHORITY, op="tls_handshake")
+    out = judge_run([m, control, handshake], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, m) == ("dns_blocked", "dns.inconsistent.corroborated")
+    assert verdict_of(out, handshake) == ("inconclusive", "failure.no_control")
+
+
+def test_answer_for_a_name_the_control_says_does_not_exist() -> None:
+    m = dns("news", "news.test", "system", resp("83.224.65.41"))
+    control = dns("news", "news.test", CONTROL, resp(rcode="NXDOMAIN"), failure=F.DNS_NXDOMAIN)
+    out = judge_run([m, control], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, m) == ("dns_blocked", "dns.answer_vs_control_nxdomain")
+
+
+def test_certificate_invalid_where_the_control_address_is_valid_is_interception() -> None:
+    control = dns("news", "news.test", CONTROL, resp("192.0.3.1"))
+    good = measured("news", "tls", tls("192.0.3.1"))
+    bad = measured("news", "tls", tls("203.0.114.7", failure=F.SSL_INVALID_HOSTNAME),
+                   failure=F.SSL_INVALID_HOSTNAME, op="tls_handshake")
+    out = judge_run([control, good, bad], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, bad) == ("tls_blocked", "tls.invalid_cert_vs_control")
+    # the same bad certificate on one of the control's own addresses is the server's doing
+    own = measured("news", "tls", tls("192.0.3.1", failure=F.SSL_INVALID_HOSTNAME),
+                   failure=F.SSL_INVALID_HOSTNAME, op="tls_handshake")
+    out = judge_run([control, good, own], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, own)[0] == "inconclusive"
+
+
+def test_failures_against_a_control_vantage() -> None:
+    url = "https://news.test/"
+    tcp_t = measured("news", "tcp", TCPObservation(address="192.0.3.1", port=443, t0=0, t=1,
+                                                   failure=F.GENERIC_TIMEOUT),
+                     failure=F.GENERIC_TIMEOUT, op="connect")
+    tcp_c = measured("news", "tcp", TCPObservation(address="192.0.3.1", port=443, t0=0, t=1),
+                     vantage=TH)
+    tls_t = measured("news", "tls", tls("192.0.3.2", failure=F.CONNECTION_RESET),
+                     failure=F.CONNECTION_RESET, op="tls_handshake")
+    tls_c = measured("news", "tls", tls("192.0.3.2"), vantage=TH)
+    http_t = measured("news", "http", HTTPObservation(url=url, t0=0, t=1,
+                                                      failure=F.CONNECTION_RESET),
+                      failure=F.CONNECTION_RESET, op="http_round_trip", url=url)
+    http_c = measured("news", "http", page(url), vantage=TH, url=url)
+    out = judge_run([tcp_t, tcp_c, tls_t, tls_c, http_t, http_c], {"news": NEWS}, [],
+                    control_vantages=[TH])
+    assert verdict_of(out, tcp_t) == ("tcp_blocked", "tcp.failure_vs_control")
+    assert verdict_of(out, tls_t) == ("tls_blocked", "tls.failure_vs_control")
+    assert verdict_of(out, http_t) == ("http_blocked", "http.failure_vs_control")
+    assert {v.measurement_id for v in out} >= {tcp_t.id, tls_t.id, http_t.id}
+    assert not {tcp_c.id, tls_c.id, http_c.id} & {v.measurement_id for v in out}
+
+
+def test_failure_the_control_vantage_shares_is_down() -> None:
+    refused = TCPObservation(address="192.0.3.1", port=444, t0=0, t=1,
+                             failure=F.CONNECTION_REFUSED)
+    t = measured("news", "tcp", refused, failure=F.CONNECTION_REFUSED, op="connect", port=444)
+    c = measured("news", "tcp", refused, vantage=TH, port=444)
+    out = judge_run([t, c], {"news": NEWS}, [], control_vantages=[TH])
+    assert verdict_of(out, t) == ("down", "failure.same_as_control")
+    assert service_verdict(out, "news").verdict == "down"
+
+
+def test_server_side_failures_are_not_blocking_even_if_the_control_fetched() -> None:
+    url = "http://news.test/"
+    t = measured("news", "http", HTTPObservation(url=url, t0=0, t=1, status=302,
+                                                 failure=F.TOO_MANY_REDIRECTS),
+                 failure=F.TOO_MANY_REDIRECTS, op="http_round_trip", url=url)
+    c = measured("news", "http", page(url), vantage=TH, url=url)
+    out = judge_run([t, c], {"news": NEWS}, [], control_vantages=[TH])
+    assert verdict_of(out, t) == ("inconclusive", "failure.no_control")
+
+
+def test_http_comparison_with_control_uses_oonis_thresholds() -> None:
+    base = page("u", length=1000, title="Daily news today")
+    assert http_matches_control(page("u", length=800), base)  # 0.8 > 0.7
+    assert http_matches_control(page("u", length=100, title="Daily news today"), base)
+    assert not http_matches_control(page("u", length=100, title="Access Denied"), base)
+    assert not http_matches_control(page("u", status=403), base)
+
+
+def test_http_fingerprints_and_diff() -> None:
+    fps = FingerprintSet([
+        parse_entry({"name": "strong", "location_found": "body", "pattern": "BLOCKED-BY-LAW",
+                     "pattern_type": "contains", "scope": "nat"}, "t"),
+        parse_entry({"name": "vague", "location_found": "body", "pattern": "Access Denied",
+                     "pattern_type": "contains", "scope": "vbw"}, "t"),
+        parse_entry({"name": "cdn", "location_found": "header.server", "pattern": "cdnx",
+                     "pattern_type": "full", "scope": "fp"}, "t"),
+    ])
+    url = "http://news.test/"
+    control = measured("news", "http", page(url), vantage=TH, url=url)
+
+    def fetched(obs: HTTPObservation) -> Measurement:
+        return measured("news", "http", obs, url=url)
+
+    strong = fetched(page(url, length=90, sample="<p>BLOCKED-BY-LAW</p>"))
+    vague = fetched(page(url, length=90, title="Access Denied", sample="Access Denied"))
+    diff = fetched(page(url, status=403, length=90, title="Oops"))
+    same = fetched(page(url, length=990))
+    cdn = HTTPObservation(url=url, t0=0, t=1, status=403, headers=(("Server", "cdnx"),),
+                          body_sample="Access Denied BLOCKED-BY-LAW")
+    fp = fetched(cdn)
+    out = judge_run([control, strong, vague, diff, same, fp], {"news": NEWS}, [],
+                    control_vantages=[TH], fingerprints=fps)
+    assert verdict_of(out, strong) == ("http_blocked", "http.blockpage_fingerprint")
+    assert verdict_of(out, vague) == ("http_blocked", "http.blockpage_weak_vs_control")
+    assert verdict_of(out, diff) == ("inconclusive", "http.diff_vs_control")
+    assert verdict_of(out, same) == ("ok", "ok.no_failure")
+    assert verdict_of(out, fp) == ("ok", "http.fingerprint.false_positive")
+    # without the control the vague page proves nothing, the strong one still does
+    out = judge_run([strong, vague], {"news": NEWS}, [], fingerprints=fps)
+    assert verdict_of(out, vague) == ("inconclusive", "http.blockpage_weak")
+    assert verdict_of(out, strong)[0] == "http_blocked"
+
+
+def test_dns_timeout_counts_only_if_the_resolver_answers_other_names() -> None:
+    timeout = dns("news", "news.test", "system", failure=F.GENERIC_TIMEOUT)
+    control = dns("news", "news.test", CONTROL, resp("192.0.3.1"))
+    out = judge_run([timeout, control], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, timeout) == ("inconclusive", "failure.no_control")
+    other = dns("news", "other.test", "system", resp("192.0.3.9"))
+    out = judge_run([timeout, control, other], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, timeout) == ("dns_blocked", "dns.failure_vs_control")
