@@ -6,6 +6,10 @@ Exit codes (documented in the README; cron and systemd rely on them):
   2  bad usage or a bad config file: nothing was measured or written
   3  the results database could not be opened or written
   4  the local network was unavailable: nothing was probed, the run is stored as such
+  5  another run holds the lock (same database, or same schedule group): this one did not start
+  6  the run reached --max-runtime / the group's max_runtime: what was measured is stored,
+     the run is "interrupted"
+  7  no consent for an unattended run (see ``blockwatch consent``): nothing was measured
   130 interrupted (Ctrl-C / SIGTERM): what was measured is stored, the run is "interrupted"
 """
 
@@ -24,6 +28,7 @@ from typing import Any, TextIO
 from blockwatch.config import ConfigError, load_config
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_STORAGE, EXIT_NETWORK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_LOCKED, EXIT_MAX_RUNTIME, EXIT_NO_CONSENT = 5, 6, 7
 log = logging.getLogger("blockwatch")
 
 
@@ -38,6 +43,18 @@ def _parse_since(text: str) -> dt.datetime:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _duration(text: str) -> float:
+    from blockwatch.config import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be longer than 0 s")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--vantage", metavar="NAME", help="label this run's vantage NAME")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object per measurement instead of the table")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress, no table")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress, no table, only errors (for cron)")
+    run.add_argument("-g", "--group", metavar="NAME",
+                     help="run the config's schedule group NAME once (its services, vantage, "
+                     "max_runtime and lock)")
+    run.add_argument("-y", "--yes", action="store_true",
+                     help="I have read `blockwatch consent` and agree (for unattended runs)")
+    run.add_argument("--max-runtime", type=_duration, metavar="DURATION",
+                     help="stop the sweep after this long (e.g. 90s, 20m, 1h); what was "
+                     "measured is stored, exit code 6")
+    run.add_argument("--log-file", metavar="FILE",
+                     help="append structured log lines (key=value) here instead of stderr")
 
     runs = sub.add_parser("runs", help="list past runs, newest first")
     common(runs)
@@ -87,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Command groups of their own (lab, schedule, report, ...) live in modules that expose
 # ``register(subparsers, common) -> {command: handler}``; adding one is one line here.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("blockwatch.schedule_cli", "blockwatch.lab.cli",
+                               "blockwatch.report_cli")
 
 
 def _extensions() -> list[Any]:
@@ -149,19 +178,34 @@ def _store(cfg: Any) -> Iterator[Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from blockwatch import app
+    from blockwatch.schedule_cli import configure_logging, guard_run, state_dir
+    from scheduler.logfmt import fields
     from scheduler.plan import plan_sweep
 
     cfg = load_config(args.config)
-    services = cfg.selected_services(args.service)
+    configure_logging(args.log_file, verbose=args.verbose, quiet=args.quiet)
+    group = cfg.schedule(args.group) if args.group else None
+    services = (cfg.group_services(group) if group and not args.service
+                else cfg.selected_services(args.service))
+    max_runtime = args.max_runtime or (group.max_runtime if group else None)
     ctx = app.probe_context(cfg)
-    settings = app.sweep_settings(cfg, vantage=args.vantage)
+    settings = app.sweep_settings(cfg, vantage=args.vantage or (group.vantage if group else None),
+                                  group=group.name if group else None)
     targets = plan_sweep(services, probes=cfg.probes.probes, resolvers=cfg.dns.resolvers,
                          controls=cfg.dns.controls if "dns" in cfg.probes.probes else ())
     interactive = sys.stderr.isatty() and not (args.json or args.quiet)
-    with _store(cfg) as store:
-        outcome = _run_sweep(store, services, targets, ctx, settings, interactive)
+    lock = guard_run(cfg, yes=args.yes, group=settings.group, state=state_dir())
+    if isinstance(lock, int):
+        return lock
+    log.info("run.start", extra=fields(group=settings.group, vantage=settings.vantage,
+                                       services=len(services), targets=len(targets),
+                                       max_runtime_s=max_runtime))
+    with lock, _store(cfg) as store:
+        outcome, stop = _run_sweep(store, services, targets, ctx, settings, interactive,
+                                   max_runtime)
         if outcome is None:
-            return EXIT_INTERRUPTED
+            return _stopped(store, settings.group, stop, max_runtime)
+        _log_done(outcome.run)
         if args.json:
             from storage.export import write_jsonl
 
@@ -175,8 +219,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _log_done(run: Any) -> None:
+    from scheduler.logfmt import fields
+
+    duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
+    summary = run.summary
+    log.info("run.done", extra=fields(
+        run=run.id, group=run.group, vantage=run.vantage, status=run.status,
+        duration_s=None if duration is None else round(duration, 1),
+        measurements=summary.get("measurements"), summary=_one_line(summary) or None))
+
+
+def _stopped(store: Any, group: str | None, stop: str, max_runtime: float | None) -> int:
+    """The sweep was cut short: say so, log the stored (interrupted) run, pick the exit code."""
+    from scheduler.groups import format_seconds
+
+    # our lock guarantees the latest run of this group (or at all, ungrouped) is ours
+    latest = store.runs(limit=1, group=group)
+    run_id = latest[0].id if latest else "?"
+    if latest:
+        _log_done(latest[0])
+    if stop == "max_runtime":
+        print(f"blockwatch: stopped at the maximum runtime ({format_seconds(max_runtime)}); "
+              f"measurements so far are stored, run {run_id[:13]} marked interrupted",
+              file=sys.stderr)
+        return EXIT_MAX_RUNTIME
+    print("blockwatch: interrupted; measurements so far are stored, run marked "
+          "interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def _run_sweep(store: Any, services: Any, targets: Any, ctx: Any, settings: Any,
-               interactive: bool) -> Any:
+               interactive: bool, max_runtime: float | None = None) -> tuple[Any, str]:
+    """Run the sweep; return (outcome, "") or (None, "interrupted" | "max_runtime")."""
     from scheduler.sweep import sweep
 
     async def go() -> Any:
@@ -185,32 +260,40 @@ def _run_sweep(store: Any, services: Any, targets: Any, ctx: Any, settings: Any,
         assert task is not None
         # SIGTERM (systemd stop, kill) interrupts like Ctrl-C: the sweep stores what it has.
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        if not interactive:
-            return await sweep(store, services, targets, ctx, settings)
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.description}"),
-                      transient=True) as bar:
-            tid = bar.add_task("", total=len(targets))
-
-            def progress(done: int, total: int, m: Any) -> None:
-                bar.update(tid, completed=done, description=f"{m.service} {m.probe}")
-
-            return await sweep(store, services, targets, ctx, settings, progress=progress)
+        async with asyncio.timeout(max_runtime):
+            if not interactive:
+                return await sweep(store, services, targets, ctx, settings)
+            return await _sweep_with_progress(store, services, targets, ctx, settings)
 
     try:
-        return asyncio.run(go())
+        return asyncio.run(go()), ""
+    except TimeoutError:  # asyncio.timeout cancelled the sweep, which stored it as interrupted
+        return None, "max_runtime"
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("blockwatch: interrupted; measurements so far are stored, run marked "
-              "interrupted", file=sys.stderr)
-        return None
+        return None, "interrupted"
+
+
+async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any,
+                               settings: Any) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from scheduler.sweep import sweep
+
+    with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.description}"),
+                  transient=True) as bar:
+        tid = bar.add_task("", total=len(targets))
+
+        def progress(done: int, total: int, m: Any) -> None:
+            bar.update(tid, completed=done, description=f"{m.service} {m.probe}")
+
+        return await sweep(store, services, targets, ctx, settings, progress=progress)
 
 
 def _print_summary(outcome: Any, out: TextIO) -> None:

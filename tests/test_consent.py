@@ -1,0 +1,146 @@
+"""Consent: asked once at a terminal, never prompted elsewhere (nothing hangs), refused
+unattended without ``--yes`` / ``consent = true``, not needed for loopback or lab scopes.
+
+Interactive cases use a real pseudo-terminal, so ``isatty`` is true exactly as for a person."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_cli import BLOCKWATCH
+
+from blockwatch import consent
+from blockwatch.config import parse_config
+from blockwatch.consent import ConsentRefused, ensure_consent, needs_consent
+from blockwatch.schedule_cli import check_consent, state_dir
+
+PUBLIC = ["public"]
+
+
+@pytest.mark.parametrize(
+    ("scope", "needed"),
+    [
+        (["public"], True),
+        (["system-resolvers"], True),
+        (["127.0.0.0/8", "::1/128"], False),
+        (["10.200.0.0/16", "fd00:200::/48", "127.0.0.1/32"], False),  # the lab
+        (["127.0.0.0/8", "8.8.8.0/24"], True),
+        (["0.0.0.0/0"], True),
+        (["2001:db8::/32", "169.254.0.0/16"], False),
+    ],
+)
+def test_consent_is_needed_when_public_addresses_are_in_scope(scope: list[str],
+                                                              needed: bool) -> None:
+    assert needs_consent(scope) is needed
+
+
+def _ensure(tmp_path: Path, stdin: io.TextIOBase, stderr: io.TextIOBase, *, yes: bool = False,
+            configured: bool = False, scope: list[str] = PUBLIC) -> str:
+    return ensure_consent(yes=yes, configured=configured, scope=scope, state_dir=tmp_path,
+                          stdin=stdin, stderr=stderr)  # type: ignore[arg-type]
+
+
+def test_unattended_without_consent_refuses_without_prompting(tmp_path: Path) -> None:
+    stdin, stderr = io.StringIO("yes\n"), io.StringIO()  # not ttys: the answer must be ignored
+    with pytest.raises(ConsentRefused) as info:
+        _ensure(tmp_path, stdin, stderr)
+    assert "consent = true" in str(info.value) and "--yes" in str(info.value)
+    assert "nothing was measured" in str(info.value)
+    assert stderr.getvalue() == "" and stdin.read() == "yes\n"  # nothing asked, nothing read
+    assert not consent.consent_file(tmp_path).exists()
+
+
+def test_flag_config_and_scope_give_consent(tmp_path: Path) -> None:
+    stdin, stderr = io.StringIO(), io.StringIO()
+    assert _ensure(tmp_path, stdin, stderr, yes=True) == "flag"
+    assert _ensure(tmp_path, stdin, stderr, configured=True) == "config"
+    assert _ensure(tmp_path, stdin, stderr, scope=["127.0.0.0/8"]) == "not-needed"
+    assert stderr.getvalue() == ""
+
+
+def _terminal_answer(answer: str) -> tuple[int, io.TextIOWrapper, io.TextIOWrapper]:
+    master, slave = pty.openpty()
+    os.write(master, answer.encode())
+    tty_in = open(slave, encoding="utf-8", closefd=False)  # noqa: SIM115 - closed by the test
+    tty_err = open(slave, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+    return master, tty_in, tty_err
+
+
+@pytest.mark.parametrize(("answer", "agreed"), [("yes\n", True), ("no\n", False), ("\n", False)])
+def test_a_terminal_is_asked_once(tmp_path: Path, answer: str, agreed: bool) -> None:
+    master, tty_in, tty_err = _terminal_answer(answer)
+    try:
+        if agreed:
+            assert _ensure(tmp_path, tty_in, tty_err) == "asked"
+        else:
+            with pytest.raises(ConsentRefused, match="you did not agree"):
+                _ensure(tmp_path, tty_in, tty_err)
+        shown = os.read(master, 65536).decode()
+    finally:
+        tty_in.close()
+        tty_err.close()
+        os.close(master)
+    assert "The risk:" in shown and "Your IP address is never stored" in shown
+    assert consent.recorded(tmp_path) is agreed
+    if agreed:  # the next run, even unattended, does not ask again
+        assert _ensure(tmp_path, io.StringIO(), io.StringIO()) == "recorded"
+
+
+def test_damaged_or_outdated_record_asks_again(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    consent.consent_file(tmp_path).write_text("{not json")
+    assert not consent.recorded(tmp_path)
+    consent.record(tmp_path)
+    assert consent.recorded(tmp_path)
+    monkeypatch.setattr(consent, "NOTICE_VERSION", consent.NOTICE_VERSION + 1)
+    assert not consent.recorded(tmp_path)  # a new notice needs a new answer
+
+
+def test_run_guard_refuses_with_exit_7_and_names_the_config(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           ) -> None:
+    cfg = parse_config("[probes]\nscope = ['public']\n", str(tmp_path / "bw.toml"))
+    assert check_consent(cfg, yes=False) == 7
+    err = capsys.readouterr().err
+    assert f"set `consent = true` in {tmp_path / 'bw.toml'}" in err
+    assert check_consent(cfg, yes=True) is None
+    agreed = parse_config("consent = true\n[probes]\nscope = ['public']\n", "c.toml")
+    assert check_consent(agreed, yes=False) is None
+
+
+def test_consent_command_prints_the_notice_and_records_agreement(tmp_path: Path) -> None:
+    shown = subprocess.run([BLOCKWATCH, "consent"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=30, check=False)
+    assert shown.returncode == 0 and "The risk:" in shown.stdout
+    assert not consent.recorded(state_dir())
+    agreed = subprocess.run([BLOCKWATCH, "consent", "--agree"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=30, check=False)
+    assert agreed.returncode == 0 and "consent recorded" in agreed.stderr
+    record = json.loads((tmp_path / "xdg-state" / "blockwatch" / "consent.json").read_text())
+    assert record["version"] == consent.NOTICE_VERSION
+
+
+def test_consent_command_at_a_terminal_asks(tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([BLOCKWATCH, "consent"], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    os.write(master, b"yes\n")
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=30) == 0
+    os.close(master)
+    assert b"Type 'yes' to agree" in output and b"consent recorded" in output
+    assert consent.recorded(tmp_path / "xdg-state" / "blockwatch")
