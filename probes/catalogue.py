@@ -13,10 +13,69 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from probes.model import Endpoint, Service
+from probes.model import SILENT_PROTOCOLS, VPN_PROTOCOLS, AppRule, Endpoint, Service, VPNEndpoint
 
 _KEYS = {"title", "category", "domains", "urls", "endpoints", "asns", "prefixes",
-         "exclusive_prefixes", "cert_names", "source", "name"}
+         "exclusive_prefixes", "cert_names", "source", "name", "vpn", "app"}
+_VPN_KEYS = {"name", "protocol", "host", "port", "transport", "options", "key_file"}
+_DEFAULT_PORTS = {"openvpn": 1194, "ikev2": 500, "wireguard": 51820, "pptp": 1723,
+                  "l2tp": 1701, "tor": 443, "obfs4": 443, "shadowsocks": 8388}
+_TRANSPORTS = {"ikev2": "udp", "wireguard": "udp", "l2tp": "udp", "pptp": "tcp", "tor": "tcp",
+               "obfs4": "tcp", "shadowsocks": "tcp"}
+APP_RULES = {
+    "all_chat_fail_with_working_control":
+        "blocked if every chat endpoint fails (on every port) while the control succeeds",
+    "any_chat_fail_with_working_control":
+        "degraded if some chat endpoints fail while the control reaches them",
+}
+
+
+def vpn_from_dict(where: str, data: Mapping[str, Any]) -> VPNEndpoint:
+    """One VPN endpoint (a catalogue ``vpn`` entry or a config ``[[vpn]]`` table)."""
+    unknown = set(data) - _VPN_KEYS
+    if unknown:
+        raise CatalogueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    protocol = data.get("protocol")
+    if protocol not in VPN_PROTOCOLS:
+        raise CatalogueError(f"{where}: protocol must be one of {', '.join(VPN_PROTOCOLS)}")
+    host = data.get("host")
+    if not isinstance(host, str) or not host:
+        raise CatalogueError(f"{where}: host is required")
+    port = data.get("port", _DEFAULT_PORTS[protocol])
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise CatalogueError(f"{where}: port must be 1-65535")
+    transport = data.get("transport", _TRANSPORTS.get(protocol, "udp"))
+    if transport not in ("udp", "tcp") or (protocol in _TRANSPORTS
+                                            and transport != _TRANSPORTS[protocol]):
+        raise CatalogueError(f"{where}: transport {transport!r} is not possible for {protocol}")
+    options = data.get("options", {})
+    if not isinstance(options, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
+        raise CatalogueError(f"{where}: options must be a table of strings")
+    key_file = data.get("key_file")
+    if key_file is not None and not isinstance(key_file, str):
+        raise CatalogueError(f"{where}: key_file must be a path")
+    if key_file is not None and protocol in SILENT_PROTOCOLS:
+        raise CatalogueError(f"{where}: {protocol} is measured by TCP reachability only; "
+                             "blockwatch does not use its key")
+    name = data.get("name", f"{protocol}-{host}-{port}")
+    return VPNEndpoint(name=str(name), protocol=protocol, host=host, port=port,
+                       transport=transport, options=tuple(sorted(options.items())),
+                       key_file=key_file)
+
+
+def _app(name: str, data: Any) -> AppRule | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) - {"chat_endpoints", "rule"}:
+        raise CatalogueError(f"service {name!r}: app must be a table of chat_endpoints, rule")
+    rule = data.get("rule", "all_chat_fail_with_working_control")
+    if rule not in APP_RULES:
+        raise CatalogueError(f"service {name!r}: app.rule must be one of {', '.join(APP_RULES)}")
+    chat = _str_list(name, "app.chat_endpoints", data.get("chat_endpoints", []))
+    if not chat:
+        raise CatalogueError(f"service {name!r}: app.chat_endpoints is empty")
+    return AppRule(chat_endpoints=chat, rule=rule, text=APP_RULES[rule])
 
 
 class CatalogueError(ValueError):
@@ -74,7 +133,19 @@ def service_from_dict(name: str, data: Mapping[str, Any]) -> Service:
     asns = data.get("asns", [])
     if not isinstance(asns, list) or not all(isinstance(a, int) and a > 0 for a in asns):
         raise CatalogueError(f"service {name!r}: asns must be a list of positive integers")
-    if not (domains or urls or endpoints):
+    vpn_list = data.get("vpn", [])
+    if not isinstance(vpn_list, list):
+        raise CatalogueError(f"service {name!r}: vpn must be a list of tables")
+    vpn = tuple(vpn_from_dict(f"service {name!r}: vpn[{i}]", v if isinstance(v, dict) else {})
+                for i, v in enumerate(vpn_list))
+    app = _app(name, data.get("app"))
+    if app:
+        known = {str(e) for e in endpoints}
+        missing = [e for e in app.chat_endpoints if e not in known]
+        if missing:
+            raise CatalogueError(f"service {name!r}: app chat endpoint {missing[0]!r} is not "
+                                 "among its endpoints")
+    if not (domains or urls or endpoints or vpn):
         raise CatalogueError(f"service {name!r}: needs at least one of domains, urls, endpoints")
     exclusive = data.get("exclusive_prefixes", False)
     if not isinstance(exclusive, bool):
@@ -93,6 +164,8 @@ def service_from_dict(name: str, data: Mapping[str, Any]) -> Service:
         exclusive_prefixes=exclusive,
         cert_names=_str_list(name, "cert_names", data.get("cert_names", [])),
         source=str(data.get("source", "")),
+        vpn=vpn,
+        app=app,
     )
 
 

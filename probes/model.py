@@ -29,6 +29,35 @@ class Endpoint:
         return f"{host}:{self.port}"
 
 
+VPN_PROTOCOLS = ("openvpn", "ikev2", "wireguard", "pptp", "l2tp", "tor", "obfs4", "shadowsocks")
+# protocols that answer nobody without their secret: only TCP reachability can be measured
+SILENT_PROTOCOLS = ("obfs4", "shadowsocks")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VPNEndpoint:
+    """A VPN server endpoint. ``options`` are non-secret (e.g. ("tls_auth", "yes")); a key
+    file path is kept apart in ``key_file`` and its contents never leave memory."""
+
+    name: str
+    protocol: str
+    host: str
+    port: int
+    transport: str = "udp"
+    options: tuple[tuple[str, str], ...] = ()
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppRule:
+    """An app-level verdict rule from the catalogue: which endpoints carry the app's core
+    function (``chat``) and what failing them means."""
+
+    chat_endpoints: tuple[str, ...]
+    rule: str  # e.g. "all_chat_fail_with_working_control"
+    text: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     """A named thing people use, with its endpoints and the facts expected about it."""
@@ -44,6 +73,8 @@ class Service:
     exclusive_prefixes: bool = False
     cert_names: tuple[str, ...] = ()
     source: str = ""
+    vpn: tuple[VPNEndpoint, ...] = ()
+    app: AppRule | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
-from probes.model import Service, Target
+from probes.model import SILENT_PROTOCOLS, Service, Target, VPNEndpoint
 
 
 def _is_ip(host: str) -> bool:
@@ -55,7 +55,19 @@ def plan_service(service: Service, *, probes: Iterable[str], resolvers: Sequence
     if "http" in wanted:
         out += [Target(service=name, probe="http", host=_url_endpoint(u)[0], url=u)
                 for u in dict.fromkeys(service.urls)]
+    if "vpn" in wanted:
+        out += [vpn_target(name, ep) for ep in service.vpn]
     return out
+
+
+def vpn_target(service: str, ep: VPNEndpoint) -> Target:
+    """The target for a VPN endpoint. Protocols that stay silent without their secret (obfs4,
+    Shadowsocks) become TCP reachability targets, labelled so in their options."""
+    if ep.protocol in SILENT_PROTOCOLS:
+        return Target(service=service, probe="tcp", host=ep.host, port=ep.port,
+                      options=(("silent_protocol", ep.protocol), *ep.options))
+    return Target(service=service, probe=ep.protocol, host=ep.host, port=ep.port,
+                  transport=ep.transport, options=ep.options)
 
 
 def plan_sweep(services: Sequence[Service], *, probes: Iterable[str], resolvers: Sequence[str],

@@ -46,3 +46,22 @@ def test_bad_service_definitions() -> None:
         service_from_dict("x", {"domains": ["a.b"], "asns": ["AS1"]})
     with pytest.raises(CatalogueError, match="name must be"):
         service_from_dict("a b", {"domains": ["a.b"]})
+
+
+def test_messaging_apps_have_bundles_with_rules() -> None:
+    cat = load_catalogue()
+    for name in ("whatsapp", "messenger", "instagram", "kakaotalk", "line", "wechat",
+                 "telegram", "signal"):
+        app = cat[name].app
+        assert app is not None, name
+        assert app.chat_endpoints and app.text
+        assert set(app.chat_endpoints) <= {str(e) for e in cat[name].endpoints}
+
+
+def test_app_rule_must_name_known_endpoints() -> None:
+    with pytest.raises(CatalogueError, match="not among its endpoints"):
+        service_from_dict("x", {"endpoints": ["a.b:443"],
+                                "app": {"chat_endpoints": ["c.d:443"]}})
+    with pytest.raises(CatalogueError, match="app.rule"):
+        service_from_dict("x", {"endpoints": ["a.b:443"],
+                                "app": {"chat_endpoints": ["a.b:443"], "rule": "vibes"}})

@@ -23,3 +23,38 @@ def test_plan_respects_probe_selection() -> None:
     targets = plan_service(tg, probes=["tcp"], resolvers=["system"])
     assert {t.probe for t in targets} == {"tcp"}
     assert not any(t.probe == "tls" for t in targets)
+
+
+def test_vpn_endpoints_become_protocol_targets() -> None:
+    from probes.catalogue import service_from_dict
+
+    svc = service_from_dict("myvpn", {"vpn": [
+        {"protocol": "openvpn", "host": "vpn.example", "port": 1194, "transport": "udp",
+         "options": {"tls_auth": "yes"}, "key_file": "/etc/ta.key"},
+        {"protocol": "shadowsocks", "host": "ss.example", "port": 8388},
+        {"protocol": "ikev2", "host": "ike.example"},
+    ]})
+    targets = plan_service(svc, probes=["dns", "vpn"], resolvers=["system"])
+    by_probe = {t.probe: t for t in targets if t.probe != "dns"}
+    assert by_probe["openvpn"].options == (("tls_auth", "yes"),)
+    assert by_probe["openvpn"].key == "udp://vpn.example:1194"
+    assert by_probe["tcp"].options == (("silent_protocol", "shadowsocks"),)
+    assert by_probe["ikev2"].port == 500 and by_probe["ikev2"].transport == "udp"
+    assert "/etc/ta.key" not in str([t.to_dict() for t in targets])
+    assert not plan_service(svc, probes=["dns"], resolvers=["system"])
+
+
+def test_bad_vpn_entries() -> None:
+    import pytest
+
+    from probes.catalogue import CatalogueError, service_from_dict
+
+    for entry, message in [({"protocol": "ipsec", "host": "a"}, "protocol must be"),
+                           ({"protocol": "wireguard", "host": "a", "transport": "tcp"},
+                            "not possible"),
+                           ({"protocol": "openvpn"}, "host is required"),
+                           ({"protocol": "openvpn", "host": "a", "port": 0}, "port must"),
+                           ({"protocol": "shadowsocks", "host": "a", "key_file": "k"},
+                            "TCP reachability only")]:
+        with pytest.raises(CatalogueError, match=message):
+            service_from_dict("v", {"vpn": [entry]})
