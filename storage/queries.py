@@ -325,7 +325,9 @@ def read_only_query(engine: Engine, sql: str, params: Mapping[str, Any] | None =
 
 def _refusal(problem: str) -> str:
     lowered = problem.lower()
-    if any(s in lowered for s in ("read-only", "readonly", "query_only", "read only")):
+    # a read-only SQLite connection answers "disk I/O error" to e.g. PRAGMA journal_mode
+    if any(s in lowered for s in ("read-only", "readonly", "query_only", "read only",
+                                  "disk i/o error")):
         return f"refused: queries are read-only ({problem})"
     return problem
 

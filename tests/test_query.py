@@ -1,0 +1,128 @@
+"""``blockwatch query`` (read-only SQL) and ``blockwatch export --format parquet``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from blockwatch.cli import main
+from reports import synthetic
+from storage import StorageError, open_store
+from storage.queries import read_only_engine, read_only_query
+
+U = dt.UTC
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    path = tmp_path / "q.db"
+    scenario = synthetic.Scenario(
+        vantages=[("cn", "CN"), ("kr", "KR")], services=["line", "instagram"],
+        start=dt.datetime(2014, 7, 1, tzinfo=U), end=dt.datetime(2014, 7, 3, tzinfo=U),
+        blocking=[synthetic.Blocking(service="line", vantage="cn",
+                                     start=dt.datetime(2014, 7, 2, tzinfo=U))],
+        measurements_every=6, flaky=0)
+    with open_store(str(path)) as store:
+        synthetic.write(store, scenario)
+    return str(path)
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_query_prints_csv_and_json(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    sql = "SELECT vantage, count(*) AS runs FROM runs GROUP BY vantage ORDER BY vantage"
+    assert main(["query", "--db", db, "-f", "csv", sql]) == 0
+    assert capsys.readouterr().out.splitlines() == ["vantage,runs", "cn,48", "kr,48"]
+    assert main(["query", "--db", db, "-f", "json", sql]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"vantage": "cn", "runs": 48},
+                                                   {"vantage": "kr", "runs": 48}]
+    assert main(["query", "--db", db, "--limit", "3", "SELECT id FROM runs"]) == 0
+    out = capsys.readouterr().out
+    assert "93 more rows" in out
+
+
+@pytest.mark.parametrize("sql", [
+    "DELETE FROM runs",
+    "UPDATE verdicts SET verdict = 'ok'",
+    "INSERT INTO runs (id) VALUES ('x')",
+    "DROP TABLE verdicts",
+    "CREATE TABLE mine (x)",
+    "PRAGMA journal_mode = DELETE",
+    "WITH gone AS (DELETE FROM runs RETURNING id) SELECT * FROM gone",
+])
+def test_query_refuses_writes(db: str, sql: str, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _digest(db)
+    code = main(["query", "--db", db, sql])
+    err = capsys.readouterr().err
+    assert code in (2, 3) and "Traceback" not in err
+    assert "blockwatch:" in err
+    assert _digest(db) == before
+    with open_store(db) as store:
+        assert len(store.runs(limit=1000)) == 96
+
+
+def test_write_refused_with_a_clear_message(db: str) -> None:
+    engine = read_only_engine(db)
+    try:
+        with pytest.raises(StorageError, match="refused: queries are read-only"):
+            read_only_query(engine, "DELETE FROM runs")
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("sql,message", [
+    ("SELEC 1", "syntax error"),
+    ("SELECT * FROM nothing_here", "no such table"),
+    ("SELECT 1; SELECT 2", "one statement"),
+    ("   ", "empty query"),
+])
+def test_bad_sql_is_one_line(db: str, sql: str, message: str,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "--db", db, sql]) == 3
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_query_on_missing_or_broken_database(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "none.db"
+    assert main(["query", "--db", str(missing), "SELECT 1"]) == 3
+    assert "no database file" in capsys.readouterr().err
+    assert not missing.exists()  # a read-only query never creates a database
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not sqlite" * 100)
+    assert main(["query", "--db", str(broken), "SELECT * FROM runs"]) == 3
+    assert "not a SQLite database" in capsys.readouterr().err
+
+
+def test_export_parquet(db: str, tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "m.parquet"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n', encoding="utf-8")
+    assert main(["export", "-c", str(cfg), "--format", "parquet", "-o", str(out)]) == 0
+    table = pq.read_table(out)
+    with open_store(db) as store:
+        rows = list(store.export_rows())
+    assert table.num_rows == len(rows) > 0
+    assert table.column_names[:3] == ["measurement_id", "run_id", "vantage"]
+    first = table.slice(0, 1).to_pylist()[0]
+    assert first["measurement_id"] == rows[0]["measurement_id"]
+    assert first["started_at"] == dt.datetime(2014, 7, 1, tzinfo=U)
+    assert json.loads(first["observations"]) == []
+    blocked = {r["verdict"] for r in table.to_pylist() if r["vantage"] == "cn"}
+    assert "dns_blocked" in blocked
+
+
+def test_export_parquet_needs_a_file(db: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n', encoding="utf-8")
+    assert main(["export", "-c", str(cfg), "--format", "parquet"]) == 2
+    assert "--output" in capsys.readouterr().err
