@@ -11,9 +11,9 @@ country, one ``Comparison`` with a label:
 - ``observed later``: it lies after it;
 - ``not observed``: the vantage has conclusive sweeps after the period started but no such
   change (and for an onset, no blocking at all);
-- ``no data``: nothing to compare (no conclusive sweep of the service from that vantage after
-  the period started, or the vantage was already blocked at its first sweep, which came after
-  the report).
+- ``no data``: nothing to compare: no conclusive sweep of the service from that vantage, or
+  none after the reported period started (the sweeps end before it), or the vantage was
+  already blocked at its first sweep, which came after the report.
 
 When a series has several changes of the right kind, the one nearest the reported period is
 used. ``diff_days`` is the first sweep in the new state minus the start of the reported period
@@ -96,6 +96,8 @@ def _one(event: Event, vantage: str, series: SeriesResult | None) -> Comparison:
 
     if series is None or series.last is None:
         return result(NO_DATA, "no conclusive sweep of this service from this vantage")
+    if lo is not None and series.last < lo:
+        return result(NO_DATA, "sweeps end before the reported period")
     changes = [c for c in series.changes if c.kind == kind]
     if changes:
         c = min(changes, key=lambda c: _distance(c, lo, hi))
@@ -108,8 +110,6 @@ def _one(event: Event, vantage: str, series: SeriesResult | None) -> Comparison:
             return result(label, "blocked from the first sweep", w_end=series.first)
         return result(NO_DATA, "blocked from the first sweep, which came after the report",
                       w_end=series.first)
-    if lo is not None and series.last < lo:
-        return result(NO_DATA, "sweeps end before the reported period")
     note = f"{series.conclusive} conclusive sweeps, no {kind} found"
     if series.first is not None and series.first >= hi:
         note += " (sweeps start after the reported period)"

@@ -106,12 +106,15 @@ def test_comparison_not_observed_and_later(db: str) -> None:
         "id,service,country,event,date,precision,source,confidence\n"
         "a,whatsapp,CN,blocked,2014-08,month,test,low\n"
         "b,instagram,CN,blocked,2014-08-15,day,test,low\n"
-        "c,kakaotalk,KR,blocked,2014-07-01,day,test,low\n", "own.csv")
+        "c,kakaotalk,KR,blocked,2014-07-01,day,test,low\n"
+        "d,facebook,CN,blocked,2022-09-22,day,test,low\n", "own.csv")
     with open_store(db) as store:
         found = {c.event.id: c for c in comparison(store, own)}
     assert found["a"].label == NOT_OBSERVED
     assert found["b"].label == LATER and found["b"].diff_days == pytest.approx(44, abs=0.1)
     assert found["c"].vantage == "kr-office" and found["c"].label == NOT_OBSERVED
+    # blocked throughout our sweeps, which end years before this report: nothing to compare
+    assert found["d"].label == NO_DATA and found["d"].diff_days is None
 
 
 def test_timeline_counts_gaps_as_gaps(db: str) -> None:
