@@ -1,0 +1,109 @@
+"""The censor's in-path DNS injector: ``python -m blockwatch.lab.inject QUEUE CONFIG``.
+
+iptables hands every UDP DNS query from the censored client to NFQUEUE ``QUEUE``. For a query
+of type A whose name (or a parent of it) is listed in the JSON file CONFIG, the injector sends
+a forged answer first (from the queried server's address and port, pointing at the configured
+address) and only then lets the query go on, so the real answer always arrives second: the
+deterministic version of a racing on-path injector. Every other packet is accepted untouched.
+CONFIG is re-read whenever it changes, so a scenario switch needs no restart. Runs as root in
+the censor namespace; started and stopped by the lab, which tracks its PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+
+class Names:
+    """The names to inject, reloaded when the file's mtime changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mtime = -1.0
+        self.names: frozenset[str] = frozenset()
+        self.answer = "0.0.0.0"
+
+    def current(self) -> Names:
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime != self.mtime:
+                raw = json.loads(self.path.read_text(encoding="utf-8"))
+                self.names = frozenset(n.lower().rstrip(".") for n in raw["names"])
+                self.answer = str(raw["answer"])
+                self.mtime = mtime
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"inject: cannot read {self.path}: {exc}", file=sys.stderr, flush=True)
+        return self
+
+    def match(self, qname: str) -> bool:
+        labels = qname.lower().rstrip(".").split(".")
+        return any(".".join(labels[i:]) in self.names for i in range(len(labels)))
+
+
+def forged_reply(packet: bytes, names: Names) -> tuple[bytes, str] | None:
+    """The forged IPv4/UDP answer to a DNS query in ``packet``, or None to leave it alone."""
+    if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != socket.IPPROTO_UDP:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    src, dst = packet[12:16], packet[16:20]
+    sport, dport = struct.unpack("!HH", packet[ihl:ihl + 4])
+    try:
+        query = dns.message.from_wire(packet[ihl + 8:])
+    except Exception:  # a malformed query is not ours to judge: let it through
+        return None
+    if query.flags & dns.flags.QR or len(query.question) != 1:
+        return None
+    q = query.question[0]
+    if q.rdtype != dns.rdatatype.A or not names.match(q.name.to_text()):
+        return None
+    reply = dns.message.make_response(query)
+    reply.flags |= dns.flags.RA
+    reply.answer.append(dns.rrset.from_text(q.name, 300, dns.rdataclass.IN, dns.rdatatype.A,
+                                            names.answer))
+    payload = reply.to_wire()
+    udp = struct.pack("!HHHH", dport, sport, 8 + len(payload), 0) + payload  # no UDP checksum
+    # the kernel fills in the IP checksum and total length of an IP_HDRINCL packet
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0x4000, 64, socket.IPPROTO_UDP, 0,
+                     dst, src)
+    return ip + udp, socket.inet_ntoa(src)
+
+
+def main(argv: list[str]) -> int:
+    from netfilterqueue import NetfilterQueue
+
+    queue, config = int(argv[0]), Path(argv[1])
+    names = Names(config)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+    def handle(pkt: Any) -> None:
+        try:
+            forged = forged_reply(pkt.get_payload(), names.current())
+            if forged is not None:
+                raw.sendto(forged[0], (forged[1], 0))
+        finally:
+            pkt.accept()
+
+    nfq = NetfilterQueue()
+    nfq.bind(queue, handle)
+    print(f"inject: queue {queue}, config {config}, pid {os.getpid()}", flush=True)
+    try:
+        nfq.run()
+    finally:
+        nfq.unbind()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,214 @@
+"""Bringing one lab up, switching its scenario, and taking it down.
+
+``up`` checks every prerequisite before touching anything, records each namespace, file and
+process in the manifest before creating it, and on any failure (or Ctrl-C/SIGTERM) tears down
+what it had made before re-raising. ``up`` on a healthy lab only switches the scenario;
+``down`` on a lab that does not exist says so and succeeds.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from blockwatch.lab import censor
+from blockwatch.lab.runner import write_configs
+from blockwatch.lab.scenario import Scenario, load
+from blockwatch.lab.services import (
+    Catalogue,
+    dnsmasq_public_conf,
+    lab_catalogue,
+    make_pki,
+    nginx_censor_conf,
+    nginx_server_conf,
+)
+from blockwatch.lab.state import LabError, Manifest, alive, check_name
+from blockwatch.lab.topology import (
+    PUBLIC_RESOLVER,
+    create_topology,
+    existing_namespaces,
+    missing_prerequisites,
+    ns,
+    run,
+    start,
+    stop,
+    teardown,
+    wait_alive,
+)
+
+
+VPN_UDP_PORTS = (1194, 51820)  # OpenVPN, WireGuard
+
+
+@dataclass(frozen=True, slots=True)
+class Lab:
+    manifest: Manifest
+    catalogue: Catalogue
+
+    @property
+    def directory(self) -> Path:
+        return self.manifest.directory
+
+    def ns(self, role: str) -> str:
+        return ns(self.manifest.name, role)
+
+
+def healthy(m: Manifest) -> list[str]:
+    """What is wrong with a lab that claims to be up (empty: nothing)."""
+    present = existing_namespaces()
+    problems = [f"namespace {n} is gone" for n in m.namespaces if n not in present]
+    problems += [f"process {p.role} ({p.pid}) is not running" for p in m.procs if not alive(p)]
+    return problems
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def up(name: str, scenario_name: str | None = None, sites: int = 0) -> tuple[Lab, str]:
+    """Bring lab ``name`` up (or switch the scenario of a running one); says which it did."""
+    check_name(name)
+    problems = missing_prerequisites()
+    if problems:
+        raise LabError("cannot start the lab:\n  " + "\n  ".join(problems))
+    cat = lab_catalogue(sites)
+    scenario = load(scenario_name or "none", cat.services)
+    old = Manifest.load(name)
+    if old is not None:
+        if old.status == "up" and not healthy(old) and old.info.get("sites") == sites:
+            lab = Lab(old, cat)
+            if scenario.name != old.scenario or scenario_name is not None:
+                switch(lab, scenario)
+                return lab, f"lab {name} was up; scenario now {scenario.name}"
+            return lab, f"lab {name} is already up (scenario {old.scenario})"
+        teardown(old)  # half-made or broken: start clean
+    clash = [n for n in (ns(name, r) for r in ("client", "control", "censor", "server"))
+             if n in existing_namespaces()]
+    if clash:
+        raise LabError(f"namespace {clash[0]} exists but no lab {name!r} manifest records it; "
+                       f"not touching it. Remove it with `ip netns del {clash[0]}` or use "
+                       "another --name")
+    m = Manifest(name=name, info={"sites": sites})
+    m.save()
+    try:
+        with _sigterm_interrupts():
+            lab = Lab(m, cat)
+            _build(lab, scenario)
+    except BaseException:
+        teardown(m)
+        raise
+    return lab, f"lab {name} is up (scenario {scenario.name})"
+
+
+def _build(lab: Lab, scenario: Scenario) -> None:
+    m, d, cat = lab.manifest, lab.directory, lab.catalogue
+    t0 = time.monotonic()
+    create_topology(m, cat.all_addresses())
+    hosts = sorted(cat.owner)
+    pki = make_pki(d / "pki", hosts)
+    m.info["pki"] = {k: str(v) for k, v in pki.items()}
+    (d / "dnsmasq-public.conf").write_text(dnsmasq_public_conf(cat, PUBLIC_RESOLVER))
+    (d / "nginx-server.conf").write_text(nginx_server_conf(d, pki))
+    (d / "nginx-censor.conf").write_text(nginx_censor_conf(d, pki))
+    _daemon(lab, "dns-public", "server", ["dnsmasq", "-k", "--pid-file=", "--log-facility=-",
+                                          "-C", str(d / "dnsmasq-public.conf")])
+    for who in ("server", "censor"):
+        _daemon(lab, f"nginx-{who}", who, ["nginx", "-e", str(d / f"nginx-{who}.err"),
+                                           "-p", str(d), "-c", str(d / f"nginx-{who}.conf")])
+    # stand-in VPN ports, so a UDP drop is observable (see blockwatch.lab.udpecho)
+    _daemon(lab, "udp-echo", "server", [sys.executable, "-m", "blockwatch.lab.udpecho",
+                                        *(str(p) for p in VPN_UDP_PORTS)])
+    censor.setup_iptables(lab.ns("censor"))
+    censor.apply(lab.ns("censor"), scenario, cat, d)
+    _daemon(lab, "injector", "censor", [sys.executable, "-m", "blockwatch.lab.inject",
+                                        str(censor.INJECT_QUEUE), str(d / "inject.json")])
+    _start_isp(lab, scenario)
+    _wait_listening(lab.ns("server"), [":53", ":443", ":80"])
+    _wait_listening(lab.ns("censor"), [":53", ":8443"])
+    write_configs(lab.manifest, cat)
+    m.scenario = scenario.name
+    m.status = "up"
+    m.info["up_seconds"] = round(time.monotonic() - t0, 2)
+    m.save()
+
+
+def _daemon(lab: Lab, role: str, where: str, argv: list[str]) -> None:
+    log = lab.directory / f"{role}.log"
+    wait_alive(start(lab.manifest, role, lab.ns(where), argv, log), log)
+
+
+def _start_isp(lab: Lab, scenario: Scenario) -> None:
+    conf = lab.directory / "dnsmasq-isp.conf"
+    conf.write_text(censor.dnsmasq_isp_conf(scenario, lab.catalogue))
+    _daemon(lab, "dns-isp", "censor",
+            ["dnsmasq", "-k", "--pid-file=", "--log-facility=-", "-C", str(conf)])
+
+
+def _wait_listening(namespace: str, ports: list[str], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        out = run(["ip", "netns", "exec", namespace, "ss", "-Hltun"], check=False).stdout
+        local = {line.split()[4].rsplit(":", 1)[-1] for line in out.splitlines()
+                 if len(line.split()) > 4}
+        missing = [p for p in ports if p.lstrip(":") not in local]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"servers in {namespace} not listening on {', '.join(missing)} "
+                           "after 5 s")
+        time.sleep(0.05)
+
+
+def switch(lab: Lab, scenario: Scenario) -> None:
+    """Reconfigure the censor for ``scenario`` without rebuilding anything else."""
+    m = lab.manifest
+    censor.apply(lab.ns("censor"), scenario, lab.catalogue, lab.directory)
+    for p in [p for p in m.procs if p.role == "dns-isp"]:
+        stop(p)
+        m.procs.remove(p)
+    m.save()
+    _start_isp(lab, scenario)
+    _wait_listening(lab.ns("censor"), [":53"])
+    m.scenario = scenario.name
+    m.save()
+
+
+def get(name: str, sites: int | None = None) -> Lab:
+    """The running lab ``name``; a clear error if it is not up."""
+    check_name(name)
+    m = Manifest.load(name)
+    if m is None or m.status != "up":
+        raise LabError(f"lab {name!r} is not up: start it with `sudo blockwatch lab up`"
+                       + (f" --name {name}" if name != "bw" else ""))
+    return Lab(m, lab_catalogue(int(m.info.get("sites", 0)) if sites is None else sites))
+
+
+def down(name: str) -> str:
+    check_name(name)
+    m = Manifest.load(name)
+    if m is None:
+        leftovers = [n for n in (ns(name, r) for r in ("client", "control", "censor", "server"))
+                     if n in existing_namespaces()]
+        if leftovers:
+            raise LabError(f"no manifest for lab {name!r}, but namespace {leftovers[0]} exists; "
+                           f"not touching what the lab did not record (`ip netns del "
+                           f"{leftovers[0]}` removes it)")
+        return f"lab {name} is not up; nothing to do"
+    problems = teardown(m)
+    if problems:
+        raise LabError("could not remove everything:\n  " + "\n  ".join(problems))
+    return f"lab {name} is down"

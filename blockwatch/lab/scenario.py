@@ -1,0 +1,220 @@
+"""Scenarios: which blocking method the lab's censor applies to which service.
+
+A scenario is a TOML file (the shipped ones are in ``blockwatch/lab/scenarios/``)::
+
+    description = "what this scenario models"
+    [services]
+    twitter = "dns_nxdomain"
+    kakaotalk = ["dns_injection", "tcp_syn_drop"]
+    [options]
+    loss_percent = 30          # for services with packet_loss
+    global_loss_percent = 0    # every packet of the censored client, both ways
+    udp_ports = [1194, 51820]  # for udp_drop
+    delay_ms = 200             # for delay
+
+    [expect]                   # optional: collateral damage the censor causes elsewhere
+    messenger = "partial dns"  # e.g. it shares names under a poisoned facebook.com
+
+Each method also carries, as data, what the analyzer (``probes/verdicts.py``, version
+``ANALYZER``) must say about the affected service from the censored client of a single
+``blockwatch run``: the tests assert exactly that, and the demo prints it. A method it cannot
+call ``blocked`` says ``inconclusive`` (a single run has no control *vantage*: TCP/TLS failures
+cannot be told from an outage) or ``ok`` (no probe looks at that layer yet: UDP).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from blockwatch.lab.state import LabError
+
+ANALYZER = "2"  # the probes.verdicts.ANALYZER_VERSION these expectations were checked against
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    name: str
+    what: str
+    verdict: str  # the service verdict analyzer v1 gives from the censored client
+    layer: str | None  # the service verdict's layer
+    failure: str | None  # failure string of the affected measurements (None: no failure)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("dns_nxdomain", "the ISP resolver says NXDOMAIN", "blocked", "dns",
+           "dns_nxdomain_error"),
+    Method("dns_bogon", "the ISP resolver answers a private (bogon) address", "blocked", "dns",
+           "dns_bogon_error"),
+    # Only services with exclusive prefixes (Meta's) are called blocked: elsewhere an answer
+    # unlike the control's may be a CDN's, so it stays inconclusive (see expected()).
+    Method("dns_poison", "the ISP resolver answers a fixed lab address that goes nowhere",
+           "blocked", "dns", None),
+    Method("dns_injection", "an on-path injector answers first; the real answer follows",
+           "blocked", "dns", None),
+    Method("tcp_syn_drop", "SYNs to the service's addresses are dropped", "inconclusive", "tcp",
+           "generic_timeout_error"),
+    Method("tcp_rst_syn", "SYNs to the service's addresses get a RST", "inconclusive", "tcp",
+           "connection_refused"),
+    Method("tcp_rst_data", "the first data segment of a connection gets a RST", "inconclusive",
+           "tls", "connection_reset"),
+    Method("tls_sni_rst", "a TLS ClientHello naming the service (SNI) gets a RST",
+           "inconclusive", "tls", "connection_reset"),
+    Method("http_blockpage", "a transparent proxy serves a block page (HTTP 451; HTTPS with "
+           "the censor's own CA)", "inconclusive", "tls", "ssl_unknown_authority"),
+    Method("udp_drop", "UDP to the service's VPN ports is dropped", "ok", None, None),
+    Method("packet_loss", "a share of the service's packets is dropped both ways", "ok", None,
+           None),
+)}
+DNS_METHODS = {"dns_nxdomain", "dns_bogon", "dns_poison", "dns_injection"}
+_OPTIONS = {"loss_percent": (int, 20), "global_loss_percent": (int, 0),
+            "udp_ports": (list, [1194, 51820]), "delay_ms": (int, 0)}
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    blocks: Mapping[str, tuple[str, ...]]  # service -> methods
+    options: Mapping[str, Any] = field(default_factory=dict)
+    expect: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+
+    def services_with(self, method: str) -> list[str]:
+        return [s for s, ms in self.blocks.items() if method in ms]
+
+    def option(self, key: str) -> Any:
+        return self.options.get(key, _OPTIONS[key][1])
+
+
+def shipped() -> list[str]:
+    folder = resources.files("blockwatch.lab").joinpath("scenarios")
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load(name_or_path: str, known_services: Mapping[str, object]) -> Scenario:
+    """A shipped scenario by name, or a user's file by path; every mistake names the key."""
+    if name_or_path in shipped():
+        text = resources.files("blockwatch.lab").joinpath(
+            f"scenarios/{name_or_path}.toml").read_text("utf-8")
+        source, name = f"scenario {name_or_path!r}", name_or_path
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise LabError(f"no scenario {name_or_path!r}: not a file, and not one of "
+                           f"{', '.join(shipped())}")
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LabError(f"{path}: cannot read scenario: {exc}") from None
+        source, name = str(path), path.stem
+    return parse(text, source, name, known_services)
+
+
+def parse(text: str, source: str, name: str, known: Mapping[str, object]) -> Scenario:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LabError(f"{source}: not valid TOML: {exc}") from None
+    unknown = set(raw) - {"description", "services", "options", "expect"}
+    if unknown:
+        raise LabError(f"{source}: unknown key {sorted(unknown)[0]!r} (expected description, "
+                       "services, options, expect)")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise LabError(f"{source}: description must be a string")
+    services = raw.get("services", {})
+    if not isinstance(services, dict):
+        raise LabError(f"{source}: [services] must be a table of service = method(s)")
+    blocks: dict[str, tuple[str, ...]] = {}
+    for service, value in services.items():
+        methods = [value] if isinstance(value, str) else value
+        if service not in known:
+            raise LabError(f"{source}: services.{service}: unknown service (see `blockwatch "
+                           "services`)")
+        if not isinstance(methods, list) or not methods or not all(
+                isinstance(m, str) for m in methods):
+            raise LabError(f"{source}: services.{service}: a method name or a list of them")
+        for m in methods:
+            if m not in METHODS:
+                raise LabError(f"{source}: services.{service}: unknown method {m!r}; known: "
+                               f"{', '.join(METHODS)}")
+        blocks[service] = tuple(dict.fromkeys(methods))
+    return Scenario(name=name, description=description, blocks=blocks,
+                    options=_options(raw.get("options", {}), source),
+                    expect=_expect(raw.get("expect", {}), source, known))
+
+
+def _expect(raw: Any, source: str, known: Mapping[str, object]
+            ) -> dict[str, tuple[str, str | None]]:
+    if not isinstance(raw, dict):
+        raise LabError(f"{source}: [expect] must be a table of service = \"verdict [layer]\"")
+    out: dict[str, tuple[str, str | None]] = {}
+    for service, value in raw.items():
+        words = value.split() if isinstance(value, str) else []
+        if service not in known or not 1 <= len(words) <= 2:
+            raise LabError(f"{source}: expect.{service}: a known service = \"verdict [layer]\"")
+        out[service] = (words[0], words[1] if len(words) > 1 else None)
+    return out
+
+
+def _options(raw: Any, source: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise LabError(f"{source}: [options] must be a table")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _OPTIONS:
+            raise LabError(f"{source}: options.{key}: unknown option; known: "
+                           f"{', '.join(_OPTIONS)}")
+        kind = _OPTIONS[key][0]
+        if kind is int:
+            upper = 100 if key.endswith("percent") else 10_000
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= upper:
+                raise LabError(f"{source}: options.{key}: an integer from 0 to {upper}")
+        elif not isinstance(value, list) or not all(
+                isinstance(p, int) and 0 < p < 65536 for p in value):
+            raise LabError(f"{source}: options.{key}: a list of port numbers")
+        out[key] = value
+    return out
+
+
+_LAYER_ORDER = ("tcp_syn_drop", "tcp_rst_syn", "tcp_rst_data", "tls_sni_rst", "http_blockpage",
+                "udp_drop", "packet_loss")
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    verdict: str
+    layer: str | None
+    failure: str | None
+    because: str
+
+
+def expected_for(scenario: Scenario, service: str, exclusive_prefixes: bool) -> Expectation:
+    """The scenario's expectation for one service (its own [expect] entry wins)."""
+    if service in scenario.expect:
+        verdict, layer = scenario.expect[service]
+        return Expectation(verdict, layer, None, "collateral (scenario [expect])")
+    return expected(scenario.blocks.get(service, ()), exclusive_prefixes)
+
+
+def expected(methods: tuple[str, ...], exclusive_prefixes: bool) -> Expectation:
+    """What the analyzer says about a service the censor treats with ``methods``."""
+    if not methods:
+        return Expectation("ok", None, None, "untouched")
+    for m in ("dns_nxdomain", "dns_bogon", "dns_injection"):
+        if m in methods:
+            e = METHODS[m]
+            return Expectation(e.verdict, e.layer, e.failure, m)
+    if "dns_poison" in methods:
+        if exclusive_prefixes:
+            return Expectation("blocked", "dns", None, "dns_poison (outside exclusive prefixes)")
+        # unlike the control's answer, but a service without known prefixes may use a CDN
+        return Expectation("inconclusive", "dns", None, "dns_poison (could be a CDN answer)")
+    first = min(methods, key=_LAYER_ORDER.index)
+    e = METHODS[first]
+    return Expectation(e.verdict, e.layer, e.failure, first)

@@ -1,0 +1,232 @@
+"""The lab's real servers: their addresses, the lab CA, and the configs of dnsmasq and nginx.
+
+Every host name of the built-in catalogue (domains, URL hosts, endpoint hosts) resolves at the
+lab's "public" resolver to the address of the *service* that first lists it, one address per
+service, so a censor rule on an address hits one service only. Endpoints given as IP literals
+(Telegram's data centres, a Tor directory authority, ...) are added to the server namespace as
+they are: they exist only inside the lab's own namespaces. Generated benchmark sites
+(``siteN.bench.lab``) get addresses of their own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from probes.catalogue import load_catalogue
+from probes.model import Service
+
+SERVICE_NET = "10.201.10.0/24"
+SITE_NETS = ("10.201.100.0/22",)  # room for 1000 generated sites
+HTTP_PORTS = (80, 5222, 8080, 9201)  # plain TCP ports of catalogue endpoints (+ HTTP)
+BENCH_DOMAIN = "bench.lab"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def service_hosts(s: Service) -> list[str]:
+    hosts = [*s.domains, *(urlsplit(u).hostname or "" for u in s.urls),
+             *(e.host for e in s.endpoints)]
+    return [h.lower() for h in dict.fromkeys(hosts) if h and not _is_ip(h)]
+
+
+def site_service(i: int) -> Service:
+    host = f"site{i}.{BENCH_DOMAIN}"
+    return Service(name=f"site{i}", title=f"lab site {i}", category="lab", domains=(host,),
+                   urls=(f"https://{host}/",))
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """Who lives where in the lab."""
+
+    services: Mapping[str, Service]
+    address: Mapping[str, str]  # service -> its lab address
+    literals: Mapping[str, tuple[str, ...]]  # service -> IP-literal endpoints it owns
+    owner: Mapping[str, str]  # host name -> the service whose address it resolves to
+
+    def addresses_of(self, service: str) -> list[str]:
+        return [self.address[service], *self.literals.get(service, ())]
+
+    def all_addresses(self) -> list[str]:
+        return [a for name in self.services for a in self.addresses_of(name)]
+
+    def hosts_of(self, service: str) -> list[str]:
+        return service_hosts(self.services[service])
+
+    def scope(self) -> list[str]:
+        lits = sorted({f"{a}/32" for v in self.literals.values() for a in v})
+        return ["10.201.0.0/16", *lits]
+
+
+def lab_catalogue(sites: int = 0) -> Catalogue:
+    services: dict[str, Service] = dict(load_catalogue())
+    builtin = list(services)
+    for i in range(sites):
+        services[f"site{i}"] = site_service(i)
+    net = list(ipaddress.ip_network(SERVICE_NET).hosts())
+    site_net = list(ipaddress.ip_network(SITE_NETS[0]).hosts())
+    address: dict[str, str] = {}
+    literals: dict[str, tuple[str, ...]] = {}
+    owner: dict[str, str] = {}
+    for i, name in enumerate(builtin):
+        address[name] = str(net[i])
+    for i in range(sites):
+        address[f"site{i}"] = str(site_net[i])
+    for name, s in services.items():
+        literals[name] = tuple(dict.fromkeys(e.host for e in s.endpoints if _is_ip(e.host)))
+        for h in service_hosts(s):
+            owner.setdefault(h, name)
+    return Catalogue(services=services, address=address, literals=literals, owner=owner)
+
+
+def dnsmasq_public_conf(cat: Catalogue, listen: str) -> str:
+    """The lab's authoritative/"public" resolver: answers every lab name, forwards nothing."""
+    lines = ["no-resolv", "no-hosts", "bind-interfaces", f"listen-address={listen}",
+             "cache-size=0", "local-ttl=60", "user=root", "group=root"]
+    lines += [f"host-record={h},{cat.address[svc]}" for h, svc in cat.owner.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- the lab CA -----------------------------------------------------------------------------------
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def make_ca(directory: Path, common_name: str) -> tuple[x509.Certificate,
+                                                         ec.EllipticCurvePrivateKey]:
+    key = _key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                         False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert, key
+
+
+def issue(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, hosts: Iterable[str],
+          cert_path: Path, key_path: Path) -> None:
+    """A server certificate for ``hosts`` signed by ``ca``; writes chain and key (PEM)."""
+    key = _key()
+    now = dt.datetime.now(dt.UTC)
+    sans = [x509.DNSName(h) for h in dict.fromkeys(hosts)]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lab server")]))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    cert_path.write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))
+    _write_key(key, key_path)
+
+
+def make_pki(directory: Path, hosts: list[str]) -> dict[str, Path]:
+    """The lab CA (trusted by the lab's clients) and the censor's own CA (trusted by nobody),
+    each with a certificate for every lab host. Returns the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for who, cn in (("lab", "blockwatch lab root CA"), ("censor", "censor interception CA")):
+        ca, ca_key = make_ca(directory, cn)
+        ca_path = directory / f"{who}-ca.crt"
+        ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        paths[f"{who}_ca"] = ca_path
+        paths[f"{who}_cert"] = directory / f"{who}-server.crt"
+        paths[f"{who}_key"] = directory / f"{who}-server.key"
+        issue(ca, ca_key, hosts, paths[f"{who}_cert"], paths[f"{who}_key"])
+    return paths
+
+
+# --- nginx ----------------------------------------------------------------------------------------
+
+
+def _nginx_frame(directory: Path, tag: str, servers: str) -> str:
+    tmp = directory / f"nginx-{tag}-tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    temps = "\n".join(f"    {k}_temp_path {tmp / k};"
+                      for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""daemon off;
+master_process on;
+worker_processes 2;
+user root;
+pid {directory / f'nginx-{tag}.pid'};
+error_log {directory / f'nginx-{tag}.err'} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+{temps}
+    default_type text/html;
+    keepalive_timeout 5;
+{servers}
+}}
+"""
+
+
+SITE_PAGE = ("<!doctype html><html><head><title>$host (blockwatch lab)</title></head><body>"
+             "The lab's copy of $host.</body></html>")
+
+
+def nginx_server_conf(directory: Path, pki: Mapping[str, Path]) -> str:
+    """Every lab site over HTTP and HTTPS (HTTP/2 too) with the lab CA's certificate."""
+    listens = "\n".join(f"        listen {p};" for p in HTTP_PORTS)
+    servers = f"""    server {{
+{listens}
+        listen 443 ssl http2;
+        ssl_certificate {pki['lab_cert']};
+        ssl_certificate_key {pki['lab_key']};
+        location / {{
+            return 200 "{SITE_PAGE}\\n";
+        }}
+    }}"""
+    return _nginx_frame(directory, "server", servers)
+
+
+BLOCK_PAGE = ("<!doctype html><html><head><title>Access denied</title></head><body>This site "
+              "is blocked in accordance with the law (blockwatch lab censor).</body></html>")
+
+
+def nginx_censor_conf(directory: Path, pki: Mapping[str, Path]) -> str:
+    """The censor's transparent proxy: a block page over HTTP (451) and over HTTPS with a
+    certificate of the censor's own CA, which the clients do not trust."""
+    servers = f"""    server {{
+        listen 8080;
+        listen 8443 ssl;
+        ssl_certificate {pki['censor_cert']};
+        ssl_certificate_key {pki['censor_key']};
+        location / {{ return 451 "{BLOCK_PAGE}\\n"; }}
+    }}"""
+    return _nginx_frame(directory, "censor", servers)
