@@ -172,6 +172,20 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 GROUP_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
+class Analysis(_Strict):
+    # OONI-format fingerprint files (or folders of *.json), beside the built-in set; they are
+    # validated when a command loads them (probes.fingerprints names the bad entry)
+    fingerprints: list[Path] = Field(default_factory=list)
+
+    @field_validator("fingerprints")
+    @classmethod
+    def _exist(cls, v: list[Path]) -> list[Path]:
+        for p in v:
+            if not p.exists():
+                raise ValueError(f"{p} does not exist")
+        return v
+
+
 class Schedule(_Strict):
     """One schedule group: what it runs, when, for how long at most, and from which vantage."""
 
@@ -212,6 +226,7 @@ class Config(_Strict):
     tls: TLS = Field(default_factory=TLS)
     probes: Probes = Field(default_factory=Probes)
     baseline: Baseline = Field(default_factory=Baseline)
+    analysis: Analysis = Field(default_factory=Analysis)
     services: list[dict[str, Any]] = Field(default_factory=list)
     schedules: list[Schedule] = Field(default_factory=list)
 

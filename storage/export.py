@@ -105,6 +105,14 @@ def write_parquet(rows: Iterable[Mapping[str, Any]], fh: Any) -> int:
     return count
 
 
+def write_ooni(rows: Iterable[Mapping[str, Any]], fh: TextIO) -> int:
+    """OONI's data format, one df-000 measurement per line (``storage.ooni``; imported only
+    when used, as it needs the probes' vocabulary)."""
+    from storage.ooni import write_ooni as write
+
+    return write(rows, fh)
+
+
 @dataclass(frozen=True, slots=True)
 class Format:
     """An export format: ``write(rows, fh) -> count``; ``binary`` formats get a bytes file and
@@ -119,4 +127,5 @@ FORMATS: dict[str, Format] = {
     "jsonl": Format(write_jsonl),
     "csv": Format(write_csv),
     "parquet": Format(write_parquet, binary=True),
+    "ooni": Format(write_ooni),
 }

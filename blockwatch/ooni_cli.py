@@ -1,0 +1,109 @@
+"""``blockwatch import ooni FILE|DIR ...`` and ``blockwatch reanalyze [--since DATE]``.
+
+Guarantees:
+
+- ``import ooni`` streams OONI measurements (JSON, JSONL, gzip) into the database as runs of the
+  OONI vantage, judged by blockwatch's own rules; bad records are skipped and counted (the
+  summary names why and where), a measurement imported before is not imported again. Exit 0
+  when it ran, even if records were skipped.
+- ``reanalyze`` recomputes the verdicts of stored runs with the current analyzer and appends
+  them as new verdict rows (the old ones stay); nothing is measured. One run at a time is held
+  in memory.
+- Fingerprints come from ``[analysis] fingerprints`` plus the built-in set; a bad file stops
+  with exit 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from blockwatch.cli import EXIT_OK, UsageError, _parse_since, _store
+from blockwatch.config import Config, ConfigError, load_config
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dict[str, Handler]:
+    imp = sub.add_parser("import", help="import measurements of another tool (OONI)")
+    common(imp)
+    imp.add_argument("source", choices=["ooni"], help="the format: ooni")
+    imp.add_argument("paths", nargs="+", metavar="FILE|DIR",
+                     help="OONI measurements: .json (one), .jsonl (one per line), .gz, or a "
+                          "directory of them")
+    imp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+    re = sub.add_parser("reanalyze", help="recompute verdicts of stored runs (no measuring)")
+    common(re)
+    re.add_argument("--since", type=_parse_since, metavar="DATE",
+                    help="only runs started at or after DATE (UTC)")
+    re.add_argument("--run", metavar="RUN_ID", help="only this run (id or unique prefix)")
+    re.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    return {"import": cmd_import, "reanalyze": cmd_reanalyze}
+
+
+def fingerprints(cfg: Config) -> Any:
+    """The built-in fingerprints plus the configured files; ConfigError names a bad one."""
+    from probes.fingerprints import FingerprintError, load
+
+    try:
+        return load(cfg.analysis.fingerprints)
+    except FingerprintError as exc:
+        raise ConfigError(f"{cfg.source}: analysis.fingerprints: {exc}") from None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from storage.ooni import import_ooni
+
+    cfg = load_config(args.config)
+    fps = fingerprints(cfg)
+    with _store(cfg) as store:
+        report = import_ooni(store, args.paths, cfg.catalogue(), fps)
+    if not args.quiet:
+        print(f"imported {report.runs} OONI measurements as {report.measurements} blockwatch "
+              f"measurements; {report.already_imported} already imported; "
+              f"{sum(report.skipped.values())} skipped", file=sys.stderr)
+    for reason, n in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
+        example = next((s.where for s in report.examples if s.reason.startswith(reason)), "")
+        print(f"  skipped {n}: {reason}" + (f" (e.g. {example})" if example else ""),
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_reanalyze(args: argparse.Namespace) -> int:
+    from probes.verdicts import ANALYZER_VERSION, judge_run
+
+    cfg = load_config(args.config)
+    fps = fingerprints(cfg)
+    catalogue = cfg.catalogue()
+    runs = verdicts = 0
+    with _store(cfg) as store:
+        for run in _runs(store, args):
+            if run.status == "network_unavailable":
+                continue  # nothing was measured; its verdict cannot change
+            measurements = list(store.measurements(run_id=run.id))
+            controls = run.summary.get("controls", {}) if isinstance(run.summary, dict) else {}
+            new = judge_run(measurements, catalogue,
+                            [*cfg.dns.controls, *controls.get("resolvers", [])],
+                            control_vantages=controls.get("vantages", []), fingerprints=fps)
+            store.add_verdicts(run.id, new)
+            runs += 1
+            verdicts += len(new)
+    if not args.quiet:
+        print(f"reanalyzed {runs} runs with analyzer {ANALYZER_VERSION}: {verdicts} new "
+              "verdicts (earlier verdicts kept)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _runs(store: Any, args: argparse.Namespace) -> list[Any]:
+    if args.run:
+        run = store.get_run(args.run)
+        if run is None:
+            raise UsageError(f"no run {args.run!r} (see `blockwatch runs`)")
+        return [run]
+    # runs() is newest first; reanalyse oldest first so verdict ids follow time
+    found = [r for r in store.runs(limit=2**31 - 1)
+             if args.since is None or r.started_at >= args.since]
+    return sorted(found, key=lambda r: (r.started_at, r.id))

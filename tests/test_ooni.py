@@ -1,0 +1,160 @@
+"""OONI interoperability: every shared OONI file imports and is judged by blockwatch's rules;
+bad input is skipped and counted; export writes OONI's format with the probe IP scrubbed.
+
+The agreement table (blockwatch vs OONI's ``test_keys.blocking``) is printed by
+``pytest -s tests/test_ooni.py -k agreement``; each disagreement is explained in
+docs/verdicts.md, and expected here so that a change in either direction is seen.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from probes.catalogue import load_catalogue
+from probes.model import HTTPObservation, Verdict
+from storage import ooni as O
+from storage import open_store
+from storage.export import FORMATS
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ooni"
+SCENARIOS = DATA / "webconnectivity-scenarios"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
+
+# OONI's blocking -> the layers it may mean in blockwatch (OONI's "http-failure" covers TLS)
+OONI_CLASS = {"dns": {"dns"}, "tcp_ip": {"tcp"}, "http-failure": {"tls", "http"},
+              "http-diff": {"http"}, False: {"none"}}
+# where blockwatch deliberately differs from OONI (docs/verdicts.md says why)
+DISAGREE = {"cloudflareCAPTCHAWithHTTP": "none", "redirectWithBrokenLocationForHTTP": "none",
+            "redirectWithConsistentDNSAndThenConnectionRefusedForHTTPS": "tcp"}
+LAYERS = ("dns", "tcp", "tls", "http")
+
+
+def blocking_type(verdicts: list[Verdict]) -> str:
+    """The lowest layer with blocking evidence (what OONI reports), or "none"."""
+    blocked = {v.layer for v in verdicts if v.measurement_id and v.verdict.endswith("_blocked")}
+    return next((layer for layer in LAYERS if layer in blocked), "none")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    with open_store(f"sqlite:///{tmp_path / 'bw.db'}") as s:
+        yield s
+
+
+def import_all(store: Any, paths: list[Path]) -> tuple[O.ImportReport, dict[str, Any]]:
+    seen: dict[str, Any] = {}
+
+    def on_run(imp: O.Imported, verdicts: list[Verdict]) -> None:
+        seen[imp.run.id] = (imp, verdicts)
+
+    return O.import_ooni(store, paths, load_catalogue(), on_run=on_run), seen
+
+
+def test_every_webconnectivity_scenario_agreement(store: Any) -> None:
+    files = sorted(SCENARIOS.glob("*.json"))
+    assert len(files) == 29
+    rows = []
+    for f in files:
+        _, seen = import_all(store, [f])
+        (imp, verdicts), = seen.values()
+        got = blocking_type(verdicts)
+        expected = OONI_CLASS[imp.ooni_blocking]
+        rows.append((f.stem, str(imp.ooni_blocking), got, got in expected))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'scenario':{width}}  {'OONI blocking':13}  blockwatch  agree")
+    for name, ooni, got, agree in rows:
+        print(f"{name:{width}}  {ooni:13}  {got:10}  {'yes' if agree else 'NO'}")
+    agreeing = sum(r[3] for r in rows)
+    binary = sum((r[1] != "False") == (r[2] != "none") for r in rows)
+    print(f"type agreement {agreeing}/{len(rows)}; blocked-or-not agreement {binary}/{len(rows)}")
+    assert {r[0]: r[2] for r in rows if not r[3]} == DISAGREE
+    # never a false "blocked" where OONI saw none
+    assert all(r[2] == "none" for r in rows if r[1] == "False")
+
+
+def test_real_measurements_import_with_their_vantage(store: Any) -> None:
+    report, seen = import_all(store, [DATA / "real"])
+    assert report.runs == 10 and report.measurements > 100
+    assert report.skipped == {"no DNS/TCP/TLS/HTTP observations blockwatch can read": 2}
+    by_test = {imp.run.summary["test_name"] + ":" + str(imp.run.summary["input"]): (imp, v)
+               for imp, v in seen.values()}
+    imp, verdicts = by_test["web_connectivity:https://www.facebook.com/"]
+    assert (imp.run.country, imp.run.asn, imp.run.vantage) == ("IR", 197207, "ooni-IR-AS197207")
+    service = next(v for v in verdicts if v.measurement_id is None)
+    assert (service.service, service.verdict, service.layer) == ("facebook", "blocked", "dns")
+    stored = {r.id: r for r in store.runs(limit=100)}
+    assert stored[imp.run.id].summary["services"] == {"blocked": 1}
+    tests = {imp.run.summary["test_name"] for imp, _ in seen.values()}
+    assert {"whatsapp", "telegram", "signal", "openvpn", "web_connectivity"} <= tests
+    again, _ = import_all(store, [DATA / "real"])
+    assert (again.runs, again.already_imported) == (0, 10)
+
+
+def test_probe_ip_is_never_stored(store: Any, tmp_path: Path) -> None:
+    record = json.loads((SCENARIOS / "httpDiffWithConsistentDNS.json").read_text())
+    record["probe_ip"] = "198.51.100.77"
+    record["test_keys"]["requests"][0]["response"]["body"] += "<!-- you are 198.51.100.77 -->"
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(record))
+    report, _ = import_all(store, [path])
+    assert report.runs == 1
+    out = io.StringIO()
+    FORMATS["ooni"].write(store.export_rows(), out)
+    dump = out.getvalue() + json.dumps([r for r in store.export_rows()], default=str)
+    assert "198.51.100.77" not in dump
+    assert "[scrubbed]" in dump
+
+
+def test_bad_records_are_skipped_and_counted(store: Any, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    good = (SCENARIOS / "successWithHTTP.json").read_text().replace("\n", " ")
+    lines = [good, "{not json", "[1, 2]", json.dumps({"test_keys": {}}),
+             json.dumps({"measurement_start_time": "yesterday", "test_keys": {}}), "x" * 300]
+    jsonl = tmp_path / "mixed.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(O, "MAX_RECORD_BYTES", 200_000)
+    truncated = tmp_path / "cut.jsonl.gz"
+    others = [json.dumps(json.loads((SCENARIOS / f"{n}.json").read_text())) + "\n"
+              for n in ("successWithHTTPS", "websiteDownNXDOMAIN", "dnsBlockingBOGON")]
+    truncated.write_bytes(gzip.compress("".join(others).encode())[:-40])
+    report, _ = import_all(store, [jsonl, truncated, tmp_path / "missing.json"])
+    assert report.runs == 3  # the good line, and the two records before the gzip was cut
+    assert report.skipped["not JSON"] == 2
+    assert report.skipped["not a measurement object"] == 1
+    assert report.skipped["no measurement_start_time"] == 1
+    assert report.skipped["truncated or corrupt gzip"] == 1
+    assert report.skipped["no such file or directory"] == 1
+    assert sum(1 for k in report.skipped if "is not 'YYYY-MM-DD" in k) == 1
+    monkeypatch.setattr(O, "MAX_RECORD_BYTES", 1000)
+    report, _ = import_all(store, [jsonl])
+    assert report.skipped["record larger than 1000 bytes"] == 1
+
+
+def test_export_in_oonis_format(store: Any) -> None:
+    import_all(store, [SCENARIOS / "tlsBlockingConnectionResetWithConsistentDNS.json"])
+    out = io.StringIO()
+    n = FORMATS["ooni"].write(store.export_rows(), out)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert n == len(records) > 0
+    for r in records:
+        assert {"data_format_version", "measurement_start_time", "probe_cc", "probe_asn",
+                "probe_ip", "input", "test_name", "test_keys"} <= set(r)
+        assert (r["probe_ip"], r["probe_cc"], r["probe_asn"]) == ("127.0.0.1", "IT", "AS137")
+    tls = [r for r in records if r["test_name"] == "blockwatch_tls"
+           and r["annotations"]["vantage"] != O.CONTROL_VANTAGE]
+    assert tls[0]["test_keys"]["tls_handshakes"][0]["failure"] == "connection_reset"
+    assert tls[0]["test_keys"]["x_blockwatch"]["rule_id"] == "tls.failure_vs_control"
+
+
+def test_imported_http_keeps_a_body_sample() -> None:
+    record = json.loads((SCENARIOS / "httpDiffWithConsistentDNS.json").read_text())
+    imp = O.from_ooni(record, load_catalogue())
+    http = [o for m in imp.measurements for o in m.observations
+            if isinstance(o, HTTPObservation) and m.vantage != O.CONTROL_VANTAGE]
+    assert http and http[0].body_sample and "Access Denied" in http[0].body_sample

@@ -1,0 +1,113 @@
+"""Re-analysis and the OONI commands end to end: the real CLI in a subprocess, a temporary
+SQLite database, no network at all (nothing here measures)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from probes import failures as F
+from probes.model import DNSObservation, DNSResponse, Measurement, Run, Target, Verdict
+from storage import open_store
+
+BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")
+SCENARIOS = Path(__file__).resolve().parents[2] / "shared/data/ooni/webconnectivity-scenarios"
+CONTROL = "https://1.1.1.1/dns-query"
+
+
+def blockwatch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BLOCKWATCH, *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def config(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:
+    db = tmp_path / "bw.db"
+    cfg = tmp_path / "bw.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n[dns]\ncontrols = ["{CONTROL}"]\n{extra}')
+    return cfg, db
+
+
+def dns_m(run: str, resolver: str, rcode: str, failure: str | None, start: dt.datetime,
+          ips: tuple[str, ...] = ()) -> Measurement:
+    from probes.model import DNSAnswer
+
+    obs = DNSObservation(resolver=resolver, transport="udp", qname="kakao.com", qtype="A",
+                         t0=0, failure=failure, responses=(DNSResponse(
+                             t=0.01, source=resolver, id=1, flags=0x8180, rcode=rcode,
+                             answers=tuple(DNSAnswer(rtype="A", value=i, ttl=60) for i in ips)),))
+    return Measurement(id=f"{run}-{resolver}", run_id=run, vantage="home",
+                       target=Target(service="kakaotalk", probe="dns", host="kakao.com",
+                                     resolver=resolver),
+                       probe_version="1", started_at=start, runtime_s=0.1,
+                       observations=(obs,), failure=failure,
+                       failed_operation="resolve" if failure else None)
+
+
+def test_reanalysis_appends_new_verdicts_and_keeps_the_old(tmp_path: Path) -> None:
+    cfg, db = config(tmp_path)
+    old_day = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    new_day = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+    with open_store(f"sqlite:///{db}") as store:
+        for run_id, day in (("run-old", old_day), ("run-new", new_day)):
+            store.start_run(Run(id=run_id, vantage="home", started_at=day, status="complete"))
+            tested = dns_m(run_id, "system", "NXDOMAIN", F.DNS_NXDOMAIN, day)
+            control = dns_m(run_id, CONTROL, "NOERROR", None, day, ("203.133.167.16",))
+            # what an older analyzer said: no control, so inconclusive
+            store.add_measurements([tested, control], [Verdict(
+                verdict="inconclusive", rule_id="failure.no_control", analyzer_version="1",
+                service="kakaotalk", measurement_id=tested.id)])
+    done = blockwatch("reanalyze", "-c", str(cfg), "--since", "2024-03-01")
+    assert done.returncode == 0, done.stderr
+    assert "reanalyzed 1 runs with analyzer 2" in done.stderr
+    out = blockwatch("export", "-c", str(cfg), "--format", "jsonl")
+    rows = {r["measurement_id"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert (rows["run-new-system"]["analyzer_version"], rows["run-new-system"]["verdict"],
+            rows["run-new-system"]["rule_id"]) == ("2", "dns_blocked", "dns.nxdomain_vs_control")
+    assert rows["run-old-system"]["analyzer_version"] == "1"  # before --since: untouched
+    with sqlite3.connect(db) as conn:
+        history = conn.execute("SELECT analyzer_version, verdict FROM verdicts WHERE "
+                               "measurement_id = 'run-new-system' ORDER BY id").fetchall()
+    assert history == [("1", "inconclusive"), ("2", "dns_blocked")]
+    assert blockwatch("reanalyze", "-c", str(cfg)).returncode == 0  # both runs, again
+    with sqlite3.connect(db) as conn:
+        n = conn.execute("SELECT count(*) FROM verdicts WHERE analyzer_version = '2' AND "
+                         "measurement_id IS NULL").fetchone()[0]
+    assert n == 3  # service verdicts: run-new twice, run-old once
+
+
+@pytest.mark.skipif(not SCENARIOS.is_dir(), reason="../shared/data not present")
+def test_import_ooni_then_export_ooni_and_reanalyze(tmp_path: Path) -> None:
+    cfg, db = config(tmp_path)
+    done = blockwatch("import", "-c", str(cfg), "ooni", str(SCENARIOS))
+    assert done.returncode == 0, done.stderr
+    assert "imported 29 OONI measurements" in done.stderr
+    again = blockwatch("import", "-c", str(cfg), "ooni", str(SCENARIOS / "dnsBlockingBOGON.json"),
+                       str(tmp_path / "nope.jsonl"))
+    assert again.returncode == 0
+    assert "1 already imported; 1 skipped" in again.stderr
+    assert "no such file or directory" in again.stderr
+    out = blockwatch("export", "-c", str(cfg), "--format", "ooni")
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert records and all(r["probe_ip"] == "127.0.0.1" for r in records)
+    assert blockwatch("reanalyze", "-c", str(cfg), "-q").returncode == 0
+    with sqlite3.connect(db) as conn:
+        runs, blocked = conn.execute(
+            "SELECT count(DISTINCT run_id), sum(verdict = 'dns_blocked') FROM verdicts").fetchone()
+    assert runs == 29 and blocked > 0
+
+
+def test_bad_fingerprint_file_stops_with_a_named_error(tmp_path: Path) -> None:
+    bad = tmp_path / "fp.json"
+    bad.write_text('[{"name": "x", "location_found": "body", "pattern": "(",'
+                   ' "pattern_type": "regexp", "scope": "nat"}]')
+    cfg, _ = config(tmp_path, f'[analysis]\nfingerprints = ["{bad}"]\n')
+    done = blockwatch("reanalyze", "-c", str(cfg))
+    assert done.returncode == 2
+    assert "analysis.fingerprints" in done.stderr and "not a valid regexp" in done.stderr
+    assert "Traceback" not in done.stderr
