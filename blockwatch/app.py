@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from blockwatch.config import Config
+from blockwatch.config import Config, ConfigError
 from probes.catalogue import parse_endpoint
 from probes.context import ProbeContext, Timeouts
 from probes.resolvers import parse_resolver
@@ -48,4 +49,15 @@ def sweep_settings(cfg: Config, *, vantage: str | None = None,
         baseline_timeout=cfg.baseline.timeout,
         software_version=software_version(),
         config_hash=cfg.digest,
+        fingerprints=fingerprints(cfg),
     )
+
+
+def fingerprints(cfg: Config) -> Any:
+    """The built-in fingerprints plus the configured files; ConfigError names a bad one."""
+    from probes.fingerprints import FingerprintError, load
+
+    try:
+        return load(cfg.analysis.fingerprints)
+    except FingerprintError as exc:
+        raise ConfigError(f"{cfg.source}: analysis.fingerprints: {exc}") from None

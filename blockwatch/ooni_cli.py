@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from blockwatch.cli import EXIT_OK, UsageError, _parse_since, _store
-from blockwatch.config import Config, ConfigError, load_config
+from blockwatch.config import Config, load_config
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -45,13 +45,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
 
 
 def fingerprints(cfg: Config) -> Any:
-    """The built-in fingerprints plus the configured files; ConfigError names a bad one."""
-    from probes.fingerprints import FingerprintError, load
+    from blockwatch.app import fingerprints as configured
 
-    try:
-        return load(cfg.analysis.fingerprints)
-    except FingerprintError as exc:
-        raise ConfigError(f"{cfg.source}: analysis.fingerprints: {exc}") from None
+    return configured(cfg)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

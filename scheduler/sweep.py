@@ -54,6 +54,7 @@ class SweepSettings:
     flush_interval_s: float = 1.0
     software_version: str = ""
     config_hash: str = ""
+    fingerprints: Any = None  # a probes.fingerprints set; None = the built-in set
 
 
 @dataclass(slots=True)
@@ -159,9 +160,11 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
                   settings: SweepSettings, status: str) -> SweepOutcome:
     network_ok = status != "network_unavailable"
     verdicts = judge_run(outcome.measurements, catalogue, settings.control_resolvers,
-                         network_ok=network_ok)
+                         network_ok=network_ok, fingerprints=settings.fingerprints)
     outcome.verdicts = verdicts
     summary = summarize(verdicts, len(outcome.measurements))
+    # re-analysis needs to know which measurements were controls when the run was made
+    summary["controls"] = {"resolvers": list(settings.control_resolvers), "vantages": []}
     finished = dt.datetime.now(dt.UTC)
     await asyncio.shield(asyncio.to_thread(store.add_verdicts, outcome.run.id, verdicts))
     await asyncio.shield(asyncio.to_thread(
