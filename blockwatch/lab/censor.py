@@ -64,12 +64,13 @@ def nft_ruleset(scenario: Scenario, cat: Catalogue) -> str:
         f'iifname "down0" ip daddr @loss numgen random mod 100 < {loss} drop' if loss else "",
         f'oifname "down0" ip saddr @loss numgen random mod 100 < {loss} drop' if loss else "",
     ]
-    # global loss hits everything the censored client sends or receives, the ISP resolver too
+    # global loss hits everything the censored client sends (to the servers and to the ISP
+    # resolver) and every forwarded packet back; what the censor itself sends (its resolver's
+    # answers, forged answers, resets) is not dropped, so a lost packet never hides a method
     everywhere = [f'iifname "down0" numgen random mod 100 < {glob} drop',
                   f'oifname "down0" numgen random mod 100 < {glob} drop'] if glob else []
     rules = "".join(f"    {r}\n" for r in [*everywhere, *forward] if r)
     inp = "".join(f"    {r}\n" for r in everywhere[:1])
-    out = "".join(f"    {r}\n" for r in everywhere[1:])
     return f"""table inet bwcensor
 delete table inet bwcensor
 table inet bwcensor {{
@@ -79,9 +80,6 @@ table inet bwcensor {{
   chain input_filter {{
     type filter hook input priority 0; policy accept;
 {inp}  }}
-  chain output_filter {{
-    type filter hook output priority 0; policy accept;
-{out}  }}
   chain prerouting_nat {{
     type nat hook prerouting priority dstnat; policy accept;
     iifname "down0" ip daddr @blockpage tcp dport 80 redirect to :8080

@@ -42,7 +42,6 @@ from blockwatch.lab.topology import (
     wait_alive,
 )
 
-
 VPN_UDP_PORTS = (1194, 51820)  # OpenVPN, WireGuard
 
 
