@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from blockwatch.lab import lifecycle, runner
-from blockwatch.lab.scenario import expected, load
+from blockwatch.lab.scenario import ANALYZER, expected_for, load
 
 
 def demo(name: str, scenario_name: str, *, keep: bool = False) -> int:
@@ -51,12 +51,12 @@ def _print(scenario: object, lab: lifecycle.Lab, got: dict[str, dict[str, object
     assert isinstance(scenario, Scenario)
     table = Table(title=f"lab scenario {scenario.name}: what the censor did, what blockwatch saw")
     for col in ("service", "censor did", "censored client", "control client",
-                "expected (analyzer v1)", ""):
+                f"expected (analyzer v{ANALYZER})", ""):
         table.add_column(col)
     mismatches = 0
     for svc_name, svc in lab.catalogue.services.items():
         methods = scenario.blocks.get(svc_name, ())
-        exp = expected(methods, svc.exclusive_prefixes)
+        exp = expected_for(scenario, svc_name, svc.exclusive_prefixes)
         c, k = got["censored"].get(svc_name), got["control"].get(svc_name)
         cv = f"{getattr(c, 'verdict', '?')} {getattr(c, 'layer', '') or ''}".strip()
         kv = getattr(k, "verdict", "?")
