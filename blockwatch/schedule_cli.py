@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -133,8 +134,243 @@ def cmd_consent(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the daemon -----------------------------------------------------------------------------------
+
+
+def build_groups(cfg: Config) -> list[Any]:
+    """The config's schedule groups as the scheduler takes them (planned once, here)."""
+    from blockwatch import app
+    from scheduler.groups import GroupSpec, SweepPlan
+    from scheduler.plan import plan_sweep
+
+    ctx = app.probe_context(cfg)
+    controls = cfg.dns.controls if "dns" in cfg.probes.probes else ()
+    groups = []
+    for g in cfg.schedules:
+        services = cfg.group_services(g)
+        targets = plan_sweep(services, probes=cfg.probes.probes, resolvers=cfg.dns.resolvers,
+                             controls=controls)
+        plan = SweepPlan(services=services, targets=targets, ctx=ctx,
+                         settings=app.sweep_settings(cfg, vantage=g.vantage, group=g.name))
+        groups.append(GroupSpec(name=g.name, plan=plan, every_s=g.every, cron=g.cron,
+                                spread_s=g.spread, max_runtime_s=g.max_runtime))
+    return groups
+
+
+def _reloader(args: argparse.Namespace, first: Config) -> Callable[[], list[Any]]:
+    """SIGHUP: the config file read and checked again; any problem keeps the old schedule."""
+    import io
+
+    from blockwatch.config import ConfigError, load_config
+    from blockwatch.consent import ConsentRefused, ensure_consent
+
+    def reload() -> list[Any]:
+        cfg = load_config(args.config)
+        if cfg.storage_url() != first.storage_url():
+            raise ConfigError(f"{cfg.source}: storage.url changed; restart the daemon for that")
+        if not cfg.schedules:
+            raise ConfigError(f"{cfg.source}: no [[schedules]] groups left")
+        try:  # never prompts: streams that are not terminals
+            ensure_consent(yes=args.yes, configured=cfg.consent, scope=cfg.probes.scope,
+                           state_dir=state_dir(), stdin=io.StringIO(), stderr=io.StringIO(),
+                           source=cfg.source)
+        except ConsentRefused as exc:
+            raise ConfigError(str(exc)) from None
+        return build_groups(cfg)
+
+    return reload
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from blockwatch.cli import UsageError, _store
+    from blockwatch.config import load_config
+    from scheduler.lock import LockBusy, acquire_daemon_lock
+
+    cfg = load_config(args.config)
+    if args.status:
+        return show_status(cfg)
+    configure_logging(args.log_file, verbose=args.verbose)
+    if not cfg.schedules:
+        raise UsageError(f"{cfg.source}: no [[schedules]] groups, nothing to schedule "
+                         "(see config.example.toml)")
+    refused = check_consent(cfg, args.yes)
+    if refused is not None:
+        return refused
+    groups = build_groups(cfg)
+    try:
+        daemon_lock = acquire_daemon_lock(cfg.storage_url(), state_dir())
+    except LockBusy as exc:
+        print(f"blockwatch: a schedule daemon is already running for this database "
+              f"(pid {exc.holder.get('pid', '?')}); not starting", file=sys.stderr)
+        return EXIT_LOCKED
+    with daemon_lock, _store(cfg) as store:
+        asyncio_run_daemon(store, groups, cfg, _reloader(args, cfg))
+    return 0
+
+
+def asyncio_run_daemon(store: Any, groups: list[Any], cfg: Config,
+                       reload: Callable[[], list[Any]]) -> None:
+    import asyncio
+
+    from scheduler.daemon import Daemon
+
+    async def main() -> None:
+        daemon = Daemon(store, groups, lock_url=cfg.storage_url(), state_dir=state_dir(),
+                        reload=reload)
+        runner = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        _print_next(daemon)
+        await runner
+
+    asyncio.run(main())
+
+
+def _print_next(daemon: Any) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    print(f"blockwatch schedule: pid {os.getpid()}, {len(daemon.groups)} group(s); "
+          "SIGHUP reloads the config, SIGTERM stops", flush=True)
+    for name, spec in daemon.groups.items():
+        nxt = daemon.next_run(name)
+        print(f"  {name}: {spec.describe()}; next run {_when_text(nxt, now)}", flush=True)
+
+
+def _when_text(value: Any, now: Any) -> str:
+    if value is None:
+        return "-"
+    from scheduler.groups import format_seconds
+
+    seconds = max(0, round((value - now).total_seconds()))
+    return f"{value:%Y-%m-%d %H:%M:%S} UTC (in {format_seconds(seconds)})"
+
+
+def show_status(cfg: Config) -> int:
+    """The schedule as the daemon last wrote it to the database (works from any shell)."""
+    import datetime as dt
+    import socket
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from blockwatch.cli import _store
+
+    with _store(cfg) as store:
+        states = store.schedule_states()
+    console = Console(width=160)
+    if not states:
+        console.print(f"no schedule recorded in {store.url}: start one with "
+                      "`blockwatch schedule --config FILE`")
+        return 0
+    now = dt.datetime.now(dt.UTC)
+    table = Table(title=f"schedule groups in {store.url}")
+    for col in ("group", "vantage", "schedule", "next run", "last run", "last status",
+                "daemon"):
+        table.add_column(col)
+    host = socket.gethostname()
+    for st in states:
+        last = f"{st.last_started_at:%Y-%m-%d %H:%M:%S}" if st.last_started_at else "-"
+        table.add_row(st.group, st.vantage, st.schedule, _when_text(st.next_run_at, now),
+                      last, st.last_status or "-", _daemon_text(st, host))
+    console.print(table)
+    return 0
+
+
+def _daemon_text(st: Any, host: str) -> str:
+    if st.daemon_pid is None:
+        return "stopped"
+    if st.daemon_host != host:
+        return f"pid {st.daemon_pid} on {st.daemon_host}"
+    try:
+        os.kill(st.daemon_pid, 0)
+    except ProcessLookupError:
+        return f"not running (pid {st.daemon_pid} gone: killed?)"
+    except PermissionError:
+        pass  # alive, another user's
+    return f"running (pid {st.daemon_pid})"
+
+
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dict[str, Any]:
+    sched = sub.add_parser("schedule", help="the daemon: run the config's [[schedules]] groups "
+                           "on their schedules (--status: what it is doing)")
+    common(sched)
+    sched.add_argument("--status", action="store_true",
+                       help="show each group's next and last run (read from the database)")
+    sched.add_argument("-y", "--yes", action="store_true",
+                       help="I have read `blockwatch consent` and agree (for unattended runs)")
+    sched.add_argument("--log-file", metavar="FILE",
+                       help="append structured log lines (key=value) here instead of stderr")
+
     consent = sub.add_parser("consent", help="what blockwatch does and its risks; agree to it")
     consent.add_argument("--agree", action="store_true",
                          help="record that you have read the notice and agree")
-    return {"consent": cmd_consent}
+
+    timer = sub.add_parser("install-timer", help="write systemd user units that run blockwatch "
+                           "on a timer (~/.config/systemd/user)")
+    common(timer)
+    timer.add_argument("--user", action="store_true", required=True,
+                       help="user units (system-wide units: see deploy/ in the source)")
+    timer.add_argument("-g", "--group", metavar="NAME", help="run this schedule group")
+    timer.add_argument("--on-calendar", default="hourly", metavar="SPEC",
+                       help="systemd OnCalendar= (default: hourly)")
+    timer.add_argument("--randomized-delay", default="15min", metavar="SPAN",
+                       help="systemd RandomizedDelaySec= (default: 15min)")
+    timer.add_argument("--max-runtime", default="50m", metavar="DURATION",
+                       help="passed to `blockwatch run` (default: 50m)")
+    timer.add_argument("-y", "--yes", action="store_true",
+                       help="I have read `blockwatch consent` and agree")
+    timer.add_argument("--dir", metavar="DIR",
+                       help="write here (default: $XDG_CONFIG_HOME/systemd/user)")
+    timer.add_argument("--force", action="store_true", help="overwrite existing units")
+    return {"schedule": cmd_schedule, "consent": cmd_consent, "install-timer": cmd_install_timer}
+
+
+# --- install-timer --------------------------------------------------------------------------------
+
+
+def cmd_install_timer(args: argparse.Namespace) -> int:
+    from blockwatch.cli import UsageError, _duration
+    from blockwatch.config import load_config
+    from scheduler.units import TimerOptions, render_user_units, unit_name
+
+    if args.config is None:
+        raise UsageError("install-timer needs --config FILE (the units run with that config)")
+    config = Path(args.config).expanduser().absolute()
+    cfg = load_config(config)
+    if args.group:
+        cfg.schedule(args.group)  # a ConfigError if there is no such group
+    try:
+        _duration(args.max_runtime)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--max-runtime: {exc}") from None
+    refused = check_consent(cfg, args.yes)
+    if refused is not None:
+        return refused
+    options = TimerOptions(command=_command(), config=str(config), group=args.group,
+                           on_calendar=args.on_calendar, randomized_delay=args.randomized_delay,
+                           max_runtime=args.max_runtime)
+    units = render_user_units(options)
+    where = Path(args.dir).expanduser() if args.dir else Path(
+        platformdirs.user_config_dir("systemd", appauthor=False)) / "user"
+    existing = [n for n in units if (where / n).exists()]
+    if existing and not args.force:
+        raise UsageError(f"{where / existing[0]} exists; use --force to overwrite it")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        for name, text in units.items():
+            (where / name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write units to {where}: {exc.strerror}") from None
+    timer = unit_name(args.group) + ".timer"
+    print(f"wrote {', '.join(str(where / n) for n in units)}\n"
+          f"enable it with:  systemctl --user daemon-reload && "
+          f"systemctl --user enable --now {timer}\n"
+          "to run while you are logged out:  loginctl enable-linger $USER")
+    return 0
+
+
+def _command() -> tuple[str, ...]:
+    script = Path(sys.executable).parent / "blockwatch"
+    if os.access(script, os.X_OK):
+        return (str(script),)
+    return (sys.executable, "-m", "blockwatch.cli")

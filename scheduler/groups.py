@@ -14,6 +14,7 @@ This module knows APScheduler; nothing above ``scheduler/`` does.
 from __future__ import annotations
 
 import datetime as dt
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,12 +67,12 @@ class GroupSpec:
             raise ValueError(f"group {self.name!r}: spread must not be negative")
 
     def trigger(self) -> BaseTrigger:
-        # APScheduler's jitter adds uniform(0, jitter) seconds: exactly our "spread".
-        jitter = self.spread_s or None
         if self.cron is not None:
-            return CronTrigger(**_cron_fields(self.cron), timezone=dt.UTC, jitter=jitter)
-        assert self.every_s is not None
-        return IntervalTrigger(seconds=self.every_s, timezone=dt.UTC, jitter=jitter)
+            base: BaseTrigger = CronTrigger(**_cron_fields(self.cron), timezone=dt.UTC)
+        else:
+            assert self.every_s is not None
+            base = IntervalTrigger(seconds=self.every_s, timezone=dt.UTC)
+        return SpreadTrigger(base, self.spread_s) if self.spread_s else base
 
     def describe(self) -> str:
         when = f"cron '{self.cron}' UTC" if self.cron else f"every {format_seconds(self.every_s)}"
@@ -80,6 +81,36 @@ class GroupSpec:
         if self.max_runtime_s:
             when += f", max runtime {format_seconds(self.max_runtime_s)}"
         return when
+
+
+class SpreadTrigger(BaseTrigger):  # type: ignore[misc]
+    """Fire at ``base``'s times, each delayed by a fresh uniform 0..spread seconds.
+
+    APScheduler 3's own ``jitter`` computes the next time from the previous *jittered* one,
+    so an hourly job with a 10 min jitter drifts by 5 min an hour on average; here the delay
+    never feeds back: the n-th run stays within [n-th planned time, + spread].
+    """
+
+    def __init__(self, base: BaseTrigger, spread_s: float) -> None:
+        self.base, self.spread_s = base, spread_s
+        self._planned: dict[dt.datetime, dt.datetime] = {}  # returned time -> its base time
+
+    def get_next_fire_time(self, previous_fire_time: dt.datetime | None,
+                           now: dt.datetime) -> dt.datetime | None:
+        previous = None
+        if previous_fire_time is not None:
+            previous = self._planned.get(previous_fire_time, previous_fire_time)
+            # older entries can no longer be asked about: keep the map small
+            self._planned = {k: v for k, v in self._planned.items() if k >= previous_fire_time}
+        planned = self.base.get_next_fire_time(previous, now)
+        if planned is None:
+            return None
+        fire = planned + dt.timedelta(seconds=random.uniform(0, self.spread_s))
+        self._planned[fire] = planned
+        return fire  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        return f"{self.base} spread {format_seconds(self.spread_s)}"
 
 
 def _cron_fields(expr: str) -> dict[str, str]:

@@ -159,3 +159,13 @@ def acquire_run_lock(url: str, group: str | None, state_dir: Path,
     note = {"pid": os.getpid(), "group": group, "command": command,
             "started_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     return RunLock(lock_base(url, state_dir), group).acquire(note)
+
+
+def acquire_daemon_lock(url: str, state_dir: Path) -> RunLock:
+    """One ``blockwatch schedule`` daemon per database on this machine; ``LockBusy`` if one
+    is already running. (``@`` cannot occur in a group name, so no group lock is this file.)"""
+    lock = RunLock(lock_base(url, state_dir), None)
+    note = {"pid": os.getpid(), "command": "schedule",
+            "started_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    lock._take(lock.base.with_name(lock.base.name + ".@daemon.lock"), exclusive=True, note=note)
+    return lock

@@ -15,13 +15,14 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
-from sqlalchemy import Engine, Select, func, insert, select, update
+from sqlalchemy import Engine, Select, delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,10 +38,26 @@ from storage.convert import (
 )
 from storage.errors import StorageError, describe
 from storage.migrate import IMMEDIATE
-from storage.tables import MeasurementRow, RunRow, VerdictRow
+from storage.tables import MeasurementRow, RunRow, ScheduleStateRow, VerdictRow
 from storage.types import ensure_utc
 
 YIELD_PER = 500
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleState:
+    """One schedule group as the daemon last saw it (table ``schedule_state``)."""
+
+    vantage: str
+    group: str
+    schedule: str
+    next_run_at: dt.datetime | None = None
+    last_run_id: str | None = None
+    last_started_at: dt.datetime | None = None
+    last_status: str | None = None
+    daemon_pid: int | None = None
+    daemon_host: str | None = None
+    updated_at: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 T = TypeVar("T")
 
@@ -139,7 +156,37 @@ class Store:
             raise StorageError(self.url, f"verdict for unknown measurement {min(missing)!r}")
         return runs
 
+    def put_schedule_state(self, states: Sequence[ScheduleState]) -> None:
+        """Insert or replace the rows of these (vantage, group)s, in one transaction."""
+        if not states:
+            return
+        rows = [_schedule_row(st) for st in states]
+        keys = [(r["vantage"], r["group_name"]) for r in rows]
+        t = ScheduleStateRow
+        with self._transaction(write=True) as s:
+            s.execute(delete(t).where(tuple_(t.vantage, t.group_name).in_(keys)))
+            s.execute(insert(t), rows)
+
+    def drop_schedule_state(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Forget these (vantage, group)s: they are no longer scheduled."""
+        if keys:
+            t = ScheduleStateRow
+            with self._transaction(write=True) as s:
+                s.execute(delete(t).where(tuple_(t.vantage, t.group_name).in_(list(keys))))
+
     # --- reading ----------------------------------------------------------------------------
+
+    def schedule_states(self) -> list[ScheduleState]:
+        """Every scheduled group, by vantage then group name."""
+        t = ScheduleStateRow
+        with self._transaction() as s:
+            rows = s.scalars(select(t).order_by(t.vantage, t.group_name))
+            return [ScheduleState(
+                vantage=r.vantage, group=r.group_name, schedule=r.schedule,
+                next_run_at=r.next_run_at, last_run_id=r.last_run_id,
+                last_started_at=r.last_started_at, last_status=r.last_status,
+                daemon_pid=r.daemon_pid, daemon_host=r.daemon_host, updated_at=r.updated_at)
+                for r in rows]
 
     def runs(self, limit: int = 50, group: str | None = None) -> list[Run]:
         """The latest ``limit`` runs, newest first, optionally of one group."""
@@ -257,6 +304,18 @@ def _filtered(stmt: Select[Any], run_id: str | None, since: dt.datetime | None) 
     if since is not None:
         stmt = stmt.where(m.started_at >= ensure_utc(since, "since"))
     return stmt.order_by(m.started_at, m.id)
+
+
+def _schedule_row(st: ScheduleState) -> dict[str, Any]:
+    def instant(value: dt.datetime | None, name: str) -> dt.datetime | None:
+        return None if value is None else ensure_utc(value, name)
+
+    return {"vantage": st.vantage, "group_name": st.group, "schedule": st.schedule,
+            "next_run_at": instant(st.next_run_at, "next_run_at"),
+            "last_run_id": st.last_run_id,
+            "last_started_at": instant(st.last_started_at, "last_started_at"),
+            "last_status": st.last_status, "daemon_pid": st.daemon_pid,
+            "daemon_host": st.daemon_host, "updated_at": ensure_utc(st.updated_at, "updated_at")}
 
 
 def _single(runs: set[str]) -> str | None:

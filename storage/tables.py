@@ -1,4 +1,4 @@
-"""The SQL schema as ORM classes: ``runs``, ``measurements``, ``verdicts``.
+"""The SQL schema as ORM classes: ``runs``, ``measurements``, ``verdicts``, ``schedule_state``.
 
 These classes are storage's private mapping of the vocabulary in ``probes.model``; nothing outside
 ``storage/`` sees them. The schema they describe is a contract with researchers (docs/schema.md)
@@ -125,3 +125,20 @@ class VerdictRow(Base):
         Index("ix_verdicts_run_id", "run_id"),
         {"sqlite_autoincrement": True},
     )
+
+
+class ScheduleStateRow(Base):
+    """What the daemon knows of one schedule group: next run, last run, who runs it."""
+
+    __tablename__ = "schedule_state"
+
+    vantage: Mapped[str] = mapped_column(primary_key=True)
+    group_name: Mapped[str] = mapped_column(primary_key=True)
+    schedule: Mapped[str]
+    next_run_at: Mapped[dt.datetime | None]
+    last_run_id: Mapped[str | None]
+    last_started_at: Mapped[dt.datetime | None]
+    last_status: Mapped[str | None]
+    daemon_pid: Mapped[int | None]
+    daemon_host: Mapped[str | None]
+    updated_at: Mapped[dt.datetime]

@@ -1,0 +1,259 @@
+"""The ``blockwatch schedule`` daemon end to end: a subprocess with a seconds-level schedule
+against loopback servers, observed only through what a user sees (its log lines, the database,
+``--status`` from another process) and signals (SIGTERM, SIGHUP, SIGSTOP/SIGCONT)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from test_cli import BLOCKWATCH, blockwatch
+from test_lock_run import Lab
+from test_lock_run import lab as lab  # the fixture
+
+FAST = """
+[[schedules]]
+name = "fast"
+services = ["good"]
+every = "{every}"
+spread = "{spread}"
+"""
+
+
+class Daemon:
+    def __init__(self, world: Lab, log: Path) -> None:
+        self.lab, self.log = world, log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, *extra: str) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            BLOCKWATCH, "schedule", "--config", str(self.lab.config), "--log-file",
+            str(self.log), *extra, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def stop(self) -> tuple[int, str, str]:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(self.proc.communicate(), 30)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, out.decode(), err.decode()
+
+    def events(self, name: str | None = None) -> list[dict[str, str]]:
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text().splitlines():
+            event = _parse(line)
+            if name is None or event.get("event") == name:
+                out.append(event)
+        return out
+
+    async def wait_for(self, name: str, count: int = 1, limit: float = 20) -> list[dict[str, str]]:
+        deadline = time.monotonic() + limit
+        while len(found := self.events(name)) < count:
+            assert time.monotonic() < deadline, f"no {count} x {name} in {self.events()}"
+            await asyncio.sleep(0.05)
+        return found
+
+
+def _parse(line: str) -> dict[str, str]:
+    """logfmt: key=value or key="quoted value"."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(line):
+        eq = line.index("=", i)
+        key = line[i:eq]
+        if line[eq + 1:eq + 2] == '"':
+            j = eq + 2
+            value = []
+            while line[j] != '"':
+                if line[j] == "\\":
+                    j += 1
+                value.append(line[j])
+                j += 1
+            out[key] = "".join(value)
+            i = j + 2
+        else:
+            end = line.find(" ", eq)
+            end = len(line) if end < 0 else end
+            out[key] = line[eq + 1:end]
+            i = end + 1
+    return out
+
+
+def _t(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.fixture
+async def daemon(lab: Lab, tmp_path: Path) -> AsyncIterator[Daemon]:
+    d = Daemon(lab, tmp_path / "daemon.log")
+    yield d
+    if d.proc is not None and d.proc.returncode is None:
+        d.proc.kill()
+        await d.proc.wait()
+
+
+def runs(world: Lab, group: str) -> list[tuple[str, dt.datetime, dt.datetime | None, str]]:
+    rows = world.rows(f"SELECT id, started_at, finished_at, status FROM runs "
+                    f"WHERE group_name = '{group}' ORDER BY started_at")
+    return [(str(i), _t(str(s)), _t(str(f)) if f else None, str(st)) for i, s, f, st in rows]
+
+
+async def test_runs_happen_at_the_planned_times_and_status_reads_the_db(
+        lab: Lab, daemon: Daemon) -> None:
+    every, spread = 2, 1
+    lab.write(FAST.format(every=f"{every}s", spread=f"{spread}s"))
+    await daemon.start()
+    await daemon.wait_for("run.done", 3, limit=30)
+
+    status = await blockwatch("schedule", "--status", "--config", str(lab.config))
+    assert status.code == 0, status.err
+    assert "fast" in status.out and "every 2s, spread 1s" in status.out
+    assert f"running (pid {daemon.proc.pid})" in status.out  # type: ignore[union-attr]
+    assert "complete" in status.out
+    (next_run,) = lab.rows("SELECT next_run_at FROM schedule_state WHERE group_name = 'fast'")[0]
+    assert next_run is not None and _t(str(next_run)) > dt.datetime.now(dt.UTC) - dt.timedelta(
+        seconds=1)
+
+    code, out, err = await daemon.stop()
+    assert code == 0, err
+    assert "fast: every 2s, spread 1s; next run" in out  # shown at start
+    starts = daemon.events("run.start")
+    planned = [_t(e["planned"]) for e in starts]
+    # each run started when it was planned (APScheduler's own latency only) ...
+    assert all(0 <= float(e["late_s"]) < 0.5 for e in starts), starts
+    # ... and the planned times are a 2 s grid, each pushed later by at most the 1 s spread
+    offsets = [(p - planned[0]).total_seconds() - every * k for k, p in enumerate(planned)]
+    assert max(offsets) - min(offsets) <= spread + 0.05, offsets
+    stored = runs(lab, "fast")
+    assert len(stored) >= 3
+    assert {r[3] for r in stored[:-1]} == {"complete"}
+    for (_, _, fin, _), (_, nxt, _, _) in itertools.pairwise(stored):
+        assert fin is not None and fin <= nxt  # never two at once
+    assert lab.rows("SELECT next_run_at, daemon_pid FROM schedule_state") == [(None, None)]
+    status = await blockwatch("schedule", "--status", "--config", str(lab.config))
+    assert "stopped" in status.out
+
+
+async def test_a_slow_group_never_overlaps_and_missed_runs_coalesce(
+        lab: Lab, daemon: Daemon) -> None:
+    lab.write("""
+[[schedules]]
+name = "slow"
+services = ["slow"]
+every = "1s"
+""", http_timeout=2.0)
+    await daemon.start()
+    await daemon.wait_for("run.done", 2, limit=30)
+    skipped = daemon.events("run.skipped")
+    assert skipped and {e["reason"] for e in skipped} == {"still_running"}
+    await daemon.stop()
+    stored = runs(lab, "slow")
+    for (_, _, fin, _), (_, nxt, _, _) in itertools.pairwise(stored):
+        assert fin is not None and fin <= nxt, stored  # each run waited for the previous one
+
+
+async def test_missed_runs_coalesce_into_one(lab: Lab, daemon: Daemon) -> None:
+    lab.write(FAST.format(every="1s", spread="0s"))
+    await daemon.start()
+    await daemon.wait_for("run.done", 1)
+    await asyncio.sleep(0.3)  # between runs
+    daemon.signal(signal.SIGSTOP)  # the machine "sleeps" through four planned runs
+    await asyncio.sleep(4.2)
+    before = len(runs(lab, "fast"))
+    resumed = dt.datetime.now(dt.UTC)
+    daemon.signal(signal.SIGCONT)
+    await asyncio.sleep(0.8)
+    await daemon.stop()
+    after_resume = [r for r in runs(lab, "fast") if r[1] >= resumed]
+    assert before >= 1
+    assert len(after_resume) == 1, after_resume  # one catch-up run, not four
+
+
+async def test_sigterm_mid_sweep_leaves_a_consistent_database(
+        lab: Lab, daemon: Daemon) -> None:
+    lab.write("""
+[[schedules]]
+name = "both"
+every = "1s"
+""", http_timeout=30.0)
+    await daemon.start()
+    deadline = time.monotonic() + 20
+    while True:  # until the fast measurements of the first run are stored
+        await asyncio.sleep(0.1)
+        assert time.monotonic() < deadline
+        try:
+            if lab.rows("SELECT count(*) FROM measurements")[0][0] >= 2:
+                break
+        except sqlite3.OperationalError:  # the daemon has not created the tables yet
+            continue
+    assert lab.rows("SELECT status FROM runs") == [("running",)]
+    t0 = time.monotonic()
+    code, _, err = await daemon.stop()
+    assert code == 0, err
+    assert time.monotonic() - t0 < 10  # aborted, not waited out (the slow page takes 30 s)
+    assert lab.rows("PRAGMA integrity_check") == [("ok",)]
+    assert lab.rows("SELECT status FROM runs") == [("interrupted",)]
+    services = {s for (s,) in lab.rows("SELECT service FROM measurements")}
+    assert "good" in services
+    assert lab.rows("SELECT count(*) FROM verdicts WHERE measurement_id IS NULL")[0][0] >= 1
+    assert "Traceback" not in err
+    done = daemon.events("run.done")
+    assert done and done[-1]["status"] == "interrupted"
+
+
+async def test_sighup_rejects_a_broken_config_and_applies_a_good_one(
+        lab: Lab, daemon: Daemon) -> None:
+    lab.write(FAST.format(every="1s", spread="0s"))
+    await daemon.start()
+    await daemon.wait_for("run.done", 1)
+    good = lab.config.read_text()
+    lab.config.write_text(good.replace('every = "1s"', 'every = "soon"'))
+    daemon.signal(signal.SIGHUP)
+    (rejected,) = await daemon.wait_for("config.rejected")
+    assert "schedules[0].every: 'soon' is not a duration" in rejected["reason"]
+    assert rejected["kept"] == "fast"
+    n = len(daemon.events("run.done"))
+    await daemon.wait_for("run.done", n + 2)  # the old schedule keeps running
+
+    lab.config.write_text(good.replace('name = "fast"', 'name = "renamed"'))
+    daemon.signal(signal.SIGHUP)
+    await daemon.wait_for("config.reloaded")
+    deadline = time.monotonic() + 10
+    while not runs(lab, "renamed"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    groups = lab.rows("SELECT group_name FROM schedule_state")
+    code, _, err = await daemon.stop()
+    assert code == 0, err
+    assert groups == [("renamed",)]
+
+
+async def test_refusals(lab: Lab, daemon: Daemon, tmp_path: Path) -> None:
+    res = await blockwatch("schedule", "--config", str(lab.config))
+    assert res.code == 2 and "no [[schedules]] groups" in res.err
+    status = await blockwatch("schedule", "--status", "--config", str(lab.config))
+    assert status.code == 0 and "no schedule recorded" in status.out
+
+    lab.write(FAST.format(every="1h", spread="0s"))
+    await daemon.start()
+    await daemon.wait_for("schedule.next")
+    second = await blockwatch("schedule", "--config", str(lab.config))
+    assert second.code == 5 and "already running" in second.err
+    assert f"pid {daemon.proc.pid}" in second.err  # type: ignore[union-attr]
+    code, _, _ = await daemon.stop()
+    assert code == 0
+    assert lab.rows("SELECT count(*) FROM runs") == [(0,)]  # hourly: nothing ran yet
