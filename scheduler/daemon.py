@@ -39,6 +39,7 @@ from scheduler.groups import GroupSpec
 from scheduler.lock import LockBusy, acquire_run_lock
 from scheduler.logfmt import fields
 from scheduler.sweep import sweep
+from storage.errors import StorageError
 from storage.store import ScheduleState, Store
 
 log = logging.getLogger("blockwatch.daemon")
@@ -68,6 +69,7 @@ class Daemon:
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._stopped = asyncio.Event()
         self.ready = asyncio.Event()  # set once the initial schedule is in place
+        self._applying = asyncio.Lock()  # two quick SIGHUPs apply one after the other
         self._scheduler = AsyncIOScheduler(timezone=dt.UTC, event_loop=loop)
         self._scheduler.add_listener(self._on_event, EVENT_JOB_SUBMITTED | EVENT_JOB_MISSED
                                      | EVENT_JOB_MAX_INSTANCES)
@@ -121,6 +123,10 @@ class Daemon:
         asyncio.get_running_loop().create_task(self._apply(groups))
 
     async def _apply(self, groups: Sequence[GroupSpec]) -> None:
+        async with self._applying:
+            await self._apply_now(groups)
+
+    async def _apply_now(self, groups: Sequence[GroupSpec]) -> None:
         new = {g.name: g for g in groups}
         gone = [name for name in self.groups if name not in new]
         for name in gone:
@@ -162,7 +168,10 @@ class Daemon:
 
     async def _save(self) -> None:
         states = [self._state(name) for name in self.groups]
-        await asyncio.to_thread(self.store.put_schedule_state, states)
+        try:
+            await asyncio.to_thread(self.store.put_schedule_state, states)
+        except StorageError as exc:  # --status will be stale; the schedule itself goes on
+            log.error("state.unsaved", extra=fields(reason=str(exc)))
 
     def _on_event(self, event: JobEvent) -> None:
         name = event.job_id
@@ -220,12 +229,21 @@ class Daemon:
             status = "interrupted"
             log.warning("run.max_runtime", extra=fields(group=name,
                                                         max_runtime_s=spec.max_runtime_s))
+        except StorageError as exc:  # the database went away: say so, try again next time
+            status = "failed"
+            log.error("run.failed", extra=fields(group=name, reason=str(exc)))
+        except Exception:  # a bug must not stop the other groups; the line has the traceback
+            status = "failed"
+            log.exception("run.failed", extra=fields(group=name))
         finally:
             await self._record(name, started, status)
 
     async def _record(self, name: str, started: dt.datetime, status: str) -> None:
         # the group lock is still held: the latest run of this group is the one just swept
-        latest = await asyncio.shield(asyncio.to_thread(self.store.runs, 1, name))
+        try:
+            latest = await asyncio.shield(asyncio.to_thread(self.store.runs, 1, name))
+        except StorageError:
+            latest = []
         run = latest[0] if latest and latest[0].started_at >= started else None
         self._last[name] = (run.id if run else None, started, run.status if run else status)
         duration = None

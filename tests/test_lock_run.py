@@ -86,6 +86,7 @@ urls = ["https://example.test:{web.port}/slow"]
 
 
 async def test_two_runs_started_together_exactly_one_runs(lab: Lab) -> None:
+    lab.write(http_timeout=1.5)  # each run lasts 1.5 s: far longer than starting the other
     first, second = await asyncio.gather(
         blockwatch("run", "--config", str(lab.config), "--quiet"),
         blockwatch("run", "--config", str(lab.config), "--quiet"))
