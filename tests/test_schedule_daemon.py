@@ -278,3 +278,25 @@ max_runtime = "1s"
     await daemon.stop()
     assert {s for (s,) in lab.rows("SELECT status FROM runs")} == {"interrupted"}
     assert lab.rows("PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_cron_runs_and_the_daemon_never_overlap(lab: Lab, daemon: Daemon) -> None:
+    lab.write("""
+[[schedules]]
+name = "slow"
+services = ["slow"]
+every = "1s"
+""", http_timeout=5.0)  # the one-shot runs below start well inside the daemon's 5 s sweep
+    await daemon.start()
+    await daemon.wait_for("run.start")
+    same_group = await blockwatch("run", "--config", str(lab.config), "--group", "slow",
+                                  "--quiet")
+    ungrouped = await blockwatch("run", "--config", str(lab.config), "--quiet")
+    assert same_group.code == 5 and "group slow" in same_group.err, same_group.err
+    assert ungrouped.code == 5 and "schedule group is in progress" in ungrouped.err
+    await daemon.wait_for("run.done")
+    await daemon.stop()
+    stored = runs(lab, "slow")
+    assert lab.rows("SELECT count(*) FROM runs WHERE group_name IS NULL") == [(0,)]
+    for (_, _, fin, _), (_, nxt, _, _) in itertools.pairwise(stored):
+        assert fin is not None and fin <= nxt
