@@ -144,3 +144,23 @@ def test_consent_command_at_a_terminal_asks(tmp_path: Path) -> None:
     os.close(master)
     assert b"Type 'yes' to agree" in output and b"consent recorded" in output
     assert consent.recorded(tmp_path / "xdg-state" / "blockwatch")
+
+
+def test_unattended_install_timer_without_consent_refuses(tmp_path: Path) -> None:
+    # install-timer never probes anything, so a public scope is safe to test the refusal with
+    cfg = tmp_path / "public.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{tmp_path / "r.db"}"\n')
+    units = tmp_path / "units"
+
+    def install(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([BLOCKWATCH, "install-timer", "--user", "--config", str(cfg),
+                               "--dir", str(units), *extra], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=30, check=False)
+
+    refused = install()
+    assert refused.returncode == 7, refused.stderr
+    assert "no consent for an unattended run" in refused.stderr
+    assert f"set `consent = true` in {cfg}" in refused.stderr
+    assert not units.exists()
+    assert install("--yes").returncode == 0
+    assert "--yes" in (units / "blockwatch.service").read_text()
