@@ -150,6 +150,9 @@ async def test_runs_happen_at_the_planned_times_and_status_reads_the_db(
     assert lab.rows("SELECT next_run_at, daemon_pid FROM schedule_state") == [(None, None)]
     status = await blockwatch("schedule", "--status", "--config", str(lab.config))
     assert "stopped" in status.out
+    listed = await blockwatch("runs", "--config", str(lab.config))
+    rows = [ln for ln in listed.out.splitlines() if stored[0][0][:13] in ln]
+    assert rows and "fast" in rows[0] and "complete" in rows[0] and "1 ok" in rows[0]
 
 
 async def test_a_busy_group_skips_firings_instead_of_overlapping(
