@@ -50,6 +50,8 @@ def sweep_settings(cfg: Config, *, vantage: str | None = None,
         software_version=software_version(),
         config_hash=cfg.digest,
         fingerprints=fingerprints(cfg),
+        control_vantages=tuple(cfg.analysis.control_vantages),
+        control_max_age_s=cfg.analysis.control_max_age_h * 3600,
     )
 
 

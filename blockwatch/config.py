@@ -176,6 +176,12 @@ class Analysis(_Strict):
     # OONI-format fingerprint files (or folders of *.json), beside the built-in set; they are
     # validated when a command loads them (probes.fingerprints names the bad entry)
     fingerprints: list[Path] = Field(default_factory=list)
+    # vantages whose measurements in the same database are controls for this one (e.g. an
+    # uncensored VPS, a second blockwatch through a VPN), and how far apart in time (hours)
+    # their measurements may be from this run's
+    control_vantages: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list)
+    control_max_age_h: float = Field(default=6.0, gt=0, le=24 * 30)
 
     @field_validator("fingerprints")
     @classmethod

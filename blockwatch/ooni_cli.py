@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -81,9 +82,17 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
                 continue  # nothing was measured; its verdict cannot change
             measurements = list(store.measurements(run_id=run.id))
             controls = run.summary.get("controls", {}) if isinstance(run.summary, dict) else {}
+            vantages = [v for v in {*controls.get("vantages", []),
+                                    *cfg.analysis.control_vantages} if v != run.vantage]
+            if vantages and not run.vantage.startswith("ooni-"):
+                # controls measured before or after the run (within the configured window)
+                window = dt.timedelta(hours=cfg.analysis.control_max_age_h)
+                measurements += [m for m in store.control_measurements(
+                    vantages, run.started_at - window, run.started_at + window)
+                    if m.run_id != run.id]
             new = judge_run(measurements, catalogue,
                             [*cfg.dns.controls, *controls.get("resolvers", [])],
-                            control_vantages=controls.get("vantages", []), fingerprints=fps)
+                            control_vantages=vantages, fingerprints=fps)
             store.add_verdicts(run.id, new)
             runs += 1
             verdicts += len(new)

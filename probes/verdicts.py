@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,7 +44,7 @@ from probes.model import (
     Verdict,
 )
 
-ANALYZER_VERSION = "2"
+ANALYZER_VERSION = "3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,18 +573,34 @@ def judge_run(measurements: Sequence[Measurement], services: dict[str, Service],
     for v in out:
         by_service[v.service].append(v)
     tested = {m.service for m in measurements if not is_control(m, resolvers, vantages)}
+    probes = {m.id: m.probe for m in measurements}
     for name in sorted(set(by_service) | tested):
-        out.append(judge_service(name, by_service.get(name, [])))
+        out.append(judge_service(name, by_service.get(name, []), probes))
     return out
 
 
-def judge_service(name: str, verdicts: Sequence[Verdict]) -> Verdict:
+# Layers from the bottom up: a working layer below a blocked one (DNS answering while TCP to
+# the answer is dropped) does not make the blocking partial; a working one at or above does.
+_RANK = {"dns": 0, "tcp": 1, "tls": 2, "http": 3}
+
+
+def _rank(layer_or_probe: str | None) -> int:
+    return _RANK.get(layer_or_probe or "", 4)  # VPN and other probes: their own top layer
+
+
+def judge_service(name: str, verdicts: Sequence[Verdict],
+                  probes: Mapping[str, str] | None = None) -> Verdict:
+    """One verdict for a service from its measurements' verdicts (``probes``: measurement id
+    -> probe name, to place ``ok`` measurements in their layer)."""
     blocked = [v for v in verdicts if v.verdict in BLOCKED]
     ok = [v for v in verdicts if v.verdict == "ok"]
+    if blocked and probes is not None:
+        lowest = min(_rank(v.layer) for v in blocked)
+        ok = [v for v in ok if _rank(probes.get(v.measurement_id or "")) >= lowest]
     failed = [v for v in verdicts if v.verdict not in ("ok", *BLOCKED)]
     layers = sorted({v.layer for v in blocked if v.layer})
-    counts = {"measurements": len(verdicts), "ok": len(ok), "blocked": len(blocked),
-              "failed": len(failed)}
+    counts = {"measurements": len(verdicts), "ok": sum(v.verdict == "ok" for v in verdicts),
+              "blocked": len(blocked), "failed": len(failed)}
     if blocked:
         rule = "service.partial" if ok else "service.blocked"
         return _verdict(rule, None, name, layer=",".join(layers), evidence=blocked[0].evidence,

@@ -37,6 +37,8 @@ class Store(Protocol):
     def add_measurements(self, measurements: Sequence[Measurement],
                          verdicts: Sequence[Verdict] = ()) -> None: ...
     def add_verdicts(self, run_id: str, verdicts: Sequence[Verdict]) -> None: ...
+    def control_measurements(self, vantages: Sequence[str], start: dt.datetime,
+                             end: dt.datetime) -> list[Measurement]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +57,8 @@ class SweepSettings:
     software_version: str = ""
     config_hash: str = ""
     fingerprints: Any = None  # a probes.fingerprints set; None = the built-in set
+    control_vantages: tuple[str, ...] = ()
+    control_max_age_s: float = 6 * 3600.0
 
 
 @dataclass(slots=True)
@@ -159,12 +163,21 @@ def _replace(run: Run, **changes: Any) -> Run:
 async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Service],
                   settings: SweepSettings, status: str) -> SweepOutcome:
     network_ok = status != "network_unavailable"
-    verdicts = judge_run(outcome.measurements, catalogue, settings.control_resolvers,
-                         network_ok=network_ok, fingerprints=settings.fingerprints)
+    controls: list[Measurement] = []
+    vantages = [v for v in settings.control_vantages if v != settings.vantage]
+    if network_ok and vantages:
+        window = dt.timedelta(seconds=settings.control_max_age_s)
+        controls = await asyncio.shield(asyncio.to_thread(
+            store.control_measurements, vantages, outcome.run.started_at - window,
+            dt.datetime.now(dt.UTC)))
+    verdicts = judge_run([*outcome.measurements, *controls], catalogue,
+                         settings.control_resolvers, network_ok=network_ok,
+                         control_vantages=vantages, fingerprints=settings.fingerprints)
     outcome.verdicts = verdicts
     summary = summarize(verdicts, len(outcome.measurements))
     # re-analysis needs to know which measurements were controls when the run was made
-    summary["controls"] = {"resolvers": list(settings.control_resolvers), "vantages": []}
+    summary["controls"] = {"resolvers": list(settings.control_resolvers), "vantages": vantages,
+                           "control_measurements": len(controls)}
     finished = dt.datetime.now(dt.UTC)
     await asyncio.shield(asyncio.to_thread(store.add_verdicts, outcome.run.id, verdicts))
     await asyncio.shield(asyncio.to_thread(

@@ -224,6 +224,21 @@ class Store:
         for row in self._stream(stmt):
             yield self._rebuild(row, measurement_from_row)
 
+    def control_measurements(
+        self, vantages: Sequence[str], start: dt.datetime, end: dt.datetime
+    ) -> list[Measurement]:
+        """Measurements of the control ``vantages`` started in [start, end]: the other side of
+        a comparison between vantages sharing this database."""
+        if not vantages:
+            return []
+        m = MeasurementRow
+        stmt = (select(m.__table__)
+                .where(m.vantage.in_(list(vantages)))
+                .where(m.started_at >= ensure_utc(start, "start"))
+                .where(m.started_at <= ensure_utc(end, "end"))
+                .order_by(m.started_at, m.id))
+        return [self._rebuild(row, measurement_from_row) for row in self._stream(stmt)]
+
     def verdicts(
         self, run_id: str | None = None, measurement_id: str | None = None
     ) -> list[Verdict]:

@@ -14,6 +14,7 @@ import pytest
 
 from probes import failures as F
 from probes.model import DNSObservation, DNSResponse, Measurement, Run, Target, Verdict
+from probes.verdicts import ANALYZER_VERSION
 from storage import open_store
 
 BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")
@@ -64,20 +65,21 @@ def test_reanalysis_appends_new_verdicts_and_keeps_the_old(tmp_path: Path) -> No
                 service="kakaotalk", measurement_id=tested.id)])
     done = blockwatch("reanalyze", "-c", str(cfg), "--since", "2024-03-01")
     assert done.returncode == 0, done.stderr
-    assert "reanalyzed 1 runs with analyzer 2" in done.stderr
+    assert f"reanalyzed 1 runs with analyzer {ANALYZER_VERSION}" in done.stderr
     out = blockwatch("export", "-c", str(cfg), "--format", "jsonl")
     rows = {r["measurement_id"]: r for r in map(json.loads, out.stdout.splitlines())}
     assert (rows["run-new-system"]["analyzer_version"], rows["run-new-system"]["verdict"],
-            rows["run-new-system"]["rule_id"]) == ("2", "dns_blocked", "dns.nxdomain_vs_control")
+            rows["run-new-system"]["rule_id"]) == (ANALYZER_VERSION, "dns_blocked",
+                                                   "dns.nxdomain_vs_control")
     assert rows["run-old-system"]["analyzer_version"] == "1"  # before --since: untouched
     with sqlite3.connect(db) as conn:
         history = conn.execute("SELECT analyzer_version, verdict FROM verdicts WHERE "
                                "measurement_id = 'run-new-system' ORDER BY id").fetchall()
-    assert history == [("1", "inconclusive"), ("2", "dns_blocked")]
+    assert history == [("1", "inconclusive"), (ANALYZER_VERSION, "dns_blocked")]
     assert blockwatch("reanalyze", "-c", str(cfg)).returncode == 0  # both runs, again
     with sqlite3.connect(db) as conn:
-        n = conn.execute("SELECT count(*) FROM verdicts WHERE analyzer_version = '2' AND "
-                         "measurement_id IS NULL").fetchone()[0]
+        n = conn.execute("SELECT count(*) FROM verdicts WHERE analyzer_version = ? AND "
+                         "measurement_id IS NULL", (ANALYZER_VERSION,)).fetchone()[0]
     assert n == 3  # service verdicts: run-new twice, run-old once
 
 

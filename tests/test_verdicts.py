@@ -16,6 +16,7 @@ from probes.model import (
     Target,
     TCPObservation,
     TLSObservation,
+    Verdict,
 )
 from probes.runner import new_id
 from probes.verdicts import ANALYZER_VERSION, RULES, consistent, http_matches_control, judge_run
@@ -176,7 +177,7 @@ def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
 
 
 def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
-    assert ANALYZER_VERSION == "2"
+    assert ANALYZER_VERSION == "3"
     known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "blocked",
              "partial", "down", "inconclusive", "network_unavailable", "error"}
     assert {r.verdict for r in RULES.values()} <= known
@@ -357,3 +358,22 @@ def test_dns_timeout_counts_only_if_the_resolver_answers_other_names() -> None:
     other = dns("news", "other.test", "system", resp("192.0.3.9"))
     out = judge_run([timeout, control, other], {"news": NEWS}, [CONTROL])
     assert verdict_of(out, timeout) == ("dns_blocked", "dns.failure_vs_control")
+
+
+def test_working_dns_below_blocked_tcp_is_not_partial() -> None:
+    from probes.verdicts import judge_service
+
+    def v(verdict: str, layer: str | None, mid: str) -> Verdict:
+        return Verdict(verdict=verdict, rule_id="x", analyzer_version="3", service="line",
+                       measurement_id=mid, layer=layer)
+
+    probes = {"d": "dns", "t": "tcp", "t2": "tcp", "h": "http"}
+    # DNS answers, TCP to the answer is blocked: the service is blocked, not partial
+    assert judge_service("line", [v("ok", None, "d"), v("tcp_blocked", "tcp", "t")],
+                         probes).verdict == "blocked"
+    # another TCP endpoint works: partial
+    assert judge_service("line", [v("ok", None, "d"), v("tcp_blocked", "tcp", "t"),
+                                  v("ok", None, "t2")], probes).verdict == "partial"
+    # DNS blocked while an HTTP fetch (through another name) works: partial
+    assert judge_service("line", [v("dns_blocked", "dns", "d"), v("ok", None, "h")],
+                         probes).verdict == "partial"

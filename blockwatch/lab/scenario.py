@@ -20,6 +20,8 @@ Each method also carries, as data, what the analyzer (``probes/verdicts.py``, ve
 ``blockwatch run``: the tests assert exactly that, and the demo prints it. A method it cannot
 call ``blocked`` says ``inconclusive`` (a single run has no control *vantage*: TCP/TLS failures
 cannot be told from an outage) or ``ok`` (no probe looks at that layer yet: UDP).
+``with_control`` is what it says once the control client's measurements are in the same
+database and named in ``[analysis] control_vantages`` (tests/lab/test_control_vantage.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from blockwatch.lab.state import LabError
 
-ANALYZER = "2"  # the probes.verdicts.ANALYZER_VERSION these expectations were checked against
+ANALYZER = "3"  # the probes.verdicts.ANALYZER_VERSION these expectations were checked against
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,29 +45,33 @@ class Method:
     verdict: str  # the service verdict analyzer v1 gives from the censored client
     layer: str | None  # the service verdict's layer
     failure: str | None  # failure string of the affected measurements (None: no failure)
+    # the service verdict and layer when the control client's measurements are in the same
+    # database and the censored client names it in [analysis] control_vantages
+    with_control: tuple[str, str | None] = ("ok", None)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dns_nxdomain", "the ISP resolver says NXDOMAIN", "blocked", "dns",
-           "dns_nxdomain_error"),
+           "dns_nxdomain_error", ("blocked", "dns")),
     Method("dns_bogon", "the ISP resolver answers a private (bogon) address", "blocked", "dns",
-           "dns_bogon_error"),
+           "dns_bogon_error", ("blocked", "dns")),
     # Only services with exclusive prefixes (Meta's) are called blocked: elsewhere an answer
     # unlike the control's may be a CDN's, so it stays inconclusive (see expected()).
     Method("dns_poison", "the ISP resolver answers a fixed lab address that goes nowhere",
-           "blocked", "dns", None),
+           "blocked", "dns", None, ("blocked", "dns,tcp")),
     Method("dns_injection", "an on-path injector answers first; the real answer follows",
-           "blocked", "dns", None),
+           "blocked", "dns", None, ("blocked", "dns,tcp")),
     Method("tcp_syn_drop", "SYNs to the service's addresses are dropped", "inconclusive", "tcp",
-           "generic_timeout_error"),
+           "generic_timeout_error", ("blocked", "tcp")),
     Method("tcp_rst_syn", "SYNs to the service's addresses get a RST", "inconclusive", "tcp",
-           "connection_refused"),
+           "connection_refused", ("blocked", "tcp")),
     Method("tcp_rst_data", "the first data segment of a connection gets a RST", "inconclusive",
-           "tls", "connection_reset"),
+           "tls", "connection_reset", ("blocked", "tls")),
     Method("tls_sni_rst", "a TLS ClientHello naming the service (SNI) gets a RST",
-           "inconclusive", "tls", "connection_reset"),
+           "inconclusive", "tls", "connection_reset", ("blocked", "tls")),
     Method("http_blockpage", "a transparent proxy serves a block page (HTTP 451; HTTPS with "
-           "the censor's own CA)", "inconclusive", "tls", "ssl_unknown_authority"),
+           "the censor's own CA)", "inconclusive", "tls", "ssl_unknown_authority",
+           ("blocked", "tls")),
     Method("udp_drop", "UDP to the service's VPN ports is dropped", "ok", None, None),
     Method("packet_loss", "a share of the service's packets is dropped both ways", "ok", None,
            None),

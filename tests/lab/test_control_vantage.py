@@ -1,0 +1,43 @@
+"""A control vantage in the same database turns failures into verdicts: the control client
+sweeps first, then the censored client sweeps with ``[analysis] control_vantages``, so every
+failure the censor causes meets a control that succeeded at the same address, name or URL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from blockwatch.lab.runner import service_verdicts
+from blockwatch.lab.scenario import METHODS, load
+from blockwatch.lab.services import lab_catalogue
+
+from .conftest import BLOCKWATCH, Lab
+
+CATALOGUE = lab_catalogue()
+METHODS_SCENARIO = load("methods", CATALOGUE.services)
+BY_METHOD = {ms[0]: svc for svc, ms in METHODS_SCENARIO.blocks.items()}
+
+
+def _run(lab: Lab, role: str, cfg: object) -> str:
+    done = subprocess.run(["ip", "netns", "exec", lab.ns(role), BLOCKWATCH, "run", "--config",
+                           str(cfg), "--json"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout.splitlines()[0])["run_id"])
+
+
+def test_control_vantage_verdicts(lab: Lab) -> None:
+    lab.use("methods")
+    db = lab.tmp / "shared.db"
+    control = lab.config("control", db)
+    censored = lab.config("censored", db)
+    censored.write_text(censored.read_text()
+                        + '\n[analysis]\ncontrol_vantages = ["lab-control"]\n')
+    _run(lab, "control", control)
+    run_id = _run(lab, "client", censored)
+    got = service_verdicts(db, run_id)
+    for method, m in METHODS.items():
+        v = got[BY_METHOD[method]]
+        assert (v.verdict, v.layer or None) == m.with_control, (method, v)
+    untouched = set(CATALOGUE.services) - set(METHODS_SCENARIO.blocks)
+    assert {s: got[s].verdict for s in untouched} == dict.fromkeys(untouched, "ok")
