@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from blockwatch.config import Config, ConfigError
@@ -32,7 +33,30 @@ def probe_context(cfg: Config) -> ProbeContext:
         user_agent=f"blockwatch/{software_version()}",
         dns_retries=cfg.dns.retries,
         dns_inflight_per_resolver=cfg.concurrency.per_resolver,
+        secrets=vpn_secrets(cfg),
     )
+
+
+def vpn_secrets(cfg: Config) -> dict[str, bytes]:
+    """Key material of the VPN endpoints that name a ``key_file``, by target key. Read here,
+    held in memory for the sweep, never logged or stored."""
+    from scheduler.plan import vpn_target
+
+    out: dict[str, bytes] = {}
+    for service in cfg.catalogue().values():
+        for ep in service.vpn:
+            if ep.key_file is None:
+                continue
+            try:
+                data = Path(ep.key_file).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{cfg.source}: vpn {ep.name}: cannot read key_file "
+                                  f"{ep.key_file}: {exc.strerror}") from None
+            if len(data) > 64 * 1024:
+                raise ConfigError(f"{cfg.source}: vpn {ep.name}: key_file {ep.key_file} is "
+                                  "too large to be a key")
+            out[vpn_target(service.name, ep).key] = data
+    return out
 
 
 def sweep_settings(cfg: Config, *, vantage: str | None = None,

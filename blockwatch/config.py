@@ -7,6 +7,7 @@ where it can be found, the file and line; nothing is measured or written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import re
@@ -26,13 +27,13 @@ from pydantic import (
     model_validator,
 )
 
-from probes.catalogue import CatalogueError, load_catalogue, service_from_dict
+from probes.catalogue import CatalogueError, load_catalogue, service_from_dict, vpn_from_dict
 from probes.model import Service
 from probes.resolvers import parse_resolver
 from probes.scope import parse_entry
 
-ProbeName = Literal["dns", "tcp", "tls", "http"]
-PROBE_NAMES: tuple[ProbeName, ...] = ("dns", "tcp", "tls", "http")
+ProbeName = Literal["dns", "tcp", "tls", "http", "vpn"]
+PROBE_NAMES: tuple[ProbeName, ...] = ("dns", "tcp", "tls", "http", "vpn")
 DEFAULT_CONTROLS = ["https://1.1.1.1/dns-query", "tls://9.9.9.9#dns.quad9.net"]
 DEFAULT_BASELINE = ["1.1.1.1:443", "9.9.9.9:443", "8.8.8.8:443"]
 
@@ -234,6 +235,7 @@ class Config(_Strict):
     baseline: Baseline = Field(default_factory=Baseline)
     analysis: Analysis = Field(default_factory=Analysis)
     services: list[dict[str, Any]] = Field(default_factory=list)
+    vpn: list[dict[str, Any]] = Field(default_factory=list)
     schedules: list[Schedule] = Field(default_factory=list)
 
     # derived, set by load_config
@@ -257,6 +259,21 @@ class Config(_Strict):
                 services[name] = service_from_dict(name, body)
             except CatalogueError as exc:
                 raise ConfigError(f"{self.source}: services[{i}]: {exc}") from None
+        for i, body in enumerate(self.vpn):
+            # each [[vpn]] entry joins the service it names (`service`, default: its own name)
+            body = dict(body)
+            service = str(body.pop("service", body.get("name", f"vpn{i}")))
+            try:
+                ep = vpn_from_dict(f"vpn[{i}]", body)
+            except CatalogueError as exc:
+                raise ConfigError(f"{self.source}: {exc}") from None
+            if ep.key_file is not None and not Path(ep.key_file).is_file():
+                raise ConfigError(f"{self.source}: vpn[{i}].key_file: {ep.key_file} is not a "
+                                  "readable file")
+            old = services.get(service)
+            services[service] = (dataclasses.replace(old, vpn=(*old.vpn, ep)) if old else
+                                 Service(name=service, title=service, category="vpn",
+                                         vpn=(ep,)))
         return services
 
     def selected_services(self, names: list[str] | None = None) -> list[Service]:

@@ -42,6 +42,7 @@ from probes.model import (
     TCPObservation,
     TLSObservation,
     Verdict,
+    VPNObservation,
 )
 
 ANALYZER_VERSION = "3"
@@ -83,6 +84,11 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "resolving failed while the control resolved the name or fetched the URL"),
     Rule("dns.same_as_control", "down",
          "the control resolver fails the same way: the name is broken everywhere"),
+    Rule("vpn.failure_vs_control", "vpn_blocked",
+         "the VPN handshake got no answer, a reset or an ICMP error while the control's "
+         "handshake with the same endpoint succeeded"),
+    Rule("vpn.unverifiable", "inconclusive",
+         "the VPN protocol cannot be tested without key material the config does not give"),
     Rule("tcp.failure_vs_control", "tcp_blocked",
          "the connection failed while the control connected to the same address or fetched "
          "the URL"),
@@ -165,6 +171,7 @@ class Evidence:
     tls: dict[tuple[str, int], list[TLSObservation]] = field(
         default_factory=lambda: defaultdict(list))
     http: dict[str, list[HTTPObservation]] = field(default_factory=lambda: defaultdict(list))
+    vpn: dict[tuple[str, str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
     # the tested vantage's own TLS and TCP facts, by server name / address
     verified: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     bad_cert: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -191,6 +198,8 @@ def _add_control(ev: Evidence, m: Measurement) -> None:
             ev.tls[(o.address, o.port)].append(o)
         elif isinstance(o, HTTPObservation):
             ev.http[m.target.url or o.url].append(o)
+        elif isinstance(o, VPNObservation):
+            ev.vpn[(o.protocol, m.target.host.lower(), o.port)].append(o.result)
 
 
 def _add_tested(ev: Evidence, m: Measurement) -> None:
@@ -505,6 +514,29 @@ def judge_failure(m: Measurement, ev: Evidence) -> Verdict | None:
     return None
 
 
+def judge_vpn(m: Measurement, ev: Evidence) -> Verdict:
+    """A failed VPN handshake: blocked only if a control vantage completed the same one (by
+    host name as configured, so that a control resolving to other addresses still counts)."""
+    obs = next((o for o in m.observations if isinstance(o, VPNObservation)), None)
+    if obs is None or obs.result == "unverifiable":
+        why = dict(obs.details).get("why", "") if obs else ""
+        return _verdict("vpn.unverifiable", m, m.service, layer="vpn",
+                        evidence=f"unverifiable: {why}"[:120])
+    controls = ev.vpn.get((obs.protocol, m.target.host.lower(), obs.port), [])
+    where = f"{obs.protocol} {m.target.key}"
+    if "reachable" in controls and obs.result in ("no_reply", "reset", "icmp_unreachable",
+                                                  "refused", "closed"):
+        return _verdict("vpn.failure_vs_control", m, m.service, layer="vpn",
+                        evidence=f"{obs.result} from {where}; the control's handshake succeeded")
+    if controls and "reachable" not in controls:
+        return _verdict("failure.same_as_control", m, m.service, layer="vpn",
+                        evidence=f"{obs.result} from {where}; the control failed too")
+    return _verdict("failure.no_control", m, m.service, layer="vpn",
+                    evidence=f"{obs.result} from {where} (a server with tls-auth or a dead one "
+                             "is silent too)" if obs.result == "no_reply" else
+                             f"{obs.result} from {where}")
+
+
 # --- measurements, runs, services -------------------------------------------------------------
 
 
@@ -526,6 +558,8 @@ def judge_measurement(m: Measurement, service: Service | None, controls: list[_C
         return _verdict("scope.refused", m, m.service, evidence="address outside scope")
     if m.failed_operation == "probe":
         return _verdict("probe.bug", m, m.service, evidence=m.failure[:80])
+    if m.failed_operation == "vpn_handshake":
+        return judge_vpn(m, ev)
     found = judge_failure(m, ev)
     if found is not None:
         return found

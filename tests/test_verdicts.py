@@ -178,7 +178,7 @@ def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
 
 def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
     assert ANALYZER_VERSION == "3"
-    known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "blocked",
+    known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "vpn_blocked", "blocked",
              "partial", "down", "inconclusive", "network_unavailable", "error"}
     assert {r.verdict for r in RULES.values()} <= known
     v1 = {"baseline.network_unavailable", "ok.no_failure", "dns.injection.multiple_responses",
@@ -377,3 +377,33 @@ def test_working_dns_below_blocked_tcp_is_not_partial() -> None:
     # DNS blocked while an HTTP fetch (through another name) works: partial
     assert judge_service("line", [v("dns_blocked", "dns", "d"), v("ok", None, "h")],
                          probes).verdict == "partial"
+
+
+def vpn_m(vantage: str, result: str, failure: str | None) -> Measurement:
+    from probes.model import VPNObservation
+
+    obs = VPNObservation(protocol="openvpn", address="192.0.2.7", port=1194, transport="udp",
+                         t0=0.0, t=1.0, result=result, failure=failure)
+    return Measurement(id=new_id(), run_id="r", vantage=vantage,
+                       target=Target(service="myvpn", probe="openvpn", host="vpn.example",
+                                     port=1194, transport="udp"),
+                       probe_version="1", started_at=dt.datetime.now(dt.UTC), runtime_s=1.0,
+                       observations=(obs,), failure=failure,
+                       failed_operation="vpn_handshake" if failure else None)
+
+
+def test_vpn_verdicts_need_a_control_vantage() -> None:
+    tested = vpn_m("home", "no_reply", F.GENERIC_TIMEOUT)
+    alone = judge_run([tested], {}, [])
+    assert by_measurement(alone, tested).verdict == "inconclusive"
+    control = vpn_m("vps", "reachable", None)
+    out = judge_run([tested, control], {}, [], control_vantages=["vps"])
+    v = by_measurement(out, tested)
+    assert (v.verdict, v.rule_id, v.layer) == ("vpn_blocked", "vpn.failure_vs_control", "vpn")
+    assert service_verdict(out, "myvpn").verdict == "blocked"
+    dead = judge_run([tested, vpn_m("vps", "no_reply", F.GENERIC_TIMEOUT)], {}, [],
+                     control_vantages=["vps"])
+    assert by_measurement(dead, tested).verdict == "down"
+    unverifiable = vpn_m("home", "unverifiable", "vpn_unverifiable_without_key")
+    out = judge_run([unverifiable, control], {}, [], control_vantages=["vps"])
+    assert by_measurement(out, unverifiable).rule_id == "vpn.unverifiable"

@@ -1,0 +1,91 @@
+"""VPN endpoints from the config, end to end through `blockwatch run`: a real OpenVPN server
+with tls-auth on loopback, the key given by file path, and the key nowhere in the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from openvpn_server import OPENVPN, openvpn_server
+
+from blockwatch.config import ConfigError, parse_config
+
+BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")
+needs_openvpn = pytest.mark.skipif(
+    OPENVPN is None and not os.environ.get("BLOCKWATCH_REQUIRE_LAB"),
+    reason="Debian package openvpn not installed (bash scripts/install-lab-deps.sh)")
+
+
+def config(tmp: Path, port: int, key: Path | None, **extra: str) -> Path:
+    key_line = f'key_file = "{key}"\n' if key else ""
+    opts = ", ".join(f'{k} = "{v}"' for k, v in extra.items())
+    path = tmp / "vpn.toml"
+    path.write_text(f"""consent = true
+[storage]
+url = "sqlite:///{tmp / 'r.db'}"
+[timeouts]
+tcp = 1.5
+[dns]
+resolvers = ["udp://127.0.0.1:9"]
+controls = []
+[probes]
+scope = ["127.0.0.0/8"]
+services = ["myvpn"]
+probes = ["vpn"]
+[baseline]
+endpoints = []
+[[vpn]]
+name = "myvpn"
+protocol = "openvpn"
+host = "127.0.0.1"
+port = {port}
+transport = "udp"
+options = {{ {opts} }}
+{key_line}""")
+    return path
+
+
+@needs_openvpn
+def test_openvpn_with_tls_auth_key_from_config(tmp_path: Path) -> None:
+    with openvpn_server(tmp_path, tls_auth=True) as server:
+        assert server.tls_auth_key is not None
+        cfg = config(tmp_path, server.port, server.tls_auth_key, tls_auth="yes")
+        done = subprocess.run([BLOCKWATCH, "run", "--config", str(cfg), "--json"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["probe"], r["failure"], r["verdict"]) for r in rows] == [("openvpn", None, "ok")]
+    vpn = rows[0]["observations"][-1]
+    assert (vpn["layer"], vpn["result"]) == ("vpn", "reachable")
+    key_hex = "".join(line for line in server.tls_auth_key.read_text().splitlines()
+                      if line and not line.startswith(("#", "-")))[:32]
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        dump = "\n".join(conn.iterdump())
+    assert key_hex not in dump and key_hex not in done.stdout + done.stderr
+    assert str(server.tls_auth_key) not in dump  # not even the path
+
+
+@needs_openvpn
+def test_tls_auth_without_key_is_unverifiable(tmp_path: Path) -> None:
+    with openvpn_server(tmp_path, tls_auth=True) as server:
+        cfg = config(tmp_path, server.port, None, tls_auth="yes")
+        done = subprocess.run([BLOCKWATCH, "run", "--config", str(cfg), "--json"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["failure"], r["verdict"], r["rule_id"]) for r in rows] == [
+        ("vpn_unverifiable_without_key", "inconclusive", "vpn.unverifiable")]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('protocol = "ipsec"\nhost = "a"', "protocol must be"),
+    ('protocol = "openvpn"\nhost = "a"\nkey_file = "/nonexistent/ta.key"', "not a readable"),
+    ('protocol = "openvpn"\nhost = "a"\npassword = "x"', "unknown key 'password'"),
+])
+def test_bad_vpn_config(body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(f"[[vpn]]\nname = \"v\"\n{body}\n", "my.toml")
