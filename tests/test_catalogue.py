@@ -62,6 +62,6 @@ def test_app_rule_must_name_known_endpoints() -> None:
     with pytest.raises(CatalogueError, match="not among its endpoints"):
         service_from_dict("x", {"endpoints": ["a.b:443"],
                                 "app": {"chat_endpoints": ["c.d:443"]}})
-    with pytest.raises(CatalogueError, match="app.rule"):
+    with pytest.raises(CatalogueError, match=r"app\.rule"):
         service_from_dict("x", {"endpoints": ["a.b:443"],
                                 "app": {"chat_endpoints": ["a.b:443"], "rule": "vibes"}})

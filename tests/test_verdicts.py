@@ -178,8 +178,8 @@ def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
 
 def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
     assert ANALYZER_VERSION == "3"
-    known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "vpn_blocked", "blocked",
-             "partial", "down", "inconclusive", "network_unavailable", "error"}
+    known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "vpn_blocked",
+             "blocked", "partial", "down", "inconclusive", "network_unavailable", "error"}
     assert {r.verdict for r in RULES.values()} <= known
     v1 = {"baseline.network_unavailable", "ok.no_failure", "dns.injection.multiple_responses",
           "dns.nxdomain_vs_control", "dns.bogon_vs_control", "dns.outside_expected_prefixes",
