@@ -71,6 +71,8 @@ def configure_logging(log_file: str | None, *, verbose: bool = False, quiet: boo
         root.addHandler(h)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)  # libraries: warnings only
     log.setLevel(ours)
+    # the daemon logs skipped and missed firings itself (run.skipped), as one line each
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def _isatty(stream: Any) -> bool:

@@ -303,3 +303,23 @@ every = "1s"
     assert lab.rows("SELECT count(*) FROM runs WHERE group_name IS NULL") == [(0,)]
     for (_, _, fin, _), (_, nxt, _, _) in itertools.pairwise(stored):
         assert fin is not None and fin <= nxt
+
+
+async def test_status_tells_a_killed_daemon_from_a_running_one(lab: Lab, daemon: Daemon) -> None:
+    lab.write(FAST.format(every="1h", spread="0s"))
+    await daemon.start()
+    await daemon.wait_for("schedule.next")
+    assert daemon.proc is not None
+    running = await blockwatch("schedule", "--status", "--config", str(lab.config))
+    assert f"running (pid {daemon.proc.pid})" in running.out
+    assert "(in 59m" in running.out or "(in 1h)" in running.out
+    daemon.signal(signal.SIGKILL)
+    await daemon.proc.wait()
+    killed = await blockwatch("schedule", "--status", "--config", str(lab.config))
+    assert f"not running (pid {daemon.proc.pid} gone: killed?)" in killed.out
+    await daemon.start()  # the killed daemon left no lock behind: a new one starts
+    await daemon.wait_for("schedule.next", 2)
+    revived = await blockwatch("schedule", "--status", "--config", str(lab.config))
+    assert f"running (pid {daemon.proc.pid})" in revived.out
+    code, _, err = await daemon.stop()
+    assert code == 0, err
