@@ -18,6 +18,9 @@ from test_cli import BLOCKWATCH, blockwatch
 from test_lock_run import Lab
 from test_lock_run import lab as lab  # the fixture
 
+# Real schedules in real time (seconds per test): `-m "not slow"` skips them in a quick loop.
+pytestmark = pytest.mark.slow
+
 FAST = """
 [[schedules]]
 name = "fast"
