@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(iproute2 nftables iptables dnsmasq-base nginx-light openssl
           libnetfilter-queue-dev build-essential python3-dev
-          openvpn strongswan-charon strongswan-swanctl pptpd xl2tpd)
+          openvpn strongswan-charon strongswan-swanctl pptpd xl2tpd
+          systemd)  # systemd-analyze verifies the deploy/ units in the tests
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-lab-deps: run as root (sudo bash $0)" >&2

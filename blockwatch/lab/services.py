@@ -27,7 +27,8 @@ from probes.model import Service
 
 SERVICE_NET = "10.201.10.0/24"
 SITE_NETS = ("10.201.100.0/22",)  # room for 1000 generated sites
-HTTP_PORTS = (80, 5222, 8080, 9201)  # plain TCP ports of catalogue endpoints (+ HTTP)
+HTTP_PORTS = (80, 5222, 8080)  # plain TCP ports of catalogue endpoints (+ HTTP)
+# 443 (HTTPS) and 9201 (the Tor OR port in the catalogue: Tor speaks TLS there) serve TLS
 BENCH_DOMAIN = "bench.lab"
 
 
@@ -206,6 +207,7 @@ def nginx_server_conf(directory: Path, pki: Mapping[str, Path]) -> str:
     servers = f"""    server {{
 {listens}
         listen 443 ssl http2;
+        listen 9201 ssl;
         ssl_certificate {pki['lab_cert']};
         ssl_certificate_key {pki['lab_key']};
         location / {{

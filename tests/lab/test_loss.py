@@ -23,4 +23,7 @@ def test_verdicts_survive_packet_loss(lab, sweeps) -> None:
     got = sweeps(str(lossy), "censored", label="loss", timeouts=(2, 10, 10, 15), dns_retries=5)
     want = {s: (e.verdict, e.layer) for s, svc in cat.services.items()
             for e in [expected_for(sc, s, svc.exclusive_prefixes)]}
-    assert {s: (v.verdict, v.layer or None) for s, v in got.services.items()} == want
+    seen = {s: (v.verdict, v.layer or None) for s, v in got.services.items()}
+    failed = [(r["target"], r["failure"], r["failed_operation"]) for r in got.rows
+              if r["failure"] and seen.get(r["service"]) != want.get(r["service"])]
+    assert seen == want, failed
