@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list past runs, newest first")
     common(runs)
     runs.add_argument("-n", "--limit", type=int, default=20)
+    runs.add_argument("-g", "--group", metavar="NAME", help="only runs of this schedule group")
 
     show = sub.add_parser("show", help="show one run: its services and measurements")
     common(show)
@@ -275,6 +276,7 @@ def _run_sweep(store: Any, services: Any, targets: Any, ctx: Any, settings: Any,
 
 async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any,
                                settings: Any) -> Any:
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -285,9 +287,10 @@ async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any
 
     from scheduler.sweep import sweep
 
+    # on stderr, so that stdout (the summary table) stays clean for pipes
     with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.description}"),
-                  transient=True) as bar:
+                  console=Console(stderr=True), transient=True) as bar:
         tid = bar.add_task("", total=len(targets))
 
         def progress(done: int, total: int, m: Any) -> None:
@@ -325,7 +328,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     with _store(cfg) as store:
-        runs = store.runs(limit=args.limit)
+        runs = store.runs(limit=args.limit, group=args.group)
     table = Table(title=f"{len(runs)} most recent runs")
     for col in ("run", "started (UTC)", "vantage", "group", "status", "duration", "summary"):
         table.add_column(col)
@@ -384,6 +387,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     fmt = FORMATS[args.format]
+    if fmt.missing():
+        raise UsageError(f"--format {args.format} needs an optional package: {fmt.missing()}")
     if fmt.binary and not args.output:
         raise UsageError(f"--format {args.format} writes a binary file: give --output FILE")
     with _store(cfg) as store:

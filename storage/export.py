@@ -120,12 +120,23 @@ class Format:
 
     write: Callable[[Iterable[Mapping[str, Any]], Any], int]
     binary: bool = False
+    requires: str | None = None  # an optional module it needs, checked before any file is made
+    install: str = ""
+
+    def missing(self) -> str | None:
+        """What to install if the format cannot work here, else None."""
+        if self.requires is None:
+            return None
+        import importlib.util
+
+        return None if importlib.util.find_spec(self.requires) else self.install
 
 
 # The export formats by name; a new format is one function and one line here.
 FORMATS: dict[str, Format] = {
     "jsonl": Format(write_jsonl),
     "csv": Format(write_csv),
-    "parquet": Format(write_parquet, binary=True),
+    "parquet": Format(write_parquet, binary=True, requires="pyarrow",
+                      install="pip install 'blockwatch[parquet]'"),
     "ooni": Format(write_ooni),
 }

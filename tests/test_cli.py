@@ -250,3 +250,11 @@ urls = ["{slow}"]
 
 def test_console_script_is_installed() -> None:
     assert os.access(BLOCKWATCH, os.X_OK)
+
+
+async def test_runs_group_filter_and_parquet_needs_output(world: World) -> None:
+    assert (await blockwatch("run", "--config", str(world.config), "--quiet")).code == 0
+    listed = await blockwatch("runs", "--config", str(world.config), "--group", "nightly")
+    assert listed.code == 0 and "0 most recent runs" in listed.out
+    res = await blockwatch("export", "--config", str(world.config), "--format", "parquet")
+    assert res.code == 2 and ("--output" in res.err or "optional package" in res.err)
