@@ -424,8 +424,20 @@ async def _stream(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _
 
     asyncio streams rather than ``dns.asyncquery.tcp``/``tls`` so that the raw bytes reach the
     same parser as UDP: a garbage reply is recorded with its header instead of raising.
-    TCP retransmits a lost segment itself, so there is no retry here.
+    TCP retransmits a lost segment itself, but a few losses outlast a DNS timeout: a query
+    that timed out is asked again on a new connection ``ctx.dns_retries`` times (a reset or a
+    refusal is an answer of its own and is not retried).
     """
+    for attempt in range(1 + max(0, ctx.dns_retries)):
+        try:
+            return await _stream_once(where, q, ctx)
+        except TimeoutError:
+            if attempt == max(0, ctx.dns_retries):
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _stream_once(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _Responses:
     tls = where.transport == "tls"
     loop = asyncio.get_running_loop()
     local = (ctx.source_address, 0) if ctx.source_address else None

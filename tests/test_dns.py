@@ -324,7 +324,9 @@ async def test_tcp_failures(server: DNSServer, behaviour: Behaviour, failure: st
     server.names["t.test"] = behaviour
     result = await probe("t.test", server.tcp)
     assert result.failure == failure
-    assert server.count("t.test", "A") == 1  # TCP retransmits by itself: no second query
+    # an answer (even garbage) is final; a silent resolver is asked once more on a new
+    # connection (ctx.dns_retries = 1), as a few lost segments can outlast the timeout
+    assert server.count("t.test", "A") == (2 if behaviour.silent else 1)
 
 
 async def test_tcp_connection_refused() -> None:
