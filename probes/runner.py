@@ -27,8 +27,8 @@ def new_id() -> str:
 
 def deadline_for(ctx: ProbeContext) -> float:
     t = ctx.timeouts
-    # DNS may be retried once; every layer may run; a little slack for scheduling.
-    return 2 * t.dns + t.tcp + t.tls + t.http + 5.0
+    # DNS may be retried; every layer may run; a little slack for scheduling.
+    return (1 + max(0, ctx.dns_retries)) * t.dns + t.tcp + t.tls + t.http + 5.0
 
 
 async def run_probe(
