@@ -32,7 +32,8 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import aliased
 
 from storage.db import create_engine_for, parse_url
@@ -44,6 +45,8 @@ from storage.types import ensure_utc, parse_utc
 Bucket = Literal["hour", "day", "week"]
 BUCKETS: tuple[Bucket, ...] = ("hour", "day", "week")
 STREAM_ROWS = 2000
+_NO_ROWS = ("the statement returned no rows (only SELECT-like queries are allowed; nothing was "
+            "changed)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,13 +299,28 @@ def read_only_query(engine: Engine, sql: str, params: Mapping[str, Any] | None =
     if not sql.strip():
         raise StorageError(where, "empty query")
     conn = engine.connect()
+    postgresql = engine.dialect.name == "postgresql"
     try:
-        if engine.dialect.name == "postgresql":  # belt and braces with postgresql_readonly
+        if postgresql:  # belt and braces with postgresql_readonly
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-        result = conn.execution_options(yield_per=STREAM_ROWS).execute(text(sql), params or {})
+        try:
+            result = conn.execute(text(sql), params or {},
+                                  execution_options={"yield_per": STREAM_ROWS})
+        except DBAPIError as exc:
+            # PostgreSQL streams through a server-side cursor (DECLARE ... CURSOR FOR), which
+            # takes only SELECT/VALUES: run anything else (EXPLAIN, SHOW; writes, which the
+            # READ ONLY transaction then refuses) again with an ordinary, buffered cursor.
+            if not (postgresql and getattr(exc.orig, "sqlstate", None) in _NOT_DECLARABLE):
+                raise
+            conn.rollback()
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            found, buffered = _pg_one_statement(conn, sql, params)
+            if found is None:
+                raise StorageError(where, _NO_ROWS) from None
+            conn.close()
+            return QueryResult(found, iter(buffered))
         if not result.returns_rows:
-            raise StorageError(where, "the statement returned no rows (only SELECT-like "
-                                      "queries are allowed; nothing was changed)")
+            raise StorageError(where, _NO_ROWS)
         columns = tuple(result.keys())
     except SQLAlchemyError as exc:
         conn.close()
@@ -321,6 +339,32 @@ def read_only_query(engine: Engine, sql: str, params: Mapping[str, Any] | None =
             conn.close()
 
     return QueryResult(columns, rows())
+
+
+def _pg_one_statement(conn: Connection, sql: str, params: Mapping[str, Any] | None
+                      ) -> tuple[tuple[str, ...] | None, list[tuple[Any, ...]]]:
+    """Run ``sql`` on PostgreSQL with the extended protocol, which takes exactly one statement
+    (the simple protocol would run ``COMMIT; DELETE ...`` outside the read-only transaction),
+    and return its columns (``None``: it returns no rows) and rows, buffered. Errors become
+    ``DBAPIError``s."""
+    import psycopg
+
+    compiled = text(sql).compile(dialect=conn.dialect)
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        with driver.cursor() as cur:
+            # binary results force the extended protocol (psycopg uses the simple one otherwise)
+            cur.execute(compiled.string, compiled.construct_params(dict(params or {})),
+                        binary=True)
+            if cur.description is None:
+                return None, []
+            return (tuple(d.name for d in cur.description), [tuple(r) for r in cur.fetchall()])
+    except psycopg.Error as exc:
+        raise DBAPIError(None, None, exc) from exc
+
+
+_NOT_DECLARABLE = ("42601", "0A000")  # syntax error; feature not supported (a write in WITH)
 
 
 def _refusal(problem: str) -> str:
