@@ -90,9 +90,13 @@ def parse_url(url: str) -> URL:
             raise StorageError(repr(url), "empty database URL")
         return URL.create("sqlite", database=str(Path(url).expanduser()))
     try:
-        return make_url(url)
+        parsed = make_url(url)
     except ArgumentError as exc:
         raise StorageError(hide_password(url), f"not a database URL ({describe(exc)})") from exc
+    # plain postgresql:// would mean psycopg2 to SQLAlchemy; blockwatch[postgresql] is psycopg 3
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
 
 
 def _is_memory(url: URL) -> bool:
