@@ -4,6 +4,7 @@ to loopback."""
 from __future__ import annotations
 
 import pytest
+from postgres import postgres_server, postgres_url  # noqa: F401 - fixtures for every test
 
 from probes.scope import Scope
 
