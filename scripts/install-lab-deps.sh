@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(iproute2 nftables iptables dnsmasq-base nginx-light openssl
           libnetfilter-queue-dev build-essential python3-dev
           openvpn strongswan-charon strongswan-swanctl pptpd xl2tpd
-          systemd)  # systemd-analyze verifies the deploy/ units in the tests
+          systemd     # systemd-analyze verifies the deploy/ units in the tests
+          postgresql) # tests/postgres.py runs its own throwaway server from these binaries
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-lab-deps: run as root (sudo bash $0)" >&2
@@ -27,6 +28,9 @@ if [ ${#missing[@]} -gt 0 ]; then
         chmod +x /usr/sbin/policy-rc.d
         created_policy=1
     fi
+    # and no "main" PostgreSQL cluster is created on the host (the tests make their own)
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/blockwatch.conf
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
