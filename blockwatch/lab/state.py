@@ -87,4 +87,11 @@ def proc_start(pid: int) -> str | None:
 
 
 def alive(p: Proc) -> bool:
-    return proc_start(p.pid) == p.start
+    """Still running: a zombie (exited, waiting for its parent or init to reap it) is not."""
+    if proc_start(p.pid) != p.start:
+        return False
+    try:
+        state = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
