@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from blockwatch.lab import censor
+from blockwatch.lab import censor, vpn
 from blockwatch.lab.runner import write_configs
 from blockwatch.lab.scenario import Scenario, load
 from blockwatch.lab.services import (
@@ -42,7 +42,7 @@ from blockwatch.lab.topology import (
     wait_alive,
 )
 
-VPN_UDP_PORTS = (1194, 51820)  # OpenVPN, WireGuard
+VPN_UDP_PORTS = (51820,)  # WireGuard's (OpenVPN's 1194 has a real server: blockwatch.lab.vpn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,15 +128,17 @@ def _build(lab: Lab, scenario: Scenario) -> None:
     for who in ("server", "censor"):
         _daemon(lab, f"nginx-{who}", who, ["nginx", "-e", str(d / f"nginx-{who}.err"),
                                            "-p", str(d), "-c", str(d / f"nginx-{who}.conf")])
-    # stand-in VPN ports, so a UDP drop is observable (see blockwatch.lab.udpecho)
+    # a stand-in VPN port, so a UDP drop there is observable (see blockwatch.lab.udpecho)
     _daemon(lab, "udp-echo", "server", [sys.executable, "-m", "blockwatch.lab.udpecho",
                                         *(str(p) for p in VPN_UDP_PORTS)])
+    _start_vpn(lab, pki)
     censor.setup_iptables(lab.ns("censor"))
     censor.apply(lab.ns("censor"), scenario, cat, d)
     _daemon(lab, "injector", "censor", [sys.executable, "-m", "blockwatch.lab.inject",
                                         str(censor.INJECT_QUEUE), str(d / "inject.json")])
     _start_isp(lab, scenario)
-    _wait_listening(lab.ns("server"), [":53", ":443", ":80"])
+    _wait_listening(lab.ns("server"), [":53", ":443", ":80",
+                                       *(f":{p}" for p in vpn.UDP_PORTS)])
     _wait_listening(lab.ns("censor"), [":53", ":8443"])
     write_configs(lab.manifest, cat)
     m.scenario = scenario.name
@@ -148,6 +150,26 @@ def _build(lab: Lab, scenario: Scenario) -> None:
 def _daemon(lab: Lab, role: str, where: str, argv: list[str]) -> None:
     log = lab.directory / f"{role}.log"
     wait_alive(start(lab.manifest, role, lab.ns(where), argv, log), log)
+
+
+def _start_vpn(lab: Lab, pki: dict[str, Path]) -> None:
+    """The real OpenVPN servers and the strongSwan responder of service labvpn."""
+    m, d = lab.manifest, lab.directory
+    key = d / "vpn-tls-auth.key"
+    run(["openvpn", "--genkey", "secret", str(key)])
+    key.chmod(0o600)
+    m.info["vpn_key"] = str(key)
+    address = lab.catalogue.address[vpn.LABVPN]
+    for i, server in enumerate(vpn.OPENVPN_SERVERS):
+        _daemon(lab, server.name, "server", vpn.openvpn_argv(server, i, address, pki, key))
+    # charon's conf must be readable under its private /run: it lives in /etc/netns/<server>
+    etc = Path("/etc/netns", lab.ns("server"))
+    m.paths.append(str(etc))
+    m.save()
+    etc.mkdir(parents=True, exist_ok=True)
+    conf = etc / "strongswan.conf"
+    conf.write_text(vpn.charon_conf(), encoding="utf-8")
+    _daemon(lab, "charon", "server", vpn.charon_argv(conf))
 
 
 def _start_isp(lab: Lab, scenario: Scenario) -> None:

@@ -4,7 +4,8 @@ the stored verdicts read back.
 The configs keep blockwatch inside the lab: the scope is the lab's prefixes only, the baseline
 is the lab's public resolver, the tested resolver is the ISP's (censored client) or the public
 one (control client), the control resolver is the public one over TCP (the censor never touches
-DNS over TCP), and the lab CA is the extra CA bundle.
+DNS over TCP), and the lab CA is the extra CA bundle. The lab's own VPN servers are ``[[vpn]]``
+entries of service ``labvpn`` (the tls-auth one with the key generated at ``up``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any
 from blockwatch.lab.services import Catalogue
 from blockwatch.lab.state import LabError, Manifest
 from blockwatch.lab.topology import CENSOR_DOWN, PUBLIC_RESOLVER, ns
+from blockwatch.lab.vpn import LABVPN, toml_entries, vpn_entries
 
 CLIENTS = {"censored": "client", "control": "control"}
 
 
 def config_text(client: str, cat: Catalogue, ca_bundle: str, db: Path, *,
                 sites: int = 0, timeouts: tuple[float, float, float, float] = (2, 3, 3, 5),
-                dns_retries: int = 2) -> str:
+                dns_retries: int = 2, vpn_key: str | None = None) -> str:
     resolver = CENSOR_DOWN if client == "censored" else PUBLIC_RESOLVER
     dns_t, tcp_t, tls_t, http_t = timeouts
     lines = [
@@ -46,6 +48,8 @@ def config_text(client: str, cat: Catalogue, ca_bundle: str, db: Path, *,
         s = cat.services[f"site{i}"]
         lines += ["[[services]]", f'name = "{s.name}"', 'category = "lab"',
                   f"domains = {json.dumps(list(s.domains))}", f"urls = {json.dumps(list(s.urls))}"]
+    if LABVPN in cat.address:
+        lines += toml_entries(vpn_entries(cat.address[LABVPN], vpn_key))
     return "\n".join(lines) + "\n"
 
 
@@ -53,7 +57,8 @@ def write_configs(m: Manifest, cat: Catalogue) -> None:
     for client in CLIENTS:
         path = m.directory / f"{client}.toml"
         path.write_text(config_text(client, cat, m.info["pki"]["lab_ca"],
-                                    m.directory / "results.db"), encoding="utf-8")
+                                    m.directory / "results.db",
+                                    vpn_key=m.info.get("vpn_key")), encoding="utf-8")
         m.info[f"{client}_config"] = str(path)
     m.save()
 

@@ -5,7 +5,8 @@ lab's "public" resolver to the address of the *service* that first lists it, one
 service, so a censor rule on an address hits one service only. Endpoints given as IP literals
 (Telegram's data centres, a Tor directory authority, ...) are added to the server namespace as
 they are: they exist only inside the lab's own namespaces. Generated benchmark sites
-(``siteN.bench.lab``) get addresses of their own.
+(``siteN.bench.lab``) get addresses of their own, and so does the lab-only service ``labvpn``
+(the lab's OpenVPN and strongSwan servers, see ``blockwatch.lab.vpn``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from blockwatch.lab.vpn import LABVPN
 from probes.catalogue import load_catalogue
 from probes.model import Service
 
@@ -77,6 +79,10 @@ class Catalogue:
 
 def lab_catalogue(sites: int = 0) -> Catalogue:
     services: dict[str, Service] = dict(load_catalogue())
+    # the lab's own VPN servers (blockwatch.lab.vpn): a service of their own, named in the
+    # clients' configs as [[vpn]] entries, so a censor rule on its address hits them only
+    services[LABVPN] = Service(name=LABVPN, title="the lab's OpenVPN and IKEv2 servers",
+                               category="vpn", source="blockwatch lab (not a real service)")
     builtin = list(services)
     for i in range(sites):
         services[f"site{i}"] = site_service(i)

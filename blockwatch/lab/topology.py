@@ -36,7 +36,8 @@ SINKHOLE_NET = "10.201.9.0/24"
 
 BINARIES = {  # binary -> Debian package
     "ip": "iproute2", "nft": "nftables", "iptables": "iptables", "dnsmasq": "dnsmasq-base",
-    "nginx": "nginx-light",
+    "nginx": "nginx-light", "openvpn": "openvpn", "unshare": "util-linux",
+    "/usr/lib/ipsec/charon": "strongswan-charon",
 }
 INSTALL_HINT = "sudo bash scripts/install-lab-deps.sh (or apt-get install {pkgs})"
 
@@ -52,6 +53,9 @@ def missing_prerequisites() -> list[str]:
         problems.append("the lab needs root (network namespaces, nftables): run it with sudo")
     absent = sorted({pkg for b, pkg in BINARIES.items()
                      if shutil.which(b) is None and not Path("/usr/sbin", b).exists()})
+    if not Path("/dev/net/tun").exists():
+        problems.append("no /dev/net/tun: the lab's OpenVPN servers need a tun device inside "
+                        "the server namespace (modprobe tun, or a kernel with CONFIG_TUN)")
     if absent:
         problems.append("missing Debian packages: " + " ".join(absent) + "; install with "
                         + INSTALL_HINT.format(pkgs=" ".join(absent)))

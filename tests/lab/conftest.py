@@ -70,6 +70,7 @@ class Lab:
     tmp: Path
     ca: str
     scenario: str = "none"
+    vpn_key: str | None = None  # the tls-auth key of the lab's OpenVPN server (made at `up`)
 
     def ns(self, role: str) -> str:
         return f"{self.name}-{role}"
@@ -84,6 +85,7 @@ class Lab:
         from blockwatch.lab.services import lab_catalogue
 
         path = self.tmp / f"{client}-{db.stem}.toml"
+        kw.setdefault("vpn_key", self.vpn_key)
         path.write_text(config_text(client, lab_catalogue(), self.ca, db, **kw))
         return path
 
@@ -119,7 +121,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
         m = Manifest.load(name)
         assert m is not None
-        yield Lab(name, tmp_path_factory.mktemp("lab"), m.info["pki"]["lab_ca"])
+        yield Lab(name, tmp_path_factory.mktemp("lab"), m.info["pki"]["lab_ca"],
+                  vpn_key=m.info["vpn_key"])
     finally:
         blockwatch("lab", "--name", name, "down")
 
