@@ -22,6 +22,13 @@ call ``blocked`` says ``inconclusive`` (a single run has no control *vantage*: T
 cannot be told from an outage) or ``ok`` (no probe looks at that layer yet: UDP).
 ``with_control`` is what it says once the control client's measurements are in the same
 database and named in ``[analysis] control_vantages`` (tests/lab/test_control_vantage.py).
+
+These expectations are for catalogue services, which have no VPN endpoint on a dropped UDP
+port. The lab-only service ``labvpn`` (real OpenVPN and strongSwan servers, see
+``blockwatch.lab.vpn``) is what ``udp_drop`` and ``tcp_rst_data``/``tcp_rst_syn`` are for in
+scenario ``vpn`` (``udp_ports = [1194, 1195, 500, 4500]``): its handshakes then get no reply or a
+reset, ``inconclusive`` at layer vpn from one run and ``vpn_blocked`` (service ``blocked``, layer
+vpn) against a control vantage that completed them (tests/lab/test_vpn.py).
 """
 
 from __future__ import annotations
