@@ -35,6 +35,7 @@ from probes.model import Target, VPNObservation
 CLIENT_RESET_V2 = 7
 SERVER_RESET_V2 = 8
 MAX_ACKS = 8  # OpenVPN's RELIABLE_ACK_SIZE
+UDP_SENDS = 4  # a UDP handshake packet is sent this many times at most, spread over the timeout
 UNVERIFIABLE = "vpn_unverifiable_without_key"  # project-local failure strings
 MALFORMED = "vpn_malformed_reply"
 OPERATION = "vpn_handshake"
@@ -181,16 +182,21 @@ async def _exchange_udp(address: str, port: int, packet: bytes, limit: float,
         _Datagrams, remote_addr=(address, port), local_addr=local_addr)
     try:
         async with asyncio.timeout(limit):
-            transport.sendto(packet)
-            while True:
+            # a lost datagram is resent, as VPN clients do: UDP_SENDS times over the timeout,
+            # so a few percent of loss does not pass for a silent (or blocked) server
+            for _ in range(UDP_SENDS - 1):
+                transport.sendto(packet)
                 try:
-                    item = await asyncio.wait_for(proto.replies.get(), limit / 2)
+                    item = await asyncio.wait_for(proto.replies.get(), limit / UDP_SENDS)
+                    break
                 except TimeoutError:
-                    transport.sendto(packet)  # a lost datagram is resent once, as clients do
-                    item = await proto.replies.get()
-                if isinstance(item, Exception):
-                    raise item
-                return item
+                    continue
+            else:
+                transport.sendto(packet)
+                item = await proto.replies.get()
+            if isinstance(item, Exception):
+                raise item
+            return item
     finally:
         transport.close()
 

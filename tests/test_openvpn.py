@@ -17,6 +17,7 @@ from probes import failures as F
 from probes.context import ProbeContext, Timeouts
 from probes.model import Target, VPNObservation
 from probes.openvpn import (
+    UDP_SENDS,
     UNVERIFIABLE,
     MalformedReply,
     OpenVPNProbe,
@@ -169,7 +170,7 @@ async def test_silent_udp_port_is_no_reply() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         result = await OpenVPNProbe().observe(target(s.getsockname()[1]), ctx())
-        # the reset was resent once when the first got no answer
+        # the reset was resent while no answer came, UDP_SENDS times in all
         s.setblocking(False)
         received = []
         while True:
@@ -178,7 +179,7 @@ async def test_silent_udp_port_is_no_reply() -> None:
             except BlockingIOError:
                 break
     assert (vpn_obs(result).result, result.failure) == ("no_reply", F.GENERIC_TIMEOUT)
-    assert len(received) == 2 and received[0][0] == 7 << 3
+    assert len(received) == UDP_SENDS and received[0][0] == 7 << 3
 
 
 async def test_tcp_refused_and_garbage_reply() -> None:

@@ -8,7 +8,8 @@ switch, so a scenario change never leaves an old rule behind:
   of packets (``numgen``) and redirects a service's HTTP(S) to the censor's block-page proxy;
 * iptables chains ``bw-fwd``/``bw-in`` reset TLS handshakes whose ClientHello names a blocked
   host (``string`` match on the length-prefixed SNI) and queue DNS queries to the injector;
-* the injector (``blockwatch.lab.inject``) reads the names to inject from a JSON file.
+* the injector (``blockwatch.lab.inject``) reads the names to inject from a JSON file;
+* the delay line (``blockwatch.lab.delay``) holds a service's packets ``delay_ms`` each way.
 
 Only traffic arriving from the censored client (``down0``) or going back to it is touched.
 """
@@ -25,6 +26,7 @@ from blockwatch.lab.topology import CENSOR_DOWN, PUBLIC_RESOLVER, SINKHOLE, run
 
 BOGON = "10.10.34.35"  # private, outside the lab's scope: the probes see it as a bogon
 INJECT_QUEUE = 5
+DELAY_QUEUE = 6
 
 
 def dnsmasq_isp_conf(scenario: Scenario, cat: Catalogue) -> str:
@@ -103,6 +105,11 @@ def iptables_rules(scenario: Scenario, cat: Catalogue) -> list[list[str]]:
         for h in cat.hosts_of(service):
             rules.append(["-A", "bw-fwd", "-i", "down0", "-p", "tcp", *_sni_match(h),
                           "-j", "REJECT", "--reject-with", "tcp-reset"])
+    delayed = ["-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE), "--queue-bypass"]
+    for service in scenario.services_with("delay"):
+        for a in cat.addresses_of(service):
+            rules.append(["-A", "bw-fwd", "-i", "down0", "-d", a, *delayed])
+            rules.append(["-A", "bw-fwd", "-o", "down0", "-s", a, *delayed])
     if scenario.services_with("dns_injection"):
         queue = ["-j", "NFQUEUE", "--queue-num", str(INJECT_QUEUE), "--queue-bypass"]
         rules.append(["-A", "bw-fwd", "-i", "down0", "-p", "udp", "--dport", "53", *queue])
@@ -134,7 +141,10 @@ def apply(namespace: str, scenario: Scenario, cat: Catalogue, directory: Path) -
         run([*ipt, "-F", chain])
     for rule in iptables_rules(scenario, cat):
         run([*ipt, *rule])
-    target = directory / "inject.json"
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(injected_names(scenario, cat)), encoding="utf-8")
-    tmp.replace(target)  # the injector re-reads it when it changes: never half a file
+    # the injector and the delay line re-read their file when it changes: never half a file
+    for name, content in (("inject.json", injected_names(scenario, cat)),
+                          ("delay.json", {"delay_ms": int(scenario.option("delay_ms"))})):
+        target = directory / name
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(content), encoding="utf-8")
+        tmp.replace(target)

@@ -136,6 +136,8 @@ def _build(lab: Lab, scenario: Scenario) -> None:
     censor.apply(lab.ns("censor"), scenario, cat, d)
     _daemon(lab, "injector", "censor", [sys.executable, "-m", "blockwatch.lab.inject",
                                         str(censor.INJECT_QUEUE), str(d / "inject.json")])
+    _daemon(lab, "delay", "censor", [sys.executable, "-m", "blockwatch.lab.delay",
+                                     str(censor.DELAY_QUEUE), str(d / "delay.json")])
     _start_isp(lab, scenario)
     _wait_listening(lab.ns("server"), [":53", ":443", ":80",
                                        *(f":{p}" for p in vpn.UDP_PORTS)])

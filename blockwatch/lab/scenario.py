@@ -82,10 +82,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("udp_drop", "UDP to the service's VPN ports is dropped", "ok", None, None),
     Method("packet_loss", "a share of the service's packets is dropped both ways", "ok", None,
            None),
+    # slow is not blocked: every measurement still succeeds, only later (tests check the time)
+    Method("delay", "the service's packets are held back delay_ms each way (NFQUEUE)", "ok",
+           None, None),
 )}
 DNS_METHODS = {"dns_nxdomain", "dns_bogon", "dns_poison", "dns_injection"}
 _OPTIONS = {"loss_percent": (int, 20), "global_loss_percent": (int, 0),
-            "udp_ports": (list, [1194, 51820]), "delay_ms": (int, 0)}
+            "udp_ports": (list, [1194, 51820]), "delay_ms": (int, 200)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +199,7 @@ def _options(raw: Any, source: str) -> dict[str, Any]:
 
 
 _LAYER_ORDER = ("tcp_syn_drop", "tcp_rst_syn", "tcp_rst_data", "tls_sni_rst", "http_blockpage",
-                "udp_drop", "packet_loss")
+                "udp_drop", "packet_loss", "delay")
 
 
 @dataclass(frozen=True, slots=True)

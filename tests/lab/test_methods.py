@@ -55,6 +55,23 @@ def test_untouched_services_are_ok_from_censored_client(sweeps) -> None:
     assert {s: got.services[s].verdict for s in untouched} == dict.fromkeys(untouched, "ok")
 
 
+def test_delay_slows_the_service_without_blocking_it(sweeps) -> None:
+    service = BY_METHOD["delay"]
+    delay_s = METHODS_SCENARIO.option("delay_ms") / 1000
+
+    def connects(client: str) -> list[float]:
+        """Durations of the successful TCP handshakes with the service's addresses."""
+        rows = sweeps("methods", client).measurements(service)
+        return [o["t"] - o["t0"] for r in rows if r["probe"] == "tcp"
+                for o in r["observations"] if o["layer"] == "tcp" and o["failure"] is None]
+
+    censored, control = connects("censored"), connects("control")
+    assert censored and control
+    # a TCP connect is one round trip: the SYN and the SYN-ACK each wait delay_ms
+    assert min(censored) >= 2 * delay_s * 0.9, censored
+    assert max(control) < delay_s, control
+
+
 def test_dns_injection_recorded_two_responses(sweeps) -> None:
     got = sweeps("methods", "censored")
     rows = [r for r in got.measurements(BY_METHOD["dns_injection"])
