@@ -17,7 +17,8 @@ from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
 from probes.model import Target, VPNObservation
 
-OPERATION = "tls_handshake"
+# the TLS handshake is this protocol's handshake: judged with the VPN rules (probes.verdicts)
+OPERATION = "vpn_handshake"
 
 
 class TorProbe:
@@ -40,7 +41,7 @@ class TorProbe:
             return ProbeResult((*lookup.observations, o), failure, operation)
 
         if not ctx.scope.allows(address):
-            return done("not_sent", F.OUT_OF_SCOPE, "connect")
+            return done("not_sent", F.OUT_OF_SCOPE, OPERATION)
         connected = False
         try:
             async with asyncio.timeout(ctx.timeouts.tcp):
@@ -58,6 +59,7 @@ class TorProbe:
             failure = F.classify(exc)
             result = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_RESET: "reset",
                       F.CONNECTION_REFUSED: "refused"}.get(failure, "tls_failed")
-            return done(result, failure, OPERATION if connected else "connect")
+            return done(result, failure, OPERATION,
+                        stage="tls_handshake" if connected else "connect")
         return done("reachable", None, cert_sha256=hashlib.sha256(der or b"").hexdigest(),
                     tls_version=str(version))

@@ -525,7 +525,7 @@ def judge_vpn(m: Measurement, ev: Evidence) -> Verdict:
     controls = ev.vpn.get((obs.protocol, m.target.host.lower(), obs.port), [])
     where = f"{obs.protocol} {m.target.key}"
     if "reachable" in controls and obs.result in ("no_reply", "reset", "icmp_unreachable",
-                                                  "refused", "closed"):
+                                                  "refused", "closed", "tls_failed"):
         return _verdict("vpn.failure_vs_control", m, m.service, layer="vpn",
                         evidence=f"{obs.result} from {where}; the control's handshake succeeded")
     if controls and "reachable" not in controls:

@@ -47,7 +47,9 @@ class LockBusy(Exception):
 
 def _describe(path: Path, holder: dict[str, Any]) -> str:
     if not holder:
-        return f"another blockwatch run of a schedule group is in progress ({path})"
+        # a group run (shared lock) writes no holder, and a holder that has just taken the
+        # lock may not have written yet: say only what is certain
+        return f"another blockwatch run is in progress (perhaps of a schedule group; lock {path})"
     who = f"pid {holder.get('pid', '?')}"
     if holder.get("group"):
         who += f", group {holder['group']}"

@@ -112,4 +112,5 @@ async def test_tor_or_port_with_self_signed_certificate() -> None:
     assert (vpn(ok).result, ok.failure) == ("reachable", None)
     async with LoopbackServer(silent) as plain:  # an open port that is not TLS
         bad = await TorProbe().observe(target("tor", plain.port), ctx())
-    assert bad.failure == F.GENERIC_TIMEOUT and bad.operation == "tls_handshake"
+    assert bad.failure == F.GENERIC_TIMEOUT and bad.operation == "vpn_handshake"
+    assert ("stage", "tls_handshake") in vpn(bad).details

@@ -139,7 +139,7 @@ def _build(lab: Lab, scenario: Scenario) -> None:
     _daemon(lab, "delay", "censor", [sys.executable, "-m", "blockwatch.lab.delay",
                                      str(censor.DELAY_QUEUE), str(d / "delay.json")])
     _start_isp(lab, scenario)
-    _wait_listening(lab.ns("server"), [":53", ":443", ":80",
+    _wait_listening(lab.ns("server"), [":53", ":443", ":80", f":{vpn.TOR_PORT}",
                                        *(f":{p}" for p in vpn.UDP_PORTS)])
     _wait_listening(lab.ns("censor"), [":53", ":8443"])
     write_configs(lab.manifest, cat)
@@ -172,6 +172,11 @@ def _start_vpn(lab: Lab, pki: dict[str, Path]) -> None:
     conf = etc / "strongswan.conf"
     conf.write_text(vpn.charon_conf(), encoding="utf-8")
     _daemon(lab, "charon", "server", vpn.charon_argv(conf))
+    tor_data = d / "tor-data"
+    tor_data.mkdir(mode=0o700, exist_ok=True)
+    torrc = d / "torrc"
+    torrc.write_text("", encoding="utf-8")
+    _daemon(lab, "tor", "server", vpn.tor_argv(tor_data, torrc, address))
 
 
 def _start_isp(lab: Lab, scenario: Scenario) -> None:

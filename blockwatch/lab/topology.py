@@ -36,7 +36,7 @@ SINKHOLE_NET = "10.201.9.0/24"
 
 BINARIES = {  # binary -> Debian package
     "ip": "iproute2", "nft": "nftables", "iptables": "iptables", "dnsmasq": "dnsmasq-base",
-    "nginx": "nginx-light", "openvpn": "openvpn", "unshare": "util-linux",
+    "nginx": "nginx-light", "openvpn": "openvpn", "unshare": "util-linux", "tor": "tor",
     "/usr/lib/ipsec/charon": "strongswan-charon",
 }
 INSTALL_HINT = "sudo bash scripts/install-lab-deps.sh (or apt-get install {pkgs})"

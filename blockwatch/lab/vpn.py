@@ -83,6 +83,21 @@ def charon_argv(conf: Path) -> list[str]:
             "sh", "-c", f"mount -t tmpfs tmpfs /run && exec {CHARON}"]
 
 
+TOR_PORT = 9001
+
+
+def tor_argv(data_dir: Path, torrc: Path, address: str) -> list[str]:
+    """A Tor relay that never leaves the lab: no descriptor published, no exit, no SOCKS; it
+    still serves TLS on its OR port, which is what the tor probe tests (it tries to reach the
+    directory authorities too, but the server namespace has no route out of the lab)."""
+    # everything is on the command line; tor insists on a regular (here empty) torrc file
+    return ["tor", "--defaults-torrc", str(torrc), "-f", str(torrc),
+            "--DataDirectory", str(data_dir), "--ORPort", f"{address}:{TOR_PORT}",
+            "--SocksPort", "0", "--ExitRelay", "0", "--PublishServerDescriptor", "0",
+            "--AssumeReachable", "1", "--Nickname", "blockwatchlab", "--ContactInfo", "lab",
+            "--RunAsDaemon", "0", "--Log", "notice stdout"]
+
+
 def vpn_entries(address: str, key: str | None) -> list[dict[str, object]]:
     """The ``[[vpn]]`` entries the lab's client configs carry (the tls-auth one only with its
     key: without it the probe can only say "unverifiable")."""
@@ -99,6 +114,8 @@ def vpn_entries(address: str, key: str | None) -> list[dict[str, object]]:
     for port in IKE_PORTS:
         out.append({"service": LABVPN, "name": f"ikev2-{port}", "protocol": "ikev2",
                     "host": address, "port": port, "transport": "udp"})
+    out.append({"service": LABVPN, "name": "tor-relay", "protocol": "tor", "host": address,
+                "port": TOR_PORT})
     return out
 
 

@@ -24,7 +24,7 @@ from .conftest import BLOCKWATCH, Lab, blockwatch
 ADDRESS = lab_catalogue().address[LABVPN]
 TARGETS = {f"udp://{ADDRESS}:1194": "openvpn", f"tcp://{ADDRESS}:1194": "openvpn",
            f"udp://{ADDRESS}:1195": "openvpn", f"udp://{ADDRESS}:500": "ikev2",
-           f"udp://{ADDRESS}:4500": "ikev2"}
+           f"udp://{ADDRESS}:4500": "ikev2", f"tcp://{ADDRESS}:9001": "tor"}
 CONTROL = '\n[analysis]\ncontrol_vantages = ["lab-control"]\n'
 
 
