@@ -120,6 +120,9 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("service.ok", "ok", "every measurement of the service is ok"),
     Rule("service.blocked", "blocked", "blocking evidence and no working measurement"),
     Rule("service.partial", "partial", "blocking evidence on some measurements, others work"),
+    Rule("service.app_chat_blocked", "blocked",
+         "the catalogue's app rule: every chat endpoint is blocked (against a control), so the "
+         "app cannot work even if its web pages load"),
     Rule("service.down", "down", "failures that the controls share"),
     Rule("service.inconclusive", "inconclusive",
          "failures without evidence of blocking, or no measurements"),
@@ -608,9 +611,34 @@ def judge_run(measurements: Sequence[Measurement], services: dict[str, Service],
         by_service[v.service].append(v)
     tested = {m.service for m in measurements if not is_control(m, resolvers, vantages)}
     probes = {m.id: m.probe for m in measurements}
+    keys = {m.id: m.target.key for m in measurements}
     for name in sorted(set(by_service) | tested):
-        out.append(judge_service(name, by_service.get(name, []), probes))
+        verdicts = by_service.get(name, [])
+        app = judge_app(services.get(name), verdicts, probes, keys)
+        out.append(app or judge_service(name, verdicts, probes))
     return out
+
+
+def judge_app(service: Service | None, verdicts: Sequence[Verdict], probes: Mapping[str, str],
+              keys: Mapping[str, str]) -> Verdict | None:
+    """The catalogue's app-level rule (``all_chat_fail_with_working_control``): the app is
+    blocked when every connection to its chat endpoints was judged blocked, whatever its web
+    pages do. Only blocking verdicts count, and those already required a control."""
+    if service is None or service.app is None or \
+            service.app.rule != "all_chat_fail_with_working_control":
+        return None
+    chat = set(service.app.chat_endpoints)
+    on_chat = [v for v in verdicts if v.measurement_id is not None
+               and probes.get(v.measurement_id) in ("tcp", "tls")
+               and keys.get(v.measurement_id) in chat]
+    reached = {keys[v.measurement_id] for v in on_chat if v.measurement_id}
+    if not on_chat or reached != chat or any(v.verdict not in BLOCKED for v in on_chat):
+        return None
+    layers = sorted({v.layer for v in verdicts if v.verdict in BLOCKED and v.layer})
+    return _verdict("service.app_chat_blocked", None, service.name, layer=",".join(layers),
+                    evidence=f"all {len(chat)} chat endpoints blocked: {service.app.text}",
+                    details={"chat_endpoints": sorted(chat),
+                             "rules": sorted({v.rule_id for v in on_chat})})
 
 
 # Layers from the bottom up: a working layer below a blocked one (DNS answering while TCP to

@@ -299,7 +299,7 @@ every = "1s"
                                   "--quiet")
     ungrouped = await blockwatch("run", "--config", str(lab.config), "--quiet")
     assert same_group.code == 5 and "group slow" in same_group.err, same_group.err
-    assert ungrouped.code == 5 and "schedule group is in progress" in ungrouped.err
+    assert ungrouped.code == 5 and "of a schedule group" in ungrouped.err, ungrouped.err
     await daemon.wait_for("run.done")
     await daemon.stop()
     stored = runs(lab, "slow")

@@ -407,3 +407,39 @@ def test_vpn_verdicts_need_a_control_vantage() -> None:
     unverifiable = vpn_m("home", "unverifiable", "vpn_unverifiable_without_key")
     out = judge_run([unverifiable, control], {}, [], control_vantages=["vps"])
     assert by_measurement(out, unverifiable).rule_id == "vpn.unverifiable"
+
+
+def test_app_rule_blocks_the_app_when_every_chat_endpoint_is_blocked() -> None:
+    from probes.catalogue import service_from_dict
+    from probes.model import TCPObservation
+
+    wa = service_from_dict("wa", {
+        "urls": ["https://web.wa.example/"],
+        "endpoints": ["chat.wa.example:443", "chat.wa.example:5222"],
+        "app": {"chat_endpoints": ["chat.wa.example:443", "chat.wa.example:5222"]}})
+
+    def tcp(vantage: str, port: int, failure: str | None) -> Measurement:
+        obs = TCPObservation(address="157.240.1.35", port=port, t0=0.0, t=0.1, failure=failure)
+        return Measurement(id=new_id(), run_id="r", vantage=vantage,
+                           target=Target(service="wa", probe="tcp", host="chat.wa.example",
+                                         port=port),
+                           probe_version="1", started_at=dt.datetime.now(dt.UTC),
+                           runtime_s=0.1, observations=(obs,), failure=failure,
+                           failed_operation="connect" if failure else None)
+
+    web = Measurement(id=new_id(), run_id="r", vantage="home",
+                      target=Target(service="wa", probe="http", host="web.wa.example",
+                                    url="https://web.wa.example/"),
+                      probe_version="2", started_at=dt.datetime.now(dt.UTC), runtime_s=0.1)
+    controls = [tcp("vps", 443, None), tcp("vps", 5222, None)]
+    both = [tcp("home", 443, F.CONNECTION_RESET), tcp("home", 5222, F.GENERIC_TIMEOUT)]
+    out = judge_run([web, *both, *controls], {"wa": wa}, [], control_vantages=["vps"])
+    v = service_verdict(out, "wa")
+    assert (v.verdict, v.rule_id) == ("blocked", "service.app_chat_blocked"), v
+    # one chat port still works: the app rule does not apply; web + one chat ok = partial
+    one = [tcp("home", 443, F.CONNECTION_RESET), tcp("home", 5222, None)]
+    out = judge_run([web, *one, *controls], {"wa": wa}, [], control_vantages=["vps"])
+    assert service_verdict(out, "wa").rule_id == "service.partial"
+    # no control: nothing is blocked, so the app rule cannot say so either
+    out = judge_run([web, *both], {"wa": wa}, [])
+    assert service_verdict(out, "wa").verdict == "inconclusive"
