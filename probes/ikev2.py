@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -23,8 +22,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
-from probes.model import Target, VPNObservation
+from probes.model import Target
 from probes.openvpn import _exchange_udp
+from probes.vpnbase import begin
 
 IKE_SA_INIT = 34
 FLAG_INITIATOR, FLAG_RESPONSE = 0x08, 0x20
@@ -35,7 +35,6 @@ NOTIFY_NAMES = {14: "NO_PROPOSAL_CHOSEN", 17: "INVALID_KE_PAYLOAD", 16390: "COOK
                 16389: "NAT_DETECTION_DESTINATION_IP", 16404: "MULTIPLE_AUTH_SUPPORTED",
                 16430: "IKEV2_FRAGMENTATION_SUPPORTED", 16431: "SIGNATURE_HASH_ALGORITHMS"}
 MALFORMED = "ike_malformed_reply"  # project-local failure string
-OPERATION = "vpn_handshake"
 
 # (type, id, key length attribute or None)
 ENCR, PRF, INTEG, DH = 1, 2, 3, 4
@@ -132,21 +131,10 @@ class IKEv2Probe:
     version = "1"
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
-        port = target.port or 500
-        lookup = await ctx.lookup(target.host)
-        if not lookup.addresses:
-            return ProbeResult(lookup.observations, lookup.failure or F.DNS_NO_ANSWER, "resolve")
-        address = lookup.addresses[0]
-        t0, start = time.time(), time.perf_counter()
-
-        def obs(result: str, failure: str | None, **details: str) -> VPNObservation:
-            return VPNObservation(protocol="ikev2", address=address, port=port, transport="udp",
-                                  t0=t0, t=round(time.perf_counter() - start, 6), result=result,
-                                  details=tuple(sorted(details.items())), failure=failure)
-
-        if not ctx.scope.allows(address):
-            o = obs("not_sent", F.OUT_OF_SCOPE)
-            return ProbeResult((*lookup.observations, o), F.OUT_OF_SCOPE, OPERATION)
+        attempt = await begin(target, ctx, "ikev2", target.port or 500, "udp")
+        if isinstance(attempt, ProbeResult):
+            return attempt
+        port, done = attempt.port, attempt.done
         spi = os.urandom(8)
         public = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw,
                                                                         PublicFormat.Raw)
@@ -155,18 +143,15 @@ class IKEv2Probe:
         if natt:
             packet = NON_ESP_MARKER + packet
         try:
-            reply = await _exchange_udp(address, port, packet, ctx.timeouts.tcp,
+            reply = await _exchange_udp(attempt.address, port, packet, ctx.timeouts.tcp,
                                         ctx.source_address)
         except Exception as exc:
             failure = F.classify(exc)
-            o = obs(_RESULTS.get(failure, "error"), failure)
-            return ProbeResult((*lookup.observations, o), failure, OPERATION)
+            return done(_RESULTS.get(failure, "error"), failure)
         if natt and reply.startswith(NON_ESP_MARKER):
             reply = reply[4:]
         try:
             parsed = parse_sa_init_reply(reply, spi=spi)
         except MalformedReply as exc:
-            o = obs("malformed", MALFORMED, why=str(exc))
-            return ProbeResult((*lookup.observations, o), MALFORMED, OPERATION)
-        o = obs("reachable", None, reply=parsed.kind)
-        return ProbeResult((*lookup.observations, o), None, None)
+            return done("malformed", MALFORMED, why=str(exc))
+        return done("reachable", None, reply=parsed.kind)

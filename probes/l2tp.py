@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 
 from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
-from probes.model import Target, VPNObservation
+from probes.model import Target
 from probes.openvpn import _exchange_udp
+from probes.vpnbase import begin
 
 SCCRQ, SCCRP, STOPCCN = 1, 2, 4
 MESSAGE_TYPES = {SCCRP: "SCCRP", STOPCCN: "StopCCN", 6: "HELLO", 1: "SCCRQ"}
 MALFORMED = "l2tp_malformed_reply"
-OPERATION = "vpn_handshake"
 
 
 class MalformedReply(ValueError):
@@ -65,22 +64,10 @@ class L2TPProbe:
     version = "1"
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
-        port = target.port or 1701
-        lookup = await ctx.lookup(target.host)
-        if not lookup.addresses:
-            return ProbeResult(lookup.observations, lookup.failure or F.DNS_NO_ANSWER, "resolve")
-        address = lookup.addresses[0]
-        t0, start = time.time(), time.perf_counter()
-
-        def done(result: str, failure: str | None, **details: str) -> ProbeResult:
-            o = VPNObservation(protocol="l2tp", address=address, port=port, transport="udp",
-                               t0=t0, t=round(time.perf_counter() - start, 6), result=result,
-                               details=tuple(sorted(details.items())), failure=failure)
-            return ProbeResult((*lookup.observations, o), failure,
-                               OPERATION if failure else None)
-
-        if not ctx.scope.allows(address):
-            return done("not_sent", F.OUT_OF_SCOPE)
+        attempt = await begin(target, ctx, "l2tp", target.port or 1701, "udp")
+        if isinstance(attempt, ProbeResult):
+            return attempt
+        address, port, done = attempt.address, attempt.port, attempt.done
         tunnel_id = int.from_bytes(os.urandom(2), "big") or 1
         try:
             reply = await _exchange_udp(address, port, build_sccrq(tunnel_id),

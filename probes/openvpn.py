@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
-from probes.model import Target, VPNObservation
+from probes.model import Target
+from probes.vpnbase import begin
 
 CLIENT_RESET_V2 = 7
 SERVER_RESET_V2 = 8
@@ -38,7 +39,6 @@ MAX_ACKS = 8  # OpenVPN's RELIABLE_ACK_SIZE
 UDP_SENDS = 4  # a UDP handshake packet is sent this many times at most, spread over the timeout
 UNVERIFIABLE = "vpn_unverifiable_without_key"  # project-local failure strings
 MALFORMED = "vpn_malformed_reply"
-OPERATION = "vpn_handshake"
 
 _DIGESTS = {"sha1": 20, "sha256": 32, "sha512": 64}
 
@@ -227,29 +227,17 @@ class OpenVPNProbe:
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         options = dict(target.options)
         transport = target.transport or "udp"
-        port = target.port or 1194
-        lookup = await ctx.lookup(target.host)
-        if not lookup.addresses:
-            return ProbeResult(lookup.observations, lookup.failure or F.DNS_NO_ANSWER, "resolve")
-        address = lookup.addresses[0]
-        t0 = time.time()
-        start = time.perf_counter()
-
-        def obs(result: str, failure: str | None, **details: str) -> VPNObservation:
-            return VPNObservation(protocol="openvpn", address=address, port=port,
-                                  transport=transport, t0=t0,
-                                  t=round(time.perf_counter() - start, 6), result=result,
-                                  details=tuple(sorted(details.items())), failure=failure)
-
+        attempt = await begin(target, ctx, "openvpn", target.port or 1194, transport)
+        if isinstance(attempt, ProbeResult):
+            return attempt
+        done = attempt.done
         secret = ctx.secrets.get(target.key)
         if options.get("tls_crypt") == "yes":
-            o = obs("unverifiable", UNVERIFIABLE, why="tls-crypt encrypts the handshake; "
-                    "blockwatch cannot complete it, and silence would prove nothing")
-            return ProbeResult((*lookup.observations, o), UNVERIFIABLE, OPERATION)
+            return done("unverifiable", UNVERIFIABLE, why="tls-crypt encrypts the handshake; "
+                        "blockwatch cannot complete it, and silence would prove nothing")
         if options.get("tls_auth") == "yes" and secret is None:
-            o = obs("unverifiable", UNVERIFIABLE,
-                    why="the server uses tls-auth and the config gives no key")
-            return ProbeResult((*lookup.observations, o), UNVERIFIABLE, OPERATION)
+            return done("unverifiable", UNVERIFIABLE,
+                        why="the server uses tls-auth and the config gives no key")
         key = None
         if secret is not None:
             try:
@@ -257,33 +245,26 @@ class OpenVPNProbe:
                                        _direction(options.get("key_direction", "1")),
                                        options.get("auth", "sha1"))
             except ValueError as exc:
-                o = obs("unverifiable", UNVERIFIABLE, why=f"unusable tls-auth key: {exc}")
-                return ProbeResult((*lookup.observations, o), UNVERIFIABLE, OPERATION)
-        if not ctx.scope.allows(address):
-            o = obs("not_sent", F.OUT_OF_SCOPE)
-            return ProbeResult((*lookup.observations, o), F.OUT_OF_SCOPE, OPERATION)
+                return done("unverifiable", UNVERIFIABLE, why=f"unusable tls-auth key: {exc}")
         session = os.urandom(8)
         packet = build_client_reset(session, key=key)
         exchange = _exchange_udp if transport == "udp" else _exchange_tcp
-        limit = ctx.timeouts.tcp
         try:
-            reply = await exchange(address, port, packet, limit, ctx.source_address)
+            reply = await exchange(attempt.address, attempt.port, packet, ctx.timeouts.tcp,
+                                   ctx.source_address)
         except Exception as exc:
             failure = F.classify(exc)
             if transport == "udp" and failure == F.CONNECTION_REFUSED:
                 result = "icmp_unreachable"  # ICMP port unreachable on a connected socket
             else:
                 result = _RESULTS.get(failure, "error")
-            o = obs(result, failure)
-            return ProbeResult((*lookup.observations, o), failure, OPERATION)
+            return done(result, failure)
         try:
             reset = parse_server_reset(reply, our_session=session, key=key)
         except MalformedReply as exc:
-            o = obs("malformed", MALFORMED, why=str(exc), reply_sha256=_digest(reply))
-            return ProbeResult((*lookup.observations, o), MALFORMED, OPERATION)
-        o = obs("reachable", None, server_session=reset.session_id.hex(),
-                tls_auth="yes" if key else "no")
-        return ProbeResult((*lookup.observations, o), None, None)
+            return done("malformed", MALFORMED, why=str(exc), reply_sha256=_digest(reply))
+        return done("reachable", None, server_session=reset.session_id.hex(),
+                    tls_auth="yes" if key else "no")
 
 
 def _direction(text: str) -> int | None:

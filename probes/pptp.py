@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 
 from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
-from probes.model import Target, VPNObservation
+from probes.model import Target
+from probes.vpnbase import begin
 
 MAGIC = 0x1A2B3C4D
 SCCRQ, SCCRP, STOP_CCRQ = 1, 2, 3
 SCCRQ_LENGTH = 156
 MALFORMED = "pptp_malformed_reply"
-OPERATION = "vpn_handshake"
 RESULT_CODES = {1: "ok", 2: "general_error", 3: "command_channel_exists", 4: "not_authorized",
                 5: "unknown_protocol_version"}
 
@@ -54,22 +53,10 @@ class PPTPProbe:
     version = "1"
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
-        port = target.port or 1723
-        lookup = await ctx.lookup(target.host)
-        if not lookup.addresses:
-            return ProbeResult(lookup.observations, lookup.failure or F.DNS_NO_ANSWER, "resolve")
-        address = lookup.addresses[0]
-        t0, start = time.time(), time.perf_counter()
-
-        def done(result: str, failure: str | None, **details: str) -> ProbeResult:
-            o = VPNObservation(protocol="pptp", address=address, port=port, transport="tcp",
-                               t0=t0, t=round(time.perf_counter() - start, 6), result=result,
-                               details=tuple(sorted(details.items())), failure=failure)
-            return ProbeResult((*lookup.observations, o), failure,
-                               OPERATION if failure else None)
-
-        if not ctx.scope.allows(address):
-            return done("not_sent", F.OUT_OF_SCOPE)
+        attempt = await begin(target, ctx, "pptp", target.port or 1723, "tcp")
+        if isinstance(attempt, ProbeResult):
+            return attempt
+        address, port, done = attempt.address, attempt.port, attempt.done
         try:
             async with asyncio.timeout(ctx.timeouts.tcp):
                 reader, writer = await asyncio.open_connection(address, port)

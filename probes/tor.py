@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 
 from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
-from probes.model import Target, VPNObservation
-
-# the TLS handshake is this protocol's handshake: judged with the VPN rules (probes.verdicts)
-OPERATION = "vpn_handshake"
+from probes.model import Target
+from probes.vpnbase import begin
 
 
 class TorProbe:
@@ -26,22 +23,10 @@ class TorProbe:
     version = "1"
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
-        port = target.port or 443
-        lookup = await ctx.lookup(target.host)
-        if not lookup.addresses:
-            return ProbeResult(lookup.observations, lookup.failure or F.DNS_NO_ANSWER, "resolve")
-        address = lookup.addresses[0]
-        t0, start = time.time(), time.perf_counter()
-
-        def done(result: str, failure: str | None, operation: str | None = None,
-                 **details: str) -> ProbeResult:
-            o = VPNObservation(protocol="tor", address=address, port=port, transport="tcp",
-                               t0=t0, t=round(time.perf_counter() - start, 6), result=result,
-                               details=tuple(sorted(details.items())), failure=failure)
-            return ProbeResult((*lookup.observations, o), failure, operation)
-
-        if not ctx.scope.allows(address):
-            return done("not_sent", F.OUT_OF_SCOPE, OPERATION)
+        attempt = await begin(target, ctx, "tor", target.port or 443, "tcp")
+        if isinstance(attempt, ProbeResult):
+            return attempt
+        address, port, done = attempt.address, attempt.port, attempt.done
         connected = False
         try:
             async with asyncio.timeout(ctx.timeouts.tcp):
@@ -59,7 +44,7 @@ class TorProbe:
             failure = F.classify(exc)
             result = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_RESET: "reset",
                       F.CONNECTION_REFUSED: "refused"}.get(failure, "tls_failed")
-            return done(result, failure, OPERATION,
-                        stage="tls_handshake" if connected else "connect")
+            # the TLS handshake is this protocol's handshake: judged with the VPN rules
+            return done(result, failure, stage="tls_handshake" if connected else "connect")
         return done("reachable", None, cert_sha256=hashlib.sha256(der or b"").hexdigest(),
                     tls_version=str(version))

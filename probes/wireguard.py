@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
-from probes.model import Target, VPNObservation
+from probes.model import Target
 from probes.openvpn import _exchange_udp
+from probes.vpnbase import begin
 
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
@@ -41,7 +42,6 @@ INITIATION, RESPONSE, COOKIE_REPLY = 1, 2, 3
 INITIATION_SIZE, RESPONSE_SIZE, COOKIE_SIZE = 148, 92, 64
 UNVERIFIABLE = "vpn_unverifiable_without_key"
 MALFORMED = "wireguard_malformed_reply"
-OPERATION = "vpn_handshake"
 
 
 def _hash(*parts: bytes) -> bytes:
@@ -207,44 +207,29 @@ class WireGuardProbe:
     version = "1"
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
-        port = target.port or 51820
-        lookup = await ctx.lookup(target.host)
-        if not lookup.addresses:
-            return ProbeResult(lookup.observations, lookup.failure or F.DNS_NO_ANSWER, "resolve")
-        address = lookup.addresses[0]
-        t0, start = time.time(), time.perf_counter()
-
-        def obs(result: str, failure: str | None, **details: str) -> VPNObservation:
-            return VPNObservation(protocol="wireguard", address=address, port=port,
-                                  transport="udp", t0=t0,
-                                  t=round(time.perf_counter() - start, 6), result=result,
-                                  details=tuple(sorted(details.items())), failure=failure)
-
-        def done(o: VPNObservation) -> ProbeResult:
-            return ProbeResult((*lookup.observations, o), o.failure,
-                               OPERATION if o.failure else None)
-
+        attempt = await begin(target, ctx, "wireguard", target.port or 51820, "udp")
+        if isinstance(attempt, ProbeResult):
+            return attempt
+        done = attempt.done
         secret = ctx.secrets.get(target.key)
         if secret is None:
-            return done(obs("unverifiable", UNVERIFIABLE, why="a WireGuard server answers "
-                            "only a peer it knows: give the peer config to test it"))
+            return done("unverifiable", UNVERIFIABLE, why="a WireGuard server answers only a "
+                        "peer it knows: give the peer config to test it")
         try:
             peer = parse_peer_config(secret.decode("utf-8", "replace"))
         except ValueError as exc:
-            return done(obs("unverifiable", UNVERIFIABLE, why=str(exc)))
-        if not ctx.scope.allows(address):
-            return done(obs("not_sent", F.OUT_OF_SCOPE))
+            return done("unverifiable", UNVERIFIABLE, why=str(exc))
         init = build_initiation(peer)
         try:
-            reply = await _exchange_udp(address, port, init.packet, ctx.timeouts.tcp,
-                                        ctx.source_address)
+            reply = await _exchange_udp(attempt.address, attempt.port, init.packet,
+                                        ctx.timeouts.tcp, ctx.source_address)
         except Exception as exc:
             failure = F.classify(exc)
             result = {F.GENERIC_TIMEOUT: "no_reply",
                       F.CONNECTION_REFUSED: "icmp_unreachable"}.get(failure, "error")
-            return done(obs(result, failure))
+            return done(result, failure)
         try:
             kind = check_reply(init, reply)
         except MalformedReply as exc:
-            return done(obs("malformed", MALFORMED, why=str(exc)))
-        return done(obs("reachable", None, reply=kind))
+            return done("malformed", MALFORMED, why=str(exc))
+        return done("reachable", None, reply=kind)
