@@ -38,6 +38,11 @@ def test_control_vantage_verdicts(lab: Lab) -> None:
     got = service_verdicts(db, run_id)
     for method, m in METHODS.items():
         v = got[BY_METHOD[method]]
+        if method == "packet_loss":
+            # random loss: a connection it happened to break is interference the control did
+            # not see, so "partial" is as right as "ok"; never the whole service blocked
+            assert v.verdict in ("ok", "partial"), (method, v)
+            continue
         assert (v.verdict, v.layer or None) == m.with_control, (method, v)
     untouched = set(CATALOGUE.services) - set(METHODS_SCENARIO.blocks)
     assert {s: got[s].verdict for s in untouched} == dict.fromkeys(untouched, "ok")
