@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
 from probes.model import Target
 from probes.openvpn import _exchange_udp
@@ -122,10 +121,6 @@ def parse_sa_init_reply(data: bytes, *, spi: bytes) -> SAInitReply:
     return SAInitReply(rspi, tuple(payloads), tuple(notifies))
 
 
-_RESULTS = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_REFUSED: "icmp_unreachable",
-            F.HOST_UNREACHABLE: "icmp_unreachable", F.NETWORK_UNREACHABLE: "icmp_unreachable"}
-
-
 class IKEv2Probe:
     name = "ikev2"
     version = "1"
@@ -146,8 +141,7 @@ class IKEv2Probe:
             reply = await _exchange_udp(attempt.address, port, packet, ctx.timeouts.tcp,
                                         ctx.source_address)
         except Exception as exc:
-            failure = F.classify(exc)
-            return done(_RESULTS.get(failure, "error"), failure)
+            return attempt.failed(exc)
         if natt and reply.startswith(NON_ESP_MARKER):
             reply = reply[4:]
         try:

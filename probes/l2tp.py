@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import struct
 
-from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
 from probes.model import Target
 from probes.openvpn import _exchange_udp
@@ -73,10 +72,7 @@ class L2TPProbe:
             reply = await _exchange_udp(address, port, build_sccrq(tunnel_id),
                                         ctx.timeouts.tcp, ctx.source_address)
         except Exception as exc:
-            failure = F.classify(exc)
-            result = {F.GENERIC_TIMEOUT: "no_reply",
-                      F.CONNECTION_REFUSED: "icmp_unreachable"}.get(failure, "error")
-            return done(result, failure)
+            return attempt.failed(exc)
         try:
             kind = parse_reply(reply, tunnel_id=tunnel_id)
         except MalformedReply as exc:

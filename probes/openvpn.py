@@ -28,7 +28,6 @@ import struct
 import time
 from dataclasses import dataclass
 
-from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
 from probes.model import Target
 from probes.vpnbase import begin
@@ -215,11 +214,6 @@ async def _exchange_tcp(address: str, port: int, packet: bytes, limit: float,
             writer.close()
 
 
-_RESULTS = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_RESET: "reset",
-            F.CONNECTION_REFUSED: "refused", F.EOF_ERROR: "closed",
-            F.HOST_UNREACHABLE: "icmp_unreachable", F.NETWORK_UNREACHABLE: "icmp_unreachable"}
-
-
 class OpenVPNProbe:
     name = "openvpn"
     version = "1"
@@ -253,12 +247,7 @@ class OpenVPNProbe:
             reply = await exchange(attempt.address, attempt.port, packet, ctx.timeouts.tcp,
                                    ctx.source_address)
         except Exception as exc:
-            failure = F.classify(exc)
-            if transport == "udp" and failure == F.CONNECTION_REFUSED:
-                result = "icmp_unreachable"  # ICMP port unreachable on a connected socket
-            else:
-                result = _RESULTS.get(failure, "error")
-            return done(result, failure)
+            return attempt.failed(exc)
         try:
             reset = parse_server_reset(reply, our_session=session, key=key)
         except MalformedReply as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
 from probes.model import Target
 from probes.vpnbase import begin
@@ -71,11 +70,7 @@ class PPTPProbe:
                 finally:
                     writer.close()
         except Exception as exc:
-            failure = F.classify(exc)
-            result = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_RESET: "reset",
-                      F.CONNECTION_REFUSED: "refused", F.EOF_ERROR: "closed"}.get(failure,
-                                                                                  "error")
-            return done(result, failure)
+            return attempt.failed(exc)
         try:
             _, result_code = parse_reply(data)
         except MalformedReply as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
 from probes.model import Target
 from probes.vpnbase import begin
@@ -41,10 +40,8 @@ class TorProbe:
             version = ssl_object.version() if ssl_object else None
             writer.close()
         except Exception as exc:
-            failure = F.classify(exc)
-            result = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_RESET: "reset",
-                      F.CONNECTION_REFUSED: "refused"}.get(failure, "tls_failed")
             # the TLS handshake is this protocol's handshake: judged with the VPN rules
-            return done(result, failure, stage="tls_handshake" if connected else "connect")
+            return attempt.failed(exc, default="tls_failed",
+                                  stage="tls_handshake" if connected else "connect")
         return done("reachable", None, cert_sha256=hashlib.sha256(der or b"").hexdigest(),
                     tls_version=str(version))

@@ -12,6 +12,10 @@ from probes.context import ProbeContext, ProbeResult
 from probes.model import DNSObservation, Target, VPNObservation
 
 OPERATION = "vpn_handshake"
+# what a failure string means for a handshake (on UDP, "refused" is an ICMP port unreachable)
+_RESULTS = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_RESET: "reset",
+            F.CONNECTION_REFUSED: "refused", F.EOF_ERROR: "closed",
+            F.HOST_UNREACHABLE: "icmp_unreachable", F.NETWORK_UNREACHABLE: "icmp_unreachable"}
 
 
 @dataclass
@@ -30,6 +34,15 @@ class Attempt:
                            t=round(time.perf_counter() - self.start, 6), result=result,
                            details=tuple(sorted(details.items())), failure=failure)
         return ProbeResult((*self.dns, o), failure, OPERATION if failure else None)
+
+    def failed(self, exc: BaseException, default: str = "error", **details: str) -> ProbeResult:
+        """The result of a handshake that raised: its failure string and what it means."""
+        failure = F.classify(exc)
+        if self.transport == "udp" and failure == F.CONNECTION_REFUSED:
+            result = "icmp_unreachable"  # ICMP port unreachable on a connected UDP socket
+        else:
+            result = _RESULTS.get(failure, default)
+        return self.done(result, failure, **details)
 
 
 async def begin(target: Target, ctx: ProbeContext, protocol: str, port: int,

@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from probes import failures as F
 from probes.context import ProbeContext, ProbeResult
 from probes.model import Target
 from probes.openvpn import _exchange_udp
@@ -224,10 +223,7 @@ class WireGuardProbe:
             reply = await _exchange_udp(attempt.address, attempt.port, init.packet,
                                         ctx.timeouts.tcp, ctx.source_address)
         except Exception as exc:
-            failure = F.classify(exc)
-            result = {F.GENERIC_TIMEOUT: "no_reply",
-                      F.CONNECTION_REFUSED: "icmp_unreachable"}.get(failure, "error")
-            return done(result, failure)
+            return attempt.failed(exc)
         try:
             kind = check_reply(init, reply)
         except MalformedReply as exc:
