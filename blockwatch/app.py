@@ -33,8 +33,19 @@ def probe_context(cfg: Config) -> ProbeContext:
         user_agent=f"blockwatch/{software_version()}",
         dns_retries=cfg.dns.retries,
         dns_inflight_per_resolver=cfg.concurrency.per_resolver,
+        control_sni=cfg.tls.control_sni or None,
         secrets=vpn_secrets(cfg),
     )
+
+
+def plan(cfg: Config, services: list[Any]) -> list[Any]:
+    """The sweep's targets for ``services`` under the config's probes and resolvers."""
+    from scheduler.plan import plan_sweep
+
+    dns = "dns" in cfg.probes.probes
+    return plan_sweep(services, probes=cfg.probes.probes, resolvers=cfg.dns.resolvers,
+                      controls=cfg.dns.controls if dns else (),
+                      silent=cfg.dns.silent if dns else ())
 
 
 def vpn_secrets(cfg: Config) -> dict[str, bytes]:

@@ -181,7 +181,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from blockwatch import app
     from blockwatch.schedule_cli import configure_logging, guard_run, state_dir
     from scheduler.logfmt import fields
-    from scheduler.plan import plan_sweep
 
     cfg = load_config(args.config)
     configure_logging(args.log_file, verbose=args.verbose, quiet=args.quiet)
@@ -192,8 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = app.probe_context(cfg)
     settings = app.sweep_settings(cfg, vantage=args.vantage or (group.vantage if group else None),
                                   group=group.name if group else None)
-    targets = plan_sweep(services, probes=cfg.probes.probes, resolvers=cfg.dns.resolvers,
-                         controls=cfg.dns.controls if "dns" in cfg.probes.probes else ())
+    targets = app.plan(cfg, services)
     interactive = sys.stderr.isatty() and not (args.json or args.quiet)
     lock = guard_run(cfg, yes=args.yes, group=settings.group, state=state_dir())
     if isinstance(lock, int):

@@ -32,7 +32,8 @@ from probes.model import Service
 from probes.resolvers import parse_resolver
 from probes.scope import parse_entry
 
-ProbeName = Literal["dns", "tcp", "tls", "http", "vpn"]
+ProbeName = Literal["dns", "tcp", "tls", "http", "vpn", "trace"]
+# the default set; "trace" (raw-packet evidence, needs CAP_NET_RAW) is opt-in
 PROBE_NAMES: tuple[ProbeName, ...] = ("dns", "tcp", "tls", "http", "vpn")
 DEFAULT_CONTROLS = ["https://1.1.1.1/dns-query", "tls://9.9.9.9#dns.quad9.net"]
 DEFAULT_BASELINE = ["1.1.1.1:443", "9.9.9.9:443", "8.8.8.8:443"]
@@ -108,12 +109,32 @@ class DNS(_Strict):
     resolvers: list[str] = Field(default_factory=lambda: ["system"], min_length=1)
     controls: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTROLS))
     retries: int = Field(default=1, ge=0, le=5)
+    # addresses where no DNS server runs, on a path through the network under test: any answer
+    # from one was forged on the way (an on-path injector)
+    silent: list[str] = Field(default_factory=list, max_length=8)
 
     _r = field_validator("resolvers", "controls")(_check_resolvers)
+
+    @field_validator("silent")
+    @classmethod
+    def _silent(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address (a silent address is an "
+                                 "address where no DNS server runs)") from None
+        return v
+
+
+_HOSTNAME_OR_EMPTY = r"^$|^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 
 
 class TLS(_Strict):
     ca_bundle: Path | None = None
+    # after a handshake with the real server name fails, the same address is tried with this
+    # harmless name: SNI filtering lets it through, address blocking and outages do not
+    control_sni: str = Field(default="example.com", max_length=253, pattern=_HOSTNAME_OR_EMPTY)
 
     @field_validator("ca_bundle")
     @classmethod

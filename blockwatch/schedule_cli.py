@@ -143,15 +143,12 @@ def build_groups(cfg: Config) -> list[Any]:
     """The config's schedule groups as the scheduler takes them (planned once, here)."""
     from blockwatch import app
     from scheduler.groups import GroupSpec, SweepPlan
-    from scheduler.plan import plan_sweep
 
     ctx = app.probe_context(cfg)
-    controls = cfg.dns.controls if "dns" in cfg.probes.probes else ()
     groups = []
     for g in cfg.schedules:
         services = cfg.group_services(g)
-        targets = plan_sweep(services, probes=cfg.probes.probes, resolvers=cfg.dns.resolvers,
-                             controls=controls)
+        targets = app.plan(cfg, services)
         plan = SweepPlan(services=services, targets=targets, ctx=ctx,
                          settings=app.sweep_settings(cfg, vantage=g.vantage, group=g.name))
         groups.append(GroupSpec(name=g.name, plan=plan, every_s=g.every, cron=g.cron,

@@ -45,6 +45,8 @@ class ProbeContext:
     user_agent: str = "blockwatch/0.1 (+https://github.com/blockwatch)"
     dns_retries: int = 1
     dns_inflight_per_resolver: int = 32
+    # the harmless server name tried on an address after the real one failed (None: never)
+    control_sni: str | None = "example.com"
     # key material for VPN probes by Target.key; held in memory only, never stored or logged
     secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
     _lookups: dict[str, asyncio.Future[Lookup]] = field(default_factory=dict)

@@ -192,6 +192,9 @@ class TLSObservation:
     verified: bool | None = None
     verify_error: str | None = None
     failure: str | None = None
+    # a handshake with the control SNI (a harmless name) on the same address, made after the
+    # real name failed: unverified, it only asks whether the address answers TLS at all
+    control: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -45,7 +45,7 @@ from probes.model import (
     VPNObservation,
 )
 
-ANALYZER_VERSION = "3"
+ANALYZER_VERSION = "4"
 
 
 @dataclass(frozen=True, slots=True)

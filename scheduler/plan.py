@@ -23,9 +23,14 @@ def _url_endpoint(url: str) -> tuple[str, int, bool]:
     return parts.hostname or "", parts.port or (443 if tls else 80), tls
 
 
+SILENT = ("silent", "yes")  # the option that marks a DNS query to a silent address
+
+
 def plan_service(service: Service, *, probes: Iterable[str], resolvers: Sequence[str],
-                 controls: Sequence[str] = ()) -> list[Target]:
-    """Targets for one service, deduplicated, in a stable order (dns, tcp, tls, http)."""
+                 controls: Sequence[str] = (), silent: Sequence[str] = ()) -> list[Target]:
+    """Targets for one service, deduplicated, in a stable order (dns, tcp, tls, http, vpn,
+    trace). ``silent``: addresses where no DNS server runs; each name is asked there once, over
+    UDP, and any answer is forged on the path."""
     wanted = set(probes)
     name = service.name
     out: list[Target] = []
@@ -38,6 +43,10 @@ def plan_service(service: Service, *, probes: Iterable[str], resolvers: Sequence
         for host in hosts:
             for resolver in dict.fromkeys([*resolvers, *controls]):
                 out.append(Target(service=name, probe="dns", host=host, resolver=resolver))
+            for address in dict.fromkeys(silent):
+                shown = f"[{address}]" if ":" in address else address
+                out.append(Target(service=name, probe="dns", host=host,
+                                  resolver=f"udp://{shown}", options=(SILENT,)))
     endpoints: dict[tuple[str, int], bool] = {}
     for url in service.urls:
         host, port, tls = _url_endpoint(url)
@@ -57,6 +66,10 @@ def plan_service(service: Service, *, probes: Iterable[str], resolvers: Sequence
                 for u in dict.fromkeys(service.urls)]
     if "vpn" in wanted:
         out += [vpn_target(name, ep) for ep in service.vpn]
+    if "trace" in wanted:  # raw-packet evidence: what answers, and where interference begins
+        out += [Target(service=name, probe="trace", host=h, port=p, sni=h if tls else None,
+                       options=(("mode", "tls" if tls else "http"),))
+                for (h, p), tls in endpoints.items() if tls or p == 80]
     return out
 
 
@@ -71,7 +84,8 @@ def vpn_target(service: str, ep: VPNEndpoint) -> Target:
 
 
 def plan_sweep(services: Sequence[Service], *, probes: Iterable[str], resolvers: Sequence[str],
-               controls: Sequence[str] = ()) -> list[Target]:
+               controls: Sequence[str] = (), silent: Sequence[str] = ()) -> list[Target]:
     probes = list(probes)
     return [t for s in services
-            for t in plan_service(s, probes=probes, resolvers=resolvers, controls=controls)]
+            for t in plan_service(s, probes=probes, resolvers=resolvers, controls=controls,
+                                  silent=silent)]

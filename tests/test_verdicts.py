@@ -177,7 +177,7 @@ def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
 
 
 def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
-    assert ANALYZER_VERSION == "3"
+    assert ANALYZER_VERSION == "4"
     known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "vpn_blocked",
              "blocked", "partial", "down", "inconclusive", "network_unavailable", "error"}
     assert {r.verdict for r in RULES.values()} <= known

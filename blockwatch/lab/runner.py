@@ -28,7 +28,11 @@ CLIENTS = {"censored": "client", "control": "control"}
 
 def config_text(client: str, cat: Catalogue, ca_bundle: str, db: Path, *,
                 sites: int = 0, timeouts: tuple[float, float, float, float] = (2, 3, 3, 5),
-                dns_retries: int = 2, vpn_key: str | None = None) -> str:
+                dns_retries: int = 2, vpn_key: str | None = None, silent: Sequence[str] = (),
+                probes: Sequence[str] = (), services: Sequence[str] = (),
+                extra: str = "") -> str:
+    """A client's config; ``probes``/``services`` narrow the sweep, ``silent`` are [dns] silent
+    addresses, ``extra`` is TOML appended as is (e.g. an [analysis] table)."""
     resolver = CENSOR_DOWN if client == "censored" else PUBLIC_RESOLVER
     dns_t, tcp_t, tls_t, http_t = timeouts
     lines = [
@@ -39,9 +43,11 @@ def config_text(client: str, cat: Catalogue, ca_bundle: str, db: Path, *,
         "[storage]", f'url = "sqlite:///{db}"',
         "[timeouts]", f"dns = {dns_t}", f"tcp = {tcp_t}", f"tls = {tls_t}", f"http = {http_t}",
         "[dns]", f'resolvers = ["udp://{resolver}"]', f'controls = ["tcp://{PUBLIC_RESOLVER}"]',
-        f"retries = {dns_retries}",
+        f"retries = {dns_retries}", f"silent = {json.dumps(list(silent))}",
         "[tls]", f'ca_bundle = "{ca_bundle}"',
         "[probes]", f"scope = {json.dumps(cat.scope())}",
+        *([f"probes = {json.dumps(list(probes))}"] if probes else []),
+        *([f"services = {json.dumps(list(services))}"] if services else []),
         "[baseline]", f'endpoints = ["{PUBLIC_RESOLVER}:53"]', "timeout = 3.0",
     ]
     for i in range(sites):
@@ -50,7 +56,7 @@ def config_text(client: str, cat: Catalogue, ca_bundle: str, db: Path, *,
                   f"domains = {json.dumps(list(s.domains))}", f"urls = {json.dumps(list(s.urls))}"]
     if LABVPN in cat.address:
         lines += toml_entries(vpn_entries(cat.address[LABVPN], vpn_key))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra
 
 
 def write_configs(m: Manifest, cat: Catalogue) -> None:

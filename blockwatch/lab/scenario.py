@@ -42,7 +42,7 @@ from typing import Any
 
 from blockwatch.lab.state import LabError
 
-ANALYZER = "3"  # the probes.verdicts.ANALYZER_VERSION these expectations were checked against
+ANALYZER = "4"  # the probes.verdicts.ANALYZER_VERSION these expectations were checked against
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +74,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "connection_refused", ("blocked", "tcp")),
     Method("tcp_rst_data", "the first data segment of a connection gets a RST", "inconclusive",
            "tls", "connection_reset", ("blocked", "tls")),
+    # the same address then completes a handshake for the control SNI: blocked from one run
     Method("tls_sni_rst", "a TLS ClientHello naming the service (SNI) gets a RST",
-           "inconclusive", "tls", "connection_reset", ("blocked", "tls")),
+           "blocked", "tls", "connection_reset", ("blocked", "tls")),
     Method("http_blockpage", "a transparent proxy serves a block page (HTTP 451; HTTPS with "
            "the censor's own CA)", "inconclusive", "tls", "ssl_unknown_authority",
            ("blocked", "tls")),

@@ -33,6 +33,9 @@ CONTROL, SERVER_CONTROL = "10.201.3.2", "10.201.3.1"
 PUBLIC_RESOLVER = "10.201.53.53"
 SINKHOLE = "10.201.9.66"  # where poisoned/injected answers point: black-holed at the censor
 SINKHOLE_NET = "10.201.9.0/24"
+# no host has this address (it is on the censor-server link): a DNS query to it crosses the
+# censor, and any answer was forged on the way ([dns] silent)
+SILENT = "10.201.2.99"
 
 BINARIES = {  # binary -> Debian package
     "ip": "iproute2", "nft": "nftables", "iptables": "iptables", "dnsmasq": "dnsmasq-base",
