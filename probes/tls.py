@@ -12,6 +12,10 @@ Guarantees:
 - The handshake is driven through a memory BIO over the raw stream, so an EOF from the peer
   (``eof_error``) stays distinct from a reset (``connection_reset``); asyncio's own TLS reports
   both as a reset.
+- When the handshake itself fails (a reset, an EOF, a timeout, an alert), the same address is
+  tried once more with the control SNI (``ctx.control_sni``, default ``example.com``) on a new
+  connection, unverified: a ``TLSObservation`` with ``control=True``. If it completes, what was
+  filtered was the name (SNI blocking); if it fails too, the address or the server is the matter.
 - Facts: protocol version, cipher, ALPN, SHA-256 of each certificate the peer sent (the leaf
   alone on Pythons that cannot return the chain), and the leaf's subject CN, SANs and notAfter.
 """
@@ -175,24 +179,51 @@ class Attempt:
     tls: TLSObservation | None
 
 
+async def control_sni(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock
+                      ) -> tuple[Observation, ...]:
+    """After the real name failed: the same address, a new connection, the harmless control
+    name, unverified (``TLSObservation.control``). SNI filtering lets it through; a dead server
+    or a blocked address does not. Nothing is tried when no control name is configured."""
+    name = ctx.control_sni
+    if not name or (sni or "").lower() == name.lower():
+        return ()
+    again = await dial(ctx, route, clock)
+    if again.streams is None:
+        return (again.observation,)
+    base = TLSObservation(address=route.address, port=route.port, sni=name, t0=clock(), t=0.0,
+                          control=True)
+    try:
+        observed = facts(replace(base, t=clock()),
+                         await _try(ctx, again.streams, name, verify=False))
+    except _EXPECTED as exc:
+        observed = replace(base, t=clock(), failure=classify(exc))
+    finally:
+        await close(again.streams)
+    return (again.observation, observed)
+
+
 async def attempt(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock) -> Attempt:
-    """TCP connect, then a verified handshake (and an unverified one if the cert is rejected)."""
+    """TCP connect, then a verified handshake (and an unverified one if the cert is rejected,
+    or one with the control SNI if the handshake itself failed)."""
     tcp = await dial(ctx, route, clock)
     if tcp.streams is None:
         return Attempt((tcp.observation,), tcp, None)
     base = TLSObservation(address=route.address, port=route.port, sni=sni, t0=clock(), t=0.0)
+    failed: TLSObservation | None = None
     try:
         tls = await _try(ctx, tcp.streams, sni, verify=True)
     except ssl.SSLCertVerificationError as exc:
         error = classify(exc)
     except _EXPECTED as exc:
-        observed = replace(base, t=clock(), failure=classify(exc))
-        return Attempt((tcp.observation, observed), tcp, observed)
+        failed = replace(base, t=clock(), failure=classify(exc))
     else:
         observed = facts(replace(base, t=clock(), verified=True), tls)
         return Attempt((tcp.observation, observed), tcp, observed)
     finally:
         await close(tcp.streams)
+    if failed is not None:
+        extra = await control_sni(ctx, route, sni, clock)
+        return Attempt((tcp.observation, failed, *extra), tcp, failed)
     base = replace(base, t=clock(), verified=False, verify_error=error, failure=error)
     again, observed = await _unverified_facts(ctx, route, sni, clock, base)
     return Attempt((tcp.observation, again.observation, observed), tcp, observed)

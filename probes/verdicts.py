@@ -94,6 +94,10 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "the URL"),
     Rule("tls.failure_vs_control", "tls_blocked",
          "the TLS handshake failed while the control completed it or fetched the URL"),
+    Rule("tls.sni_vs_control_sni", "tls_blocked",
+         "the handshake naming the service failed (reset, EOF, timeout) while, right after, the "
+         "same address completed a handshake for a harmless control name: the name is filtered "
+         "(SNI blocking), the address and the server work"),
     Rule("tls.invalid_cert_vs_control", "tls_blocked",
          "the certificate is invalid for the name while the control's handshake for the same "
          "name is valid: interception or a block page"),
@@ -181,6 +185,9 @@ class Evidence:
     tcp_ok: set[str] = field(default_factory=set)
     tcp_failed: set[str] = field(default_factory=set)
     answering: set[str] = field(default_factory=set)  # tested resolvers that answered something
+    # the control-SNI handshakes of this vantage, by address and port: (control name, failure)
+    control_sni: dict[tuple[str, int], list[tuple[str, str | None]]] = field(
+        default_factory=lambda: defaultdict(list))
 
 
 def _dns_a(m: Measurement) -> DNSObservation | None:
@@ -197,7 +204,7 @@ def _add_control(ev: Evidence, m: Measurement) -> None:
                 _ControlAnswer(frozenset(o.addresses), o.failure))
         elif isinstance(o, TCPObservation):
             ev.tcp[(o.address, o.port)].append(o.failure)
-        elif isinstance(o, TLSObservation):
+        elif isinstance(o, TLSObservation) and not o.control:
             ev.tls[(o.address, o.port)].append(o)
         elif isinstance(o, HTTPObservation):
             ev.http[m.target.url or o.url].append(o)
@@ -207,7 +214,9 @@ def _add_control(ev: Evidence, m: Measurement) -> None:
 
 def _add_tested(ev: Evidence, m: Measurement) -> None:
     for o in m.observations:
-        if isinstance(o, TLSObservation) and o.sni:
+        if isinstance(o, TLSObservation) and o.control:
+            ev.control_sni[(o.address, o.port)].append((o.sni or "", o.failure))
+        elif isinstance(o, TLSObservation) and o.sni:
             if o.verified:
                 ev.verified[o.sni.lower()].add(o.address)
             elif o.failure in CERT_FAILURES:
@@ -450,7 +459,8 @@ def _failed_step(m: Measurement) -> tuple[str, str | None, int | None, str | Non
     layer = _LAYER.get(m.failed_operation or "", "")
     host = urlsplit(m.target.url).hostname if m.target.url else None
     for o in reversed(m.observations):
-        if isinstance(o, TLSObservation) and layer == "tls" and o.failure is not None:
+        if (isinstance(o, TLSObservation) and layer == "tls" and o.failure is not None
+                and not o.control):
             return layer, o.address, o.port, o.sni
         if isinstance(o, TCPObservation) and layer == "tcp" and o.failure is not None:
             return layer, o.address, o.port, None
@@ -492,13 +502,57 @@ def _valid_at_control_address(ev: Evidence, address: str | None, sni: str | None
     return address not in control and bool(ev.verified.get(sni.lower(), set()) & control)
 
 
+# failures of a handshake that a censor filtering on the name causes (not certificate problems)
+SNI_FILTER_FAILURES = frozenset({F.CONNECTION_RESET, F.EOF_ERROR, F.GENERIC_TIMEOUT,
+                                 F.CONNECTION_ABORTED, F.SSL_FAILED_HANDSHAKE})
+
+
+def _control_sni(ev: Evidence, failure: str, address: str | None, port: int | None
+                 ) -> tuple[str, str | None] | None:
+    """The control-SNI handshake at the failed address: (name, its failure or None)."""
+    if address is None or port is None or failure not in SNI_FILTER_FAILURES:
+        return None
+    found = ev.control_sni.get((address, port), [])
+    answered = [c for c in found if c[1] is None]
+    return (answered or found or [None])[0]
+
+
+def _unvouched_bogon(ev: Evidence, address: str | None, port: int | None) -> bool:
+    """A bogon address that nothing else in the run reached: a control vantage's connection or
+    handshake, or this vantage's control-SNI handshake, succeeding at the same address and port
+    make it a real server (a lab's, a LAN's) rather than a DNS answer pointing nowhere."""
+    if not address or not _bogon(address) or port is None:
+        return False
+    key = (address, port)
+    return not (any(f is None for f in ev.tcp.get(key, ()))
+                or any(o.failure is None for o in ev.tls.get(key, ()))
+                or any(f is None for _, f in ev.control_sni.get(key, ())))
+
+
 def judge_failure(m: Measurement, ev: Evidence) -> Verdict | None:
     failure = m.failure or ""
     layer, address, port, sni = _failed_step(m)
-    if not layer or (layer in ("tcp", "tls") and address and _bogon(address)):
-        return None  # a connection to a bogon fails because of the DNS answer, judged there
-    ok, failed, what = _control_outcome(m, ev, layer, address, port, sni)
+    if not layer:
+        return None
     where = f"{address}:{port}" if address else m.target.key
+    control_sni = _control_sni(ev, failure, address, port) if layer == "tls" else None
+    if control_sni is not None and control_sni[1] is None:
+        return _verdict("tls.sni_vs_control_sni", m, m.service, layer="tls",
+                        evidence=f"{failure} at {m.failed_operation} naming {sni} ({where}); "
+                                 f"the same address completed a handshake for {control_sni[0]}",
+                        details={"address": address, "sni_based": True,
+                                 "control_sni": control_sni[0]})
+    note, extra = "", {}
+    if control_sni is not None:  # the harmless name failed as well: not the name
+        note = (f"; the control SNI {control_sni[0]} failed too ({control_sni[1]}): not "
+                "SNI filtering (the address, the port, the server, or residual blocking)")
+        extra = {"sni_based": False, "control_sni": control_sni[0]}
+    if layer in ("tcp", "tls") and _unvouched_bogon(ev, address, port):
+        # a connection to a bogon fails because of the DNS answer, judged there
+        return _verdict("failure.no_control", m, m.service, layer=layer,
+                        evidence=f"{failure} at {m.failed_operation} ({where}){note}",
+                        details=extra) if note else None
+    ok, failed, what = _control_outcome(m, ev, layer, address, port, sni)
     if layer == "tls" and failure in CERT_FAILURES and (
             ok or _valid_at_control_address(ev, address, sni)):
         return _verdict("tls.invalid_cert_vs_control", m, m.service, layer="tls",
@@ -510,10 +564,15 @@ def judge_failure(m: Measurement, ev: Evidence) -> Verdict | None:
     if ok and failure in INTERFERENCE:
         return _verdict(_FAILURE_RULE[layer], m, m.service, layer=layer,
                         evidence=f"{failure} at {m.failed_operation} ({where}); control {what} "
-                                 "succeeded", details={"address": address})
+                                 f"succeeded{note}", details={"address": address, **extra})
     if failed and not ok:
         return _verdict("failure.same_as_control", m, m.service, layer=layer,
-                        evidence=f"{failure} at {m.failed_operation}; control {what} failed too")
+                        evidence=f"{failure} at {m.failed_operation}; control {what} failed "
+                                 f"too{note}", details=extra)
+    if note:
+        return _verdict("failure.no_control", m, m.service, layer=layer,
+                        evidence=f"{failure} at {m.failed_operation} ({where}){note}",
+                        details=extra)
     return None
 
 

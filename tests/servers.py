@@ -120,6 +120,37 @@ async def close_on_data(_s: LoopbackServer, reader: asyncio.StreamReader,
     writer.close()
 
 
+def sni_filter(blocked: str, context: ssl.SSLContext) -> Handler:
+    """A TLS server behind an SNI filter: a ClientHello naming ``blocked`` gets a RST, any
+    other name a real handshake (served through memory BIOs from the bytes already read)."""
+
+    async def handler(_s: LoopbackServer, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        first = await reader.read(16384)
+        if blocked.encode() in first:
+            abort_with_reset(writer)
+            return
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_side=True)
+        incoming.write(first)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                data = await reader.read(16384)
+                if not data:
+                    return
+                incoming.write(data)
+        writer.write(outgoing.read())
+        await writer.drain()
+        await reader.read(1)
+        writer.close()
+
+    return handler
+
+
 async def silent(_s: LoopbackServer, reader: asyncio.StreamReader,
                  _w: asyncio.StreamWriter) -> None:
     """Accept and read, never answer (a censor dropping the server's packets)."""

@@ -7,6 +7,7 @@ nothing is ever resolved by the system.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import ssl
 from collections.abc import Callable
@@ -28,17 +29,26 @@ from servers import (
     refusing_port,
     reset_on_data,
     silent,
+    sni_filter,
     socks5,
 )
 
 from probes.context import Lookup, ProbeContext, Timeouts
 from probes.http import BODY_CAP, HTTPProbe, extract_title
-from probes.model import DNSObservation, HTTPObservation, Target, TCPObservation, TLSObservation
+from probes.model import (
+    DNSObservation,
+    HTTPObservation,
+    Target,
+    TCPObservation,
+    TLSObservation,
+    Verdict,
+)
 from probes.runner import run_probe
 from probes.scope import Scope
 from probes.socks import SocksReplyError, parse_proxy
 from probes.tcp import TCPProbe
 from probes.tls import TLSProbe, _peer_chain
+from probes.verdicts import judge_run
 
 HOST = "example.test"
 FAST = Timeouts(dns=0.5, tcp=0.5, tls=1.0, http=1.0)
@@ -352,10 +362,57 @@ async def test_tls_handshake_interference(handler: object, failure: str) -> None
     async with LoopbackServer(handler) as server:  # type: ignore[arg-type]
         result = await tls_probe(server, context("127.0.0.1"))
     assert (result.failure, result.operation) == (failure, "tls_handshake")
-    (tcp,) = of(TCPObservation, result.observations)
-    (tls,) = of(TLSObservation, result.observations)
-    assert tcp.failure is None
-    assert (tls.failure, tls.verified, tls.version) == (failure, None, None)
+    tcp, again = of(TCPObservation, result.observations)
+    tls, control = of(TLSObservation, result.observations)
+    assert tcp.failure is None and again.failure is None
+    assert (tls.failure, tls.verified, tls.version, tls.control) == (failure, None, None, False)
+    # the same address with the control SNI fails the same way: not the name
+    assert (control.sni, control.control, control.failure) == ("example.com", True, failure)
+    assert server.accepted == 2
+
+
+def _judged(result: object, target: Target) -> Verdict:
+    from probes.model import Measurement
+
+    m = Measurement(id="m1", run_id="r", vantage="v", target=target, probe_version="1",
+                    started_at=dt.datetime.now(dt.UTC), runtime_s=0.1,
+                    observations=result.observations, failure=result.failure,  # type: ignore[attr-defined]
+                    failed_operation=result.operation)  # type: ignore[attr-defined]
+    return next(v for v in judge_run([m], {}, ()) if v.measurement_id == "m1")
+
+
+async def test_tls_sni_filtering_told_apart_by_the_control_sni(pki: PKI) -> None:
+    handler = sni_filter(HOST, pki.server_context(pki.valid))
+    async with LoopbackServer(handler) as server:
+        target = Target(service="s", probe="tls", host=HOST, port=server.port)
+        result = await TLSProbe().observe(target, context("127.0.0.1", ca_bundle=pki.ca_bundle))
+    assert (result.failure, result.operation) == ("connection_reset", "tls_handshake")
+    tls, control = of(TLSObservation, result.observations)
+    assert (tls.sni, tls.failure) == (HOST, "connection_reset")
+    assert (control.sni, control.control, control.failure) == ("example.com", True, None)
+    assert control.version == "TLSv1.3" and control.verified is None  # looked at, not trusted
+    verdict = _judged(result, target)
+    assert (verdict.verdict, verdict.rule_id) == ("tls_blocked", "tls.sni_vs_control_sni")
+    assert verdict.details["sni_based"] is True and "example.com" in verdict.evidence
+
+
+async def test_tls_failure_on_both_names_is_not_called_sni_blocking() -> None:
+    async with LoopbackServer(reset_on_data) as server:
+        target = Target(service="s", probe="tls", host=HOST, port=server.port)
+        result = await TLSProbe().observe(target, context("127.0.0.1"))
+    verdict = _judged(result, target)
+    # no control vantage: an address-wide reset cannot be told from a broken server
+    assert (verdict.verdict, verdict.rule_id) == ("inconclusive", "failure.no_control")
+    assert verdict.details["sni_based"] is False and "failed too" in verdict.evidence
+
+
+async def test_tls_control_sni_can_be_switched_off(pki: PKI) -> None:
+    handler = sni_filter(HOST, pki.server_context(pki.valid))
+    async with LoopbackServer(handler) as server:
+        target = Target(service="s", probe="tls", host=HOST, port=server.port)
+        result = await TLSProbe().observe(target, context("127.0.0.1", control_sni=None))
+    assert len(of(TLSObservation, result.observations)) == 1 and server.accepted == 1
+    assert _judged(result, target).rule_id == "failure.no_control"
 
 
 async def test_tls_tcp_failure_is_a_connect_failure() -> None:
