@@ -8,6 +8,8 @@ Guarantees:
 - Over UDP the socket keeps listening after the first answer, so an injector's forged answer and
   the resolver's real one are both recorded (with arrival time, source, id, flags and IP TTL).
   A query that gets no response at all is sent again ``ctx.dns_retries`` times first.
+- A target marked ``("silent", "yes")`` (``[dns] silent``: an address where no DNS server runs)
+  gets one A query, never repeated; any response to it was forged on the path.
 - A response never raises: bytes that do not parse are recorded with ``malformed=<reason>``.
 - Every observation carries at most one failure string from ``probes.failures``, decided from
   the first well-formed response (what a stub resolver would act on).
@@ -95,6 +97,11 @@ class DNSProbe:
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         spec = parse_resolver(target.resolver or "system")
+        if ("silent", "yes") in target.options:
+            # an address where no DNS server runs: one A query, sent once, and every response
+            # recorded; silence (a timeout) is the expected, healthy outcome
+            a = await query(spec, target.host, "A", replace(ctx, dns_retries=0))
+            return ProbeResult((a,), a.failure, "resolve" if a.failure else None)
         a, aaaa = await asyncio.gather(
             query(spec, target.host, "A", ctx), query(spec, target.host, "AAAA", ctx)
         )

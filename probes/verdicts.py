@@ -61,6 +61,12 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("ok.no_failure", "ok", "every layer of the measurement succeeded"),
     Rule("dns.injection.multiple_responses", "dns_blocked",
          "one query got several responses with different contents: an on-path injector"),
+    Rule("dns.injection.silent_address", "dns_blocked",
+         "a query sent to an address where no DNS server runs ([dns] silent) got an answer: "
+         "something on the path forged it"),
+    Rule("dns.silent.quiet", "ok",
+         "the silent address did not answer (as it should): no injector on this path for "
+         "this name"),
     Rule("dns.fingerprint", "dns_blocked",
          "an answer is a known forged address (a DNS fingerprint): a strong signature"),
     Rule("dns.nxdomain_vs_control", "dns_blocked",
@@ -333,8 +339,28 @@ def _catalogued(service: Service, host: str) -> bool:
     return host in {n.lower() for n in names}
 
 
+def judge_silent(m: Measurement) -> Verdict:
+    """A query to a silent address: any well-formed response is an injector's; none is ok."""
+    obs = _dns_a(m)
+    answered = [r for r in (obs.responses if obs else ()) if r.malformed is None]
+    if not answered:
+        return _verdict("dns.silent.quiet", m, m.service, layer="dns",
+                        evidence=f"no answer from {m.target.resolver} "
+                                 f"({obs.failure if obs else m.failure})")
+    first = answered[0]
+    values = sorted({a.value for r in answered for a in r.answers}) or [first.rcode]
+    ttl = f", IP TTL {first.ip_ttl}" if first.ip_ttl is not None else ""
+    return _verdict("dns.injection.silent_address", m, m.service, layer="dns",
+                    evidence=f"{len(answered)} response(s) from {first.source}, where no DNS "
+                             f"server runs: {', '.join(values[:4])}{ttl}",
+                    details={"responses": len(answered), "answers": values[:8],
+                             "ip_ttl": [r.ip_ttl for r in answered]})
+
+
 def judge_dns(m: Measurement, service: Service | None, controls: list[_ControlAnswer],
               ev: Evidence | None = None, fps: FingerprintSet | None = None) -> Verdict | None:
+    if ("silent", "yes") in m.target.options:
+        return judge_silent(m)
     obs = _dns_a(m)
     if obs is None:
         return None

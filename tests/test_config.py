@@ -42,6 +42,8 @@ def test_no_file_means_defaults_in_xdg_data_dir(tmp_path: Path) -> None:
         ("[vantage]\nsocks5_proxy = 'http://x'\n", "socks5://HOST:PORT"),
         ("[storage]\nurl = 'mysql://x'\n", "storage.url"),
         ("[tls]\nca_bundle = '/nonexistent.pem'\n", "does not exist"),
+        ("[tls]\ncontrol_sni = 'not a name'\n", "tls.control_sni"),
+        ("[dns]\nsilent = ['ns.example.org']\n", "'ns.example.org' is not an IP address"),
         ("[baseline]\nendpoints = ['one.one.one.one:443']\n", "baseline.endpoints"),
         ("[[services]]\nname = 'x'\ndomains = [1]\n", "service 'x': domains must be"),
         ("[[services]]\nname = 'x'\n", "needs at least one of domains"),

@@ -472,3 +472,48 @@ async def test_runner_reports_the_resolve_failure(server: DNSServer) -> None:
     m = await run_probe(DNSProbe(), target, context(), run_id="r", vantage="v")
     assert (m.failure, m.failed_operation, m.probe_version) == (F.DNS_NXDOMAIN, "resolve", "1")
     assert len(m.observations) == 2
+
+
+# --- silent addresses ([dns] silent) ------------------------------------------------------------
+
+
+def _silent_target(host: str, resolver: str) -> Target:
+    return Target(service="test", probe="dns", host=host, resolver=resolver,
+                  options=(("silent", "yes"),))
+
+
+def _judge_silent(m: object) -> tuple[str, str, str]:
+    from probes.verdicts import judge_run
+
+    v = next(v for v in judge_run([m], {}, ()) if v.measurement_id is not None)  # type: ignore[list-item]
+    return v.verdict, v.rule_id, v.evidence
+
+
+async def test_silent_address_that_stays_silent_is_ok(server: DNSServer) -> None:
+    # a server that answers nothing for this name stands for an address where nothing runs
+    m = await run_probe(DNSProbe(), _silent_target("silent.test", server.udp),
+                        context(dns_retries=3), run_id="r", vantage="v")
+    (a,) = m.observations
+    assert isinstance(a, DNSObservation) and a.qtype == "A" and a.responses == ()
+    assert m.failure == F.GENERIC_TIMEOUT
+    # asked once: retries would only repeat a query that must not be answered
+    assert server.count("silent.test") == 1
+    assert _judge_silent(m)[:2] == ("ok", "dns.silent.quiet")
+
+
+async def test_silent_address_with_a_closed_port_is_ok() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = await run_probe(DNSProbe(), _silent_target("example.test", f"udp://127.0.0.1:{port}"),
+                        context(), run_id="r", vantage="v")
+    assert m.failure is not None
+    assert _judge_silent(m)[:2] == ("ok", "dns.silent.quiet")
+
+
+async def test_any_answer_from_a_silent_address_is_an_injection(server: DNSServer) -> None:
+    m = await run_probe(DNSProbe(), _silent_target("injected.test", server.udp), context(),
+                        run_id="r", vantage="v")
+    verdict, rule, evidence = _judge_silent(m)
+    assert (verdict, rule) == ("dns_blocked", "dns.injection.silent_address")
+    assert "10.10.34.35" in evidence and "IP TTL 33" in evidence

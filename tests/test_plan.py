@@ -58,3 +58,25 @@ def test_bad_vpn_entries() -> None:
                             "TCP reachability only")]:
         with pytest.raises(CatalogueError, match=message):
             service_from_dict("v", {"vpn": [entry]})
+
+
+def test_silent_addresses_get_one_marked_query_per_name() -> None:
+    tg = load_catalogue()["telegram"]
+    targets = plan_service(tg, probes=["dns"], resolvers=["system"],
+                           silent=["192.0.2.99", "2001:db8::99"])
+    silent = [t for t in targets if ("silent", "yes") in t.options]
+    names = {t.host for t in targets if t.resolver == "system"}
+    assert {t.host for t in silent} == names
+    assert {t.resolver for t in silent} == {"udp://192.0.2.99", "udp://[2001:db8::99]"}
+    assert len(silent) == 2 * len(names)
+
+
+def test_trace_targets_are_opt_in_and_name_their_payload() -> None:
+    wa = load_catalogue()["whatsapp"]
+    assert not any(t.probe == "trace" for t in plan_service(
+        wa, probes=["dns", "tcp", "tls", "http"], resolvers=["system"]))
+    traces = [t for t in plan_service(wa, probes=["trace"], resolvers=["system"])]
+    assert traces and all(t.probe == "trace" for t in traces)
+    tls = next(t for t in traces if t.port == 443)
+    assert (tls.sni, tls.options) == (tls.host, (("mode", "tls"),))
+    assert not any(t.port == 5222 for t in traces)  # neither TLS nor HTTP: nothing to send
