@@ -369,9 +369,15 @@ def judge_dns(m: Measurement, service: Service | None, controls: list[_ControlAn
     good_control = [c for c in controls if c.failure is None and c.addresses]
     if _injection(obs):
         answers = sorted({a.value for r in obs.responses for a in r.answers})
+        ttls = [r.ip_ttl for r in obs.responses]
+        # responses from one resolver cross one path: different IP TTLs mean different senders
+        shown = (f"; IP TTL {'/'.join(str(t) for t in ttls)}"
+                 if len({t for t in ttls if t is not None}) > 1 else "")
         return _verdict("dns.injection.multiple_responses", m, name, layer="dns",
-                        evidence=f"{len(obs.responses)} responses: {', '.join(answers[:4])}",
-                        details={"responses": len(obs.responses)})
+                        evidence=f"{len(obs.responses)} responses: {', '.join(answers[:4])}"
+                                 f"{shown}",
+                        details={"responses": len(obs.responses), "ip_ttl": ttls,
+                                 "first": sorted(a.value for a in obs.responses[0].answers)})
     if obs.failure == F.DNS_NXDOMAIN and good_control:
         return _verdict("dns.nxdomain_vs_control", m, name, layer="dns",
                         evidence="NXDOMAIN; control resolver returned addresses")

@@ -517,3 +517,12 @@ async def test_any_answer_from_a_silent_address_is_an_injection(server: DNSServe
     verdict, rule, evidence = _judge_silent(m)
     assert (verdict, rule) == ("dns_blocked", "dns.injection.silent_address")
     assert "10.10.34.35" in evidence and "IP TTL 33" in evidence
+
+
+async def test_injection_verdict_names_the_differing_ip_ttls(server: DNSServer) -> None:
+    m = await run_probe(DNSProbe(), Target(service="test", probe="dns", host="injected.test",
+                                           resolver=server.udp), context(), run_id="r",
+                        vantage="v")
+    verdict, rule, evidence = _judge_silent(m)  # any measurement: judged by its own rules
+    assert (verdict, rule) == ("dns_blocked", "dns.injection.multiple_responses")
+    assert "IP TTL 33/64" in evidence
