@@ -443,3 +443,12 @@ def test_app_rule_blocks_the_app_when_every_chat_endpoint_is_blocked() -> None:
     # no control: nothing is blocked, so the app rule cannot say so either
     out = judge_run([web, *both], {"wa": wa}, [])
     assert service_verdict(out, "wa").verdict == "inconclusive"
+
+
+def test_every_rule_is_documented_in_docs_verdicts() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "verdicts.md").read_text(encoding="utf-8")
+    assert f"analyzer version {ANALYZER_VERSION}" in doc
+    missing = sorted(r for r in RULES if f"`{r}`" not in doc)
+    assert not missing, f"rules without a line in docs/verdicts.md: {missing}"
