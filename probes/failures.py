@@ -35,6 +35,7 @@ SSL_FAILED_HANDSHAKE = "ssl_failed_handshake"
 EOF_ERROR = "eof_error"
 OUT_OF_SCOPE = "out_of_scope"  # project-local: refused by the scope allow-list, nothing sent
 TOO_MANY_REDIRECTS = "http_too_many_redirects"  # project-local
+RAW_UNAVAILABLE = "raw_socket_unavailable"  # project-local: no CAP_NET_RAW, nothing sent
 UNKNOWN_PREFIX = "unknown_failure: "
 
 _ERRNO = {

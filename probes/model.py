@@ -237,14 +237,43 @@ class VPNObservation:
     failure: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawObservation:
+    """Raw-packet evidence for one address (probes/trace.py)."""
+
+    layer: ClassVar[str] = "raw"
+    address: str
+    port: int
+    mode: str                       # "syn", "tls" (payload: a ClientHello naming sni) or "http"
+    sni: str | None
+    t0: float
+    t: float
+    capture: bool                   # False: no CAP_NET_RAW, nothing below was observed
+    synack: dict[str, Any] | None = None      # {"ttl", "ipid", "df", "window"}
+    resets: tuple[dict[str, Any], ...] = ()   # each {"ttl", "ipid", "df", "window", "flags",
+    #                                           "after": "syn"|"data", "t"}
+    reply: str | None = None        # full-TTL attempt: "data", "rst", "timeout", "refused",
+    #                                 "synack" (mode syn) ...
+    forged_rst: str | None = None   # why a RST is not the server's ("ttl 64 vs syn-ack 63")
+    rst_fingerprint: str | None = None
+    hops: tuple[dict[str, Any], ...] = ()     # each {"ttl": n, "result": "time_exceeded"|
+    #                                           "synack"|"data"|"rst"|"silent", "from": addr}
+    interference_ttl: int | None = None
+    interference: str | None = None  # "rst" or "drop"
+    last_hop: str | None = None
+    server_ttl: int | None = None
+    failure: str | None = None
+
+
 Observation = (DNSObservation | TCPObservation | TLSObservation | HTTPObservation
-               | VPNObservation)
+               | VPNObservation | RawObservation)
 _LAYERS: dict[str, type[Any]] = {
     "dns": DNSObservation,
     "tcp": TCPObservation,
     "tls": TLSObservation,
     "http": HTTPObservation,
     "vpn": VPNObservation,
+    "raw": RawObservation,
 }
 
 
