@@ -12,6 +12,7 @@ from probes.pptp import PPTPProbe
 from probes.tcp import TCPProbe
 from probes.tls import TLSProbe
 from probes.tor import TorProbe
+from probes.trace import TraceProbe
 from probes.wireguard import WireGuardProbe
 
 PROBES: dict[str, Probe] = {
@@ -25,4 +26,5 @@ PROBES: dict[str, Probe] = {
     "pptp": PPTPProbe(),
     "l2tp": L2TPProbe(),
     "tor": TorProbe(),
+    "trace": TraceProbe(),
 }

@@ -1,0 +1,800 @@
+"""The raw-packet evidence probe ``trace``: who really sent a reset, and where interference begins.
+
+Per resolved IPv4 address of the endpoint:
+
+1. A full-TTL attempt: the kernel connects, sends the mode's payload (``tls``: a real TLS
+   ClientHello naming the SNI; ``http``: ``GET /`` with the Host; ``syn``: nothing) and waits for
+   data, while raw sockets record the server side's SYN-ACK (IP TTL, IP-ID, DF, window) and every
+   RST of the flow (the same, its flags, and whether it came after the SYN or after our data).
+2. Each RST is judged against the SYN-ACK (``judge_rst``): a different IP TTL, a different DF
+   bit, or IP-ID 0 where the server numbers its packets says the RST was not sent by the server
+   (``forged_rst``). GFW Report's injector types are recognised (``rst_fingerprint``).
+3. If that attempt met interference (a RST, no data, or no SYN-ACK) a TTL-limited search runs,
+   one TTL at a time from 1: crafted SYNs when the handshake itself failed (or in mode ``syn``),
+   else a full-TTL handshake followed by the payload sent with IP TTL n. Each step records ICMP
+   time-exceeded (and from whom; the quoted header must name our flow), the server's answer,
+   a RST, or silence; the search stops at the server, at the first reset, once silence has
+   held for ``SILENT_CONFIRM`` more TTLs (a quiet router is not a drop), at ``MAX_HOPS``, or
+   when the probe's time budget runs out.
+
+Guarantees:
+
+- The scope is checked before any packet leaves (every crafted packet is checked again when
+  sent); an address outside it is recorded as ``out_of_scope``, nothing sent. Through a SOCKS
+  proxy nothing is traced (raw packets would bypass it): ``trace_unsupported_with_proxy``.
+- Without CAP_NET_RAW nothing at all is sent: each address gets an observation with
+  ``capture=False`` and ``raw_socket_unavailable`` (operation ``raw_capture``), and a warning
+  saying CAP_NET_RAW is needed is logged once; the other probes of a sweep run as usual.
+- Interference is a finding, not a probe failure: the result fails only when nothing could be
+  traced. IPv6 addresses are recorded as ``ipv6_not_supported``.
+- One set of raw sockets per event loop is shared by every trace running on it (a kernel BPF
+  filter passes only SYN/RST segments, ICMP is limited to time-exceeded and unreachable);
+  packets are read by the event loop (no threads), parsed defensively (a malformed or truncated
+  packet is ignored, never raised) and at most ``MAX_PACKETS`` of each kind are kept per flow.
+- Times are seconds since the probe started observing the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import ipaddress
+import logging
+import random
+import socket
+import ssl
+import struct
+import termios
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from probes import failures as F
+from probes.context import ProbeContext, ProbeResult
+from probes.model import Observation, RawObservation, Target
+from probes.runner import deadline_for
+from probes.tcp import Clock, plan
+
+log = logging.getLogger(__name__)
+
+MODES = ("tls", "http", "syn")
+MAX_HOPS = 30
+MAX_PACKETS = 16  # RSTs, and ICMP messages, kept per flow
+SILENT_CONFIRM = 2  # further silent TTLs before silence counts as a drop
+SNAPLEN = 256  # bytes of each captured packet: the IP and TCP headers with options
+LINGER = 0.25  # after the full attempt: injectors send several RSTs in a burst
+IPV6_UNSUPPORTED = "ipv6_not_supported"  # project-local
+PROXY_UNSUPPORTED = "trace_unsupported_with_proxy"  # project-local: nothing sent
+OPERATION = "raw_capture"
+RAW_UNAVAILABLE_MESSAGE = (
+    "the trace probe needs raw sockets (CAP_NET_RAW): run blockwatch as root or grant it "
+    "`setcap cap_net_raw+ep` on the Python interpreter; no raw-packet evidence was collected, "
+    "the other probes run as usual")
+ALPN = ("h2", "http/1.1")
+
+_SOL_RAW, _ICMP_FILTER = 255, 1  # linux/icmp.h
+_SO_ATTACH_FILTER = 26
+_READS_PER_WAKEUP = 256  # a flood cannot starve the event loop
+
+
+# --- parsing: malformed or truncated packets give None, never an exception -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """The facts of one captured TCP segment."""
+
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    ttl: int
+    ipid: int
+    df: bool
+    window: int
+    flags: str  # scapy's letters: "SA", "R", "RA", ...
+    seq: int
+    ack: int
+
+    def facts(self) -> dict[str, Any]:
+        return {"ttl": self.ttl, "ipid": self.ipid, "df": self.df, "window": self.window}
+
+
+@dataclass(frozen=True, slots=True)
+class Icmp:
+    """An ICMP error about a TCP segment: who sent it and the flow its quoted header names."""
+
+    src: str
+    type: int  # 11 time exceeded, 3 destination unreachable
+    code: int
+    qdst: str
+    qsport: int
+    qdport: int
+    qid: int
+
+
+def _ipv4_header(raw: bytes, proto: int, need: int) -> int | None:
+    """The IP header length if ``raw`` starts like an unfragmented IPv4 packet of ``proto``
+    with at least ``need`` bytes after the header, else None."""
+    if len(raw) < 20 or raw[0] >> 4 != 4 or raw[9] != proto:
+        return None
+    ihl = (raw[0] & 0x0F) * 4
+    if ihl < 20 or len(raw) < ihl + need:
+        return None
+    if struct.unpack_from("!H", raw, 6)[0] & 0x1FFF:  # a later fragment: no header inside
+        return None
+    return ihl
+
+
+def parse_tcp(raw: bytes) -> Segment | None:
+    """A captured IPv4 TCP packet, or None if it is not one or is cut short."""
+    if _ipv4_header(raw, socket.IPPROTO_TCP, 20) is None:
+        return None
+    try:
+        from scapy.layers.inet import IP, TCP
+
+        pkt = IP(raw)
+        if TCP not in pkt:
+            return None
+        ip, tcp = pkt[IP], pkt[TCP]
+        return Segment(src=str(ip.src), dst=str(ip.dst), sport=int(tcp.sport),
+                       dport=int(tcp.dport), ttl=int(ip.ttl), ipid=int(ip.id),
+                       df=bool(ip.flags.DF), window=int(tcp.window), flags=str(tcp.flags),
+                       seq=int(tcp.seq), ack=int(tcp.ack))
+    except Exception:  # hostile input: whatever scapy makes of it, it is not evidence
+        return None
+
+
+def parse_icmp(raw: bytes) -> Icmp | None:
+    """A captured ICMP time-exceeded or unreachable quoting a TCP header, or None."""
+    ihl = _ipv4_header(raw, socket.IPPROTO_ICMP, 8 + 20 + 8)
+    if ihl is None or raw[ihl] not in (3, 11):
+        return None
+    try:
+        from scapy.layers.inet import ICMP, IP, IPerror, TCPerror
+
+        pkt = IP(raw)
+        if ICMP not in pkt or IPerror not in pkt or TCPerror not in pkt:
+            return None
+        quoted, qtcp = pkt[IPerror], pkt[TCPerror]
+        if int(quoted.proto) != socket.IPPROTO_TCP or qtcp.dport is None:
+            return None
+        return Icmp(src=str(pkt[IP].src), type=int(pkt[ICMP].type), code=int(pkt[ICMP].code),
+                    qdst=str(quoted.dst), qsport=int(qtcp.sport), qdport=int(qtcp.dport),
+                    qid=int(quoted.id))
+    except Exception:  # hostile input
+        return None
+
+
+# --- judging resets ---------------------------------------------------------------------------
+
+
+def judge_rst(synack: dict[str, Any] | None, rst: dict[str, Any]) -> str | None:
+    """Why ``rst`` was not sent by the host that sent ``synack``, or None if nothing says so.
+
+    The server's own packets leave with one initial TTL over one path, so the IP TTL of its RST
+    equals its SYN-ACK's; so does the DF bit. IP-ID: Linux sends its SYN-ACK with IP-ID 0 and DF
+    and later packets (its own RST too) with a per-connection counter, so a zero SYN-ACK IP-ID
+    says nothing about the RST's; only a server that numbers even its SYN-ACK (non-zero IP-ID)
+    is expected never to send IP-ID 0 without DF (GFW type I's pattern).
+    """
+    if synack is None:
+        return None
+    if rst["ttl"] != synack["ttl"]:
+        return f"ttl {rst['ttl']} vs syn-ack {synack['ttl']}"
+    if bool(rst["df"]) != bool(synack["df"]):
+        return f"df {int(bool(rst['df']))} vs syn-ack df {int(bool(synack['df']))}"
+    if synack["ipid"] != 0 and rst["ipid"] == 0 and not rst["df"]:
+        return f"ip-id 0 without df vs syn-ack ip-id {synack['ipid']}"
+    return None
+
+
+def judge_resets(synack: dict[str, Any] | None, resets: Sequence[dict[str, Any]]) -> str | None:
+    """The reason of the first forged RST (with a count when there were several), or None."""
+    reasons = [r for r in (judge_rst(synack, x) for x in resets) if r]
+    if not reasons:
+        return None
+    return reasons[0] if len(resets) == 1 else f"{reasons[0]} ({len(reasons)} of {len(resets)})"
+
+
+def rst_fingerprint(synack: dict[str, Any] | None,
+                    resets: Sequence[dict[str, Any]]) -> str | None:
+    """GFW Report's RST injector types (FIELD-NOTES section 3): type I sends 1 RST with IP-ID 0
+    and DF 0, type II 3 RST+ACK with DF set, type III 1 RST+ACK with IP TTL 248. Where the
+    SYN-ACK is known, only RSTs judged not to be the server's count."""
+    suspects = [r for r in resets if synack is None or judge_rst(synack, r)]
+    rst_ack = [r for r in suspects if r["flags"] == "RA"]
+    if len(rst_ack) == 1 and rst_ack[0]["ttl"] == 248:
+        return "gfw_type3"
+    if len(rst_ack) == 3 and all(r["df"] for r in rst_ack):
+        return "gfw_type2"
+    rst = [r for r in suspects if r["flags"] == "R"]
+    if len(rst) == 1 and rst[0]["ipid"] == 0 and not rst[0]["df"]:
+        return "gfw_type1"
+    return None
+
+
+# --- capture: raw sockets shared by every trace on one event loop ----------------------------
+
+
+def _syn_rst_filter() -> list[tuple[int, int, int, int]]:
+    """Classic BPF over an IPv4 packet: accept TCP segments with SYN or RST, drop the rest."""
+    return [
+        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): the IP header length
+        (0x50, 0, 0, 13),  # ldb [x+13]: the TCP flags
+        (0x45, 0, 1, 0x06),  # jset #SYN|RST
+        (0x06, 0, 0, SNAPLEN),  # ret #SNAPLEN
+        (0x06, 0, 0, 0),  # ret #0
+    ]
+
+
+def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buf = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+
+
+FlowKey = tuple[str, int, int]  # remote address, remote port, our port
+
+
+@dataclass(eq=False)
+class Flow:
+    """What the capture saw of one connection (or one crafted SYN) with the remote side."""
+
+    remote: str
+    rport: int
+    lport: int
+    clock: Clock
+    phase: str = "syn"  # "data" once our payload is about to leave
+    synack: Segment | None = None
+    resets: list[tuple[Segment, str, float]] = field(default_factory=list)
+    icmp: list[Icmp] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> FlowKey:
+        return (self.remote, self.rport, self.lport)
+
+    def add_segment(self, seg: Segment) -> None:
+        if "R" in seg.flags:
+            if len(self.resets) < MAX_PACKETS:
+                self.resets.append((seg, self.phase, self.clock()))
+        elif "S" in seg.flags and "A" in seg.flags and self.synack is None:
+            self.synack = seg
+        else:
+            return
+        self.changed.set()
+
+    def add_icmp(self, msg: Icmp) -> None:
+        if len(self.icmp) < MAX_PACKETS:
+            self.icmp.append(msg)
+            self.changed.set()
+
+
+class Capture:
+    """Raw sockets (TCP and ICMP in, IP out) read by the event loop, demultiplexed by flow."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.users = 0
+        self.flows: dict[FlowKey, Flow] = {}
+        self._tcp: socket.socket | None = None
+        self._icmp: socket.socket | None = None
+        self._out: socket.socket | None = None
+
+    def open(self) -> None:
+        """Open the sockets; raises PermissionError (or OSError) without CAP_NET_RAW."""
+        opened: list[socket.socket] = []
+        try:
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+            opened.append(tcp)
+            icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            opened.append(icmp)
+            out = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            opened.append(out)
+            _attach_filter(tcp, _syn_rst_filter())
+            wanted = (1 << 3) | (1 << 11)  # ICMP_FILTER drops the types whose bit is set
+            icmp.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("I", ~wanted & 0xFFFFFFFF))
+            for s in opened:
+                s.setblocking(False)
+        except BaseException:
+            for s in opened:
+                s.close()
+            raise
+        self._tcp, self._icmp, self._out = tcp, icmp, out
+        self.loop.add_reader(tcp.fileno(), self._read_tcp)
+        self.loop.add_reader(icmp.fileno(), self._read_icmp)
+
+    def close(self) -> None:
+        for s in (self._tcp, self._icmp):
+            if s is not None:
+                self.loop.remove_reader(s.fileno())
+        for s in (self._tcp, self._icmp, self._out):
+            if s is not None:
+                s.close()
+        self._tcp = self._icmp = self._out = None
+        self.flows.clear()
+
+    def _reads(self, sock: socket.socket | None) -> Iterator[bytes]:
+        for _ in range(_READS_PER_WAKEUP):
+            if sock is None:
+                return
+            try:
+                yield sock.recv(SNAPLEN)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. ENOBUFS after an overflow: what is queued is still read
+                return
+
+    def _read_tcp(self) -> None:
+        for raw in self._reads(self._tcp):
+            seg = parse_tcp(raw)
+            if seg is not None:
+                flow = self.flows.get((seg.src, seg.sport, seg.dport))
+                if flow is not None:
+                    flow.add_segment(seg)
+
+    def _read_icmp(self) -> None:
+        for raw in self._reads(self._icmp):
+            msg = parse_icmp(raw)
+            if msg is not None:
+                flow = self.flows.get((msg.qdst, msg.qdport, msg.qsport))
+                if flow is not None:
+                    flow.add_icmp(msg)
+
+    def drain(self) -> None:
+        """Read what is queued now: the raw copy of a packet is queued before TCP handles it,
+        so after a socket call returns, its cause is here."""
+        self._read_tcp()
+        self._read_icmp()
+
+    def watch(self, remote: str, rport: int, lport: int, clock: Clock) -> Flow:
+        flow = Flow(remote, rport, lport, clock)
+        self.flows[flow.key] = flow
+        return flow
+
+    def unwatch(self, flow: Flow) -> None:
+        if self.flows.get(flow.key) is flow:
+            del self.flows[flow.key]
+
+    async def send(self, packet: bytes, dst: str, scope_check: Callable[[str], None]) -> None:
+        scope_check(dst)
+        assert self._out is not None
+        await self.loop.sock_sendto(self._out, packet, (dst, 0))
+
+
+_CAPTURES: dict[asyncio.AbstractEventLoop, Capture] = {}
+_warned: list[bool] = []
+
+
+def acquire() -> Capture:
+    """The running event loop's capture, opened by its first user; raises OSError (usually
+    PermissionError) when raw sockets are not allowed."""
+    loop = asyncio.get_running_loop()
+    cap = _CAPTURES.get(loop)
+    if cap is None:
+        cap = Capture(loop)
+        cap.open()
+        _CAPTURES[loop] = cap
+    cap.users += 1
+    return cap
+
+
+def release(cap: Capture) -> None:
+    """Closed by its last user."""
+    cap.users -= 1
+    if cap.users == 0:
+        if _CAPTURES.get(cap.loop) is cap:
+            del _CAPTURES[cap.loop]
+        cap.close()
+
+
+# --- sockets and payloads ---------------------------------------------------------------------
+
+
+def client_hello(ctx: ProbeContext, sni: str | None) -> bytes:
+    """The bytes of a real ClientHello naming ``sni``, as Python's TLS would send them."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.ssl_context(verify=False, alpn=ALPN).wrap_bio(incoming, outgoing,
+                                                            server_hostname=sni)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def http_request(ctx: ProbeContext, host: str, port: int) -> bytes:
+    shown = f"[{host}]" if ":" in host else host
+    authority = shown if port == 80 else f"{shown}:{port}"
+    return (f"GET / HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {ctx.user_agent}\r\n"
+            "Accept: */*\r\nConnection: close\r\n\r\n").encode("ascii", "replace")
+
+
+def _source(ctx: ProbeContext, address: str) -> str:
+    """Our address towards ``address``: the configured IPv4 source, else the kernel's route
+    (a connected UDP socket sends nothing)."""
+    if ctx.source_address and ipaddress.ip_address(ctx.source_address).version == 4:
+        return ctx.source_address
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((address, 9))
+        return str(s.getsockname()[0])
+
+
+def _stream_socket(ctx: ProbeContext, address: str) -> socket.socket:
+    """A non-blocking TCP socket already bound, so its port is known before the SYN leaves."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        source = ctx.source_address
+        if source and ipaddress.ip_address(source).version != 4:
+            source = None
+        sock.bind((source or "", 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close at once: full TTL again, then a RST (our half-finished flows leave no state)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, -1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _unacked(sock: socket.socket) -> int | None:
+    """Bytes we sent that the peer has not acknowledged (SIOCOUTQ), None if unknown."""
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except OSError:
+        return None
+    return int(struct.unpack("i", out)[0])
+
+
+_REPLY = {F.CONNECTION_REFUSED: "refused", F.CONNECTION_RESET: "rst",
+          F.CONNECTION_ABORTED: "rst", F.GENERIC_TIMEOUT: "timeout",
+          F.HOST_UNREACHABLE: "unreachable", F.NETWORK_UNREACHABLE: "unreachable",
+          F.EOF_ERROR: "closed"}
+
+
+def _reply_for(exc: BaseException) -> str:
+    return _REPLY.get(F.classify(exc), "error")
+
+
+# --- the full-TTL attempt ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    mode: str
+    connected: bool
+    reply: str
+    synack: dict[str, Any] | None
+    resets: tuple[dict[str, Any], ...]
+
+    @property
+    def interfered(self) -> bool:
+        """A RST, no SYN-ACK (mode syn), or no data (the payload modes)."""
+        return bool(self.resets) or self.reply != ("synack" if self.mode == "syn" else "data")
+
+
+async def full_attempt(cap: Capture, ctx: ProbeContext, address: str, port: int, mode: str,
+                       payload: bytes, clock: Clock) -> Attempt:
+    """Connect with the kernel at full TTL, send the payload, wait for data; capture meanwhile."""
+    loop = asyncio.get_running_loop()
+    sock = _stream_socket(ctx, address)
+    flow = cap.watch(address, port, sock.getsockname()[1], clock)
+    connected = False
+    try:
+        try:
+            ctx.scope.check(address)
+            async with asyncio.timeout(ctx.timeouts.tcp):
+                await loop.sock_connect(sock, (address, port))
+            connected = True
+            if mode == "syn":
+                reply = "synack"
+            else:
+                cap.drain()
+                flow.phase = "data"
+                wait = ctx.timeouts.tls if mode == "tls" else ctx.timeouts.http
+                async with asyncio.timeout(wait):
+                    await loop.sock_sendall(sock, payload)
+                    data = await loop.sock_recv(sock, 4096)
+                reply = "data" if data else "closed"
+        except (OSError, TimeoutError) as exc:
+            reply = _reply_for(exc)
+        cap.drain()
+        await asyncio.sleep(min(LINGER, ctx.timeouts.tcp))
+        cap.drain()
+    finally:
+        cap.unwatch(flow)
+        _abort(sock)
+    synack = flow.synack.facts() if flow.synack else None
+    resets = tuple({**seg.facts(), "flags": seg.flags, "after": after, "t": t}
+                   for seg, after, t in flow.resets)
+    return Attempt(mode, connected, reply, synack, resets)
+
+
+# --- the TTL-limited search -------------------------------------------------------------------
+
+REACHED = ("synack", "data", "acked")  # the server itself answered at this TTL
+
+
+def _flow_result(flow: Flow, after: str) -> tuple[str, str | None] | None:
+    """The decisive thing the capture saw for one step, if any (a reset first)."""
+    for seg, phase, _t in flow.resets:
+        if phase == after:
+            return "rst", seg.src
+    if after == "syn" and flow.synack is not None:
+        return "synack", flow.synack.src
+    for msg in flow.icmp:
+        if msg.type == 11:
+            return "time_exceeded", msg.src
+    for msg in flow.icmp:
+        if msg.type == 3:
+            return "unreachable", msg.src
+    return None
+
+
+async def _wait_changed(flow: Flow, seconds: float) -> None:
+    flow.changed.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await flow.changed.wait()
+
+
+async def syn_step(cap: Capture, ctx: ProbeContext, address: str, port: int, ttl: int,
+                   wait: float, clock: Clock) -> tuple[str, str | None]:
+    """One crafted SYN with IP TTL ``ttl`` from a port we hold (so the kernel answers the
+    server's SYN-ACK with a RST and no other connection shares it)."""
+    from scapy.layers.inet import IP, TCP
+
+    loop = asyncio.get_running_loop()
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            source = _source(ctx, address)
+            holder.bind((source, 0))
+        except OSError:  # no route, or the source address is gone
+            return "send_failed", None
+        flow = cap.watch(address, port, holder.getsockname()[1], clock)
+        try:
+            packet = bytes(
+                IP(src=source, dst=address, ttl=ttl, id=random.randint(1, 0xFFFF), flags="DF")
+                / TCP(sport=flow.lport, dport=port, flags="S", seq=random.getrandbits(32),
+                      window=64240, options=[("MSS", 1460), ("SAckOK", b""), ("WScale", 7)]))
+            try:
+                await cap.send(packet, address, ctx.scope.check)
+            except OSError:  # e.g. EPERM from a local firewall
+                return "send_failed", None
+            end = loop.time() + wait
+            while (found := _flow_result(flow, "syn")) is None and loop.time() < end:
+                await _wait_changed(flow, end - loop.time())
+                cap.drain()
+            return found or ("silent", None)
+        finally:
+            cap.unwatch(flow)
+    finally:
+        holder.close()
+
+
+async def payload_step(cap: Capture, ctx: ProbeContext, address: str, port: int, ttl: int,
+                       payload: bytes, wait: float, clock: Clock) -> tuple[str, str | None]:
+    """A full-TTL kernel handshake, then the payload sent with IP TTL ``ttl``."""
+    loop = asyncio.get_running_loop()
+    sock = _stream_socket(ctx, address)
+    flow = cap.watch(address, port, sock.getsockname()[1], clock)
+    reading = False
+    try:
+        try:
+            ctx.scope.check(address)
+            async with asyncio.timeout(ctx.timeouts.tcp):
+                await loop.sock_connect(sock, (address, port))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            cap.drain()
+            flow.phase = "data"
+            await loop.sock_sendall(sock, payload)
+        except (OSError, TimeoutError):
+            return "connect_failed", None
+        # the kernel socket wakes the same event as the capture: data, EOF or an error
+        loop.add_reader(sock.fileno(), flow.changed.set)
+        reading = True
+        end = loop.time() + wait
+        while True:
+            cap.drain()
+            found = _flow_result(flow, "data")
+            if found is not None:
+                return found
+            try:
+                data = sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                return ("rst" if _reply_for(exc) == "rst" else "error"), None
+            else:
+                return ("data" if data else "closed"), address
+            if loop.time() >= end:
+                break
+            await _wait_changed(flow, end - loop.time())
+        # the payload reached the server (it acknowledged every byte) but nothing came back
+        return ("acked", address) if _unacked(sock) == 0 else ("silent", None)
+    finally:
+        if reading:
+            loop.remove_reader(sock.fileno())
+        cap.unwatch(flow)
+        _abort(sock)
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    hops: tuple[dict[str, Any], ...] = ()
+    interference_ttl: int | None = None
+    interference: str | None = None
+    last_hop: str | None = None
+    server_ttl: int | None = None
+
+
+def conclude(hops: Sequence[dict[str, Any]], finished: bool) -> Search:
+    """Where interference begins, from the steps taken (``finished``: the search was not cut
+    short by the time budget, so silence up to the end counts)."""
+    first_silent: int | None = None
+    ttl: int | None = None
+    kind: str | None = None
+    server: int | None = None
+    for hop in hops:
+        result = hop["result"]
+        if result in REACHED:
+            server = hop["ttl"]
+            break
+        if result == "rst":
+            ttl, kind = hop["ttl"], "rst"
+            break
+        if result == "unreachable":  # refused with an ICMP error: the packet went no further
+            ttl, kind = hop["ttl"], "drop"
+            break
+        if result == "silent":
+            first_silent = hop["ttl"] if first_silent is None else first_silent
+            if hop["ttl"] - first_silent >= SILENT_CONFIRM:
+                break
+        else:
+            first_silent = None  # a router answered: the silent ones before it were just quiet
+    if ttl is None and server is None and first_silent is not None:
+        confirmed = hops[-1]["ttl"] - first_silent >= SILENT_CONFIRM
+        if confirmed or (finished and hops[-1]["result"] == "silent"):
+            ttl, kind = first_silent, "drop"
+    last_hop = None
+    if ttl is not None and ttl >= 2:
+        before = next((h for h in hops if h["ttl"] == ttl - 1), None)
+        if before is not None and before["result"] == "time_exceeded":
+            last_hop = before["from"]
+    return Search(tuple(hops), ttl, kind, last_hop, server)
+
+
+def _decisive(hops: Sequence[dict[str, Any]]) -> bool:
+    """True once the search can stop: the server, a reset, an unreachable, confirmed silence,
+    or a step that could not be made."""
+    last = hops[-1]["result"]
+    if last in (*REACHED, "rst", "unreachable", "closed", "connect_failed", "send_failed",
+                "error"):
+        return True
+    silent = 0
+    for hop in reversed(hops):
+        if hop["result"] != "silent":
+            break
+        silent += 1
+    return silent > SILENT_CONFIRM
+
+
+async def search(cap: Capture, ctx: ProbeContext, address: str, port: int, *, syn: bool,
+                 payload: bytes, clock: Clock, deadline: float) -> Search:
+    """TTL 1, 2, ... until the server answers, interference begins, or time runs out."""
+    loop = asyncio.get_running_loop()
+    wait = min(1.0, ctx.timeouts.tcp)
+    cost = wait if syn else wait + ctx.timeouts.tcp
+    hops: list[dict[str, Any]] = []
+    finished = False
+    for ttl in range(1, MAX_HOPS + 1):
+        if loop.time() + cost > deadline:
+            break
+        if syn:
+            result, source = await syn_step(cap, ctx, address, port, ttl, wait, clock)
+        else:
+            result, source = await payload_step(cap, ctx, address, port, ttl, payload, wait,
+                                                clock)
+        hops.append({"ttl": ttl, "result": result, "from": source})
+        if _decisive(hops):
+            finished = True
+            break
+    else:
+        finished = True
+    return conclude(hops, finished)
+
+
+# --- the probe --------------------------------------------------------------------------------
+
+
+def _mode(target: Target) -> str:
+    mode = dict(target.options).get("mode") or ("tls" if target.sni else "http")
+    if mode not in MODES:
+        raise ValueError(f"trace target {target.key}: mode must be one of {', '.join(MODES)}")
+    return mode
+
+
+def _raw_unavailable(exc: OSError) -> None:
+    if not _warned:
+        _warned.append(True)
+        log.warning("%s (%s)", RAW_UNAVAILABLE_MESSAGE, exc.strerror or exc)
+
+
+class TraceProbe:
+    """Which RSTs are not the server's, and at which hop do drops or resets begin?"""
+
+    name = "trace"
+    version = "1"
+
+    async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
+        if target.port is None:
+            raise ValueError(f"trace target {target.key} has no port")
+        mode = _mode(target)
+        sni = (target.sni or target.host) if mode == "tls" else None
+        clock = Clock()
+        deadline = asyncio.get_running_loop().time() + deadline_for(ctx) - 3.0
+        if ctx.proxy:
+            return ProbeResult((), PROXY_UNSUPPORTED, OPERATION)
+        found = await plan(target.host, target.port, ctx)
+        if not found.routes:
+            return ProbeResult(found.dns, found.failure, found.operation)
+        if mode == "tls":
+            payload = client_hello(ctx, sni)
+        elif mode == "http":
+            payload = http_request(ctx, target.host, target.port)
+        else:
+            payload = b""
+        traced = await asyncio.gather(*(
+            self._address(ctx, r.address, target.port, mode, sni, payload, clock, deadline)
+            for r in found.routes))
+        failure, operation = None, None
+        if not any(o.capture and o.failure is None for o in traced):
+            failure = traced[0].failure
+            operation = "connect" if failure == F.OUT_OF_SCOPE else OPERATION
+        observations: tuple[Observation, ...] = (*found.dns, *traced)
+        return ProbeResult(observations, failure, operation)
+
+    async def _address(self, ctx: ProbeContext, address: str, port: int, mode: str,
+                       sni: str | None, payload: bytes, clock: Clock,
+                       deadline: float) -> RawObservation:
+        t0 = clock()
+
+        def nothing(failure: str) -> RawObservation:
+            return RawObservation(address=address, port=port, mode=mode, sni=sni, t0=t0,
+                                  t=clock(), capture=False, failure=failure)
+
+        if not ctx.scope.allows(address):
+            return nothing(F.OUT_OF_SCOPE)
+        if ipaddress.ip_address(address.split("%")[0]).version != 4:
+            return nothing(IPV6_UNSUPPORTED)
+        try:
+            cap = acquire()
+        except OSError as exc:  # PermissionError without CAP_NET_RAW
+            _raw_unavailable(exc)
+            return nothing(F.RAW_UNAVAILABLE)
+        try:
+            attempt = await full_attempt(cap, ctx, address, port, mode, payload, clock)
+            found = Search()
+            if attempt.interfered:
+                syn = mode == "syn" or not attempt.connected
+                found = await search(cap, ctx, address, port, syn=syn, payload=payload,
+                                     clock=clock, deadline=deadline)
+        finally:
+            release(cap)
+        return RawObservation(
+            address=address, port=port, mode=mode, sni=sni, t0=t0, t=clock(), capture=True,
+            synack=attempt.synack, resets=attempt.resets, reply=attempt.reply,
+            forged_rst=judge_resets(attempt.synack, attempt.resets),
+            rst_fingerprint=rst_fingerprint(attempt.synack, attempt.resets),
+            hops=found.hops, interference_ttl=found.interference_ttl,
+            interference=found.interference, last_hop=found.last_hop,
+            server_ttl=found.server_ttl)
