@@ -3,15 +3,22 @@
 Four real mechanisms, all inside the censor namespace and all replaced as a whole on every
 switch, so a scenario change never leaves an old rule behind:
 
-* the ISP resolver (dnsmasq) answers NXDOMAIN, a bogon or a fixed poison for blocked names;
+* the ISP resolver (dnsmasq) answers NXDOMAIN, a bogon, a fixed lab poison, or a known forged
+  address of a real censor (``KNOWN_FORGED``, in the shipped DNS fingerprints) for blocked names;
 * an nftables table ``bwcensor`` drops or resets TCP by address, drops UDP ports, drops a share
-  of packets (``numgen``) and redirects a service's HTTP(S) to the censor's block-page proxy;
+  of packets (``numgen``) and redirects a service's HTTP(S) to the censor's block-page proxy
+  (the lab's own 451 page, or on port 8081 a copy of Iran's national block page);
 * iptables chains ``bw-fwd``/``bw-in`` reset TLS handshakes whose ClientHello names a blocked
   host (``string`` match on the length-prefixed SNI) and queue DNS queries to the injector;
 * the injector (``blockwatch.lab.inject``) reads the names to inject from a JSON file;
 * the delay line (``blockwatch.lab.delay``) holds a service's packets ``delay_ms`` each way.
 
 Only traffic arriving from the censored client (``down0``) or going back to it is touched.
+
+One method is not the censor's: ``server_down`` is an outage, applied in the *server* namespace
+(nftables table ``bwserver``, also replaced as a whole on every switch and gone with the
+namespace at ``lab down``): the service's addresses answer everybody, the control client too,
+with ICMP host unreachable, as the last router before a dead host does.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from blockwatch.lab.scenario import Scenario
-from blockwatch.lab.services import Catalogue
+from blockwatch.lab.services import NATIONAL_PORT, Catalogue
 from blockwatch.lab.topology import CENSOR_DOWN, PUBLIC_RESOLVER, SINKHOLE, run
 
 BOGON = "10.10.34.35"  # private, outside the lab's scope: the probes see it as a bogon
+# a public address the Great Firewall's injector answered with (probes/data/fingerprints/dns.json,
+# bw.dns.cn_gfw_8.7.198.45): outside the lab's scope, so no probe ever sends it a packet
+KNOWN_FORGED = "8.7.198.45"
 INJECT_QUEUE = 5
 DELAY_QUEUE = 6
 
@@ -35,7 +45,8 @@ def dnsmasq_isp_conf(scenario: Scenario, cat: Catalogue) -> str:
     for service in scenario.services_with("dns_nxdomain"):
         # an empty server= makes the names "local": nothing to answer with, so NXDOMAIN
         lines += [f"server=/{h}/" for h in cat.hosts_of(service)]
-    for method, answer in (("dns_bogon", BOGON), ("dns_poison", SINKHOLE)):
+    for method, answer in (("dns_bogon", BOGON), ("dns_poison", SINKHOLE),
+                           ("dns_poison_known", KNOWN_FORGED)):
         for service in scenario.services_with(method):
             lines += [f"address=/{h}/{answer}" for h in cat.hosts_of(service)]
     return "\n".join(lines) + "\n"
@@ -56,7 +67,8 @@ def nft_ruleset(scenario: Scenario, cat: Catalogue) -> str:
     ports = ", ".join(str(p) for p in scenario.option("udp_ports"))
     sets = "".join(_set(n, addrs(m)) for n, m in (
         ("syn_drop", "tcp_syn_drop"), ("rst_syn", "tcp_rst_syn"), ("rst_data", "tcp_rst_data"),
-        ("udp_drop", "udp_drop"), ("loss", "packet_loss"), ("blockpage", "http_blockpage")))
+        ("udp_drop", "udp_drop"), ("loss", "packet_loss"), ("blockpage", "http_blockpage"),
+        ("blockpage_national", "http_blockpage_national")))
     forward = [
         'iifname "down0" ip daddr @syn_drop tcp flags & (syn|ack) == syn drop',
         'iifname "down0" ip daddr @rst_syn tcp flags & (syn|ack) == syn reject with tcp reset',
@@ -86,9 +98,31 @@ table inet bwcensor {{
     type nat hook prerouting priority dstnat; policy accept;
     iifname "down0" ip daddr @blockpage tcp dport 80 redirect to :8080
     iifname "down0" ip daddr @blockpage tcp dport 443 redirect to :8443
+    iifname "down0" ip daddr @blockpage_national tcp dport 80 redirect to :{NATIONAL_PORT}
   }}
 }}
 """
+
+
+def server_ruleset(scenario: Scenario, cat: Catalogue) -> str:
+    """The server namespace's outages: every packet to a ``server_down`` service's addresses,
+    from either client, is answered with ICMP host unreachable (a dead host behind a router)."""
+    down = _set("down", [a for s in scenario.services_with("server_down")
+                         for a in cat.addresses_of(s)])
+    return f"""table inet bwserver
+delete table inet bwserver
+table inet bwserver {{
+{down}  chain input_filter {{
+    type filter hook input priority 0; policy accept;
+    ip daddr @down reject with icmpx type host-unreachable
+  }}
+}}
+"""
+
+
+def apply_server(namespace: str, scenario: Scenario, cat: Catalogue) -> None:
+    """Put the scenario's outages in place in the server namespace (replacing the old ones)."""
+    run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], stdin=server_ruleset(scenario, cat))
 
 
 def _sni_match(host: str) -> list[str]:

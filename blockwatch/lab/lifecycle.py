@@ -21,6 +21,7 @@ from blockwatch.lab import censor, vpn
 from blockwatch.lab.runner import write_configs
 from blockwatch.lab.scenario import Scenario, load
 from blockwatch.lab.services import (
+    NATIONAL_PORT,
     Catalogue,
     dnsmasq_public_conf,
     lab_catalogue,
@@ -85,7 +86,7 @@ def up(name: str, scenario_name: str | None = None, sites: int = 0) -> tuple[Lab
     if problems:
         raise LabError("cannot start the lab:\n  " + "\n  ".join(problems))
     cat = lab_catalogue(sites)
-    scenario = load(scenario_name or "none", cat.services)
+    scenario = load(scenario_name or "none", cat.known())
     old = Manifest.load(name)
     if old is not None:
         if old.status == "up" and not healthy(old) and old.info.get("sites") == sites:
@@ -132,6 +133,7 @@ def _build(lab: Lab, scenario: Scenario) -> None:
     _daemon(lab, "udp-echo", "server", [sys.executable, "-m", "blockwatch.lab.udpecho",
                                         *(str(p) for p in VPN_UDP_PORTS)])
     _start_vpn(lab, pki)
+    censor.apply_server(lab.ns("server"), scenario, cat)
     censor.setup_iptables(lab.ns("censor"))
     censor.apply(lab.ns("censor"), scenario, cat, d)
     _daemon(lab, "injector", "censor", [sys.executable, "-m", "blockwatch.lab.inject",
@@ -141,7 +143,7 @@ def _build(lab: Lab, scenario: Scenario) -> None:
     _start_isp(lab, scenario)
     _wait_listening(lab.ns("server"), [":53", ":443", ":80", f":{vpn.TOR_PORT}",
                                        *(f":{p}" for p in vpn.UDP_PORTS)])
-    _wait_listening(lab.ns("censor"), [":53", ":8443"])
+    _wait_listening(lab.ns("censor"), [":53", ":8443", f":{NATIONAL_PORT}"])
     write_configs(lab.manifest, cat)
     m.scenario = scenario.name
     m.status = "up"
@@ -202,8 +204,10 @@ def _wait_listening(namespace: str, ports: list[str], seconds: float = 5.0) -> N
 
 
 def switch(lab: Lab, scenario: Scenario) -> None:
-    """Reconfigure the censor for ``scenario`` without rebuilding anything else."""
+    """Reconfigure the censor (and the server's outages) for ``scenario`` without rebuilding
+    anything else."""
     m = lab.manifest
+    censor.apply_server(lab.ns("server"), scenario, lab.catalogue)
     censor.apply(lab.ns("censor"), scenario, lab.catalogue, lab.directory)
     for p in [p for p in m.procs if p.role == "dns-isp"]:
         stop(p)

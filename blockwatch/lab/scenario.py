@@ -29,6 +29,20 @@ port. The lab-only service ``labvpn`` (real OpenVPN and strongSwan servers, see
 scenario ``vpn`` (``udp_ports = [1194, 1195, 500, 4500]``): its handshakes then get no reply or a
 reset, ``inconclusive`` at layer vpn from one run and ``vpn_blocked`` (service ``blocked``, layer
 vpn) against a control vantage that completed them (tests/lab/test_vpn.py).
+
+Scenario ``evidence`` (issue #4, tests/lab/test_evidence.py) exercises the verdicts that need
+evidence the ``methods`` scenario cannot give, with the methods of ``EVIDENCE``:
+
+* ``http_blockpage_national``: the censor answers the lab-only site ``labweb`` (its URL is
+  ``http://``; an opt-in service, see ``blockwatch.lab.services``) with a copy of Iran's national
+  block page, which a shipped fingerprint describes: ``blocked`` at layer http from one run;
+* ``dns_poison_known`` (also in ``methods``): the ISP resolver answers the GFW's forged
+  8.7.198.45, a shipped DNS fingerprint: ``blocked`` dns from one run even for a service without
+  exclusive prefixes; the TCP/TLS/HTTP probes never send it a packet (``out_of_scope``);
+* ``server_down``: not the censor but an outage in the server namespace, seen by both clients
+  (``everywhere``): ``inconclusive`` from one run, and still ``inconclusive`` (never
+  ``blocked``) with the control client's measurements as control vantage: analyzer v4 does not
+  yet call a dead server ``down`` (see the entry).
 """
 
 from __future__ import annotations
@@ -55,6 +69,9 @@ class Method:
     # the service verdict and layer when the control client's measurements are in the same
     # database and the censored client names it in [analysis] control_vantages
     with_control: tuple[str, str | None] = ("ok", None)
+    # not the censor's doing: the control client meets it too, and sees what a single run of
+    # the censored client sees (``verdict``, ``layer``) instead of ``ok``
+    everywhere: bool = False
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -68,6 +85,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "blocked", "dns", None, ("blocked", "dns,tcp")),
     Method("dns_injection", "an on-path injector answers first; the real answer follows",
            "blocked", "dns", None, ("blocked", "dns,tcp")),
+    # a strong signature: blocked from one run whatever the service's prefixes; the forged
+    # address is public and outside the lab's scope, so the TCP/TLS/HTTP probes refuse it
+    # (out_of_scope, verdict error) and the service stays blocked at dns only
+    Method("dns_poison_known", "the ISP resolver answers a known forged address (the GFW's "
+           "8.7.198.45, a shipped DNS fingerprint)", "blocked", "dns", None, ("blocked", "dns")),
     Method("tcp_syn_drop", "SYNs to the service's addresses are dropped", "inconclusive", "tcp",
            "generic_timeout_error", ("blocked", "tcp")),
     Method("tcp_rst_syn", "SYNs to the service's addresses get a RST", "inconclusive", "tcp",
@@ -87,7 +109,26 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("delay", "the service's packets are held back delay_ms each way (NFQUEUE)", "ok",
            None, None),
 )}
-DNS_METHODS = {"dns_nxdomain", "dns_bogon", "dns_poison", "dns_injection"}
+# Methods of scenario ``evidence`` only: scenario ``methods`` cannot carry them, because the
+# clients' default configs do not sweep the opt-in service ``labweb``, or because the control
+# client (which must see every service of ``methods`` ok) meets them too.
+EVIDENCE: dict[str, Method] = {m.name: m for m in (
+    # a strong signature needs no control
+    Method("http_blockpage_national", "a transparent proxy answers HTTP with a copy of Iran's "
+           "national block page (403, an iframe to 10.10.34.34: a shipped fingerprint)",
+           "blocked", "http", None, ("blocked", "http")),
+    # Analyzer v4 does not call it down, even against a control that fails the same way: the
+    # service's DNS answers are right (ok), and judge_service calls a service down only without
+    # any ok measurement; and judge_failure never compares a TCP/TLS failure at a private
+    # address (every lab address is one) with a control. Only the HTTP fetches are "down"
+    # (failure.same_as_control). tests/lab/test_evidence.py asserts both, and marks "down" as
+    # the verdict issue #4 wants (xfail, strict).
+    Method("server_down", "not the censor: the server's side answers the service's addresses "
+           "with ICMP host unreachable, for everybody", "inconclusive", "tcp", "host_unreachable",
+           ("inconclusive", "tcp"), everywhere=True),
+)}
+ALL_METHODS: dict[str, Method] = {**METHODS, **EVIDENCE}
+DNS_METHODS = {"dns_nxdomain", "dns_bogon", "dns_poison", "dns_injection", "dns_poison_known"}
 _OPTIONS = {"loss_percent": (int, 20), "global_loss_percent": (int, 0),
             "udp_ports": (list, [1194, 51820]), "delay_ms": (int, 200)}
 
@@ -157,9 +198,9 @@ def parse(text: str, source: str, name: str, known: Mapping[str, object]) -> Sce
                 isinstance(m, str) for m in methods):
             raise LabError(f"{source}: services.{service}: a method name or a list of them")
         for m in methods:
-            if m not in METHODS:
+            if m not in ALL_METHODS:
                 raise LabError(f"{source}: services.{service}: unknown method {m!r}; known: "
-                               f"{', '.join(METHODS)}")
+                               f"{', '.join(ALL_METHODS)}")
         blocks[service] = tuple(dict.fromkeys(methods))
     return Scenario(name=name, description=description, blocks=blocks,
                     options=_options(raw.get("options", {}), source),
@@ -199,8 +240,8 @@ def _options(raw: Any, source: str) -> dict[str, Any]:
     return out
 
 
-_LAYER_ORDER = ("tcp_syn_drop", "tcp_rst_syn", "tcp_rst_data", "tls_sni_rst", "http_blockpage",
-                "udp_drop", "packet_loss", "delay")
+_LAYER_ORDER = ("server_down", "tcp_syn_drop", "tcp_rst_syn", "tcp_rst_data", "tls_sni_rst",
+                "http_blockpage", "http_blockpage_national", "udp_drop", "packet_loss", "delay")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +264,7 @@ def expected(methods: tuple[str, ...], exclusive_prefixes: bool) -> Expectation:
     """What the analyzer says about a service the censor treats with ``methods``."""
     if not methods:
         return Expectation("ok", None, None, "untouched")
-    for m in ("dns_nxdomain", "dns_bogon", "dns_injection"):
+    for m in ("dns_nxdomain", "dns_bogon", "dns_injection", "dns_poison_known"):
         if m in methods:
             e = METHODS[m]
             return Expectation(e.verdict, e.layer, e.failure, m)
@@ -233,5 +274,12 @@ def expected(methods: tuple[str, ...], exclusive_prefixes: bool) -> Expectation:
         # unlike the control's answer, but a service without known prefixes may use a CDN
         return Expectation("inconclusive", "dns", None, "dns_poison (could be a CDN answer)")
     first = min(methods, key=_LAYER_ORDER.index)
-    e = METHODS[first]
+    e = ALL_METHODS[first]
     return Expectation(e.verdict, e.layer, e.failure, first)
+
+
+def expected_control(scenario: Scenario, service: str) -> Expectation:
+    """What the control client's own sweep says of a service: ``ok``, unless the scenario
+    does something to it that is not the censor's (``Method.everywhere``)."""
+    methods = tuple(m for m in scenario.blocks.get(service, ()) if ALL_METHODS[m].everywhere)
+    return expected(methods, exclusive_prefixes=False)

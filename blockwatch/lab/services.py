@@ -7,14 +7,21 @@ service, so a censor rule on an address hits one service only. Endpoints given a
 they are: they exist only inside the lab's own namespaces. Generated benchmark sites
 (``siteN.bench.lab``) get addresses of their own, and so does the lab-only service ``labvpn``
 (the lab's OpenVPN and strongSwan servers, see ``blockwatch.lab.vpn``).
+
+Opt-in lab-only services (``Catalogue.opt_in``) live in the lab like the others (an address,
+public DNS records, the lab's nginx) but the clients' default configs do not sweep them: a
+sweep that wants them appends :func:`opt_in_toml` to its config (``[[services]]`` entries).
+``labweb`` is one: a site with a plain ``http://`` URL, so that a censor's block page over HTTP
+reaches the HTTP probe (every catalogue URL is ``https://``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +39,7 @@ SITE_NETS = ("10.201.100.0/22",)  # room for 1000 generated sites
 HTTP_PORTS = (80, 5222, 8080)  # plain TCP ports of catalogue endpoints (+ HTTP)
 # 443 (HTTPS) and 9201 (the Tor OR port in the catalogue: Tor speaks TLS there) serve TLS
 BENCH_DOMAIN = "bench.lab"
+LABWEB = "labweb"
 
 
 def _is_ip(text: str) -> bool:
@@ -54,23 +62,50 @@ def site_service(i: int) -> Service:
                    urls=(f"https://{host}/",))
 
 
+def opt_in_services() -> dict[str, Service]:
+    """Lab-only services that a sweep must name in its config (:func:`opt_in_toml`)."""
+    return {LABWEB: Service(
+        name=LABWEB, title="the lab's plain-HTTP site", category="lab",
+        domains=("labweb.lab", "www.labweb.lab"), urls=("http://www.labweb.lab/",),
+        source="blockwatch lab (not a real service)")}
+
+
+def opt_in_toml(names: Iterable[str] | None = None) -> str:
+    """``[[services]]`` entries declaring opt-in lab services (all of them by default), to
+    append to a client's config so that a sweep can name them."""
+    lines: list[str] = []
+    services = opt_in_services()
+    for name in services if names is None else names:
+        s = services[name]
+        lines += ["[[services]]", *(f"{k} = {json.dumps(v)}" for k, v in (
+            ("name", s.name), ("title", s.title), ("category", s.category),
+            ("domains", list(s.domains)), ("urls", list(s.urls)), ("source", s.source)))]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True, slots=True)
 class Catalogue:
     """Who lives where in the lab."""
 
-    services: Mapping[str, Service]
+    services: Mapping[str, Service]  # what the clients' default configs sweep
     address: Mapping[str, str]  # service -> its lab address
     literals: Mapping[str, tuple[str, ...]]  # service -> IP-literal endpoints it owns
     owner: Mapping[str, str]  # host name -> the service whose address it resolves to
+    # lab-only services served like the others but swept only when a config names them
+    opt_in: Mapping[str, Service] = field(default_factory=dict)
+
+    def known(self) -> dict[str, Service]:
+        """Every service a scenario may name: the swept ones and the opt-in ones."""
+        return {**self.services, **self.opt_in}
 
     def addresses_of(self, service: str) -> list[str]:
         return [self.address[service], *self.literals.get(service, ())]
 
     def all_addresses(self) -> list[str]:
-        return [a for name in self.services for a in self.addresses_of(name)]
+        return [a for name in self.known() for a in self.addresses_of(name)]
 
     def hosts_of(self, service: str) -> list[str]:
-        return service_hosts(self.services[service])
+        return service_hosts(self.known()[service])
 
     def scope(self) -> list[str]:
         lits = sorted({f"{a}/32" for v in self.literals.values() for a in v})
@@ -83,7 +118,8 @@ def lab_catalogue(sites: int = 0) -> Catalogue:
     # clients' configs as [[vpn]] entries, so a censor rule on its address hits them only
     services[LABVPN] = Service(name=LABVPN, title="the lab's OpenVPN and IKEv2 servers",
                                category="vpn", source="blockwatch lab (not a real service)")
-    builtin = list(services)
+    opt_in = opt_in_services()
+    builtin = [*services, *opt_in]  # opt-in ones last: the others keep their addresses
     for i in range(sites):
         services[f"site{i}"] = site_service(i)
     net = list(ipaddress.ip_network(SERVICE_NET).hosts())
@@ -95,11 +131,12 @@ def lab_catalogue(sites: int = 0) -> Catalogue:
         address[name] = str(net[i])
     for i in range(sites):
         address[f"site{i}"] = str(site_net[i])
-    for name, s in services.items():
+    for name, s in {**services, **opt_in}.items():
         literals[name] = tuple(dict.fromkeys(e.host for e in s.endpoints if _is_ip(e.host)))
         for h in service_hosts(s):
             owner.setdefault(h, name)
-    return Catalogue(services=services, address=address, literals=literals, owner=owner)
+    return Catalogue(services=services, address=address, literals=literals, owner=owner,
+                     opt_in=opt_in)
 
 
 def dnsmasq_public_conf(cat: Catalogue, listen: str) -> str:
@@ -227,14 +264,36 @@ BLOCK_PAGE = ("<!doctype html><html><head><title>Access denied</title></head><bo
               "is blocked in accordance with the law (blockwatch lab censor).</body></html>")
 
 
+# A copy of Iran's national block page as the country's ISPs serve it for a blocked site over
+# HTTP: "403 Forbidden" and an iframe to 10.10.34.34 (peyvandha.ir), byte for byte as captured
+# in the wild (e.g. getlantern/detour's test fixture). The shipped fingerprint
+# bw.http.ir_peyvandha_iframe (probes/data/fingerprints/http.json) describes it.
+NATIONAL_BLOCK_PAGE = (
+    '<html><head><meta http-equiv="Content-Type" content="text/html; charset=windows-1256">'
+    "<title>M1-6\n</title></head><body><iframe "
+    'src="http://10.10.34.34?type=Invalid Site&policy=MainPolicy " style="width: 100%; '
+    'height: 100%" scrolling="no" marginwidth="0" marginheight="0" frameborder="0" vspace="0" '
+    'hspace="0"></iframe></body></html>')
+NATIONAL_PORT = 8081  # where the censor's nftables send HTTP of http_blockpage_national
+
+
+def _nginx_quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
 def nginx_censor_conf(directory: Path, pki: Mapping[str, Path]) -> str:
     """The censor's transparent proxy: a block page over HTTP (451) and over HTTPS with a
-    certificate of the censor's own CA, which the clients do not trust."""
+    certificate of the censor's own CA, which the clients do not trust; and on
+    ``NATIONAL_PORT`` the national block page (403, as Iran's ISPs answer)."""
     servers = f"""    server {{
         listen 8080;
         listen 8443 ssl;
         ssl_certificate {pki['censor_cert']};
         ssl_certificate_key {pki['censor_key']};
         location / {{ return 451 "{BLOCK_PAGE}\\n"; }}
+    }}
+    server {{
+        listen {NATIONAL_PORT};
+        location / {{ return 403 {_nginx_quote(NATIONAL_BLOCK_PAGE)}; }}
     }}"""
     return _nginx_frame(directory, "censor", servers)
