@@ -128,6 +128,15 @@ def _ipv4_header(raw: bytes, proto: int, need: int) -> int | None:
     return ihl
 
 
+def _tcp_key(raw: bytes) -> FlowKey | None:
+    """The flow a captured TCP packet belongs to, read cheaply: (source, sport, dport)."""
+    ihl = _ipv4_header(raw, socket.IPPROTO_TCP, 4)
+    if ihl is None:
+        return None
+    sport, dport = struct.unpack_from("!HH", raw, ihl)
+    return (socket.inet_ntoa(raw[12:16]), sport, dport)
+
+
 def parse_tcp(raw: bytes) -> Segment | None:
     """A captured IPv4 TCP packet, or None if it is not one or is cut short."""
     if _ipv4_header(raw, socket.IPPROTO_TCP, 20) is None:
@@ -331,6 +340,8 @@ class Capture:
 
     def _read_tcp(self) -> None:
         for raw in self._reads(self._tcp):
+            if _tcp_key(raw) not in self.flows:  # other connections are never parsed
+                continue
             seg = parse_tcp(raw)
             if seg is not None:
                 flow = self.flows.get((seg.src, seg.sport, seg.dport))
@@ -477,15 +488,21 @@ class Attempt:
 
     @property
     def interfered(self) -> bool:
-        """A RST, no SYN-ACK (mode syn), or no data (the payload modes)."""
-        return bool(self.resets) or self.reply != ("synack" if self.mode == "syn" else "data")
+        """A RST, no SYN-ACK (mode syn), or no data (the payload modes); an error on our side
+        ("error": not a network answer) is none of these."""
+        if self.resets:
+            return True
+        return self.reply not in ("error", "synack" if self.mode == "syn" else "data")
 
 
 async def full_attempt(cap: Capture, ctx: ProbeContext, address: str, port: int, mode: str,
                        payload: bytes, clock: Clock) -> Attempt:
     """Connect with the kernel at full TTL, send the payload, wait for data; capture meanwhile."""
     loop = asyncio.get_running_loop()
-    sock = _stream_socket(ctx, address)
+    try:
+        sock = _stream_socket(ctx, address)
+    except OSError:  # our side: e.g. the configured source address is gone
+        return Attempt(mode, False, "error", None, ())
     flow = cap.watch(address, port, sock.getsockname()[1], clock)
     connected = False
     try:
@@ -585,7 +602,10 @@ async def payload_step(cap: Capture, ctx: ProbeContext, address: str, port: int,
                        payload: bytes, wait: float, clock: Clock) -> tuple[str, str | None]:
     """A full-TTL kernel handshake, then the payload sent with IP TTL ``ttl``."""
     loop = asyncio.get_running_loop()
-    sock = _stream_socket(ctx, address)
+    try:
+        sock = _stream_socket(ctx, address)
+    except OSError:
+        return "connect_failed", None
     flow = cap.watch(address, port, sock.getsockname()[1], clock)
     reading = False
     try:
