@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Command groups of their own (lab, schedule, report, ...) live in modules that expose
 # ``register(subparsers, common) -> {command: handler}``; adding one is one line here.
 EXTENSIONS: tuple[str, ...] = ("blockwatch.schedule_cli", "blockwatch.lab.cli",
-                               "blockwatch.report_cli", "blockwatch.ooni_cli")
+                               "blockwatch.report_cli", "blockwatch.ooni_cli",
+                               "blockwatch.trace_cli")
 
 
 def _extensions() -> list[Any]:

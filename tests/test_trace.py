@@ -116,6 +116,7 @@ def test_malformed_and_truncated_packets_are_ignored() -> None:
         for n in range(len(packet)):  # every truncation
             parse_tcp(packet[:n])
             parse_icmp(packet[:n])
+            trace._tcp_key(packet[:n])
         assert parse_tcp(packet[:39]) is None
     assert parse_icmp(time_exceeded()[:40]) is None  # the quote cut before the ports
     assert parse_icmp(bytes(IP() / ICMP(type=8))) is None  # an echo request quotes nothing
@@ -128,6 +129,7 @@ def test_malformed_and_truncated_packets_are_ignored() -> None:
             junk = bytes([0x45]) + junk[1:]  # looks like IPv4: deeper into the parser
         parse_tcp(junk)
         parse_icmp(junk)
+        trace._tcp_key(junk)
 
 
 # --- judging resets ---------------------------------------------------------------------------
@@ -433,3 +435,57 @@ def test_without_cap_net_raw_the_probe_says_so_and_sends_nothing() -> None:
     [o] = out["observations"]
     assert (o["layer"], o["capture"], o["failure"]) == ("raw", False, "raw_socket_unavailable")
     assert (o["synack"], o["resets"], o["hops"], o["reply"]) == (None, [], [], None)
+
+
+# --- blockwatch trace (the command) -----------------------------------------------------------
+
+
+def blockwatch_trace(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "loopback.toml"
+    cfg.write_text('[probes]\nscope = ["127.0.0.0/8"]\n[timeouts]\ntcp = 1\ntls = 1\nhttp = 1\n')
+    exe = Path(sys.executable).with_name("blockwatch")
+    return subprocess.run([str(exe), "trace", *args, "--config", str(cfg)], capture_output=True,
+                          text=True, timeout=60, cwd=REPO, check=False)
+
+
+@needs_raw
+def test_trace_command_prints_the_findings_and_stores_nothing(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    class Quiet(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # the trace leaves with a RST: that is expected, not worth a traceback
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = Quiet(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = str(server.server_address[1])
+        as_json = blockwatch_trace(tmp_path, "127.0.0.1", "--port", port, "--json")
+        table = blockwatch_trace(tmp_path, "127.0.0.1", "--port", port, "--mode", "syn")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert as_json.returncode == 0, as_json.stderr
+    out = json.loads(as_json.stdout)
+    assert (out["target"], out["failure"]) == (f"127.0.0.1:{port}", None)
+    [o] = out["observations"]
+    assert (o["mode"], o["reply"], o["hops"]) == ("http", "data", [])
+    assert table.returncode == 0 and "synack" in table.stdout and "syn-ack" in table.stdout
+    # no database, no file at all: only the config the test wrote
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["loopback.toml"]
+
+
+def test_trace_command_refuses_an_address_outside_the_scope(tmp_path: Path) -> None:
+    done = blockwatch_trace(tmp_path, "10.1.2.3", "--port", "80", "--json")
+    assert done.returncode == 2, done.stderr
+    assert json.loads(done.stdout)["failure"] == F.OUT_OF_SCOPE
