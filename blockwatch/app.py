@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from blockwatch.config import Config, ConfigError
 from probes.catalogue import parse_endpoint
 from probes.context import ProbeContext, Timeouts
 from probes.resolvers import parse_resolver
 from probes.scope import Scope
-from scheduler.sweep import SweepSettings
+from scheduler.sweep import ControlPath, SweepSettings
 
 
 def software_version() -> str:
@@ -21,14 +23,20 @@ def software_version() -> str:
         return "0+unknown"
 
 
-def probe_context(cfg: Config) -> ProbeContext:
+def probe_context(cfg: Config, *, proxy: str | None = None) -> ProbeContext:
+    """The sweep's probe context; ``proxy`` replaces the vantage's own SOCKS5 proxy (the
+    control path), and its address joins the scope (the user named it)."""
     t = cfg.timeouts
+    scope = list(cfg.probes.scope)
+    host = urlsplit(proxy).hostname if proxy else None
+    if host and _is_ip(host):
+        scope.append(host)
     return ProbeContext(
-        scope=Scope.from_entries(cfg.probes.scope),
+        scope=Scope.from_entries(scope),
         timeouts=Timeouts(dns=t.dns, tcp=t.tcp, tls=t.tls, http=t.http),
         lookup_resolver=parse_resolver(cfg.dns.resolvers[0]),
         ca_bundle=str(cfg.tls.ca_bundle) if cfg.tls.ca_bundle else None,
-        proxy=cfg.vantage.socks5_proxy,
+        proxy=proxy or cfg.vantage.socks5_proxy,
         source_address=cfg.vantage.source_address,
         user_agent=f"blockwatch/{software_version()}",
         dns_retries=cfg.dns.retries,
@@ -70,10 +78,38 @@ def vpn_secrets(cfg: Config) -> dict[str, bytes]:
     return out
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def local_networks(cfg: Config) -> tuple[str, ...]:
+    """The scope's explicit prefixes (not "public" nor "system-resolvers")."""
+    return tuple(e for e in cfg.probes.scope if e not in ("public", "system-resolvers"))
+
+
+def control_path(cfg: Config, vantage: str) -> ControlPath | None:
+    """The SOCKS5 control path of ``[analysis] control_proxy``, if one is configured."""
+    proxy = cfg.analysis.control_proxy
+    if proxy is None:
+        return None
+    name = cfg.analysis.control_proxy_vantage or f"{vantage}-via-proxy"
+    if name == vantage:
+        raise ConfigError(f"{cfg.source}: analysis.control_proxy_vantage must differ from the "
+                          f"vantage's own name {vantage!r}")
+    return ControlPath(vantage=name, ctx=probe_context(cfg, proxy=proxy))
+
+
 def sweep_settings(cfg: Config, *, vantage: str | None = None,
                    group: str | None = None) -> SweepSettings:
+    name = vantage or cfg.vantage.name
     return SweepSettings(
-        vantage=vantage or cfg.vantage.name,
+        control_path=control_path(cfg, name),
+        local_networks=local_networks(cfg),
+        vantage=name,
         country=cfg.vantage.country,
         asn=cfg.vantage.asn,
         group=group,

@@ -47,6 +47,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_socks(v: str | None) -> str | None:
+    if v is None:
+        return v
+    parts = urlsplit(v)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("socks5", "socks5h") or not parts.hostname or not port:
+        raise ValueError("must look like socks5://HOST:PORT")
+    return v
+
+
 class Vantage(_Strict):
     name: str = Field(default="default", min_length=1, max_length=64)
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
@@ -54,15 +67,7 @@ class Vantage(_Strict):
     socks5_proxy: str | None = None
     source_address: str | None = None
 
-    @field_validator("socks5_proxy")
-    @classmethod
-    def _proxy(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        parts = urlsplit(v)
-        if parts.scheme not in ("socks5", "socks5h") or not parts.hostname or not parts.port:
-            raise ValueError("must look like socks5://HOST:PORT")
-        return v
+    _proxy = field_validator("socks5_proxy")(_check_socks)
 
     @field_validator("source_address")
     @classmethod
@@ -204,6 +209,13 @@ class Analysis(_Strict):
     control_vantages: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list)
     control_max_age_h: float = Field(default=6.0, gt=0, le=24 * 30)
+    # a SOCKS5 proxy whose exit is outside the censored network (e.g. Tor's, socks5://
+    # 127.0.0.1:9050): every sweep also probes TCP/TLS/HTTP through it, as the control vantage
+    # control_proxy_vantage (default: this vantage's name + "-via-proxy")
+    control_proxy: str | None = None
+    control_proxy_vantage: str | None = Field(default=None, min_length=1, max_length=64)
+
+    _control_proxy = field_validator("control_proxy")(_check_socks)
 
     @field_validator("fingerprints")
     @classmethod

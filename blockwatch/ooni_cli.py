@@ -70,6 +70,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_reanalyze(args: argparse.Namespace) -> int:
+    from blockwatch.app import local_networks
     from probes.verdicts import ANALYZER_VERSION, judge_run
 
     cfg = load_config(args.config)
@@ -92,7 +93,9 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
                     if m.run_id != run.id]
             new = judge_run(measurements, catalogue,
                             [*cfg.dns.controls, *controls.get("resolvers", [])],
-                            control_vantages=vantages, fingerprints=fps)
+                            control_vantages=vantages, fingerprints=fps,
+                            local_networks=[*controls.get("local_networks", []),
+                                            *local_networks(cfg)])
             store.add_verdicts(run.id, new)
             runs += 1
             verdicts += len(new)

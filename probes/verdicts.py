@@ -38,6 +38,7 @@ from probes.model import (
     DNSObservation,
     HTTPObservation,
     Measurement,
+    RawObservation,
     Service,
     TCPObservation,
     TLSObservation,
@@ -125,6 +126,30 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "the control fails at the same step: an outage, not blocking"),
     Rule("failure.no_control", "inconclusive",
          "a failure without a control cannot tell blocking from an outage"),
+    Rule("raw.forged_rst.tcp", "tcp_blocked",
+         "a RST whose IP TTL, DF bit or IP-ID disagrees with the server's SYN-ACK in the same "
+         "flow: sent by something on the path, not the server (trace probe)"),
+    Rule("raw.forged_rst.tls", "tls_blocked",
+         "after the ClientHello, a RST whose IP TTL, DF bit or IP-ID disagrees with the "
+         "server's SYN-ACK: injected on the path (trace probe)"),
+    Rule("raw.forged_rst.http", "http_blocked",
+         "after the HTTP request, a RST whose IP TTL, DF bit or IP-ID disagrees with the "
+         "server's SYN-ACK: injected on the path (trace probe)"),
+    Rule("raw.before_server.tcp", "tcp_blocked",
+         "TTL-limited SYNs: drops or resets begin at a TTL too small to reach the server, which "
+         "answers at a larger one (trace probe)"),
+    Rule("raw.before_server.tls", "tls_blocked",
+         "TTL-limited ClientHellos: resets or drops begin at a TTL that does not reach the "
+         "server, which answers at a larger one (trace probe)"),
+    Rule("raw.before_server.http", "http_blocked",
+         "TTL-limited HTTP requests: resets or drops begin at a TTL that does not reach the "
+         "server, which answers at a larger one (trace probe)"),
+    Rule("raw.interference", "inconclusive",
+         "resets or silence, located (the hop where they begin) but not shown to come from "
+         "the path rather than the server (trace probe)"),
+    Rule("raw.clean", "ok", "the full-TTL attempt got the server's answer, no RST (trace probe)"),
+    Rule("raw.unavailable", "inconclusive",
+         "no raw sockets (CAP_NET_RAW): no raw-packet evidence was collected (trace probe)"),
     Rule("scope.refused", "error", "the scope allow-list refused the address; nothing was sent"),
     Rule("probe.bug", "error", "the probe raised an unexpected exception (a blockwatch bug)"),
     Rule("service.ok", "ok", "every measurement of the service is ok"),
@@ -191,6 +216,8 @@ class Evidence:
     tcp_ok: set[str] = field(default_factory=set)
     tcp_failed: set[str] = field(default_factory=set)
     answering: set[str] = field(default_factory=set)  # tested resolvers that answered something
+    # prefixes the user's scope names explicitly: bogon addresses there are real servers
+    local: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # the control-SNI handshakes of this vantage, by address and port: (control name, failure)
     control_sni: dict[tuple[str, int], list[tuple[str, str | None]]] = field(
         default_factory=lambda: defaultdict(list))
@@ -507,11 +534,16 @@ def _control_outcome(m: Measurement, ev: Evidence, layer: str, address: str | No
     """(the control succeeded at this step, the control failed at it, what the control was)."""
     ok = failed = False
     what = ""
-    if layer == "tcp" and address is not None and port is not None:
-        for failure in ev.tcp.get((address, port), []):
+    # a control through a SOCKS5 proxy connects by name (the proxy resolves it): its facts are
+    # keyed by the host name instead of an address
+    host = (urlsplit(m.target.url).hostname if m.target.url else m.target.host) or ""
+    keys = [(a, port) for a in dict.fromkeys((address, host.lower()))
+            if a and port is not None]
+    if layer == "tcp":
+        for failure in (f for k in keys for f in ev.tcp.get(k, [])):
             ok, failed, what = ok or failure is None, failed or failure is not None, "connect"
-    if layer == "tls" and address is not None and port is not None:
-        for o in ev.tls.get((address, port), []):
+    if layer == "tls":
+        for o in (o for k in keys for o in ev.tls.get(k, [])):
             if sni is None or o.sni is None or o.sni.lower() == sni.lower():
                 ok, failed = ok or o.failure is None, failed or o.failure is not None
                 what = "handshake"
@@ -552,8 +584,10 @@ def _control_sni(ev: Evidence, failure: str, address: str | None, port: int | No
 def _unvouched_bogon(ev: Evidence, address: str | None, port: int | None) -> bool:
     """A bogon address that nothing else in the run reached: a control vantage's connection or
     handshake, or this vantage's control-SNI handshake, succeeding at the same address and port
-    make it a real server (a lab's, a LAN's) rather than a DNS answer pointing nowhere."""
-    if not address or not _bogon(address) or port is None:
+    make it a real server (a lab's, a LAN's) rather than a DNS answer pointing nowhere; so does
+    an address in a prefix the scope names explicitly (the user says servers live there)."""
+    if not address or not _bogon(address) or port is None or _in_prefixes(
+            address, [str(n) for n in ev.local]):
         return False
     key = (address, port)
     return not (any(f is None for f in ev.tcp.get(key, ()))
@@ -631,6 +665,65 @@ def judge_vpn(m: Measurement, ev: Evidence) -> Verdict:
                              f"{obs.result} from {where}")
 
 
+# --- raw-packet evidence (the trace probe) ---------------------------------------------------
+
+_TRACE_LAYER = {"syn": "tcp", "tls": "tls", "http": "http"}
+
+
+def _hop_story(o: RawObservation) -> str:
+    if o.interference_ttl is None:
+        return ""
+    after = f", after hop {o.last_hop}" if o.last_hop else ""
+    server = f"; the server answers at TTL {o.server_ttl}" if o.server_ttl is not None else ""
+    return (f"{o.interference or 'interference'} begins at TTL {o.interference_ttl}{after}"
+            f"{server}")
+
+
+def judge_trace(m: Measurement) -> Verdict | None:
+    """Raw-packet evidence, strongest first: a forged RST, then interference that begins
+    before the server's distance; otherwise the facts (the hop) without a claim."""
+    raws = [o for o in m.observations if isinstance(o, RawObservation)]
+    if not raws:
+        return None
+    if not any(o.capture for o in raws):
+        return _verdict("raw.unavailable", m, m.service, layer="raw",
+                        evidence="no raw sockets (CAP_NET_RAW): nothing captured")
+    for o in raws:
+        layer = _TRACE_LAYER.get(o.mode, "tcp")
+        if o.forged_rst:
+            fp = f" ({o.rst_fingerprint})" if o.rst_fingerprint else ""
+            hop = _hop_story(o)
+            return _verdict(f"raw.forged_rst.{layer}", m, m.service, layer=layer,
+                            evidence=f"RST at {o.address}:{o.port} not from the server: "
+                                     f"{o.forged_rst}{fp}{'; ' + hop if hop else ''}",
+                            details={"address": o.address, "forged_rst": o.forged_rst,
+                                     "rst_fingerprint": o.rst_fingerprint,
+                                     "interference_ttl": o.interference_ttl,
+                                     "last_hop": o.last_hop})
+    for o in raws:
+        layer = _TRACE_LAYER.get(o.mode, "tcp")
+        if (o.interference_ttl is not None and o.server_ttl is not None
+                and o.interference_ttl < o.server_ttl):
+            return _verdict(f"raw.before_server.{layer}", m, m.service, layer=layer,
+                            evidence=f"{o.address}:{o.port}: {_hop_story(o)}",
+                            details={"address": o.address, "interference_ttl":
+                                     o.interference_ttl, "last_hop": o.last_hop,
+                                     "server_ttl": o.server_ttl})
+    found = [o for o in raws if o.capture and o.reply not in ("data", "synack")]
+    if found:
+        o = found[0]
+        story = _hop_story(o) or "not located"
+        return _verdict("raw.interference", m, m.service, layer=_TRACE_LAYER.get(o.mode, "tcp"),
+                        evidence=f"{o.reply} at {o.address}:{o.port}; {story}",
+                        details={"address": o.address, "reply": o.reply,
+                                 "interference_ttl": o.interference_ttl,
+                                 "last_hop": o.last_hop, "server_ttl": o.server_ttl})
+    if m.failure is None:
+        return _verdict("raw.clean", m, m.service, layer="raw",
+                        evidence=f"{raws[0].reply} from {raws[0].address}:{raws[0].port}")
+    return None
+
+
 # --- measurements, runs, services -------------------------------------------------------------
 
 
@@ -644,6 +737,10 @@ def judge_measurement(m: Measurement, service: Service | None, controls: list[_C
             return found
     if m.probe == "http" and fps is not None:
         found = judge_http(m, ev, fps)
+        if found is not None:
+            return found
+    if m.probe == "trace":
+        found = judge_trace(m)
         if found is not None:
             return found
     if m.failure is None:
@@ -677,12 +774,14 @@ def builtin_fingerprints() -> FingerprintSet:
 def judge_run(measurements: Sequence[Measurement], services: dict[str, Service],
               control_resolvers: Iterable[str], *, network_ok: bool = True,
               control_vantages: Iterable[str] = (),
-              fingerprints: FingerprintSet | None = None) -> list[Verdict]:
+              fingerprints: FingerprintSet | None = None,
+              local_networks: Iterable[str] = ()) -> list[Verdict]:
     """Verdicts for every tested measurement of a run, then one per service.
 
     Measurements of ``control_resolvers`` (DNS) and of ``control_vantages`` (any probe) are
     controls: evidence for the others, judged themselves never. ``fingerprints`` defaults to
-    the built-in set.
+    the built-in set. ``local_networks`` (the scope's explicit prefixes: a lab, a LAN) hold
+    real servers even where their addresses are bogons.
     """
     resolvers, vantages = set(control_resolvers), set(control_vantages)
     if not network_ok:
@@ -691,6 +790,7 @@ def judge_run(measurements: Sequence[Measurement], services: dict[str, Service],
                          evidence="local network down at baseline") for n in names]
     fps = fingerprints if fingerprints is not None else builtin_fingerprints()
     ev = gather(measurements, resolvers, vantages)
+    ev.local = tuple(ipaddress.ip_network(n, strict=False) for n in local_networks)
     out: list[Verdict] = []
     for m in measurements:
         if is_control(m, resolvers, vantages):
@@ -704,7 +804,9 @@ def judge_run(measurements: Sequence[Measurement], services: dict[str, Service],
     probes = {m.id: m.probe for m in measurements}
     keys = {m.id: m.target.key for m in measurements}
     for name in sorted(set(by_service) | tested):
-        verdicts = by_service.get(name, [])
+        # raw-packet evidence adds blocking; its absence (or no CAP_NET_RAW) takes nothing away
+        verdicts = [v for v in by_service.get(name, []) if v.verdict in BLOCKED
+                    or probes.get(v.measurement_id or "") != "trace"]
         app = judge_app(services.get(name), verdicts, probes, keys)
         out.append(app or judge_service(name, verdicts, probes))
     return out

@@ -8,12 +8,18 @@ Guarantees:
 * on cancellation (Ctrl-C, SIGTERM, a max-runtime) the probes in flight are cancelled, what is
   done is stored, and the run is marked ``interrupted``;
 * if the baseline finds the network down, nothing is probed and the run is
-  ``network_unavailable``.
+  ``network_unavailable``;
+* with a control path (``[analysis] control_proxy``: a SOCKS5 proxy whose exit is outside the
+  censored network, such as Tor's), the TCP, TLS and HTTP targets are also probed through it,
+  concurrently, as a run of their own under the control vantage's name; they are stored first,
+  then serve as the control of this run's verdicts like any control vantage's measurements.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -41,6 +47,17 @@ class Store(Protocol):
                              end: dt.datetime) -> list[Measurement]: ...
 
 
+CONTROL_PROBES = frozenset({"tcp", "tls", "http"})  # what a SOCKS5 path can carry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlPath:
+    """A second way out for the same sweep: its own context (a SOCKS5 proxy) and vantage."""
+
+    vantage: str
+    ctx: ProbeContext
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SweepSettings:
     vantage: str = "default"
@@ -59,6 +76,9 @@ class SweepSettings:
     fingerprints: Any = None  # a probes.fingerprints set; None = the built-in set
     control_vantages: tuple[str, ...] = ()
     control_max_age_s: float = 6 * 3600.0
+    control_path: ControlPath | None = None
+    # the scope's explicit prefixes (a lab, a LAN): bogon addresses there are real servers
+    local_networks: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -142,21 +162,62 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
         if progress is not None:
             progress(len(outcome.measurements), len(targets), m)
 
+    control = None
+    if settings.control_path is not None:
+        control = asyncio.create_task(_control_run(store, targets, settings, run))
     status = "complete"
     try:
         await _probe_all(targets, ctx, settings, run.id, sink)
+        if control is not None:
+            await control
     except asyncio.CancelledError:
         status = "interrupted"
         raise
     finally:
+        if control is not None and not control.done():
+            control.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await control
         await writer.close()
         await _finish(store, outcome, catalogue, settings, status)
     return outcome
 
 
-def _replace(run: Run, **changes: Any) -> Run:
-    import dataclasses
+async def _control_run(store: Store, targets: Sequence[Target], settings: SweepSettings,
+                       main: Run) -> None:
+    """The control path's run: the TCP/TLS/HTTP targets through the proxy, stored as the
+    control vantage's own run (its measurements are evidence, judged only as controls)."""
+    path = settings.control_path
+    assert path is not None
+    run = Run(id=new_id(), vantage=path.vantage, group=settings.group,
+              started_at=dt.datetime.now(dt.UTC), software_version=settings.software_version,
+              config_hash=settings.config_hash)
+    await asyncio.to_thread(store.start_run, run)
+    writer = _Writer(store, settings.batch_size, settings.flush_interval_s)
+    done: list[Measurement] = []
 
+    def sink(m: Measurement) -> None:
+        done.append(m)
+        writer.queue.put_nowait(m)
+
+    status = "complete"
+    wanted = [t for t in targets if t.probe in CONTROL_PROBES]
+    try:
+        await _probe_all(wanted, path.ctx, dataclasses.replace(settings, vantage=path.vantage),
+                         run.id, sink)
+    except asyncio.CancelledError:
+        status = "interrupted"
+        raise
+    finally:
+        await writer.close()
+        summary = {**summarize([], len(done)), "control_for": main.id,
+                   "controls": {"resolvers": [], "vantages": []}}
+        await asyncio.shield(asyncio.to_thread(
+            store.finish_run, run.id, status=status, finished_at=dt.datetime.now(dt.UTC),
+            summary=summary))
+
+
+def _replace(run: Run, **changes: Any) -> Run:
     return dataclasses.replace(run, **changes)
 
 
@@ -165,6 +226,8 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
     network_ok = status != "network_unavailable"
     controls: list[Measurement] = []
     vantages = [v for v in settings.control_vantages if v != settings.vantage]
+    if settings.control_path is not None and settings.control_path.vantage not in vantages:
+        vantages.append(settings.control_path.vantage)
     if network_ok and vantages:
         window = dt.timedelta(seconds=settings.control_max_age_s)
         controls = await asyncio.shield(asyncio.to_thread(
@@ -172,12 +235,14 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
             dt.datetime.now(dt.UTC)))
     verdicts = judge_run([*outcome.measurements, *controls], catalogue,
                          settings.control_resolvers, network_ok=network_ok,
-                         control_vantages=vantages, fingerprints=settings.fingerprints)
+                         control_vantages=vantages, fingerprints=settings.fingerprints,
+                         local_networks=settings.local_networks)
     outcome.verdicts = verdicts
     summary = summarize(verdicts, len(outcome.measurements))
     # re-analysis needs to know which measurements were controls when the run was made
     summary["controls"] = {"resolvers": list(settings.control_resolvers), "vantages": vantages,
-                           "control_measurements": len(controls)}
+                           "control_measurements": len(controls),
+                           "local_networks": list(settings.local_networks)}
     finished = dt.datetime.now(dt.UTC)
     await asyncio.shield(asyncio.to_thread(store.add_verdicts, outcome.run.id, verdicts))
     await asyncio.shield(asyncio.to_thread(

@@ -1,0 +1,112 @@
+"""The verdict rules on raw-packet evidence (probes/trace.py observations): a forged RST or
+interference that begins before the server's distance is blocking without a control; anything
+else is a located fact, and a trace that could not run takes nothing away from a service."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from probes.model import Measurement, RawObservation, Target, TCPObservation
+from probes.verdicts import RULES, judge_run
+
+NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+SYNACK = {"ttl": 52, "ipid": 0, "df": True, "window": 65160}
+
+
+def raw(**kw: Any) -> RawObservation:
+    base: dict[str, Any] = {"address": "203.0.113.5", "port": 443, "mode": "tls",
+                            "sni": "blocked.example", "t0": 0.0, "t": 1.0, "capture": True,
+                            "synack": SYNACK, "reply": "data"}
+    return RawObservation(**{**base, **kw})
+
+
+def trace(obs: RawObservation, mid: str = "t1", failure: str | None = None) -> Measurement:
+    return Measurement(id=mid, run_id="r", vantage="v", probe_version="1", started_at=NOW,
+                       runtime_s=1.0, observations=(obs,), failure=failure,
+                       failed_operation="raw_capture" if failure else None,
+                       target=Target(service="svc", probe="trace", host="blocked.example",
+                                     port=obs.port, sni=obs.sni,
+                                     options=(("mode", obs.mode),)))
+
+
+def tcp_ok(mid: str = "c1") -> Measurement:
+    return Measurement(id=mid, run_id="r", vantage="v", probe_version="1", started_at=NOW,
+                       runtime_s=0.1, target=Target(service="svc", probe="tcp",
+                                                    host="blocked.example", port=443),
+                       observations=(TCPObservation(address="203.0.113.5", port=443, t0=0,
+                                                    t=0.1),))
+
+
+def judged(*ms: Measurement) -> dict[str | None, Any]:
+    return {v.measurement_id: v for v in judge_run(list(ms), {}, ())}
+
+
+FORGED = {"ttl": 64, "ipid": 31337, "df": False, "window": 0, "flags": "R", "after": "data",
+          "t": 0.2}
+
+
+@pytest.mark.parametrize(("mode", "verdict"), [("tls", "tls_blocked"), ("http", "http_blocked"),
+                                               ("syn", "tcp_blocked")])
+def test_forged_rst_is_blocking_at_the_modes_layer(mode: str, verdict: str) -> None:
+    obs = raw(mode=mode, reply="rst", resets=(FORGED,), forged_rst="ttl 64 vs syn-ack 52",
+              interference_ttl=7, interference="rst", last_hop="198.51.100.1")
+    v = judged(trace(obs))["t1"]
+    assert (v.verdict, v.rule_id) == (verdict, f"raw.forged_rst.{_layer(mode)}")
+    assert "ttl 64 vs syn-ack 52" in v.evidence and "after hop 198.51.100.1" in v.evidence
+    assert v.details["interference_ttl"] == 7
+
+
+def _layer(mode: str) -> str:
+    return {"syn": "tcp"}.get(mode, mode)
+
+
+def test_interference_before_the_server_is_blocking() -> None:
+    obs = raw(reply="timeout", interference_ttl=5, interference="drop", last_hop="198.51.100.4",
+              server_ttl=12)
+    v = judged(trace(obs))["t1"]
+    assert (v.verdict, v.rule_id) == ("tls_blocked", "raw.before_server.tls")
+    assert "drop begins at TTL 5, after hop 198.51.100.4" in v.evidence
+
+
+def test_interference_at_the_servers_distance_is_only_located() -> None:
+    # the reset begins where the server is: the server itself may be resetting
+    obs = raw(reply="rst", resets=({**FORGED, "ttl": 52, "ipid": 0, "df": True},),
+              interference_ttl=12, interference="rst", last_hop="198.51.100.11", server_ttl=12)
+    v = judged(trace(obs))["t1"]
+    assert (v.verdict, v.rule_id) == ("inconclusive", "raw.interference")
+    assert "rst begins at TTL 12" in v.evidence
+
+
+def test_clean_trace_is_ok_and_unavailable_trace_is_inconclusive() -> None:
+    assert judged(trace(raw()))["t1"].rule_id == "raw.clean"
+    blind = raw(capture=False, synack=None, reply=None, failure="raw_socket_unavailable")
+    v = judged(trace(blind, failure="raw_socket_unavailable"))["t1"]
+    assert (v.verdict, v.rule_id) == ("inconclusive", "raw.unavailable")
+
+
+def test_service_verdict_ignores_traces_that_prove_nothing() -> None:
+    blind = raw(capture=False, synack=None, reply=None, failure="raw_socket_unavailable")
+    out = judged(tcp_ok(), trace(blind, failure="raw_socket_unavailable"))
+    assert out[None].rule_id == "service.ok"  # no CAP_NET_RAW does not make it inconclusive
+    forged = raw(reply="rst", resets=(FORGED,), forged_rst="ttl 64 vs syn-ack 52")
+    out = judged(tcp_ok(), trace(forged))
+    assert (out[None].verdict, out[None].layer) == ("blocked", "tls")  # tcp below tls works
+
+
+def test_every_trace_rule_is_documented_data() -> None:
+    ids = {r for r in RULES if r.startswith("raw.")}
+    assert ids == {*(f"raw.{k}.{layer}" for k in ("forged_rst", "before_server")
+                     for layer in ("tcp", "tls", "http")),
+                   "raw.interference", "raw.clean", "raw.unavailable"}
+
+
+def test_raw_observation_survives_storage_shape() -> None:
+    from probes.model import observation_from_dict, observation_to_dict
+
+    obs = raw(resets=(FORGED,), hops=({"ttl": 1, "result": "time_exceeded", "from": "a"},))
+    back = observation_from_dict(observation_to_dict(obs))
+    assert dataclasses.asdict(back) == dataclasses.asdict(obs)
