@@ -17,6 +17,13 @@ Per resolved IPv4 address of the endpoint:
    held for ``SILENT_CONFIRM`` more TTLs (a quiet router is not a drop), at ``MAX_HOPS``, or
    when the probe's time budget runs out.
 
+Vocabulary: ``reply`` is ``data``, ``synack`` (mode syn), ``rst``, ``refused`` (RST to the
+SYN), ``timeout`` (no SYN-ACK, or no data: ``synack`` says which), ``closed`` (FIN, no data),
+``unreachable`` (ICMP) or ``error`` (our side). A hop's ``result`` is ``time_exceeded``,
+``synack``/``data``/``acked`` (the server answered; ``acked``: it took the payload and said
+nothing, so silence there is no drop), ``rst``, ``unreachable``, ``silent``, or, ending the
+search without a claim, ``closed``, ``connect_failed``, ``send_failed``, ``error``.
+
 Guarantees:
 
 - The scope is checked before any packet leaves (every crafted packet is checked again when
