@@ -158,7 +158,9 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("service.app_chat_blocked", "blocked",
          "the catalogue's app rule: every chat endpoint is blocked (against a control), so the "
          "app cannot work even if its web pages load"),
-    Rule("service.down", "down", "failures that the controls share"),
+    Rule("service.down", "down",
+         "failures that the controls share, and nothing works at or above their layer (a dead "
+         "server's name still resolves)"),
     Rule("service.inconclusive", "inconclusive",
          "failures without evidence of blocking, or no measurements"),
     Rule("service.network_unavailable", "network_unavailable", "the local network was down"),
@@ -475,13 +477,19 @@ def _matches(obs: HTTPObservation, fps: FingerprintSet) -> list[HTTPMatch]:
 
 def judge_http(m: Measurement, ev: Evidence, fps: FingerprintSet) -> Verdict | None:
     obs = _http_obs(m)
-    if obs is None or obs.status is None or m.failure is not None:
+    if obs is None or obs.status is None:
         return None
     name = m.service
+    found = _matches(obs, fps)
+    if m.failure is not None:
+        # a redirect to a block page that could not be followed (its name does not resolve
+        # here, its address is out of scope) is still a block page; nothing else is judged
+        found = [f for f in found if f.fingerprint.strong and not f.fingerprint.false_positive]
+        if not found:
+            return None
     controls = [c for c in ev.http.get(m.target.url or obs.url, []) if c.status is not None
                 and c.failure is None]
     differs = bool(controls) and not any(http_matches_control(obs, c) for c in controls)
-    found = _matches(obs, fps)
     if found and found[0].fingerprint.false_positive:
         fp = found[0].fingerprint
         return _verdict("http.fingerprint.false_positive", m, name, layer="http",
@@ -578,7 +586,7 @@ def _control_sni(ev: Evidence, failure: str, address: str | None, port: int | No
         return None
     found = ev.control_sni.get((address, port), [])
     answered = [c for c in found if c[1] is None]
-    return (answered or found or [None])[0]
+    return next(iter(answered or found), None)
 
 
 def _unvouched_bogon(ev: Evidence, address: str | None, port: int | None) -> bool:
@@ -863,9 +871,13 @@ def judge_service(name: str, verdicts: Sequence[Verdict],
     if verdicts and len(ok) == len(verdicts):
         return _verdict("service.ok", None, name, evidence=f"{len(ok)} measurements ok",
                         details=counts)
-    if failed and all(v.verdict == "down" for v in failed) and not ok:
-        return _verdict("service.down", None, name, layer=failed[0].layer,
-                        evidence=failed[0].evidence, details=counts)
+    if failed and all(v.verdict == "down" for v in failed):
+        # a dead server still resolves: working layers below the outage do not make it "up"
+        lowest = min(_rank(v.layer) for v in failed)
+        if not [v for v in ok if probes is None
+                or _rank(probes.get(v.measurement_id or "")) >= lowest]:
+            return _verdict("service.down", None, name, layer=failed[0].layer,
+                            evidence=failed[0].evidence, details=counts)
     first = failed[0] if failed else None
     return _verdict("service.inconclusive", None, name, layer=first.layer if first else None,
                     evidence=(f"{len(failed)}/{len(verdicts)} failed: {first.evidence}"

@@ -200,6 +200,8 @@ async def _route(server: LoopbackServer, req: Request, writer: asyncio.StreamWri
         n = int(path.rsplit("/", 1)[1])
         where = f"/redirect/{n - 1}" if n > 1 else "/"  # exactly n redirects to /
         writer.write(response(302, headers={"Location": where}))
+    elif path == "/warning":  # South Korea's block-page redirect (KCSC)
+        writer.write(response(302, headers={"Location": "http://warning.or.kr/i3.html"}))
     elif path == "/loop":
         writer.write(response(302, headers={"Location": "/loop"}))
     elif path == "/large":

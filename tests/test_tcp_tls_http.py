@@ -472,6 +472,23 @@ async def test_http_page(pki: PKI) -> None:
     assert request.headers["user-agent"] == ctx.user_agent
 
 
+async def test_redirect_to_a_block_page_that_cannot_load_is_still_a_block_page() -> None:
+    async with LoopbackServer(http) as server:
+        ctx = context("127.0.0.1")
+        fut: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
+        fut.set_result(Lookup((), (), "dns_nxdomain_error"))  # nothing leaves loopback
+        ctx._lookups["warning.or.kr"] = fut
+        target = Target(service="s", probe="http", host=HOST,
+                        url=f"http://{HOST}:{server.port}/warning")
+        result = await HTTPProbe().observe(target, ctx)
+    assert (result.failure, result.operation) == ("dns_nxdomain_error", "resolve")
+    (obs,) = of(HTTPObservation, result.observations)
+    assert obs.status == 302 and obs.redirects == ("http://warning.or.kr/i3.html",)
+    verdict = _judged(result, target)
+    assert (verdict.verdict, verdict.rule_id) == ("http_blocked", "http.blockpage_fingerprint")
+    assert "bw.http.kr_warning_location" in verdict.evidence
+
+
 async def test_http_redirect_chain() -> None:
     async with LoopbackServer(http) as server:
         base = f"http://{HOST}:{server.port}"

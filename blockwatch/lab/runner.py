@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blockwatch.lab.services import Catalogue
+from blockwatch.lab.services import Catalogue, opt_in_toml
 from blockwatch.lab.state import LabError, Manifest
 from blockwatch.lab.topology import CENSOR_DOWN, PUBLIC_RESOLVER, ns
 from blockwatch.lab.vpn import LABVPN, toml_entries, vpn_entries
@@ -64,7 +64,8 @@ def write_configs(m: Manifest, cat: Catalogue) -> None:
         path = m.directory / f"{client}.toml"
         path.write_text(config_text(client, cat, m.info["pki"]["lab_ca"],
                                     m.directory / "results.db",
-                                    vpn_key=m.info.get("vpn_key")), encoding="utf-8")
+                                    vpn_key=m.info.get("vpn_key"), extra=opt_in_toml()),
+                        encoding="utf-8")
         m.info[f"{client}_config"] = str(path)
     m.save()
 

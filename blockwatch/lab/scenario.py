@@ -40,9 +40,8 @@ evidence the ``methods`` scenario cannot give, with the methods of ``EVIDENCE``:
   8.7.198.45, a shipped DNS fingerprint: ``blocked`` dns from one run even for a service without
   exclusive prefixes; the TCP/TLS/HTTP probes never send it a packet (``out_of_scope``);
 * ``server_down``: not the censor but an outage in the server namespace, seen by both clients
-  (``everywhere``): ``inconclusive`` from one run, and still ``inconclusive`` (never
-  ``blocked``) with the control client's measurements as control vantage: analyzer v4 does not
-  yet call a dead server ``down`` (see the entry).
+  (``everywhere``): ``inconclusive`` from one run, ``down`` (never ``blocked``) with the control
+  client's measurements as control vantage.
 """
 
 from __future__ import annotations
@@ -117,15 +116,12 @@ EVIDENCE: dict[str, Method] = {m.name: m for m in (
     Method("http_blockpage_national", "a transparent proxy answers HTTP with a copy of Iran's "
            "national block page (403, an iframe to 10.10.34.34: a shipped fingerprint)",
            "blocked", "http", None, ("blocked", "http")),
-    # Analyzer v4 does not call it down, even against a control that fails the same way: the
-    # service's DNS answers are right (ok), and judge_service calls a service down only without
-    # any ok measurement; and judge_failure never compares a TCP/TLS failure at a private
-    # address (every lab address is one) with a control. Only the HTTP fetches are "down"
-    # (failure.same_as_control). tests/lab/test_evidence.py asserts both, and marks "down" as
-    # the verdict issue #4 wants (xfail, strict).
+    # One run cannot tell an outage from blocking; against the control client, which fails the
+    # same way, every TCP/TLS/HTTP measurement is "down" (failure.same_as_control), and the
+    # service's correct DNS answers (a dead server still resolves) do not make it up.
     Method("server_down", "not the censor: the server's side answers the service's addresses "
            "with ICMP host unreachable, for everybody", "inconclusive", "tcp", "host_unreachable",
-           ("inconclusive", "tcp"), everywhere=True),
+           ("down", "tcp"), everywhere=True),
 )}
 ALL_METHODS: dict[str, Method] = {**METHODS, **EVIDENCE}
 DNS_METHODS = {"dns_nxdomain", "dns_bogon", "dns_poison", "dns_injection", "dns_poison_known"}
