@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(iproute2 nftables iptables dnsmasq-base nginx-light openssl
           libnetfilter-queue-dev build-essential python3-dev
           openvpn strongswan-charon strongswan-swanctl pptpd xl2tpd tor
+          microsocks  # the lab's SOCKS5 control path ([analysis] control_proxy)
           systemd     # systemd-analyze verifies the deploy/ units in the tests
           postgresql) # tests/postgres.py runs its own throwaway server from these binaries
 

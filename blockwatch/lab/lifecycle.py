@@ -32,6 +32,8 @@ from blockwatch.lab.services import (
 from blockwatch.lab.state import LabError, Manifest, alive, check_name
 from blockwatch.lab.topology import (
     PUBLIC_RESOLVER,
+    SERVER_UP,
+    SOCKS_PORT,
     create_topology,
     existing_namespaces,
     missing_prerequisites,
@@ -133,6 +135,12 @@ def _build(lab: Lab, scenario: Scenario) -> None:
     _daemon(lab, "udp-echo", "server", [sys.executable, "-m", "blockwatch.lab.udpecho",
                                         *(str(p) for p in VPN_UDP_PORTS)])
     _start_vpn(lab, pki)
+    # a SOCKS5 proxy beside the servers, reached through the censor but resolving and
+    # connecting on the server's side: the censored client's control path ([analysis]
+    # control_proxy); its names come from the lab's public resolver (resolv.conf below)
+    (Path("/etc/netns", lab.ns("server")) / "resolv.conf").write_text(
+        f"nameserver {PUBLIC_RESOLVER}\n", encoding="utf-8")
+    _daemon(lab, "socks", "server", ["microsocks", "-i", SERVER_UP, "-p", str(SOCKS_PORT)])
     censor.apply_server(lab.ns("server"), scenario, cat)
     censor.setup_iptables(lab.ns("censor"))
     censor.apply(lab.ns("censor"), scenario, cat, d)
@@ -142,6 +150,7 @@ def _build(lab: Lab, scenario: Scenario) -> None:
                                      str(censor.DELAY_QUEUE), str(d / "delay.json")])
     _start_isp(lab, scenario)
     _wait_listening(lab.ns("server"), [":53", ":443", ":80", f":{vpn.TOR_PORT}",
+                                       f":{SOCKS_PORT}",
                                        *(f":{p}" for p in vpn.UDP_PORTS)])
     _wait_listening(lab.ns("censor"), [":53", ":8443", f":{NATIONAL_PORT}"])
     write_configs(lab.manifest, cat)
