@@ -694,8 +694,10 @@ def judge_trace(m: Measurement) -> Verdict | None:
     if not raws:
         return None
     if not any(o.capture for o in raws):
-        return _verdict("raw.unavailable", m, m.service, layer="raw",
-                        evidence="no raw sockets (CAP_NET_RAW): nothing captured")
+        if any(o.failure == F.RAW_UNAVAILABLE for o in raws):
+            return _verdict("raw.unavailable", m, m.service, layer="raw",
+                            evidence="no raw sockets (CAP_NET_RAW): nothing captured")
+        return None  # out of scope, IPv6: judged like any other probe's failure
     for o in raws:
         layer = _TRACE_LAYER.get(o.mode, "tcp")
         if o.forged_rst:

@@ -88,6 +88,12 @@ def test_clean_trace_is_ok_and_unavailable_trace_is_inconclusive() -> None:
     assert (v.verdict, v.rule_id) == ("inconclusive", "raw.unavailable")
 
 
+def test_trace_refused_by_scope_is_not_called_a_missing_capability() -> None:
+    refused = raw(capture=False, synack=None, reply=None, failure="out_of_scope")
+    m = dataclasses.replace(trace(refused, failure="out_of_scope"), failed_operation="connect")
+    assert judged(m)["t1"].rule_id == "scope.refused"
+
+
 def test_service_verdict_ignores_traces_that_prove_nothing() -> None:
     blind = raw(capture=False, synack=None, reply=None, failure="raw_socket_unavailable")
     out = judged(tcp_ok(), trace(blind, failure="raw_socket_unavailable"))
