@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from blockwatch.config import Config, ConfigError
 from probes.catalogue import parse_endpoint
 from probes.context import ProbeContext, Timeouts
 from probes.resolvers import parse_resolver
-from probes.scope import Scope
+from probes.scope import Scope, is_ip
 from scheduler.sweep import ControlPath, SweepSettings
 
 
@@ -29,7 +28,7 @@ def probe_context(cfg: Config, *, proxy: str | None = None) -> ProbeContext:
     t = cfg.timeouts
     scope = list(cfg.probes.scope)
     host = urlsplit(proxy).hostname if proxy else None
-    if host and _is_ip(host):
+    if host and is_ip(host):
         scope.append(host)
     return ProbeContext(
         scope=Scope.from_entries(scope),
@@ -78,12 +77,6 @@ def vpn_secrets(cfg: Config) -> dict[str, bytes]:
     return out
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def local_networks(cfg: Config) -> tuple[str, ...]:

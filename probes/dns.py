@@ -37,7 +37,7 @@ from probes import failures
 from probes.context import Lookup, ProbeContext, ProbeResult
 from probes.model import DNSAnswer, DNSObservation, DNSResponse, Target
 from probes.resolvers import ResolverSpec, parse_resolver
-from probes.scope import OutOfScopeError, system_resolver_addresses
+from probes.scope import OutOfScopeError, is_ip, system_resolver_addresses
 
 # After the first well-formed UDP answer, keep listening this long (or until the timeout, if that
 # comes sooner). Injected answers and the real one arrive within milliseconds of each other (the
@@ -196,7 +196,7 @@ def system_nameservers() -> tuple[str, ...]:
         found = dns.resolver.Resolver(configure=True).nameservers
     except Exception:  # dnspython raises several types for a missing or odd resolv.conf
         found = []
-    addresses = tuple(ns for ns in found if isinstance(ns, str) and _is_ip(ns))
+    addresses = tuple(ns for ns in found if isinstance(ns, str) and is_ip(ns))
     return addresses or system_resolver_addresses()
 
 
@@ -213,7 +213,7 @@ async def _destination(spec: ResolverSpec, ctx: ProbeContext) -> _Where:
         if found is None:
             raise _Failed(failures.unknown("no nameserver in /etc/resolv.conf"))
         spec_used, address = found, found.address
-    elif spec.scheme == "https" and not _is_ip(spec.address):
+    elif spec.scheme == "https" and not is_ip(spec.address):
         spec_used, address = spec, await _doh_address(spec, ctx)
     else:
         spec_used, address = spec, spec.address
@@ -227,7 +227,7 @@ async def _destination(spec: ResolverSpec, ctx: ProbeContext) -> _Where:
 async def _doh_address(spec: ResolverSpec, ctx: ProbeContext) -> str:
     """The address of a DoH server named by host name: the first one the scope admits."""
     lookup_spec = ctx.lookup_resolver
-    if lookup_spec.scheme == "https" and not _is_ip(lookup_spec.address):
+    if lookup_spec.scheme == "https" and not is_ip(lookup_spec.address):
         # it would look its own name up with itself, waiting forever on its own lookup
         raise _Failed(failures.unknown("a DoH lookup resolver needs an IP address in its URL"))
     lookup = await ctx.lookup(spec.address)
@@ -236,12 +236,6 @@ async def _doh_address(spec: ResolverSpec, ctx: ProbeContext) -> str:
     return next((a for a in lookup.addresses if ctx.scope.allows(a)), lookup.addresses[0])
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text.split("%")[0])
-    except ValueError:
-        return False
-    return True
 
 
 def _endpoint(address: str, port: int) -> str:
@@ -486,7 +480,7 @@ async def _https(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _R
         "content-type": "application/dns-message",
         "host": url.netloc.rsplit("@", 1)[-1],
     }
-    extensions = {} if _is_ip(where.spec.address) else {"sni_hostname": where.spec.address}
+    extensions = {} if is_ip(where.spec.address) else {"sni_hostname": where.spec.address}
     loop = asyncio.get_running_loop()
     transport = httpx.AsyncHTTPTransport(
         verify=ctx.ssl_context(), local_address=ctx.source_address

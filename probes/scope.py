@@ -11,6 +11,15 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+
+def is_ip(text: str) -> bool:
+    """True if ``text`` is an IPv4 or IPv6 address literal (a ``%zone`` suffix allowed)."""
+    try:
+        ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return False
+    return True
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

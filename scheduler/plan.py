@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from probes.model import SILENT_PROTOCOLS, Service, Target, VPNEndpoint
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+from probes.scope import is_ip
 
 
 def _url_endpoint(url: str) -> tuple[str, int, bool]:
@@ -37,7 +29,7 @@ def plan_service(service: Service, *, probes: Iterable[str], resolvers: Sequence
     hosts = list(service.domains)
     for url in service.urls:
         host, _, _ = _url_endpoint(url)
-        if host not in hosts and not _is_ip(host):
+        if host not in hosts and not is_ip(host):
             hosts.append(host)
     if "dns" in wanted:
         for host in hosts:
@@ -55,7 +47,7 @@ def plan_service(service: Service, *, probes: Iterable[str], resolvers: Sequence
         if ep.transport == "tcp":
             key = (ep.host, ep.port)
             endpoints[key] = endpoints.get(key, False) or ep.tls or (
-                ep.port == 443 and not _is_ip(ep.host))
+                ep.port == 443 and not is_ip(ep.host))
     if "tcp" in wanted:
         out += [Target(service=name, probe="tcp", host=h, port=p) for (h, p) in endpoints]
     if "tls" in wanted:

@@ -33,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from blockwatch.lab.vpn import LABVPN
 from probes.catalogue import load_catalogue
 from probes.model import Service
+from probes.scope import is_ip
 
 SERVICE_NET = "10.201.10.0/24"
 SITE_NETS = ("10.201.100.0/22",)  # room for 1000 generated sites
@@ -42,18 +43,12 @@ BENCH_DOMAIN = "bench.lab"
 LABWEB = "labweb"
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def service_hosts(s: Service) -> list[str]:
     hosts = [*s.domains, *(urlsplit(u).hostname or "" for u in s.urls),
              *(e.host for e in s.endpoints)]
-    return [h.lower() for h in dict.fromkeys(hosts) if h and not _is_ip(h)]
+    return [h.lower() for h in dict.fromkeys(hosts) if h and not is_ip(h)]
 
 
 def site_service(i: int) -> Service:
@@ -132,7 +127,7 @@ def lab_catalogue(sites: int = 0) -> Catalogue:
     for i in range(sites):
         address[f"site{i}"] = str(site_net[i])
     for name, s in {**services, **opt_in}.items():
-        literals[name] = tuple(dict.fromkeys(e.host for e in s.endpoints if _is_ip(e.host)))
+        literals[name] = tuple(dict.fromkeys(e.host for e in s.endpoints if is_ip(e.host)))
         for h in service_hosts(s):
             owner.setdefault(h, name)
     return Catalogue(services=services, address=address, literals=literals, owner=owner,
