@@ -10,38 +10,27 @@ Runs as root in the censor namespace; started and stopped by the lab, which trac
 from __future__ import annotations
 
 import collections
-import json
-import os
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from blockwatch.lab.nfq import Reloading, serve
+
 
 class DelayLine:
     """Packets waiting for their verdict, in arrival order (all wait the same time)."""
 
     def __init__(self, config: Path) -> None:
-        self.config = config
-        self.mtime = -1.0
-        self.delay = 0.0
+        self.delay = Reloading("delay", config,
+                               lambda raw: max(0, int(raw["delay_ms"])) / 1000, 0.0)
         self.waiting: collections.deque[tuple[float, Any]] = collections.deque()
         self.ready = threading.Condition()
 
-    def current_delay(self) -> float:
-        try:
-            mtime = self.config.stat().st_mtime
-            if mtime != self.mtime:
-                self.delay = max(0, int(json.loads(self.config.read_text())["delay_ms"])) / 1000
-                self.mtime = mtime
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"delay: cannot read {self.config}: {exc}", file=sys.stderr, flush=True)
-        return self.delay
-
     def hold(self, pkt: Any) -> None:
         with self.ready:
-            self.waiting.append((time.monotonic() + self.current_delay(), pkt))
+            self.waiting.append((time.monotonic() + self.delay.current(), pkt))
             self.ready.notify()
 
     def release_forever(self) -> None:
@@ -59,19 +48,10 @@ class DelayLine:
 
 
 def main(argv: list[str]) -> int:
-    from netfilterqueue import NetfilterQueue
-
     queue, config = int(argv[0]), Path(argv[1])
     line = DelayLine(config)
     threading.Thread(target=line.release_forever, daemon=True).start()
-    nfq = NetfilterQueue()
-    nfq.bind(queue, line.hold, max_len=65536)
-    print(f"delay: queue {queue}, config {config}, pid {os.getpid()}", flush=True)
-    try:
-        nfq.run()
-    finally:
-        nfq.unbind()
-    return 0
+    return serve("delay", queue, config, line.hold, max_len=65536)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ the censor namespace; started and stopped by the lab, which tracks its PID.
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import struct
 import sys
@@ -25,27 +23,18 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from blockwatch.lab.nfq import Reloading, serve
+
 
 class Names:
-    """The names to inject, reloaded when the file's mtime changes."""
+    """The names to inject and the forged answer (from the injector's JSON file)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.mtime = -1.0
-        self.names: frozenset[str] = frozenset()
-        self.answer = "0.0.0.0"
+    def __init__(self, names: frozenset[str] = frozenset(), answer: str = "0.0.0.0") -> None:
+        self.names, self.answer = names, answer
 
-    def current(self) -> Names:
-        try:
-            mtime = self.path.stat().st_mtime
-            if mtime != self.mtime:
-                raw = json.loads(self.path.read_text(encoding="utf-8"))
-                self.names = frozenset(n.lower().rstrip(".") for n in raw["names"])
-                self.answer = str(raw["answer"])
-                self.mtime = mtime
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"inject: cannot read {self.path}: {exc}", file=sys.stderr, flush=True)
-        return self
+    @classmethod
+    def parse(cls, raw: Any) -> Names:
+        return cls(frozenset(n.lower().rstrip(".") for n in raw["names"]), str(raw["answer"]))
 
     def match(self, qname: str) -> bool:
         labels = qname.lower().rstrip(".").split(".")
@@ -81,10 +70,8 @@ def forged_reply(packet: bytes, names: Names) -> tuple[bytes, str] | None:
 
 
 def main(argv: list[str]) -> int:
-    from netfilterqueue import NetfilterQueue
-
     queue, config = int(argv[0]), Path(argv[1])
-    names = Names(config)
+    names = Reloading("inject", config, Names.parse, Names())
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
     def handle(pkt: Any) -> None:
@@ -95,14 +82,7 @@ def main(argv: list[str]) -> int:
         finally:
             pkt.accept()
 
-    nfq = NetfilterQueue()
-    nfq.bind(queue, handle)
-    print(f"inject: queue {queue}, config {config}, pid {os.getpid()}", flush=True)
-    try:
-        nfq.run()
-    finally:
-        nfq.unbind()
-    return 0
+    return serve("inject", queue, config, handle)
 
 
 if __name__ == "__main__":
