@@ -15,17 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from postgres import PostgresServer
 from sqlalchemy import text
-from test_storage import (
-    T0,
-    _filled,
-    dns_obs,
-    http_obs,
-    make_measurement,
-    make_run,
-    tcp_obs,
-    tls_obs,
-    verdict,
-)
+from test_storage import T0, _filled, check_round_trip
 
 from blockwatch.cli import main
 from probes.model import Run
@@ -99,32 +89,7 @@ def test_too_new_schema_is_refused(postgres_url: str) -> None:
 
 
 def test_round_trip_of_every_observation_kind(postgres_url: str) -> None:
-    run = make_run()
-    ms = [
-        make_measurement("m1", observations=(dns_obs(),)),
-        make_measurement("m2", probe="tcp", observations=(tcp_obs(),), failure="connection_reset",
-                         at=T0 + dt.timedelta(seconds=1)),
-        make_measurement("m3", probe="tls", observations=(tcp_obs(), tls_obs(), http_obs()),
-                         at=T0 + dt.timedelta(seconds=2)),
-    ]
-    vs = [verdict("m1"), verdict("m2", "tcp_blocked"), verdict(None, "partial")]
-    finished = T0 + dt.timedelta(minutes=1)
-    with open_store(postgres_url) as store:
-        store.start_run(run)
-        store.add_measurements(ms, vs)
-        store.finish_run(run.id, status="complete", finished_at=finished, summary={"ok": 2})
-    with open_store(postgres_url) as store:
-        got = store.get_run(run.id)
-        assert got is not None and got.status == "complete" and got.finished_at == finished
-        assert got.asn == 4_200_000_001 and got.summary == {"ok": 2}
-        assert got.started_at == T0 and got.started_at.tzinfo == U
-        assert list(store.measurements()) == ms
-        assert store.verdicts(run_id=run.id) == vs
-        assert store.verdicts(measurement_id="m2") == [vs[1]]
-        assert store.get_run("run") == got  # unique prefix
-        assert store.get_run("RUN") is None  # case-sensitive
-        with pytest.raises(StorageError, match="duplicate key"):
-            store.add_measurements([make_measurement("m1")])
+    check_round_trip(postgres_url)
 
 
 def test_export_rows_latest_verdict_and_filters(postgres_url: str) -> None:

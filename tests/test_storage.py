@@ -6,6 +6,7 @@ Every test uses a fresh SQLite file under tmp_path; nothing touches the network.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -28,11 +29,13 @@ from probes.model import (
     DNSResponse,
     HTTPObservation,
     Measurement,
+    RawObservation,
     Run,
     Target,
     TCPObservation,
     TLSObservation,
     Verdict,
+    VPNObservation,
 )
 from storage import (
     CONTRACT_FIELDS,
@@ -144,14 +147,39 @@ def store(url: str) -> Iterator[Store]:
 # --- round trips --------------------------------------------------------------------------------
 
 
-def test_round_trip_of_runs_measurements_and_verdicts(url: str) -> None:
+def vpn_obs() -> VPNObservation:
+    return VPNObservation(protocol="openvpn", address="203.0.113.9", port=1194, transport="udp",
+                          t0=0.0, t=0.05, result="reachable",
+                          details=(("server_session_id", "ab" * 8),))
+
+
+def raw_obs() -> RawObservation:
+    return RawObservation(
+        address="157.240.1.35", port=443, mode="tls", sni="facebook.com", t0=0.0, t=2.0,
+        capture=True, synack={"ttl": 52, "ipid": 0, "df": True, "window": 65160},
+        resets=({"ttl": 64, "ipid": 7, "df": False, "window": 0, "flags": "R", "after": "data",
+                 "t": 0.1},),
+        reply="rst", forged_rst="ttl 64 vs syn-ack 52", rst_fingerprint="gfw_type2",
+        hops=({"ttl": 1, "result": "time_exceeded", "from": "192.0.2.1"},
+              {"ttl": 2, "result": "rst", "from": None}),
+        interference_ttl=2, interference="rst", last_hop="192.0.2.1", server_ttl=9)
+
+
+def check_round_trip(url: str) -> None:
+    """Runs, every kind of observation and verdicts come back equal (SQLite and PostgreSQL)."""
     run = make_run()
+    control_sni = dataclasses.replace(tls_obs(), sni="example.com", verified=None, control=True)
     ms = [
         make_measurement("m1", observations=(dns_obs(),)),
         make_measurement("m2", probe="tcp", observations=(tcp_obs(),), failure="connection_reset",
                          at=T0 + dt.timedelta(seconds=1)),
-        make_measurement("m3", probe="tls", observations=(tcp_obs(), tls_obs(), http_obs()),
+        make_measurement("m3", probe="tls", observations=(tcp_obs(), tls_obs(), http_obs(),
+                                                          control_sni),
                          at=T0 + dt.timedelta(seconds=2)),
+        make_measurement("m4", probe="openvpn", observations=(vpn_obs(),),
+                         at=T0 + dt.timedelta(seconds=3)),
+        make_measurement("m5", probe="trace", observations=(raw_obs(),),
+                         at=T0 + dt.timedelta(seconds=4)),
     ]
     vs = [verdict("m1"), verdict("m2", "tcp_blocked"), verdict(None, "partial")]
     finished = T0 + dt.timedelta(minutes=1)
@@ -161,16 +189,22 @@ def test_round_trip_of_runs_measurements_and_verdicts(url: str) -> None:
         store.finish_run(run.id, status="complete", finished_at=finished, summary={"ok": 2})
 
     with open_store(url) as store:
-        assert store.get_run(run.id) == Run(
-            **{**_fields(run), "status": "complete", "finished_at": finished,
-               "summary": {"ok": 2}}
-        )
+        got = store.get_run(run.id)
+        assert got == Run(**{**_fields(run), "status": "complete", "finished_at": finished,
+                             "summary": {"ok": 2}})
+        assert got is not None and got.asn == 4_200_000_001  # 32-bit ASNs do not overflow
+        assert got.started_at == T0 and got.started_at.tzinfo == dt.UTC
         assert list(store.measurements()) == ms
         assert store.verdicts(run_id=run.id) == vs
         assert store.verdicts(measurement_id="m2") == [vs[1]]
-        got = next(store.measurements())
-        assert got.started_at.tzinfo == dt.UTC
-        assert got.started_at == T0
+        assert store.get_run("run") == got  # a unique prefix
+        assert store.get_run("RUN") is None  # case-sensitive
+        first = next(store.measurements())
+        assert first.started_at.tzinfo == dt.UTC and first.started_at == T0
+
+
+def test_round_trip_of_runs_measurements_and_verdicts(url: str) -> None:
+    check_round_trip(url)
 
 
 def _fields(run: Run) -> dict:
