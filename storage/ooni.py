@@ -606,8 +606,9 @@ def _test_keys(row: Mapping[str, Any]) -> dict[str, Any]:
                 "address": f"{o.get('address')}:{o.get('port')}", "server_name": o.get("sni"),
                 "failure": o.get("failure"), "tls_version": o.get("version"),
                 "cipher_suite": o.get("cipher"), "negotiated_protocol": o.get("alpn"),
-                "no_tls_verify": False, "t": o.get("t"),
-                "x_peer_chain_sha256": o.get("peer_chain_sha256")})
+                "no_tls_verify": bool(o.get("control")), "t": o.get("t"),
+                "x_peer_chain_sha256": o.get("peer_chain_sha256"),
+                "x_control_sni": bool(o.get("control"))})
         elif layer == "http":
             tk["requests"].append({
                 "request": {"url": o.get("url"), "method": "GET"}, "failure": o.get("failure"),
