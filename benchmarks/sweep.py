@@ -6,6 +6,12 @@ Prints the wall time, the sum of per-target times (what a one-by-one prober woul
 ratio, CPU seconds and peak RSS of the sweeping process.
 
     .venv/bin/python benchmarks/sweep.py [-n 500] [--delay 0.2] [--timeout 2]
+    sudo .venv/bin/python benchmarks/sweep.py --probe trace   # the raw-packet probe instead
+
+With ``--probe trace`` every target is traced (mode http: the kernel's connection, the GET,
+raw sockets recording the SYN-ACK and any RST, and for the targets that never answer the
+TTL-limited search): the cost of raw-packet evidence per target, and of the shared capture
+under many concurrent flows. It needs CAP_NET_RAW.
 """
 
 from __future__ import annotations
@@ -34,11 +40,17 @@ def address(i: int) -> str:
     return f"127.77.{i // 250}.{i % 250 + 1}"
 
 
+def hangs(local: str) -> bool:
+    """One target in five (by its address) never answers."""
+    _, _, x, y = (int(p) for p in local.split("."))
+    return (x * 250 + y - 1) % 5 == 0
+
+
 def serve(n: int, delay: float, ready: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await reader.readuntil(b"\r\n\r\n")
-            if b"/hang" in request.split(b"\r\n", 1)[0]:
+            await reader.readuntil(b"\r\n\r\n")
+            if hangs(writer.get_extra_info("sockname")[0]):
                 await asyncio.sleep(3600)
             await asyncio.sleep(delay)
             body = b"<html><title>bench</title>ok</html>"
@@ -65,6 +77,7 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.2, help="server delay per answer (s)")
     ap.add_argument("--timeout", type=float, default=2.0, help="probe HTTP timeout (s)")
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--probe", choices=("http", "trace"), default="http")
     args = ap.parse_args()
 
     ready = mp.Event()
@@ -76,6 +89,9 @@ def main() -> None:
     targets = [Target(service="bench", probe="http", host=address(i),
                       url=f"http://{address(i)}:{PORT}/{'hang' if i % 5 == 0 else 'ok'}/{i}")
                for i in range(args.n)]
+    if args.probe == "trace":
+        targets = [Target(service="bench", probe="trace", host=address(i), port=PORT,
+                          options=(("mode", "http"),)) for i in range(args.n)]
     svc = Service(name="bench", title="bench", category="other",
                   urls=tuple(t.url or "" for t in targets))
     ctx = ProbeContext(scope=Scope.from_entries(["127.0.0.0/8"]),
@@ -94,6 +110,16 @@ def main() -> None:
     server.terminate()
     total = sum(m.runtime_s for m in outcome.measurements)
     failures = sum(1 for m in outcome.measurements if m.failure)
+    if args.probe == "trace":
+        from probes.model import RawObservation
+
+        raws = [o for m in outcome.measurements for o in m.observations
+                if isinstance(o, RawObservation)]
+        replies: dict[str, int] = {}
+        for o in raws:
+            replies[str(o.reply)] = replies.get(str(o.reply), 0) + 1
+        print(f"trace replies      {replies} ({sum(bool(o.hops) for o in raws)} searched hops, "
+              f"{sum(not o.capture for o in raws)} without capture)")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"targets            {args.n} ({failures} failed: never answered)")
     print(f"stored             {stored} measurements, run status {outcome.run.status}")
