@@ -13,7 +13,12 @@ switch, so a scenario change never leaves an old rule behind:
 * the injector (``blockwatch.lab.inject``) reads the names to inject from a JSON file;
 * the delay line (``blockwatch.lab.delay``) holds a service's packets ``delay_ms`` each way.
 
-Only traffic arriving from the censored client (``down0``) or going back to it is touched.
+Only traffic arriving from the censored client (``down0``) or going back to it is touched. Every
+address-based method hits a service's IPv6 address as well as its IPv4 ones (nftables ``ip6
+daddr`` sets of type ipv6_addr beside the ipv4_addr ones; every iptables rule has its ip6tables
+twin), and the DNS methods answer AAAA queries too: NXDOMAIN, a bogon (``BOGON6``), the lab's
+IPv6 sinkhole, or nothing (``dns_poison_known``: the forged address is IPv4 only, so AAAA gets
+an empty NOERROR answer).
 
 One method is not the censor's: ``server_down`` is an outage, applied in the *server* namespace
 (nftables table ``bwserver``, also replaced as a whole on every switch and gone with the
@@ -24,14 +29,17 @@ with ICMP host unreachable, as the last router before a dead host does.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from blockwatch.lab.scenario import Scenario
 from blockwatch.lab.services import NATIONAL_PORT, Catalogue
-from blockwatch.lab.topology import CENSOR_DOWN, PUBLIC_RESOLVER, SINKHOLE, run
+from blockwatch.lab.topology import CENSOR_DOWN, PUBLIC_RESOLVER, SINKHOLE, SINKHOLE6, run
 
 BOGON = "10.10.34.35"  # private, outside the lab's scope: the probes see it as a bogon
+# a ULA address outside the lab's own /48 (LAB_NET6): a bogon the scope refuses, like BOGON
+BOGON6 = "fd0a:10:34::35"
 # a public address the Great Firewall's injector answered with (probes/data/fingerprints/dns.json,
 # bw.dns.cn_gfw_8.7.198.45): outside the lab's scope, so no probe ever sends it a packet
 KNOWN_FORGED = "8.7.198.45"
@@ -45,31 +53,50 @@ def dnsmasq_isp_conf(scenario: Scenario, cat: Catalogue) -> str:
     for service in scenario.services_with("dns_nxdomain"):
         # an empty server= makes the names "local": nothing to answer with, so NXDOMAIN
         lines += [f"server=/{h}/" for h in cat.hosts_of(service)]
-    for method, answer in (("dns_bogon", BOGON), ("dns_poison", SINKHOLE),
-                           ("dns_poison_known", KNOWN_FORGED)):
+    # dnsmasq answers a type it was given an address= for and forwards the others (since
+    # 2.86): ``local=`` beside it makes them an empty answer (NOERROR, no records) instead
+    for method, answers in (("dns_bogon", (BOGON, BOGON6)), ("dns_poison", (SINKHOLE, SINKHOLE6)),
+                            ("dns_poison_known", (KNOWN_FORGED,))):
         for service in scenario.services_with(method):
-            lines += [f"address=/{h}/{answer}" for h in cat.hosts_of(service)]
+            for h in cat.hosts_of(service):
+                lines += [*(f"address=/{h}/{a}" for a in answers), f"local=/{h}/"]
     return "\n".join(lines) + "\n"
 
 
-def _set(name: str, addresses: Iterable[str]) -> str:
+def _set(name: str, addresses: Iterable[str], kind: str = "ipv4_addr") -> str:
     elems = sorted(set(addresses))
     body = f" elements = {{ {', '.join(elems)} }};" if elems else ""
-    return f"  set {name} {{ type ipv4_addr;{body} }}\n"
+    return f"  set {name} {{ type {kind};{body} }}\n"
+
+
+def _sets(pairs: Iterable[tuple[str, str]], scenario: Scenario, cat: Catalogue) -> str:
+    """For each (set, method): set ``name`` of the method's services' IPv4 addresses and set
+    ``name6`` of their IPv6 addresses."""
+    out = []
+    for name, method in pairs:
+        services = scenario.services_with(method)
+        out.append(_set(name, [a for s in services for a in cat.addresses_of(s)]))
+        out.append(_set(f"{name}6", [a for s in services for a in cat.addresses6_of(s)],
+                        "ipv6_addr"))
+    return "".join(out)
+
+
+def _both(rule: str) -> list[str]:
+    """A rule written for IPv4 (``ip daddr @x``/``ip saddr @x``) and its IPv6 twin (``ip6 daddr
+    @x6``)."""
+    twin = re.sub(r"\bip (daddr|saddr) @(\w+)", r"ip6 \1 @\g<2>6", rule)
+    return [rule, twin]
 
 
 def nft_ruleset(scenario: Scenario, cat: Catalogue) -> str:
-    def addrs(method: str) -> list[str]:
-        return [a for s in scenario.services_with(method) for a in cat.addresses_of(s)]
-
     loss = int(scenario.option("loss_percent"))
     glob = int(scenario.option("global_loss_percent"))
     ports = ", ".join(str(p) for p in scenario.option("udp_ports"))
-    sets = "".join(_set(n, addrs(m)) for n, m in (
+    sets = _sets((
         ("syn_drop", "tcp_syn_drop"), ("rst_syn", "tcp_rst_syn"), ("rst_data", "tcp_rst_data"),
         ("udp_drop", "udp_drop"), ("loss", "packet_loss"), ("blockpage", "http_blockpage"),
-        ("blockpage_national", "http_blockpage_national")))
-    forward = [
+        ("blockpage_national", "http_blockpage_national")), scenario, cat)
+    forward = [r for rule in (
         'iifname "down0" ip daddr @syn_drop tcp flags & (syn|ack) == syn drop',
         'iifname "down0" ip daddr @rst_syn tcp flags & (syn|ack) == syn reject with tcp reset',
         'iifname "down0" ip daddr @rst_data ct state established tcp flags & psh == psh '
@@ -77,7 +104,7 @@ def nft_ruleset(scenario: Scenario, cat: Catalogue) -> str:
         f'iifname "down0" ip daddr @udp_drop udp dport {{ {ports} }} drop' if ports else "",
         f'iifname "down0" ip daddr @loss numgen random mod 100 < {loss} drop' if loss else "",
         f'oifname "down0" ip saddr @loss numgen random mod 100 < {loss} drop' if loss else "",
-    ]
+    ) if rule for r in _both(rule)]
     # global loss hits everything the censored client sends (to the servers and to the ISP
     # resolver) and every forwarded packet back; what the censor itself sends (its resolver's
     # answers, forged answers, resets) is not dropped, so a lost packet never hides a method
@@ -85,6 +112,11 @@ def nft_ruleset(scenario: Scenario, cat: Catalogue) -> str:
                   f'oifname "down0" numgen random mod 100 < {glob} drop'] if glob else []
     rules = "".join(f"    {r}\n" for r in [*everywhere, *forward] if r)
     inp = "".join(f"    {r}\n" for r in everywhere[:1])
+    nat = "".join(f"    {r}\n" for rule in (
+        'iifname "down0" ip daddr @blockpage tcp dport 80 redirect to :8080',
+        'iifname "down0" ip daddr @blockpage tcp dport 443 redirect to :8443',
+        f'iifname "down0" ip daddr @blockpage_national tcp dport 80 redirect to :{NATIONAL_PORT}',
+    ) for r in _both(rule))
     return f"""table inet bwcensor
 delete table inet bwcensor
 table inet bwcensor {{
@@ -96,26 +128,24 @@ table inet bwcensor {{
 {inp}  }}
   chain prerouting_nat {{
     type nat hook prerouting priority dstnat; policy accept;
-    iifname "down0" ip daddr @blockpage tcp dport 80 redirect to :8080
-    iifname "down0" ip daddr @blockpage tcp dport 443 redirect to :8443
-    iifname "down0" ip daddr @blockpage_national tcp dport 80 redirect to :{NATIONAL_PORT}
-  }}
+{nat}  }}
 }}
 """
 
 
 def server_ruleset(scenario: Scenario, cat: Catalogue) -> str:
-    """The server namespace's outages: every packet to a ``server_down`` service's addresses,
-    from either client, is answered with ICMP host unreachable (a dead host behind a router)."""
-    down = _set("down", [a for s in scenario.services_with("server_down")
-                         for a in cat.addresses_of(s)])
+    """The server namespace's outages: every packet to a ``server_down`` service's addresses
+    (IPv4 and IPv6), from either client, is answered with ICMP host unreachable (a dead host
+    behind a router)."""
+    sets = _sets((("down", "server_down"),), scenario, cat)
+    rules = "".join(f"    {r}\n" for r in
+                    _both("ip daddr @down reject with icmpx type host-unreachable"))
     return f"""table inet bwserver
 delete table inet bwserver
 table inet bwserver {{
-{down}  chain input_filter {{
+{sets}  chain input_filter {{
     type filter hook input priority 0; policy accept;
-    ip daddr @down reject with icmpx type host-unreachable
-  }}
+{rules}  }}
 }}
 """
 
@@ -132,8 +162,12 @@ def _sni_match(host: str) -> list[str]:
     return ["-m", "string", "--algo", "bm", "--hex-string", f"|{n >> 8:02x}{n & 0xFF:02x}|{host}"]
 
 
-def iptables_rules(scenario: Scenario, cat: Catalogue) -> list[list[str]]:
-    """Rules for the bw-fwd and bw-in chains (flushed first)."""
+IPTABLES = ("iptables", "ip6tables")
+
+
+def iptables_rules(scenario: Scenario, cat: Catalogue, family: int = 4) -> list[list[str]]:
+    """Rules for the bw-fwd and bw-in chains (flushed first) of iptables (``family`` 4) or
+    ip6tables (6). The DNS injector is IPv4 only: the lab's resolvers listen on IPv4."""
     rules: list[list[str]] = []
     for service in scenario.services_with("tls_sni_rst"):
         for h in cat.hosts_of(service):
@@ -141,10 +175,10 @@ def iptables_rules(scenario: Scenario, cat: Catalogue) -> list[list[str]]:
                           "-j", "REJECT", "--reject-with", "tcp-reset"])
     delayed = ["-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE), "--queue-bypass"]
     for service in scenario.services_with("delay"):
-        for a in cat.addresses_of(service):
+        for a in cat.addresses_of(service) if family == 4 else cat.addresses6_of(service):
             rules.append(["-A", "bw-fwd", "-i", "down0", "-d", a, *delayed])
             rules.append(["-A", "bw-fwd", "-o", "down0", "-s", a, *delayed])
-    if scenario.services_with("dns_injection"):
+    if family == 4 and scenario.services_with("dns_injection"):
         queue = ["-j", "NFQUEUE", "--queue-num", str(INJECT_QUEUE), "--queue-bypass"]
         rules.append(["-A", "bw-fwd", "-i", "down0", "-p", "udp", "--dport", "53", *queue])
         rules.append(["-A", "bw-in", "-i", "down0", "-p", "udp", "--dport", "53", *queue])
@@ -153,28 +187,30 @@ def iptables_rules(scenario: Scenario, cat: Catalogue) -> list[list[str]]:
 
 def injected_names(scenario: Scenario, cat: Catalogue) -> dict[str, object]:
     names = [h for s in scenario.services_with("dns_injection") for h in cat.hosts_of(s)]
-    return {"answer": SINKHOLE, "names": sorted(set(names))}
+    return {"answer": SINKHOLE, "answer6": SINKHOLE6, "names": sorted(set(names))}
 
 
 def setup_iptables(namespace: str) -> None:
-    """Create our two chains and jump to them once (idempotent)."""
-    for chain, hook in (("bw-fwd", "FORWARD"), ("bw-in", "INPUT")):
-        ipt = ["ip", "netns", "exec", namespace, "iptables", "-w"]
-        if run([*ipt, "-L", chain, "-n"], check=False).returncode != 0:
-            run([*ipt, "-N", chain])
-        if run([*ipt, "-C", hook, "-j", chain], check=False).returncode != 0:
-            run([*ipt, "-A", hook, "-j", chain])
+    """Create our two chains (iptables and ip6tables) and jump to them once (idempotent)."""
+    for tool in IPTABLES:
+        ipt = ["ip", "netns", "exec", namespace, tool, "-w"]
+        for chain, hook in (("bw-fwd", "FORWARD"), ("bw-in", "INPUT")):
+            if run([*ipt, "-L", chain, "-n"], check=False).returncode != 0:
+                run([*ipt, "-N", chain])
+            if run([*ipt, "-C", hook, "-j", chain], check=False).returncode != 0:
+                run([*ipt, "-A", hook, "-j", chain])
 
 
 def apply(namespace: str, scenario: Scenario, cat: Catalogue, directory: Path) -> None:
     """Put the scenario's nftables, iptables and injector config in place (the ISP resolver
     is restarted by the caller, which owns processes)."""
     run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], stdin=nft_ruleset(scenario, cat))
-    ipt = ["ip", "netns", "exec", namespace, "iptables", "-w"]
-    for chain in ("bw-fwd", "bw-in"):
-        run([*ipt, "-F", chain])
-    for rule in iptables_rules(scenario, cat):
-        run([*ipt, *rule])
+    for family, tool in zip((4, 6), IPTABLES, strict=True):
+        ipt = ["ip", "netns", "exec", namespace, tool, "-w"]
+        for chain in ("bw-fwd", "bw-in"):
+            run([*ipt, "-F", chain])
+        for rule in iptables_rules(scenario, cat, family):
+            run([*ipt, *rule])
     # the injector and the delay line re-read their file when it changes: never half a file
     for name, content in (("inject.json", injected_names(scenario, cat)),
                           ("delay.json", {"delay_ms": int(scenario.option("delay_ms"))})):

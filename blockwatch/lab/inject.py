@@ -1,10 +1,11 @@
 """The censor's in-path DNS injector: ``python -m blockwatch.lab.inject QUEUE CONFIG``.
 
 iptables hands every UDP DNS query from the censored client to NFQUEUE ``QUEUE``. For a query
-of type A whose name (or a parent of it) is listed in the JSON file CONFIG, the injector sends
-a forged answer first (from the queried server's address and port, pointing at the configured
-address) and only then lets the query go on, so the real answer always arrives second: the
-deterministic version of a racing on-path injector. Every other packet is accepted untouched.
+of type A (or AAAA, when the file names an IPv6 ``answer6``) whose name (or a parent of it) is
+listed in the JSON file CONFIG, the injector sends a forged answer first (from the queried
+server's address and port, pointing at the configured address) and only then lets the query go
+on, so the real answer always arrives second: the deterministic version of a racing on-path
+injector. Every other packet is accepted untouched.
 CONFIG is re-read whenever it changes, so a scenario switch needs no restart. Runs as root in
 the censor namespace; started and stopped by the lab, which tracks its PID.
 """
@@ -29,12 +30,15 @@ from blockwatch.lab.nfq import Reloading, serve
 class Names:
     """The names to inject and the forged answer (from the injector's JSON file)."""
 
-    def __init__(self, names: frozenset[str] = frozenset(), answer: str = "0.0.0.0") -> None:
-        self.names, self.answer = names, answer
+    def __init__(self, names: frozenset[str] = frozenset(), answer: str = "0.0.0.0",
+                 answer6: str | None = None) -> None:
+        self.names, self.answer, self.answer6 = names, answer, answer6
 
     @classmethod
     def parse(cls, raw: Any) -> Names:
-        return cls(frozenset(n.lower().rstrip(".") for n in raw["names"]), str(raw["answer"]))
+        answer6 = raw.get("answer6")
+        return cls(frozenset(n.lower().rstrip(".") for n in raw["names"]), str(raw["answer"]),
+                   str(answer6) if answer6 else None)
 
     def match(self, qname: str) -> bool:
         labels = qname.lower().rstrip(".").split(".")
@@ -55,12 +59,13 @@ def forged_reply(packet: bytes, names: Names) -> tuple[bytes, str] | None:
     if query.flags & dns.flags.QR or len(query.question) != 1:
         return None
     q = query.question[0]
-    if q.rdtype != dns.rdatatype.A or not names.match(q.name.to_text()):
+    answers = {dns.rdatatype.A: names.answer, dns.rdatatype.AAAA: names.answer6}
+    answer = answers.get(q.rdtype)
+    if answer is None or not names.match(q.name.to_text()):
         return None
     reply = dns.message.make_response(query)
     reply.flags |= dns.flags.RA
-    reply.answer.append(dns.rrset.from_text(q.name, 300, dns.rdataclass.IN, dns.rdatatype.A,
-                                            names.answer))
+    reply.answer.append(dns.rrset.from_text(q.name, 300, dns.rdataclass.IN, q.rdtype, answer))
     payload = reply.to_wire()
     udp = struct.pack("!HHHH", dport, sport, 8 + len(payload), 0) + payload  # no UDP checksum
     # the kernel fills in the IP checksum and total length of an IP_HDRINCL packet

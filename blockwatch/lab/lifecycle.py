@@ -119,7 +119,7 @@ def up(name: str, scenario_name: str | None = None, sites: int = 0) -> tuple[Lab
 def _build(lab: Lab, scenario: Scenario) -> None:
     m, d, cat = lab.manifest, lab.directory, lab.catalogue
     t0 = time.monotonic()
-    create_topology(m, cat.all_addresses())
+    create_topology(m, cat.all_addresses(), cat.all_addresses6())
     hosts = sorted(cat.owner)
     pki = make_pki(d / "pki", hosts)
     m.info["pki"] = {k: str(v) for k, v in pki.items()}

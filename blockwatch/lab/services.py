@@ -1,8 +1,10 @@
 """The lab's real servers: their addresses, the lab CA, and the configs of dnsmasq and nginx.
 
 Every host name of the built-in catalogue (domains, URL hosts, endpoint hosts) resolves at the
-lab's "public" resolver to the address of the *service* that first lists it, one address per
-service, so a censor rule on an address hits one service only. Endpoints given as IP literals
+lab's "public" resolver to the addresses of the *service* that first lists it, one IPv4 and one
+IPv6 address per service (A and AAAA records; the IPv6 one is the IPv4 one's twin in the lab's
+ULA prefix, see ``blockwatch.lab.topology.v6``), so a censor rule on an address hits one
+service only. Endpoints given as IP literals
 (Telegram's data centres, a Tor directory authority, ...) are added to the server namespace as
 they are: they exist only inside the lab's own namespaces. Generated benchmark sites
 (``siteN.bench.lab``) get addresses of their own, and so does the lab-only service ``labvpn``
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from blockwatch.lab.topology import LAB_NET, LAB_NET6, v6
 from blockwatch.lab.vpn import LABVPN
 from probes.catalogue import load_catalogue
 from probes.model import Service
@@ -83,7 +86,7 @@ class Catalogue:
     """Who lives where in the lab."""
 
     services: Mapping[str, Service]  # what the clients' default configs sweep
-    address: Mapping[str, str]  # service -> its lab address
+    address: Mapping[str, str]  # service -> its lab address (IPv4)
     literals: Mapping[str, tuple[str, ...]]  # service -> IP-literal endpoints it owns
     owner: Mapping[str, str]  # host name -> the service whose address it resolves to
     # lab-only services served like the others but swept only when a config names them
@@ -93,18 +96,30 @@ class Catalogue:
         """Every service a scenario may name: the swept ones and the opt-in ones."""
         return {**self.services, **self.opt_in}
 
+    def address6(self, service: str) -> str:
+        """The service's IPv6 address (its AAAA record)."""
+        return v6(self.address[service])
+
     def addresses_of(self, service: str) -> list[str]:
+        """The service's IPv4 addresses: its own and the IP-literal endpoints it owns."""
         return [self.address[service], *self.literals.get(service, ())]
+
+    def addresses6_of(self, service: str) -> list[str]:
+        """The service's IPv6 addresses (the catalogue's IP literals are all IPv4)."""
+        return [self.address6(service)]
 
     def all_addresses(self) -> list[str]:
         return [a for name in self.known() for a in self.addresses_of(name)]
+
+    def all_addresses6(self) -> list[str]:
+        return [a for name in self.known() for a in self.addresses6_of(name)]
 
     def hosts_of(self, service: str) -> list[str]:
         return service_hosts(self.known()[service])
 
     def scope(self) -> list[str]:
         lits = sorted({f"{a}/32" for v in self.literals.values() for a in v})
-        return ["10.201.0.0/16", *lits]
+        return [LAB_NET, LAB_NET6, *lits]
 
 
 def lab_catalogue(sites: int = 0) -> Catalogue:
@@ -135,10 +150,12 @@ def lab_catalogue(sites: int = 0) -> Catalogue:
 
 
 def dnsmasq_public_conf(cat: Catalogue, listen: str) -> str:
-    """The lab's authoritative/"public" resolver: answers every lab name, forwards nothing."""
+    """The lab's authoritative/"public" resolver: answers every lab name (A and AAAA),
+    forwards nothing."""
     lines = ["no-resolv", "no-hosts", "bind-interfaces", f"listen-address={listen}",
              "cache-size=0", "local-ttl=60", "user=root", "group=root"]
-    lines += [f"host-record={h},{cat.address[svc]}" for h, svc in cat.owner.items()]
+    lines += [f"host-record={h},{cat.address[svc]},{cat.address6(svc)}"
+              for h, svc in cat.owner.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -240,12 +257,15 @@ SITE_PAGE = ("<!doctype html><html><head><title>$host (blockwatch lab)</title></
 
 
 def nginx_server_conf(directory: Path, pki: Mapping[str, Path]) -> str:
-    """Every lab site over HTTP and HTTPS (HTTP/2 too) with the lab CA's certificate."""
-    listens = "\n".join(f"        listen {p};" for p in HTTP_PORTS)
+    """Every lab site over HTTP and HTTPS (HTTP/2 too), IPv4 and IPv6, with the lab CA's
+    certificate."""
+    listens = "\n".join(f"        listen {p};\n        listen [::]:{p};" for p in HTTP_PORTS)
     servers = f"""    server {{
 {listens}
         listen 443 ssl http2;
+        listen [::]:443 ssl http2;
         listen 9201 ssl;
+        listen [::]:9201 ssl;
         ssl_certificate {pki['lab_cert']};
         ssl_certificate_key {pki['lab_key']};
         location / {{
@@ -282,13 +302,16 @@ def nginx_censor_conf(directory: Path, pki: Mapping[str, Path]) -> str:
     ``NATIONAL_PORT`` the national block page (403, as Iran's ISPs answer)."""
     servers = f"""    server {{
         listen 8080;
+        listen [::]:8080;
         listen 8443 ssl;
+        listen [::]:8443 ssl;
         ssl_certificate {pki['censor_cert']};
         ssl_certificate_key {pki['censor_key']};
         location / {{ return 451 "{BLOCK_PAGE}\\n"; }}
     }}
     server {{
         listen {NATIONAL_PORT};
+        listen [::]:{NATIONAL_PORT};
         location / {{ return 403 {_nginx_quote(NATIONAL_BLOCK_PAGE)}; }}
     }}"""
     return _nginx_frame(directory, "censor", servers)

@@ -5,8 +5,11 @@
     client (censored) --c0/down0-- censor (router, ISP resolver) --up0/s0-- server
     control (uncensored) --k0/k1---------------------------------------------- server
 
-The server namespace holds every service address (one per service, on its loopback) and
-the "public" resolver; the control client reaches it directly, never through the censor. Every
+The lab is dual-stack: every link, namespace and service has an IPv6 address from the lab's ULA
+prefix ``LAB_NET6`` beside its IPv4 one (:func:`v6`: 10.201.A.B is fd00:b10c:0:A::B), with
+duplicate address detection off so every address is usable at once. The server namespace holds
+every service address (one IPv4 and one IPv6 per service, on its loopback) and the "public"
+resolver; the control client reaches it directly, never through the censor. Every
 namespace is named ``<lab>-<role>`` so two labs never collide; the links are created directly
 inside the namespaces (nothing ever exists in the host's namespace). Each step is recorded in
 the manifest before it is taken.
@@ -27,6 +30,9 @@ from blockwatch.lab.state import LabError, Manifest, Proc, alive, proc_start
 
 ROLES = ("client", "control", "censor", "server")
 LAB_NET = "10.201.0.0/16"
+# a ULA prefix of the lab's own (RFC 4193): never routed anywhere, and nothing outside the lab
+# has an address in it; 10.201.A.B's twin is fd00:b10c:0:A::B (the digits read the same)
+LAB_NET6 = "fd00:b10c::/48"
 CLIENT, CENSOR_DOWN = "10.201.1.2", "10.201.1.1"  # the censor's address is the ISP resolver
 CENSOR_UP, SERVER_UP = "10.201.2.1", "10.201.2.2"
 CONTROL, SERVER_CONTROL = "10.201.3.2", "10.201.3.1"
@@ -36,6 +42,18 @@ SINKHOLE_NET = "10.201.9.0/24"
 # no host has this address (it is on the censor-server link): a DNS query to it crosses the
 # censor, and any answer was forged on the way ([dns] silent)
 SILENT = "10.201.2.99"
+
+
+def v6(address: str) -> str:
+    """The IPv6 twin of a lab IPv4 address (10.201.A.B -> fd00:b10c:0:A::B)."""
+    parts = address.split(".")
+    if len(parts) != 4 or parts[:2] != ["10", "201"]:
+        raise ValueError(f"{address} is not a lab IPv4 address (10.201.0.0/16)")
+    return f"fd00:b10c:0:{int(parts[2])}::{int(parts[3])}"
+
+
+SINKHOLE6 = v6(SINKHOLE)
+SINKHOLE6_NET = "fd00:b10c:0:9::/64"
 
 BINARIES = {  # binary -> Debian package
     "ip": "iproute2", "nft": "nftables", "iptables": "iptables", "dnsmasq": "dnsmasq-base",
@@ -92,13 +110,21 @@ def _ip(namespace: str, *args: str) -> None:
     run(["ip", "-n", namespace, *args])
 
 
-def create_topology(m: Manifest, service_addresses: Sequence[str]) -> None:
-    """Namespaces, veth pairs, addresses, routes, forwarding; records each namespace first."""
+def create_topology(m: Manifest, service_addresses: Sequence[str],
+                    service_addresses6: Sequence[str] = ()) -> None:
+    """Namespaces, veth pairs, addresses (IPv4 and IPv6), routes, forwarding; records each
+    namespace first."""
     n = {role: ns(m.name, role) for role in ROLES}
     for role in ROLES:
         m.namespaces.append(n[role])
         m.save()
         run(["ip", "netns", "add", n[role]])
+        # before any link exists: IPv6 on, no duplicate address detection (an address in DAD is
+        # "tentative" for a second or more, unusable), and addresses kept when a link goes down
+        # and up again (as IPv4's are), for the links created below too
+        run(["ip", "netns", "exec", n[role], "sysctl", "-qw", *(
+            f"net.ipv6.conf.{which}.{key}" for which in ("all", "default")
+            for key in ("disable_ipv6=0", "accept_dad=0", "keep_addr_on_down=1"))])
         _ip(n[role], "link", "set", "lo", "up")
     links = [("client", "c0", CLIENT, "censor", "down0", CENSOR_DOWN),
              ("censor", "up0", CENSOR_UP, "server", "s0", SERVER_UP),
@@ -107,19 +133,33 @@ def create_topology(m: Manifest, service_addresses: Sequence[str]) -> None:
         run(["ip", "link", "add", dev_a, "netns", n[a], "type", "veth", "peer", "name", dev_b,
              "netns", n[b]])
         for role, dev, addr in ((a, dev_a, addr_a), (b, dev_b, addr_b)):
-            _ip(n[role], "addr", "add", f"{addr}/24", "dev", dev)
-            _ip(n[role], "link", "set", dev, "up")
+            batch = (f"addr add {addr}/24 dev {dev}\n"
+                     f"addr add {v6(addr)}/64 dev {dev} nodad\n"
+                     f"link set {dev} up\n")
+            run(["ip", "-n", n[role], "-batch", "-"], stdin=batch)
     # the service addresses live on the server's loopback (this kernel has no dummy links)
     batch = "".join(f"addr add {a}/32 dev lo\n" for a in [PUBLIC_RESOLVER, *service_addresses])
+    batch += "".join(f"addr add {a}/128 dev lo nodad\n"
+                     for a in [v6(PUBLIC_RESOLVER), *service_addresses6])
     run(["ip", "-n", n["server"], "-batch", "-"], stdin=batch)
-    _ip(n["client"], "route", "add", "default", "via", CENSOR_DOWN)
-    _ip(n["control"], "route", "add", "default", "via", SERVER_CONTROL)
-    _ip(n["censor"], "route", "add", "default", "via", SERVER_UP)
-    _ip(n["censor"], "route", "add", "blackhole", SINKHOLE_NET)
-    _ip(n["server"], "route", "add", "10.201.1.0/24", "via", CENSOR_UP)
+    routes = {
+        "client": [("default", CENSOR_DOWN)],
+        "control": [("default", SERVER_CONTROL)],
+        "censor": [("default", SERVER_UP)],
+        "server": [("10.201.1.0/24", CENSOR_UP)],
+    }
+    for role, table in routes.items():
+        batch = "".join(f"route add {dst} via {via}\n"
+                        f"route add {dst if dst == 'default' else v6net(dst)} via {v6(via)}\n"
+                        for dst, via in table)
+        if role == "censor":
+            batch += (f"route add blackhole {SINKHOLE_NET}\n"
+                      f"route add blackhole {SINKHOLE6_NET}\n")
+        run(["ip", "-n", n[role], "-batch", "-"], stdin=batch)
     for role in ("censor", "server"):
         run(["ip", "netns", "exec", n[role], "sysctl", "-qw", "net.ipv4.ip_forward=1",
-             "net.ipv4.icmp_ratelimit=0"])
+             "net.ipv4.icmp_ratelimit=0", "net.ipv6.conf.all.forwarding=1",
+             "net.ipv6.icmp.ratelimit=0"])
     for role, resolver in (("client", CENSOR_DOWN), ("control", PUBLIC_RESOLVER)):
         # getaddrinfo inside `lab exec` uses the namespace's own resolv.conf
         etc = Path("/etc/netns", n[role])
@@ -127,6 +167,14 @@ def create_topology(m: Manifest, service_addresses: Sequence[str]) -> None:
         m.save()
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(f"nameserver {resolver}\n", encoding="utf-8")
+
+
+def v6net(network: str) -> str:
+    """The IPv6 twin of a lab IPv4 /24 (10.201.A.0/24 -> fd00:b10c:0:A::/64)."""
+    address, _, length = network.partition("/")
+    if length != "24" or not address.endswith(".0"):
+        raise ValueError(f"{network} is not a lab /24")
+    return v6(address).removesuffix("0") + "/64"
 
 
 def start(m: Manifest, role: str, namespace: str, argv: Sequence[str], log: Path) -> Proc:

@@ -22,7 +22,7 @@ from blockwatch.lab.censor import KNOWN_FORGED
 from blockwatch.lab.runner import service_verdicts
 from blockwatch.lab.scenario import ALL_METHODS, EVIDENCE, expected, expected_control, load, shipped
 from blockwatch.lab.services import NATIONAL_BLOCK_PAGE, lab_catalogue, opt_in_toml
-from blockwatch.lab.topology import CENSOR_DOWN, LAB_NET
+from blockwatch.lab.topology import CENSOR_DOWN, LAB_NET, LAB_NET6, v6
 from probes.verdicts import BLOCKED, builtin_fingerprints
 
 from .conftest import BLOCKWATCH, Lab, Sweep
@@ -95,7 +95,7 @@ def _count_outside(lab: Lab, role: str) -> None:
   chain out {{
     type filter hook output priority 0; policy accept;
     oifname != "lo" ip daddr != {LAB_NET} counter
-    oifname != "lo" ip6 daddr != {{ fe80::/10, ff00::/8 }} counter
+    oifname != "lo" ip6 daddr != {{ fe80::/10, ff00::/8, {LAB_NET6} }} counter
   }}
 }}
 """)
@@ -239,6 +239,8 @@ def test_dead_local_network_is_network_unavailable(lab: Lab) -> None:
         subprocess.run(["ip", "-n", client, "link", "set", "c0", "up"], check=True)
         subprocess.run(["ip", "-n", client, "route", "replace", "default", "via", CENSOR_DOWN],
                        check=True)
+        subprocess.run(["ip", "-n", client, "route", "replace", "default", "via",
+                        v6(CENSOR_DOWN)], check=True)
     # the network is back: a normal sweep works and sees the censor again
     again = lab.sweep("censored", "evidence", label="-after-outage", services=SERVICES,
                       extra=OPT_IN)
