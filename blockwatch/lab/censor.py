@@ -23,7 +23,9 @@ an empty NOERROR answer).
 One method is not the censor's: ``server_down`` is an outage, applied in the *server* namespace
 (nftables table ``bwserver``, also replaced as a whole on every switch and gone with the
 namespace at ``lab down``): the service's addresses answer everybody, the control client too,
-with ICMP host unreachable, as the last router before a dead host does.
+with ICMP host unreachable, as the last router before a dead host does. Nor is
+``ipv6_broken``: the server's side drops every packet to the service's IPv6 address, for
+everybody, while its IPv4 addresses work (a broken AAAA, a known false positive in the field).
 """
 
 from __future__ import annotations
@@ -136,10 +138,14 @@ table inet bwcensor {{
 def server_ruleset(scenario: Scenario, cat: Catalogue) -> str:
     """The server namespace's outages: every packet to a ``server_down`` service's addresses
     (IPv4 and IPv6), from either client, is answered with ICMP host unreachable (a dead host
-    behind a router)."""
+    behind a router); every packet to an ``ipv6_broken`` service's IPv6 address is dropped (a
+    broken AAAA: silence), while its IPv4 addresses answer."""
     sets = _sets((("down", "server_down"),), scenario, cat)
-    rules = "".join(f"    {r}\n" for r in
-                    _both("ip daddr @down reject with icmpx type host-unreachable"))
+    sets += _set("v6_broken", [a for s in scenario.services_with("ipv6_broken")
+                               for a in cat.addresses6_of(s)], "ipv6_addr")
+    rules = "".join(f"    {r}\n" for r in [
+        *_both("ip daddr @down reject with icmpx type host-unreachable"),
+        "ip6 daddr @v6_broken drop"])
     return f"""table inet bwserver
 delete table inet bwserver
 table inet bwserver {{

@@ -42,6 +42,17 @@ evidence the ``methods`` scenario cannot give, with the methods of ``EVIDENCE``:
 * ``server_down``: not the censor but an outage in the server namespace, seen by both clients
   (``everywhere``): ``inconclusive`` from one run, ``down`` (never ``blocked``) with the control
   client's measurements as control vantage.
+
+Scenario ``ipv6`` (tests/lab/test_ipv6.py) carries the method of ``IPV6``:
+
+* ``ipv6_broken``: not the censor either: the server's side drops every packet to the service's
+  IPv6 address (its AAAA record), for everybody, while IPv4 works; the TCP/TLS probes try every
+  address and one that works is enough, so the service is ``ok`` from one run and with the
+  control, never ``blocked`` (broken IPv6 is a known false positive in the field).
+
+The lab is dual-stack (``blockwatch.lab.topology``): every address-based method hits the
+service's IPv6 address too, and the DNS methods answer AAAA queries as well, so these
+expectations hold for both address families (tests/lab/test_ipv6.py).
 """
 
 from __future__ import annotations
@@ -123,7 +134,16 @@ EVIDENCE: dict[str, Method] = {m.name: m for m in (
            "with ICMP host unreachable, for everybody", "inconclusive", "tcp", "host_unreachable",
            ("down", "tcp"), everywhere=True),
 )}
-ALL_METHODS: dict[str, Method] = {**METHODS, **EVIDENCE}
+# Methods of scenario ``ipv6`` only (tests/lab/test_ipv6.py), on a service no other scenario
+# touches.
+IPV6: dict[str, Method] = {m.name: m for m in (
+    # The IPv6 address times out for both clients, the IPv4 one answers: a measurement fails
+    # only if every address failed, so nothing fails and nothing is blocked.
+    Method("ipv6_broken", "not the censor: the server's side drops every packet to the "
+           "service's IPv6 address, for everybody; IPv4 works", "ok", None, None, ("ok", None),
+           everywhere=True),
+)}
+ALL_METHODS: dict[str, Method] = {**METHODS, **EVIDENCE, **IPV6}
 DNS_METHODS = {"dns_nxdomain", "dns_bogon", "dns_poison", "dns_injection", "dns_poison_known"}
 _OPTIONS = {"loss_percent": (int, 20), "global_loss_percent": (int, 0),
             "udp_ports": (list, [1194, 51820]), "delay_ms": (int, 200)}
@@ -236,8 +256,9 @@ def _options(raw: Any, source: str) -> dict[str, Any]:
     return out
 
 
-_LAYER_ORDER = ("server_down", "tcp_syn_drop", "tcp_rst_syn", "tcp_rst_data", "tls_sni_rst",
-                "http_blockpage", "http_blockpage_national", "udp_drop", "packet_loss", "delay")
+_LAYER_ORDER = ("server_down", "ipv6_broken", "tcp_syn_drop", "tcp_rst_syn", "tcp_rst_data",
+                "tls_sni_rst", "http_blockpage", "http_blockpage_national", "udp_drop",
+                "packet_loss", "delay")
 
 
 @dataclass(frozen=True, slots=True)
