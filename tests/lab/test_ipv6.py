@@ -204,9 +204,11 @@ def test_udp_drop_silences_the_ipv6_address_too(lab: Lab) -> None:
 
 
 def test_ipv6_broken_is_ok_from_both_clients_and_never_blocked(lab: Lab) -> None:
-    services = [BROKEN]
-    control = lab.sweep("control", "ipv6", services=services)
-    alone = lab.sweep("censored", "ipv6", services=services)
+    # inside the lab a connect takes well under a millisecond: a 1 s TCP timeout is plenty, and
+    # the dead IPv6 address costs each sweep that much
+    kw: dict[str, Any] = {"services": [BROKEN], "timeouts": (2, 1, 2, 3)}
+    control = lab.sweep("control", "ipv6", **kw)
+    alone = lab.sweep("censored", "ipv6", **kw)
     one_run = expected(IPV6_SCENARIO.blocks[BROKEN], CATALOGUE.known()[BROKEN].exclusive_prefixes)
     assert (one_run.verdict, one_run.layer) == ("ok", None)
     for sweep, want in ((alone, one_run), (control, expected_control(IPV6_SCENARIO, BROKEN))):
@@ -223,7 +225,7 @@ def test_ipv6_broken_is_ok_from_both_clients_and_never_blocked(lab: Lab) -> None
         assert _by_family(_connections(rows, "tls"))[4] == {None}
     # judged against the control client's measurements: still ok, nothing blocked
     db = lab.tmp / "ipv6-control.db"  # where the control client's sweep went
-    cfg = lab.config("censored", db, services=services,
+    cfg = lab.config("censored", db, **kw,
                      extra='\n[analysis]\ncontrol_vantages = ["lab-control"]\n')
     done = subprocess.run(["ip", "netns", "exec", lab.ns("client"), BLOCKWATCH, "run",
                            "--config", str(cfg), "--quiet"], capture_output=True, text=True,
