@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from blockwatch.lab.scenario import shipped
 from blockwatch.lab.state import LabError
 
 EXIT_OK, EXIT_MISMATCH, EXIT_LAB = 0, 1, 2
@@ -25,7 +26,7 @@ def register(sub: Any, common: Any) -> dict[str, Any]:
     cmds = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
     up = cmds.add_parser("up", help="build the lab (or switch the scenario of a running one)")
     up.add_argument("--scenario", metavar="NAME|FILE",
-                    help="a shipped scenario (none, methods, cn-2014) or a TOML file")
+                    help=f"a shipped scenario ({', '.join(shipped())}) or a TOML file")
     up.add_argument("--sites", type=int, default=0, metavar="N",
                     help="also serve N generated sites siteN.bench.lab (benchmarks)")
     cmds.add_parser("status", help="what the lab runs and where its configs are")
