@@ -251,6 +251,10 @@ def _add_tested(ev: Evidence, m: Measurement) -> None:
     for o in m.observations:
         if isinstance(o, TLSObservation) and o.control:
             ev.control_sni[(o.address, o.port)].append((o.sni or "", o.failure))
+            # and by the name that failed there, for other probes of that name (an HTTPS
+            # fetch does not record the address its handshake failed at)
+            name = (m.target.sni or m.target.host).lower()
+            ev.control_sni[(name, o.port)].append((o.sni or "", o.failure))
         elif isinstance(o, TLSObservation) and o.sni:
             if o.verified:
                 ev.verified[o.sni.lower()].add(o.address)
@@ -531,10 +535,14 @@ def _failed_step(m: Measurement) -> tuple[str, str | None, int | None, str | Non
             return layer, o.address, o.port, o.sni
         if isinstance(o, TCPObservation) and layer == "tcp" and o.failure is not None:
             return layer, o.address, o.port, None
+    port = m.target.port
+    if m.target.url and port is None:
+        parts = urlsplit(m.target.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     http = next((o for o in m.observations if isinstance(o, HTTPObservation)), None)
     if http is not None:
-        return layer, http.address, m.target.port, host
-    return layer, None, m.target.port, host or m.target.sni or m.target.host
+        return layer, http.address, port, host
+    return layer, None, port, host or m.target.sni or m.target.host
 
 
 def _control_outcome(m: Measurement, ev: Evidence, layer: str, address: str | None,
@@ -579,12 +587,14 @@ SNI_FILTER_FAILURES = frozenset({F.CONNECTION_RESET, F.EOF_ERROR, F.GENERIC_TIME
                                  F.CONNECTION_ABORTED, F.SSL_FAILED_HANDSHAKE})
 
 
-def _control_sni(ev: Evidence, failure: str, address: str | None, port: int | None
-                 ) -> tuple[str, str | None] | None:
-    """The control-SNI handshake at the failed address: (name, its failure or None)."""
-    if address is None or port is None or failure not in SNI_FILTER_FAILURES:
+def _control_sni(ev: Evidence, failure: str, address: str | None, port: int | None,
+                 name: str | None) -> tuple[str, str | None] | None:
+    """The control-SNI handshake at the failed address (or, without one, at the addresses of
+    the failed name in this run): (control name, its failure or None)."""
+    if port is None or failure not in SNI_FILTER_FAILURES:
         return None
-    found = ev.control_sni.get((address, port), [])
+    key = address or (name or "").lower()
+    found = ev.control_sni.get((key, port), [])
     answered = [c for c in found if c[1] is None]
     return next(iter(answered or found), None)
 
@@ -609,11 +619,12 @@ def judge_failure(m: Measurement, ev: Evidence) -> Verdict | None:
     if not layer:
         return None
     where = f"{address}:{port}" if address else m.target.key
-    control_sni = _control_sni(ev, failure, address, port) if layer == "tls" else None
+    control_sni = _control_sni(ev, failure, address, port, sni) if layer == "tls" else None
     if control_sni is not None and control_sni[1] is None:
+        same = "the same address" if address else f"{sni}'s addresses"
         return _verdict("tls.sni_vs_control_sni", m, m.service, layer="tls",
                         evidence=f"{failure} at {m.failed_operation} naming {sni} ({where}); "
-                                 f"the same address completed a handshake for {control_sni[0]}",
+                                 f"{same} completed a handshake for {control_sni[0]}",
                         details={"address": address, "sni_based": True,
                                  "control_sni": control_sni[0]})
     note, extra = "", {}

@@ -396,6 +396,25 @@ async def test_tls_sni_filtering_told_apart_by_the_control_sni(pki: PKI) -> None
     assert verdict.details["sni_based"] is True and "example.com" in verdict.evidence
 
 
+async def test_https_fetch_of_an_sni_filtered_name_is_judged_by_the_control_sni(
+        pki: PKI) -> None:
+    from probes.model import Measurement
+
+    handler = sni_filter(HOST, pki.server_context(pki.valid))
+    async with LoopbackServer(handler) as server:
+        ctx = context("127.0.0.1", ca_bundle=pki.ca_bundle)
+        tls_target = Target(service="s", probe="tls", host=HOST, port=server.port)
+        url = f"https://{HOST}:{server.port}/"
+        http_target = Target(service="s", probe="http", host=HOST, url=url)
+        tls_m = await run_probe(TLSProbe(), tls_target, ctx, run_id="r", vantage="v")
+        http_m = await run_probe(HTTPProbe(), http_target, ctx, run_id="r", vantage="v")
+    assert isinstance(http_m, Measurement) and http_m.failed_operation == "tls_handshake"
+    out = {v.measurement_id: v for v in judge_run([tls_m, http_m], {}, ())}
+    for m in (tls_m, http_m):
+        assert out[m.id].rule_id == "tls.sni_vs_control_sni", out[m.id]
+    assert f"{HOST}'s addresses completed a handshake for example.com" in out[http_m.id].evidence
+
+
 async def test_tls_failure_on_both_names_is_not_called_sni_blocking() -> None:
     async with LoopbackServer(reset_on_data) as server:
         target = Target(service="s", probe="tls", host=HOST, port=server.port)
