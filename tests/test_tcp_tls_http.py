@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -570,6 +572,27 @@ async def test_http_tries_the_next_address() -> None:
                                            context("::1", "127.0.0.1"))
     assert result.failure is None  # type: ignore[attr-defined]
     assert obs is not None and obs.address == "127.0.0.1"
+
+
+async def test_http_does_not_wait_out_a_dropped_address_before_the_next() -> None:
+    slow = Timeouts(dns=0.5, tcp=20.0, tls=1.0, http=2.0)
+    async with LoopbackServer(http) as server:
+        # 127.0.0.2 drops SYNs on the server's port (a full backlog that never accepts)
+        with socket.socket() as dropped, socket.socket() as filler:
+            dropped.bind(("127.0.0.2", server.port))
+            dropped.listen(0)
+            filler.connect(("127.0.0.2", server.port))
+            ctx = ProbeContext(scope=Scope.loopback(), timeouts=slow)
+            fut: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
+            fut.set_result(Lookup(("127.0.0.2", "127.0.0.1"), (DNS_FACT,)))
+            ctx._lookups[HOST] = fut
+            started = time.monotonic()
+            obs, result = await http_probe(f"http://{HOST}:{server.port}/", ctx)
+            took = time.monotonic() - started
+    assert result.failure is None  # type: ignore[attr-defined]
+    assert obs is not None and obs.address == "127.0.0.1" and obs.status == 200
+    # one address after the other would have waited out the first one's 20 s connect timeout
+    assert took < slow.tcp
 
 
 async def test_http_source_address_and_ipv6_literal() -> None:
