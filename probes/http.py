@@ -450,7 +450,7 @@ class HTTPProbe:
     """What does the URL answer, and where do its redirects lead?"""
 
     name = "http"
-    version = "2"  # 2: body_sample
+    version = "3"  # 2: body_sample; 3: addresses raced (Happy Eyeballs)
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         url = target.url or f"https://{target.host}/"
