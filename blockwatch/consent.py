@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 # Bump when the notice says something new: earlier answers then no longer count.
-NOTICE_VERSION = 1
+NOTICE_VERSION = 2  # 2: the trace probe, the control SNI and the control proxy
 
 NOTICE = """\
 blockwatch: before the first run, please read this.
@@ -29,6 +29,13 @@ blockwatch: before the first run, please read this.
 What it does: blockwatch sends DNS queries, TCP connections, TLS handshakes and HTTP requests
 from this machine to the services it tests (social networks, messengers, news sites, VPN
 servers, ...), now and, if you schedule it, regularly and unattended.
+
+When a TLS handshake fails, it is tried once more with a harmless server name (example.com) to
+tell name filtering from address blocking. Only if you turn them on: the `trace` probe sends
+packets with small TTLs, as traceroute does (routers on the way see them, and they look
+unusual), `[dns] silent` asks the tested names at an address where no DNS server runs, and
+`control_proxy` sends the same tests through a proxy whose operator sees which services you
+test.
 
 What is stored: every observation (answers, addresses, errors, timings, certificates, page
 hashes) goes into a database on this machine (or the one your config names), labelled with
