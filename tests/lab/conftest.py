@@ -52,6 +52,21 @@ def blockwatch(*args: str, check: bool = True, timeout: float = 300
     return done
 
 
+UDP_PROBE = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(1.0)
+got = 0
+for _ in range(3):
+    s.sendto(b"vpn?", (sys.argv[1], int(sys.argv[2])))
+    try:
+        got += s.recv(64) == b"vpn?"
+    except TimeoutError:
+        pass
+print(got)
+"""
+
+
 @dataclass
 class Sweep:
     """One stored run: service verdicts and measurement rows, read back from the database."""
@@ -88,6 +103,14 @@ class Lab:
         kw.setdefault("vpn_key", self.vpn_key)
         path.write_text(config_text(client, lab_catalogue(), self.ca, db, **kw))
         return path
+
+    def udp_echoes(self, role: str, address: str, port: int) -> int:
+        """How many of 3 datagrams sent from ``role``'s namespace to ``address:port`` (IPv4 or
+        IPv6) the lab's UDP echo sent back."""
+        done = subprocess.run(["ip", "netns", "exec", self.ns(role), sys.executable, "-c",
+                               UDP_PROBE, address, str(port)], capture_output=True, text=True,
+                              timeout=30, check=True)
+        return int(done.stdout)
 
     def sweep(self, client: str, scenario: str, *, label: str = "", **kw: Any) -> Sweep:
         """`blockwatch run` inside the client's namespace, then the stored results."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -169,18 +168,6 @@ def test_delay_holds_ipv6_back_too(sweeps) -> None:
                 assert max(times) < delay_s, (family, times)
 
 
-UDP_PROBE = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(1.0)
-got = 0
-for _ in range(3):
-    s.sendto(b"vpn?", (sys.argv[1], int(sys.argv[2])))
-    try:
-        got += s.recv(64) == b"vpn?"
-    except TimeoutError:
-        pass
-print(got)
-"""
 
 
 def test_udp_drop_silences_the_ipv6_address_too(lab: Lab) -> None:
@@ -189,15 +176,9 @@ def test_udp_drop_silences_the_ipv6_address_too(lab: Lab) -> None:
     dropped = CATALOGUE.address6(BY_METHOD["udp_drop"])
     untouched = CATALOGUE.address6("torproject")
 
-    def echoes(role: str, to: str) -> int:
-        done = subprocess.run(["ip", "netns", "exec", lab.ns(role), sys.executable, "-c",
-                               UDP_PROBE, to, str(port)], capture_output=True, text=True,
-                              timeout=30, check=True)
-        return int(done.stdout)
-
-    assert echoes("client", dropped) == 0
-    assert echoes("control", dropped) == 3
-    assert echoes("client", untouched) == 3
+    assert lab.udp_echoes("client", dropped, port) == 0
+    assert lab.udp_echoes("control", dropped, port) == 3
+    assert lab.udp_echoes("client", untouched, port) == 3
 
 
 # --- broken IPv6 is not censorship ------------------------------------------------------------

@@ -94,36 +94,15 @@ def test_control_client_sees_everything_ok(sweeps) -> None:
     assert set(got.services) == set(CATALOGUE.services)
 
 
-UDP_PROBE = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
-got = 0
-for _ in range(3):
-    s.sendto(b"vpn?", (sys.argv[1], int(sys.argv[2])))
-    try:
-        got += s.recv(64) == b"vpn?"
-    except TimeoutError:
-        pass
-print(got)
-"""
 
 
 # 1194 has a real OpenVPN server on labvpn's address only: tests/lab/test_vpn.py covers it
 @pytest.mark.parametrize("port", [51820])
 def test_udp_drop_silences_vpn_ports_for_censored_client_only(lab, port: int) -> None:
-    import subprocess
-    import sys
-
     lab.use("methods")
     address = CATALOGUE.address[BY_METHOD["udp_drop"]]
     untouched = CATALOGUE.address["torproject"]
 
-    def echoes(role: str, to: str) -> int:
-        done = subprocess.run(["ip", "netns", "exec", lab.ns(role), sys.executable, "-c",
-                               UDP_PROBE, to, str(port)], capture_output=True, text=True,
-                              timeout=30, check=True)
-        return int(done.stdout)
-
-    assert echoes("client", address) == 0
-    assert echoes("control", address) == 3
-    assert echoes("client", untouched) == 3
+    assert lab.udp_echoes("client", address, port) == 0
+    assert lab.udp_echoes("control", address, port) == 3
+    assert lab.udp_echoes("client", untouched, port) == 3
