@@ -119,20 +119,19 @@ def nft_ruleset(scenario: Scenario, cat: Catalogue) -> str:
         'iifname "down0" ip daddr @blockpage tcp dport 443 redirect to :8443',
         f'iifname "down0" ip daddr @blockpage_national tcp dport 80 redirect to :{NATIONAL_PORT}',
     ) for r in _both(rule))
-    return f"""table inet bwcensor
-delete table inet bwcensor
-table inet bwcensor {{
-{sets}  chain forward_filter {{
-    type filter hook forward priority 0; policy accept;
-{rules}  }}
-  chain input_filter {{
-    type filter hook input priority 0; policy accept;
-{inp}  }}
-  chain prerouting_nat {{
-    type nat hook prerouting priority dstnat; policy accept;
-{nat}  }}
-}}
-"""
+    return _table("bwcensor", sets, (
+        ("forward_filter", "type filter hook forward priority 0", rules),
+        ("input_filter", "type filter hook input priority 0", inp),
+        ("prerouting_nat", "type nat hook prerouting priority dstnat", nat)))
+
+
+def _table(name: str, sets: str, chains: tuple[tuple[str, str, str], ...]) -> str:
+    """An nftables ``inet`` table that replaces any earlier one of that name as a whole:
+    ``chains`` are (name, hook line, rule lines)."""
+    body = "".join(f"  chain {chain} {{\n    {hook}; policy accept;\n{rules}  }}\n"
+                   for chain, hook, rules in chains)
+    return (f"table inet {name}\ndelete table inet {name}\n"
+            f"table inet {name} {{\n{sets}{body}}}\n")
 
 
 def server_ruleset(scenario: Scenario, cat: Catalogue) -> str:
@@ -146,14 +145,8 @@ def server_ruleset(scenario: Scenario, cat: Catalogue) -> str:
     rules = "".join(f"    {r}\n" for r in [
         *_both("ip daddr @down reject with icmpx type host-unreachable"),
         "ip6 daddr @v6_broken drop"])
-    return f"""table inet bwserver
-delete table inet bwserver
-table inet bwserver {{
-{sets}  chain input_filter {{
-    type filter hook input priority 0; policy accept;
-{rules}  }}
-}}
-"""
+    return _table("bwserver", sets, (
+        ("input_filter", "type filter hook input priority 0", rules),))
 
 
 def apply_server(namespace: str, scenario: Scenario, cat: Catalogue) -> None:
