@@ -236,8 +236,6 @@ async def _doh_address(spec: ResolverSpec, ctx: ProbeContext) -> str:
     return next((a for a in lookup.addresses if ctx.scope.allows(a)), lookup.addresses[0])
 
 
-
-
 def _endpoint(address: str, port: int) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"{host}:{port}"

@@ -335,14 +335,12 @@ class Capture:
         self.flows.clear()
 
     def _reads(self, sock: socket.socket | None) -> Iterator[bytes]:
+        if sock is None:
+            return
         for _ in range(_READS_PER_WAKEUP):
-            if sock is None:
-                return
             try:
                 yield sock.recv(SNAPLEN)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # e.g. ENOBUFS after an overflow: what is queued is still read
+            except OSError:  # nothing queued (EAGAIN), or ENOBUFS after an overflow: next time
                 return
 
     def _read_tcp(self) -> None:

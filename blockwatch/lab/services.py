@@ -46,8 +46,6 @@ BENCH_DOMAIN = "bench.lab"
 LABWEB = "labweb"
 
 
-
-
 def service_hosts(s: Service) -> list[str]:
     hosts = [*s.domains, *(urlsplit(u).hostname or "" for u in s.urls),
              *(e.host for e in s.endpoints)]
