@@ -41,7 +41,8 @@ def probe_context(cfg: Config, *, proxy: str | None = None) -> ProbeContext:
         dns_retries=cfg.dns.retries,
         dns_inflight_per_resolver=cfg.concurrency.per_resolver,
         control_sni=cfg.tls.control_sni or None,
-        secrets=vpn_secrets(cfg),
+        # the control path carries TCP/TLS/HTTP only: no VPN key is read for it
+        secrets=vpn_secrets(cfg) if proxy is None else {},
     )
 
 
@@ -75,8 +76,6 @@ def vpn_secrets(cfg: Config) -> dict[str, bytes]:
                                   "too large to be a key")
             out[vpn_target(service.name, ep).key] = data
     return out
-
-
 
 
 def local_networks(cfg: Config) -> tuple[str, ...]:

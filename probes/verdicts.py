@@ -604,8 +604,10 @@ def _unvouched_bogon(ev: Evidence, address: str | None, port: int | None) -> boo
     handshake, or this vantage's control-SNI handshake, succeeding at the same address and port
     make it a real server (a lab's, a LAN's) rather than a DNS answer pointing nowhere; so does
     an address in a prefix the scope names explicitly (the user says servers live there)."""
-    if not address or not _bogon(address) or port is None or _in_prefixes(
-            address, [str(n) for n in ev.local]):
+    if not address or not _bogon(address) or port is None:
+        return False
+    ip = ipaddress.ip_address(address)
+    if any(ip.version == n.version and ip in n for n in ev.local):
         return False
     key = (address, port)
     return not (any(f is None for f in ev.tcp.get(key, ()))
