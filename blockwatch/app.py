@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from blockwatch.config import Config, ConfigError
 from probes.catalogue import parse_endpoint
 from probes.context import ProbeContext, Timeouts
+from probes.pacing import Limits, raise_fd_limit
 from probes.resolvers import parse_resolver
 from probes.scope import Scope, is_ip
 from scheduler.sweep import ControlPath, SweepSettings
@@ -39,7 +40,10 @@ def probe_context(cfg: Config, *, proxy: str | None = None) -> ProbeContext:
         source_address=cfg.vantage.source_address,
         user_agent=f"blockwatch/{software_version()}",
         dns_retries=cfg.dns.retries,
-        dns_inflight_per_resolver=cfg.concurrency.per_resolver,
+        dns_confirm=cfg.dns.confirm,
+        limits=Limits(per_resolver=cfg.concurrency.per_resolver,
+                      per_resolver_qps=cfg.concurrency.per_resolver_qps,
+                      per_host=cfg.concurrency.per_host, sockets=raise_fd_limit()),
         control_sni=cfg.tls.control_sni or None,
         # the control path carries TCP/TLS/HTTP only: no VPN key is read for it
         secrets=vpn_secrets(cfg) if proxy is None else {},
@@ -106,7 +110,6 @@ def sweep_settings(cfg: Config, *, vantage: str | None = None,
         asn=cfg.vantage.asn,
         group=group,
         concurrency=cfg.concurrency.total,
-        per_host=cfg.concurrency.per_host,
         control_resolvers=tuple(cfg.dns.controls),
         baseline_endpoints=tuple(parse_endpoint(e) for e in cfg.baseline.endpoints),
         baseline_timeout=cfg.baseline.timeout,

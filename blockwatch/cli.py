@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import signal
@@ -57,6 +58,16 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blockwatch", description=(
         "Measure whether internet services are reachable or censored, and keep every "
@@ -87,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "measured is stored, exit code 6")
     run.add_argument("--log-file", metavar="FILE",
                      help="append structured log lines (key=value) here instead of stderr")
+    run.add_argument("-i", "--input-file", action="append", metavar="FILE",
+                     help="a test list (repeatable): one URL per line, a Citizen Lab CSV or an "
+                     "OONI Run v2 descriptor; each URL is measured and judged on its own")
+    run.add_argument("--input-format", choices=("auto", "plain", "csv", "ooni-run"),
+                     help="the test lists' format (default: [inputs] format, or detected)")
+    run.add_argument("--concurrency", type=_positive, metavar="N",
+                     help="names measured at once (default: [concurrency] global); 1 measures "
+                     "one name after another")
 
     runs = sub.add_parser("runs", help="list past runs, newest first")
     common(runs)
@@ -138,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from blockwatch.inputs import InputError
     from storage import StorageError
 
     try:
@@ -148,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except UsageError as exc:
         print(f"blockwatch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InputError as exc:
+        print(f"blockwatch: test list error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StorageError as exc:
         print(f"blockwatch: database error: {exc}", file=sys.stderr)
@@ -186,12 +209,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     configure_logging(args.log_file, verbose=args.verbose, quiet=args.quiet)
     group = cfg.schedule(args.group) if args.group else None
-    services = (cfg.group_services(group) if group and not args.service
-                else cfg.selected_services(args.service))
+    lists = cfg.input_lists(args.input_file or (), args.input_format)
+    _report_inputs(lists, quiet=args.quiet)
+    inputs = cfg.input_services(lists)
+    services = (cfg.group_services(group, inputs) if group and not args.service
+                else cfg.selected_services(args.service, inputs))
     max_runtime = args.max_runtime or (group.max_runtime if group else None)
     ctx = app.probe_context(cfg)
     settings = app.sweep_settings(cfg, vantage=args.vantage or (group.vantage if group else None),
                                   group=group.name if group else None)
+    if args.concurrency:
+        settings = dataclasses.replace(settings, concurrency=args.concurrency)
     targets = app.plan(cfg, services)
     interactive = sys.stderr.isatty() and not (args.json or args.quiet)
     lock = guard_run(cfg, yes=args.yes, group=settings.group, state=state_dir())
@@ -217,6 +245,23 @@ def cmd_run(args: argparse.Namespace) -> int:
               "probed (run stored as network_unavailable)", file=sys.stderr)
         return EXIT_NETWORK
     return EXIT_OK
+
+
+def _report_inputs(lists: Sequence[Any], *, quiet: bool) -> None:
+    """One line per test list: URLs taken, lines skipped (with the first reason), duplicates."""
+    from scheduler.logfmt import fields
+
+    for lst in lists:
+        skipped = sum(int(r.split()[0]) if r.endswith("more skipped, not listed") else 1
+                      for _, r in lst.skipped)
+        log.info("inputs.loaded", extra=fields(file=lst.path, format=lst.format,
+                                               urls=len(lst.urls), skipped=skipped,
+                                               duplicates=lst.duplicates))
+        if quiet or not (skipped or lst.duplicates):
+            continue
+        first = f"; first: {lst.skipped[0][0]}: {lst.skipped[0][1]}" if lst.skipped else ""
+        print(f"blockwatch: {lst.path}: {len(lst.urls)} URLs ({lst.format}); {skipped} lines "
+              f"skipped{first}; {lst.duplicates} duplicates", file=sys.stderr)
 
 
 def _log_done(run: Any) -> None:
@@ -314,7 +359,7 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
             table.add_row(v.service, f"[{style.get(v.verdict, '')}]{v.verdict}",
                           v.layer or "", v.evidence[:70])
     console.print(table)
-    console.print(f"{len(outcome.measurements)} measurements stored; "
+    console.print(f"{outcome.count} measurements stored; "
                   f"details: blockwatch show {run.id[:13]}")
 
 

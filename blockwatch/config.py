@@ -12,8 +12,9 @@ import hashlib
 import ipaddress
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -31,6 +32,9 @@ from probes.catalogue import CatalogueError, load_catalogue, service_from_dict, 
 from probes.model import Service
 from probes.resolvers import parse_resolver
 from probes.scope import parse_entry
+
+if TYPE_CHECKING:
+    from blockwatch.inputs import InputList
 
 ProbeName = Literal["dns", "tcp", "tls", "http", "vpn", "trace"]
 # the default set; "trace" (raw-packet evidence, needs CAP_NET_RAW) is opt-in
@@ -99,9 +103,14 @@ class Timeouts(_Strict):
 
 
 class Concurrency(_Strict):
-    total: int = Field(default=64, ge=1, le=4096, alias="global")
-    per_host: int = Field(default=4, ge=1, le=256)
-    per_resolver: int = Field(default=32, ge=1, le=1024)
+    # names in flight (every probe of a name runs together); lower it on a weak link
+    total: int = Field(default=256, ge=1, le=20000, alias="global")
+    # connections in flight to one server address
+    per_host: int = Field(default=8, ge=1, le=256)
+    # DNS queries in flight at one resolver (a home router's dnsmasq serves 150 at most), and
+    # at most this many new queries a second (0: no rate limit)
+    per_resolver: int = Field(default=100, ge=1, le=4096)
+    per_resolver_qps: float = Field(default=0, ge=0, le=100000)
 
 
 def _check_resolvers(values: list[str]) -> list[str]:
@@ -113,7 +122,10 @@ def _check_resolvers(values: list[str]) -> list[str]:
 class DNS(_Strict):
     resolvers: list[str] = Field(default_factory=lambda: ["system"], min_length=1)
     controls: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTROLS))
-    retries: int = Field(default=1, ge=0, le=5)
+    # UDP retransmissions of an unanswered query within its timeout (with backoff)
+    retries: int = Field(default=2, ge=0, le=5)
+    # a query that got no response at all is asked once more before its silence counts
+    confirm: bool = True
     # addresses where no DNS server runs, on a path through the network under test: any answer
     # from one was forged on the way (an on-path injector)
     silent: list[str] = Field(default_factory=list, max_length=8)
@@ -151,7 +163,9 @@ class TLS(_Strict):
 
 class Probes(_Strict):
     scope: list[str] = Field(default_factory=lambda: ["public", "system-resolvers"], min_length=1)
-    services: list[str] = Field(default_factory=list)
+    # the catalogue's services to sweep: unset = all of them, unless test lists are given
+    # ([inputs], --input-file), then none; [] = none; ["all"] = every one
+    services: list[str] | None = None
     probes: list[ProbeName] = Field(default_factory=lambda: list(PROBE_NAMES), min_length=1)
 
     @field_validator("scope")
@@ -160,6 +174,19 @@ class Probes(_Strict):
         for entry in v:
             parse_entry(entry)
         return v
+
+
+class Inputs(_Strict):
+    """Test lists: every URL is a target of its own (DNS, TCP/TLS to every address, HTTP),
+    judged and reported on its own, named by its URL, grouped by its category."""
+
+    # plain URL lists, Citizen Lab test-list CSVs, OONI Run v2 descriptors (JSON); relative
+    # paths are read from the config file's folder
+    files: list[Path] = Field(default_factory=list)
+    format: Literal["auto", "plain", "csv", "ooni-run"] = "auto"
+    # only the URLs of these category codes (Citizen Lab's NEWS, HUMR, ...); empty = all
+    categories: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(
+        default_factory=list)
 
 
 class Baseline(_Strict):
@@ -267,6 +294,7 @@ class Config(_Strict):
     probes: Probes = Field(default_factory=Probes)
     baseline: Baseline = Field(default_factory=Baseline)
     analysis: Analysis = Field(default_factory=Analysis)
+    inputs: Inputs = Field(default_factory=Inputs)
     services: list[dict[str, Any]] = Field(default_factory=list)
     vpn: list[dict[str, Any]] = Field(default_factory=list)
     schedules: list[Schedule] = Field(default_factory=list)
@@ -309,15 +337,59 @@ class Config(_Strict):
                                          vpn=(ep,)))
         return services
 
-    def selected_services(self, names: list[str] | None = None) -> list[Service]:
+    def input_lists(self, files: Sequence[str | Path] = (), fmt: str | None = None
+                    ) -> list[InputList]:
+        """The test lists of ``[inputs] files`` (relative to the config file) and ``files``
+        (from the command line); ``InputError`` names a bad file and line."""
+        from blockwatch.inputs import load_inputs
+
+        base = Path(self.source).parent if self.source not in ("(defaults)", "<config>") \
+            else Path(".")
+        paths = [p if p.is_absolute() else base / p for p in self.inputs.files]
+        return [load_inputs(p, fmt or self.inputs.format) for p in [*paths, *map(Path, files)]]
+
+    def input_services(self, lists: Sequence[InputList]) -> list[Service]:
+        """One service per URL of the lists (the first list naming a URL gives its category),
+        only of ``[inputs] categories`` if any are set."""
+        from blockwatch.inputs import services_from_inputs
+
+        wanted = set(self.inputs.categories)
+        found: dict[str, Service] = {}
+        for lst in lists:
+            for s in services_from_inputs(lst):
+                if not wanted or s.category in wanted:
+                    found.setdefault(s.name, s)
+        return list(found.values())
+
+    def selected_services(self, names: Sequence[str] | None = None,
+                          inputs: Sequence[Service] = ()) -> list[Service]:
+        """The services of a run: ``names`` (the command line's), else ``[probes] services``
+        (unset: the whole catalogue, unless test lists give the run its targets), plus the
+        ``inputs`` (the test lists' URLs)."""
         catalogue = self.catalogue()
-        wanted = names or self.probes.services or list(catalogue)
-        unknown = [n for n in wanted if n not in catalogue]
+        if names:
+            wanted = list(names)
+        elif self.probes.services is not None:
+            wanted = list(self.probes.services)
+        else:
+            wanted = [] if inputs else list(catalogue)
+        if "all" in wanted and "all" not in catalogue:
+            wanted = [*catalogue, *(n for n in wanted if n != "all")]
+        from_inputs = {s.name for s in inputs}
+        unknown = [n for n in wanted if n not in catalogue and n not in from_inputs]
         if unknown:
             raise ConfigError(
                 f"unknown service {unknown[0]!r}; known: {', '.join(sorted(catalogue))}"
             )
-        return [catalogue[n] for n in dict.fromkeys(wanted)]
+        chosen = [catalogue[n] for n in dict.fromkeys(wanted) if n in catalogue]
+        taken = {s.name for s in chosen}
+        chosen += [s for s in inputs if s.name not in taken]
+        if not chosen:
+            raise ConfigError(
+                f"{self.source}: nothing to measure: [probes] services is empty and no test "
+                "list was given (--input-file FILE, [inputs] files, or services = [\"all\"] "
+                "for the built-in catalogue)")
+        return chosen
 
     def schedule(self, name: str) -> Schedule:
         for group in self.schedules:
@@ -326,13 +398,13 @@ class Config(_Strict):
         known = ", ".join(g.name for g in self.schedules) or "none: add [[schedules]]"
         raise ConfigError(f"{self.source}: no schedule group {name!r} (known: {known})")
 
-    def group_services(self, group: Schedule) -> list[Service]:
-        """The group's services and categories in catalogue order, or the run default."""
+    def group_services(self, group: Schedule, inputs: Sequence[Service] = ()) -> list[Service]:
+        """The group's services and categories (of the catalogue, then of the test lists'
+        URLs) in order, or the run default."""
         if not group.services and not group.categories:
-            return self.selected_services()
-        catalogue = self.catalogue()
+            return self.selected_services(inputs=inputs)
         wanted = set(group.services)
-        return [s for s in catalogue.values()
+        return [s for s in [*self.catalogue().values(), *inputs]
                 if s.name in wanted or s.category in group.categories]
 
     def _check_schedules(self, text: str) -> None:
@@ -352,7 +424,7 @@ class Config(_Strict):
             if unknown:
                 raise fail("services", f"unknown service {unknown[0]!r}; see `blockwatch services`")
             bad = [c for c in group.categories if c not in categories]
-            if bad:
+            if bad and not self.inputs.files:  # a test list's categories are known at run time
                 raise fail("categories", f"unknown category {bad[0]!r}; known: "
                            f"{', '.join(sorted(categories))}")
 

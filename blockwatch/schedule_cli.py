@@ -145,9 +145,10 @@ def build_groups(cfg: Config) -> list[Any]:
     from scheduler.groups import GroupSpec, SweepPlan
 
     ctx = app.probe_context(cfg)
+    inputs = cfg.input_services(cfg.input_lists())  # read once: SIGHUP reads them again
     groups = []
     for g in cfg.schedules:
-        services = cfg.group_services(g)
+        services = cfg.group_services(g, inputs)
         targets = app.plan(cfg, services)
         plan = SweepPlan(services=services, targets=targets, ctx=ctx,
                          settings=app.sweep_settings(cfg, vantage=g.vantage, group=g.name))
@@ -162,6 +163,7 @@ def _reloader(args: argparse.Namespace, first: Config) -> Callable[[], list[Any]
 
     from blockwatch.config import ConfigError, load_config
     from blockwatch.consent import ConsentRefused, ensure_consent
+    from blockwatch.inputs import InputError
 
     def reload() -> list[Any]:
         cfg = load_config(args.config)
@@ -175,7 +177,10 @@ def _reloader(args: argparse.Namespace, first: Config) -> Callable[[], list[Any]
                            source=cfg.source)
         except ConsentRefused as exc:
             raise ConfigError(str(exc)) from None
-        return build_groups(cfg)
+        try:
+            return build_groups(cfg)
+        except InputError as exc:  # a broken test list keeps the old schedule too
+            raise ConfigError(str(exc)) from None
 
     return reload
 

@@ -6,15 +6,18 @@ read files or environment variables themselves.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import ssl
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from probes.model import DNSObservation, Observation, Target
+from probes.pacing import Limits
 from probes.resolvers import ResolverSpec
 from probes.scope import Scope
+
+if TYPE_CHECKING:
+    from probes.dns import Resolutions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,15 +46,20 @@ class ProbeContext:
     proxy: str | None = None
     source_address: str | None = None
     user_agent: str = "blockwatch/0.1 (+https://github.com/blockwatch)"
-    dns_retries: int = 1
-    dns_inflight_per_resolver: int = 32
+    # UDP retransmissions of an unanswered query within its timeout, and whether a query that
+    # got no response at all is asked once more before its silence counts
+    dns_retries: int = 2
+    dns_confirm: bool = True
+    limits: Limits = field(default_factory=Limits)
     # the harmless server name tried on an address after the real one failed (None: never)
     control_sni: str | None = "example.com"
     # key material for VPN probes by Target.key; held in memory only, never stored or logged
     secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
-    _lookups: dict[str, asyncio.Future[Lookup]] = field(default_factory=dict)
-    _dns_limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    # names whose lookup is given in advance (as curl's --resolve): no query is sent for them
+    static_lookups: dict[str, Lookup] = field(default_factory=dict)
+    _resolutions: Resolutions | None = None
     _ssl: dict[tuple[bool, tuple[str, ...]], ssl.SSLContext] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)  # per-sweep facts read once
 
     def ssl_context(self, verify: bool = True, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
         """Shared per sweep (building one loads the system CA store: milliseconds each time).
@@ -71,34 +79,40 @@ class ProbeContext:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    def dns_limit(self, resolver: str) -> asyncio.Semaphore:
-        """Bound queries in flight per resolver: a burst overflows a small resolver's buffer."""
-        sem = self._dns_limits.get(resolver)
-        if sem is None:
-            sem = self._dns_limits[resolver] = asyncio.Semaphore(self.dns_inflight_per_resolver)
-        return sem
+    @property
+    def resolutions(self) -> Resolutions:
+        """The sweep's shared DNS queries: each (resolver, name, type) is asked once."""
+        if self._resolutions is None:
+            from probes.dns import Resolutions
 
-    async def lookup(self, host: str) -> Lookup:
-        """Resolve ``host`` once per sweep (A and AAAA) with the lookup resolver."""
+            self._resolutions = Resolutions(self)
+        return self._resolutions
+
+    async def lookup(self, host: str, *, every_address: bool = True) -> Lookup:
+        """The addresses of ``host`` (A and AAAA at the lookup resolver), from the sweep's
+        shared queries; ``every_address=False`` for a fetch that goes, as browsers do, once
+        one address family has answered (``probes.dns.lookup``)."""
         try:
             ipaddress.ip_address(host)
         except ValueError:
             pass
         else:
             return Lookup((host,))
-        fut = self._lookups.get(host)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._lookups[host] = fut
-            try:
-                from probes.dns import lookup_addresses
+        if host in self.static_lookups:
+            return self.static_lookups[host]
+        from probes.dns import lookup
 
-                fut.set_result(await lookup_addresses(host, self))
-            except BaseException as exc:  # a cancelled lookup must not poison the cache
-                del self._lookups[host]
-                fut.cancel()
-                raise exc
-        return await asyncio.shield(fut)
+        return await lookup(host, self, every_address=every_address)
+
+    def for_sweep(self) -> ProbeContext:
+        """This context with nothing of an earlier sweep: its own shared queries, limits and
+        per-sweep facts (a daemon reuses one context for many sweeps)."""
+        return replace(self, limits=self.limits.fresh(), _resolutions=None, cache={})
+
+    async def aclose(self) -> None:
+        """End what the sweep left running (queries still listening for late answers)."""
+        if self._resolutions is not None:
+            await self._resolutions.aclose()
 
 
 @dataclass(frozen=True, slots=True)

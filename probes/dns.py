@@ -5,9 +5,20 @@ Guarantees:
 - Nothing is sent to an address the scope does not admit; such a query fails ``out_of_scope``.
   The system resolver is read from /etc/resolv.conf (no packets) and queried like any other;
   ``getaddrinfo`` is never used, and a DoH name is looked up with ``ctx.lookup``.
-- Over UDP the socket keeps listening after the first answer, so an injector's forged answer and
-  the resolver's real one are both recorded (with arrival time, source, id, flags and IP TTL).
-  A query that gets no response at all is sent again ``ctx.dns_retries`` times first.
+- **One resolution per name per sweep**: each (resolver, name, type) is asked once
+  (``Resolutions``) and shared by the DNS probe and by every probe that needs the name's
+  addresses. Those act on the first well-formed response, as a stub resolver would
+  (``SharedQuery.first``), while the query keeps listening in the background for late or
+  injected answers (``SharedQuery.complete``), holding no slot of ours.
+- Over UDP the socket keeps listening after the first answer (``INJECTION_WINDOW_S``), so an
+  injector's forged answer and the resolver's real one are both recorded (with arrival time,
+  source, id, flags and IP TTL); at most ``MAX_RESPONSES`` are kept, the rest counted.
+- Loss: a UDP query without any response is sent again ``ctx.dns_retries`` times within its
+  timeout, with backoff (``retransmissions``); a query that still got no response at all is
+  then asked once more, anew (a new id and socket or connection: ``attempt`` 2), so that its
+  silence is confirmed before it counts. Both are recorded.
+- A query holds its resolver's in-flight slot until its first response, or until its first
+  retransmission is due (then it is presumed lost): a dropped name does not block the others.
 - A target marked ``("silent", "yes")`` (``[dns] silent``: an address where no DNS server runs)
   gets one A query, never repeated; any response to it was forged on the path.
 - A response never raises: bytes that do not parse are recorded with ``malformed=<reason>``.
@@ -18,13 +29,15 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import socket
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit, urlunsplit
 
 import dns.message
@@ -33,7 +46,7 @@ import dns.rdatatype
 import dns.resolver
 import httpx
 
-from probes import failures
+from probes import failures, pacing
 from probes.context import Lookup, ProbeContext, ProbeResult
 from probes.model import DNSAnswer, DNSObservation, DNSResponse, Target
 from probes.resolvers import ResolverSpec, parse_resolver
@@ -44,6 +57,10 @@ from probes.scope import OutOfScopeError, is_ip, system_resolver_addresses
 # lab saw them 0.2 ms apart; the GFW's race is a few to ~30 ms), so one second catches them while
 # a sweep of thousands of names does not wait a full timeout on every query.
 INJECTION_WINDOW_S = 1.0
+# RFC 8305's Resolution Delay: a fetch that has IPv4 addresses waits this long for IPv6 ones
+RESOLUTION_DELAY_S = 0.05
+# A resolver (or a hostile one) answering many times: keep the first ones, count the rest
+MAX_RESPONSES = 16
 
 EDNS_PAYLOAD = 1232  # the DNS flag day size: fits any path MTU, so answers are not fragmented
 MAX_MESSAGE = 65535  # a DNS message never exceeds this (TCP length prefix is 16 bits)
@@ -93,60 +110,208 @@ class DNSProbe:
     """Resolve ``target.host`` (A and AAAA) at ``target.resolver`` (None means the system's)."""
 
     name = "dns"
-    version = "1"
+    version = "2"  # 2: shared per sweep, retransmitted with backoff, silence confirmed
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         spec = parse_resolver(target.resolver or "system")
+        queries = ctx.resolutions
         if ("silent", "yes") in target.options:
             # an address where no DNS server runs: one A query, sent once, and every response
-            # recorded; silence (a timeout) is the expected, healthy outcome
-            a = await query(spec, target.host, "A", replace(ctx, dns_retries=0))
+            # recorded; silence (a timeout) is the expected, healthy outcome. It only listens.
+            pacing.background()
+            silent = queries.get(spec, target.host, "A", silent=True)
+            with pacing.waiting(record=False):
+                (a,) = await silent.complete()
+            _credit(silent)
             return ProbeResult((a,), a.failure, "resolve" if a.failure else None)
-        a, aaaa = await asyncio.gather(
-            query(spec, target.host, "A", ctx), query(spec, target.host, "AAAA", ctx)
-        )
+        qa, qaaaa = (queries.get(spec, target.host, "A"), queries.get(spec, target.host, "AAAA"))
+        with pacing.waiting(record=False):
+            await asyncio.wait((qa.first_future, qaaaa.first_future))
+            pacing.background()  # what is left is listening for late answers
+            a_all, aaaa_all = await qa.complete(), await qaaaa.complete()
+        _credit(qa, qaaaa)
+        a, aaaa = a_all[-1], aaaa_all[-1]
+        observations = (*a_all, *aaaa_all)
         # An AAAA query without addresses counts as failed here (its own failure is None, as a
         # name without IPv6 is normal): otherwise a sinkhole's bogon A answer next to an empty
         # AAAA answer would leave the measurement without a failure.
         if a.failure is not None and (aaaa.failure is not None or not aaaa.addresses):
-            return ProbeResult((a, aaaa), a.failure, "resolve")
-        return ProbeResult((a, aaaa))
+            return ProbeResult(observations, a.failure, "resolve")
+        return ProbeResult(observations)
 
 
-async def lookup_addresses(host: str, ctx: ProbeContext) -> Lookup:
-    """Resolve ``host`` with ``ctx.lookup_resolver``: IPv4 addresses first, then IPv6."""
-    a, aaaa = await asyncio.gather(
-        query(ctx.lookup_resolver, host, "A", ctx), query(ctx.lookup_resolver, host, "AAAA", ctx)
-    )
-    addresses = tuple(dict.fromkeys(a.addresses + aaaa.addresses))
-    return Lookup(addresses, (a, aaaa), None if addresses else a.failure)
+def _credit(*queries: SharedQuery) -> None:
+    """The time a shared query waited for our own limits delayed this measurement too."""
+    meter = pacing.current()
+    if meter is not None:
+        meter.queued += max(q.queued for q in queries)
+
+
+async def lookup(host: str, ctx: ProbeContext, *, every_address: bool = True) -> Lookup:
+    """The addresses of ``host`` at ``ctx.lookup_resolver`` (IPv4 first, then IPv6), from the
+    sweep's shared queries, as soon as a stub resolver would have them.
+
+    ``every_address``: wait for both the A and the AAAA answer (a probe that measures each
+    address). Otherwise (a fetch, as a browser does: RFC 8305) go once one family has
+    addresses and the other has not answered within ``RESOLUTION_DELAY_S``.
+    """
+    qa = ctx.resolutions.get(ctx.lookup_resolver, host, "A")
+    qaaaa = ctx.resolutions.get(ctx.lookup_resolver, host, "AAAA")
+    both = (qa.first_future, qaaaa.first_future)
+    with pacing.waiting(record=False):
+        if every_address:
+            await asyncio.wait(both)
+        else:
+            done, pending = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+            if pending and not any(f.result().addresses for f in done):
+                await asyncio.wait(pending)
+            elif pending:
+                await asyncio.wait(pending, timeout=RESOLUTION_DELAY_S)
+    _credit(qa, qaaaa)
+    found = [f.result() for f in both if f.done()]
+    addresses = tuple(dict.fromkeys(a for o in found for a in o.addresses))
+    failure = None if addresses else (found[0].failure or failures.DNS_NO_ANSWER)
+    return Lookup(addresses, tuple(found), failure)
+
+
+class Resolutions:
+    """Every (resolver, name, type) of a sweep asked once; every probe shares the answer."""
+
+    def __init__(self, ctx: ProbeContext) -> None:
+        self._ctx = ctx
+        self._queries: dict[tuple[str, str, str, bool], SharedQuery] = {}
+
+    def get(self, spec: ResolverSpec, qname: str, qtype: str, *,
+            silent: bool = False) -> SharedQuery:
+        key = (str(spec), qname.lower().rstrip("."), qtype, silent)
+        found = self._queries.get(key)
+        if found is None:
+            found = self._queries[key] = SharedQuery(spec, qname, qtype, self._ctx, silent=silent)
+        return found
+
+    def forget(self, qname: str) -> None:
+        """Drop a name's finished queries (a sweep of many names need not keep them all)."""
+        name = qname.lower().rstrip(".")
+        for key in [k for k in self._queries if k[1] == name]:
+            if self._queries[key].done:
+                del self._queries[key]
+
+    async def aclose(self) -> None:
+        """Stop whatever still listens (the sweep is over, or cancelled)."""
+        tasks = [q.task for q in self._queries.values() if not q.task.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._queries.clear()
+
+
+class SharedQuery:
+    """One name and type at one resolver, asked once per sweep in a task of its own.
+
+    ``first_future``: the observation a stub resolver would act on, as soon as the first
+    well-formed response arrives (or, failing that, the final outcome). ``complete()``: every
+    observation (the query, and its confirmation if it went unanswered) once listening ended.
+    The task runs in a context of its own, so its waits for our limits are its own
+    (``queued``), never another measurement's.
+    """
+
+    def __init__(self, spec: ResolverSpec, qname: str, qtype: str, ctx: ProbeContext, *,
+                 silent: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self.spec, self.qname, self.qtype, self.silent = spec, qname, qtype, silent
+        self._ctx = ctx
+        self.first_future: asyncio.Future[DNSObservation] = loop.create_future()
+        self._meter = pacing.Meter()
+        self.task = loop.create_task(self._run(), context=contextvars.Context())
+
+    @property
+    def queued(self) -> float:
+        return self._meter.queued
+
+    @property
+    def done(self) -> bool:
+        return self.task.done()
+
+    async def complete(self) -> tuple[DNSObservation, ...]:
+        return await asyncio.shield(self.task)
+
+    def _first(self, obs: DNSObservation) -> None:
+        if not self.first_future.done():
+            self.first_future.set_result(obs)
+
+    async def _run(self) -> tuple[DNSObservation, ...]:
+        with pacing.metering(self._meter):
+            try:
+                observations = [await self._attempt(1)]
+                if _unanswered(observations[0]) and self._ctx.dns_confirm and not self.silent:
+                    observations.append(await self._attempt(2))
+            except asyncio.CancelledError:
+                if not self.first_future.done():
+                    self.first_future.cancel()
+                raise
+        self._first(observations[-1])
+        return tuple(observations)
+
+    async def _attempt(self, attempt: int) -> DNSObservation:
+        ctx = self._ctx
+        q = dns.message.make_query(self.qname, self.qtype, use_edns=0, payload=EDNS_PAYLOAD)
+        t0 = time.time()
+        base = DNSObservation(resolver=str(self.spec),
+                              transport="udp" if self.spec.is_system else self.spec.scheme,
+                              qname=self.qname, qtype=self.qtype, t0=t0, attempt=attempt)
+
+        def provisional(responses: _Responses) -> None:
+            self._first(replace(base, responses=responses,
+                                failure=_failure(self.qtype, responses, ctx)))
+
+        exchange = _Exchange(provisional)
+        try:
+            where = await _destination(self.spec, ctx)
+            await _EXCHANGES[where.transport](where, q, ctx, exchange, self.silent)
+        except _Failed as exc:
+            failure: str | None = exc.failure
+        except (OSError, EOFError, TimeoutError, httpx.HTTPError) as exc:
+            failure = failures.classify(exc)
+        except Exception as exc:  # a bug, or a peer we did not foresee: this query only
+            failure = failures.unknown(f"{type(exc).__name__}: {exc}")
+        else:
+            failure = _failure(self.qtype, tuple(exchange.responses), ctx)
+        return replace(base, responses=tuple(exchange.responses), failure=failure,
+                       transmissions=exchange.transmissions, dropped=exchange.dropped)
+
+
+def _unanswered(obs: DNSObservation) -> bool:
+    """Nothing came back at all: a lost packet or a dropped name (to be asked again)."""
+    return not obs.responses and obs.failure == failures.GENERIC_TIMEOUT
 
 
 async def query(spec: ResolverSpec, qname: str, rdtype: str, ctx: ProbeContext) -> DNSObservation:
-    """Send one query and observe what comes back; never raises for anything on the network."""
-    q = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
-    t0 = time.time()
-    failure: str | None = None
-    responses: _Responses = ()
-    try:
-        where = await _destination(spec, ctx)
-        async with ctx.dns_limit(str(spec)):
-            responses = await _EXCHANGES[where.transport](where, q, ctx)
-    except _Failed as exc:
-        failure = exc.failure
-    except (OSError, EOFError, TimeoutError, httpx.HTTPError) as exc:
-        failure = failures.classify(exc)
-    else:
-        failure = _failure(rdtype, responses, ctx)
-    return DNSObservation(
-        resolver=str(spec),
-        transport="udp" if spec.is_system else spec.scheme,
-        qname=qname,
-        qtype=rdtype,
-        t0=t0,
-        responses=responses,
-        failure=failure,
-    )
+    """One query, not shared, without confirmation: what one exchange with the resolver saw.
+    Never raises for anything on the network."""
+    shared = SharedQuery(spec, qname, rdtype, replace(ctx, dns_confirm=False))
+    (obs,) = await shared.complete()
+    return obs
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """What one exchange collected; ``on_first`` is told of the first well-formed response."""
+
+    on_first: Callable[[_Responses], None]
+    responses: list[DNSResponse] = field(default_factory=list)
+    transmissions: int = 0
+    dropped: int = 0
+
+    def add(self, resp: DNSResponse) -> bool:
+        """Record a response; True if it is the first well-formed one."""
+        if len(self.responses) >= MAX_RESPONSES:
+            self.dropped += 1
+            return False
+        first_good = resp.malformed is None and all(r.malformed for r in self.responses)
+        self.responses.append(resp)
+        if first_good:
+            self.on_first(tuple(self.responses))
+        return first_good
 
 
 def _failure(rdtype: str, responses: _Responses, ctx: ProbeContext) -> str | None:
@@ -189,6 +354,11 @@ class _Where:
     port: int
     spec: ResolverSpec
 
+    @property
+    def key(self) -> str:
+        """The resolver as its in-flight limit knows it (whatever name it was asked by)."""
+        return f"{self.transport}://{_endpoint(self.address, self.port)}"
+
 
 def system_nameservers() -> tuple[str, ...]:
     """The system's nameserver addresses, read from /etc/resolv.conf (no packets)."""
@@ -209,7 +379,9 @@ def system_resolver() -> ResolverSpec | None:
 async def _destination(spec: ResolverSpec, ctx: ProbeContext) -> _Where:
     """Turn a resolver into an address the scope admits, or raise ``_Failed``."""
     if spec.is_system:
-        found = system_resolver()
+        if "system_resolver" not in ctx.cache:  # read once per sweep, not once per query
+            ctx.cache["system_resolver"] = system_resolver()
+        found = ctx.cache["system_resolver"]
         if found is None:
             raise _Failed(failures.unknown("no nameserver in /etc/resolv.conf"))
         spec_used, address = found, found.address
@@ -296,16 +468,19 @@ class _Datagram:
 
 
 class _Inbox:
-    """Every datagram arriving on a socket, timestamped as it is read, in a queue.
+    """Every datagram arriving on a socket, timestamped as it is read.
 
     A reader callback rather than ``sock_recvfrom`` so that the IP TTL (ancillary data of
-    ``recvmsg``) comes with each datagram and arrival times are not delayed by the consumer.
+    ``recvmsg``) comes with each datagram and arrival times are not delayed by the consumer;
+    ``get`` waits with a future and a timer (no task per wait: thousands of queries listen at
+    once).
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[_Datagram] = asyncio.Queue()
+        self._queue: deque[_Datagram] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._loop.add_reader(sock.fileno(), self._drain)
 
     def _drain(self) -> None:
@@ -313,11 +488,32 @@ class _Inbox:
             try:
                 data, anc, _flags, addr = self._sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4))
             except OSError:  # drained (EAGAIN), or a queued ICMP error: nothing to record
-                return
-            self.queue.put_nowait(_Datagram(data, (addr[0], addr[1]), self._loop.time(), _ttl(anc)))
+                break
+            self._queue.append(_Datagram(data, (addr[0], addr[1]), self._loop.time(), _ttl(anc)))
+        if self._queue and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self, until: float) -> _Datagram | None:
+        """The next datagram, or None once ``until`` (loop time) has passed."""
+        while not self._queue:
+            if self._loop.time() >= until:
+                return None
+            self._waiter = self._loop.create_future()
+            timer = self._loop.call_at(until, _wake, self._waiter)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._queue.popleft()
 
     def close(self) -> None:
         self._loop.remove_reader(self._sock.fileno())
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _ttl(ancdata: list[tuple[int, int, bytes]]) -> int | None:
@@ -356,46 +552,69 @@ def _family(address: str) -> int:
     return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
-async def _udp(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _Responses:
-    """Send the query, and resend it if nothing at all came back; record every response."""
+def retransmissions(timeout: float, retries: int) -> tuple[float, ...]:
+    """When a UDP query without any response is sent again, in seconds after the first send:
+    backoff from a quarter of the timeout, doubling (4 s: at 1 s and 3 s), all within it."""
+    out: list[float] = []
+    step = at = timeout / 4
+    while len(out) < max(0, retries) and at < timeout:
+        out.append(round(at, 6))
+        step *= 2
+        at += step
+    return tuple(out)
+
+
+async def _udp(where: _Where, q: dns.message.Message, ctx: ProbeContext, got: _Exchange,
+               silent: bool) -> None:
+    """Send the query (again, with backoff, while nothing at all came back) and record every
+    response until the timeout, or the injection window after the first good one."""
     loop = asyncio.get_running_loop()
     wire = q.to_wire()
-    responses: list[DNSResponse] = []
-    with _udp_socket(_family(where.address), ctx.source_address) as sock:
-        inbox = _Inbox(sock)
-        try:
-            sent = loop.time()
-            # A retry keeps the socket and the id, so a late answer to the first send still counts.
-            for _attempt in range(1 + max(0, ctx.dns_retries)):
-                await loop.sock_sendto(sock, wire, (where.address, where.port))
-                await _listen(inbox, q, where, sent, loop.time() + ctx.timeouts.dns, responses)
-                if responses:
-                    break
-        finally:
-            inbox.close()
-    return tuple(responses)
+    destination = (where.address, where.port)
+    socket_slot = await ctx.limits.socket().acquire()
+    try:
+        with _udp_socket(_family(where.address), ctx.source_address) as sock:
+            inbox = _Inbox(sock)
+            slot = await ctx.limits.resolver(where.key).acquire()
+            try:
+                sent = loop.time()
+                end = sent + ctx.timeouts.dns
+                resend = [sent + t for t in
+                          retransmissions(ctx.timeouts.dns, 0 if silent else ctx.dns_retries)]
+                await _send(loop, sock, wire, destination)
+                got.transmissions = 1
+                if silent or not resend:  # nobody is meant to answer: nothing to hold
+                    slot.release()
+                while loop.time() < end:
+                    due = resend[0] if resend and not got.responses else end
+                    dgram = await inbox.get(min(end, due))
+                    if dgram is None:
+                        if resend and not got.responses and loop.time() >= resend[0]:
+                            slot.release()  # presumed lost: no longer in flight
+                            resend.pop(0)
+                            await _send(loop, sock, wire, destination)
+                            got.transmissions += 1
+                        continue
+                    if not _ours(dgram, q, where):
+                        continue
+                    slot.release()
+                    resp = _response(dgram.data, q, _endpoint(*dgram.source),
+                                     dgram.arrived - sent, dgram.ip_ttl)
+                    if got.add(resp):
+                        end = min(end, dgram.arrived + INJECTION_WINDOW_S)
+            finally:
+                slot.release()
+                inbox.close()
+    finally:
+        socket_slot.release()
 
 
-async def _listen(
-    inbox: _Inbox, q: dns.message.Message, where: _Where, sent: float, deadline: float,
-    responses: list[DNSResponse],
-) -> None:
-    """Collect responses until the deadline, or the injection window after the first good one."""
-    loop = asyncio.get_running_loop()
-    while (remaining := deadline - loop.time()) > 0:
-        try:
-            dgram = await asyncio.wait_for(inbox.queue.get(), remaining)
-        except TimeoutError:
-            return
-        if not _ours(dgram, q, where):
-            continue
-        resp = _response(
-            dgram.data, q, _endpoint(*dgram.source), dgram.arrived - sent, dgram.ip_ttl
-        )
-        first_good = resp.malformed is None and all(r.malformed for r in responses)
-        responses.append(resp)
-        if first_good:
-            deadline = min(deadline, dgram.arrived + INJECTION_WINDOW_S)
+async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, wire: bytes,
+                destination: tuple[str, int]) -> None:
+    try:
+        sock.sendto(wire, destination)
+    except BlockingIOError:  # the socket buffer is full: wait for room
+        await loop.sock_sendto(sock, wire, destination)
 
 
 def _ours(dgram: _Datagram, q: dns.message.Message, where: _Where) -> bool:
@@ -418,29 +637,21 @@ def _ours(dgram: _Datagram, q: dns.message.Message, where: _Where) -> bool:
 # --- TCP and TLS --------------------------------------------------------------------------------
 
 
-async def _stream(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _Responses:
+async def _stream(where: _Where, q: dns.message.Message, ctx: ProbeContext, got: _Exchange,
+                  silent: bool) -> None:
     """One query over TCP or TLS (DoT), length-prefixed (RFC 1035 4.2.2, RFC 7858).
 
     asyncio streams rather than ``dns.asyncquery.tcp``/``tls`` so that the raw bytes reach the
     same parser as UDP: a garbage reply is recorded with its header instead of raising.
-    TCP retransmits a lost segment itself, but a few losses outlast a DNS timeout: a query
-    that timed out is asked again on a new connection ``ctx.dns_retries`` times (a reset or a
-    refusal is an answer of its own and is not retried).
+    TCP retransmits a lost segment itself; a query that timed out is confirmed on a new
+    connection by ``SharedQuery`` (a reset or a refusal is an answer of its own).
     """
-    for attempt in range(1 + max(0, ctx.dns_retries)):
-        try:
-            return await _stream_once(where, q, ctx)
-        except TimeoutError:
-            if attempt == max(0, ctx.dns_retries):
-                raise
-    raise AssertionError("unreachable")
-
-
-async def _stream_once(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _Responses:
     tls = where.transport == "tls"
     loop = asyncio.get_running_loop()
     local = (ctx.source_address, 0) if ctx.source_address else None
-    async with asyncio.timeout(ctx.timeouts.dns):
+    async with ctx.limits.resolver(where.key).hold(), ctx.limits.socket().hold(), \
+            asyncio.timeout(ctx.timeouts.dns):
+        got.transmissions = 1
         reader, writer = await asyncio.open_connection(
             where.address,
             where.port,
@@ -457,13 +668,14 @@ async def _stream_once(where: _Where, q: dns.message.Message, ctx: ProbeContext)
             t = loop.time() - sent
         finally:
             writer.close()
-    return (_response(data, q, _endpoint(where.address, where.port), t),)
+    got.add(_response(data, q, _endpoint(where.address, where.port), t))
 
 
 # --- HTTPS (DoH) --------------------------------------------------------------------------------
 
 
-async def _https(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _Responses:
+async def _https(where: _Where, q: dns.message.Message, ctx: ProbeContext, got: _Exchange,
+                 silent: bool) -> None:
     """One query as a DoH POST (RFC 8484) to the scope-checked address.
 
     httpx directly: the installed dnspython (2.9) does DoH with ``httpx2``, which is not a
@@ -483,9 +695,10 @@ async def _https(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _R
     transport = httpx.AsyncHTTPTransport(
         verify=ctx.ssl_context(), local_address=ctx.source_address
     )
-    async with httpx.AsyncClient(
-        transport=transport, trust_env=False, timeout=ctx.timeouts.dns
-    ) as client:
+    async with ctx.limits.resolver(where.key).hold(), ctx.limits.socket().hold(), \
+            httpx.AsyncClient(transport=transport, trust_env=False,
+                              timeout=ctx.timeouts.dns) as client:
+        got.transmissions = 1
         async with asyncio.timeout(ctx.timeouts.dns):
             sent = loop.time()
             async with client.stream(
@@ -495,8 +708,9 @@ async def _https(where: _Where, q: dns.message.Message, ctx: ProbeContext) -> _R
                 data = await _read_capped(resp)
                 t = loop.time() - sent
     if resp.status_code != 200:  # the body is a block page or an error, not a DNS message
-        return (_response(b"", q, netloc, t, malformed=f"HTTP status {resp.status_code}"),)
-    return (_response(data, q, netloc, t),)
+        got.add(_response(b"", q, netloc, t, malformed=f"HTTP status {resp.status_code}"))
+    else:
+        got.add(_response(data, q, netloc, t))
 
 
 async def _read_capped(resp: httpx.Response) -> bytes:
@@ -509,5 +723,7 @@ async def _read_capped(resp: httpx.Response) -> bytes:
     return bytes(body)
 
 
-_Exchange = Callable[[_Where, dns.message.Message, ProbeContext], Awaitable[_Responses]]
-_EXCHANGES: dict[str, _Exchange] = {"udp": _udp, "tcp": _stream, "tls": _stream, "https": _https}
+_Transport = Callable[[_Where, dns.message.Message, ProbeContext, _Exchange, bool],
+                      Awaitable[None]]
+_EXCHANGES: dict[str, _Transport] = {"udp": _udp, "tcp": _stream, "tls": _stream,
+                                     "https": _https}

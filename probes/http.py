@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 import httpcore
 import httpx
 
+from probes import pacing
 from probes.context import ProbeContext, ProbeResult
 from probes.failures import DNS_NO_ANSWER, EOF_ERROR, TOO_MANY_REDIRECTS, classify
 from probes.model import DNSObservation, HTTPObservation, Target
+from probes.pacing import NO_SLOT, Slot
 from probes.scope import OutOfScopeError
 from probes.socks import (
     RecvExactly,
@@ -80,14 +82,16 @@ class Progress:
 
 
 class ScopedStream(httpcore.AsyncNetworkStream):
-    """A connection that reports the handshake as its own layer, under its own timeout."""
+    """A connection that reports the handshake as its own layer, under its own timeout, and
+    gives back its share of our limits (``slot``) when it closes."""
 
     def __init__(
         self, inner: httpcore.AsyncNetworkStream, ctx: ProbeContext, progress: Progress,
-        server_addr: tuple[str, int],
+        server_addr: tuple[str, int], slot: Slot = NO_SLOT,
     ) -> None:
         self._inner, self._ctx, self._progress = inner, ctx, progress
         self._server_addr = server_addr
+        self._slot = slot
 
     # httpcore's stream and backend interfaces take ``timeout`` arguments (hence the noqa)
 
@@ -98,7 +102,10 @@ class ScopedStream(httpcore.AsyncNetworkStream):
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        try:
+            await self._inner.aclose()
+        finally:
+            self._slot.release()
 
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
@@ -107,7 +114,8 @@ class ScopedStream(httpcore.AsyncNetworkStream):
         self._progress.stage = "tls_handshake"
         inner = await self._inner.start_tls(ssl_context, server_hostname, self._ctx.timeouts.tls)
         self._progress.stage = "http_round_trip"
-        return ScopedStream(inner, self._ctx, self._progress, self._server_addr)
+        slot, self._slot = self._slot, NO_SLOT  # the TLS stream owns the connection now
+        return ScopedStream(inner, self._ctx, self._progress, self._server_addr, slot)
 
     def get_extra_info(self, info: str) -> typing.Any:
         # through a proxy, the server is the name we asked for, not the proxy's address
@@ -123,7 +131,7 @@ def _same_family(a: str, b: str) -> bool:
 CONNECT_STAGGER_S = 0.25  # RFC 8305's recommended Connection Attempt Delay
 
 
-def _connect_error(task: asyncio.Task[httpcore.AsyncNetworkStream]) -> BaseException:
+def _connect_error(task: asyncio.Task[ScopedStream]) -> BaseException:
     exc = task.exception() if task.done() and not task.cancelled() else None
     return exc if exc is not None else httpcore.ConnectError("no address connected")
 
@@ -137,20 +145,26 @@ class ScopedBackend(httpcore.AsyncNetworkBackend):
 
     async def _resolve(self, host: str, operation: str) -> tuple[str, ...]:
         self._progress.stage = operation
-        found = await self._ctx.lookup(host)
+        found = await self._ctx.lookup(host, every_address=False)
         if operation == "resolve":
             self._progress.dns.setdefault(host, found.observations)
         if found.failure or not found.addresses:
             raise LookupFailed(found.failure or DNS_NO_ANSWER, operation)
         return found.addresses
 
-    async def _open(
-        self, address: str, port: int, limit: float | None
-    ) -> httpcore.AsyncNetworkStream:
+    async def _open(self, address: str, port: int, limit: float | None) -> ScopedStream:
+        """A connection to ``address``, after our own limits let it start (so that waiting
+        for them never eats into its connect timeout)."""
         self._ctx.scope.check(address)
         source = self._ctx.source_address
         local = source if source and _same_family(source, address) else None
-        return await self._inner.connect_tcp(address, port, limit, local_address=local)
+        slot = await self._ctx.limits.connection(address)
+        try:
+            inner = await self._inner.connect_tcp(address, port, limit, local_address=local)
+        except BaseException:
+            slot.release()
+            raise
+        return ScopedStream(inner, self._ctx, self._progress, (address, port), slot)
 
     async def connect_tcp(
         self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
@@ -160,18 +174,18 @@ class ScopedBackend(httpcore.AsyncNetworkBackend):
             return await self._connect_via_proxy(host, port, timeout)
         addresses = await self._resolve(host, "resolve")
         self._progress.stage = "connect"
-        address, stream = await self._first_connected(addresses, port, timeout)
+        stream = await self._first_connected(addresses, port, timeout)
         self._progress.stage = "http_round_trip"
-        return ScopedStream(stream, self._ctx, self._progress, (address, port))
+        return stream
 
     async def _first_connected(
         self, addresses: tuple[str, ...], port: int, limit: float | None
-    ) -> tuple[str, httpcore.AsyncNetworkStream]:
+    ) -> ScopedStream:
         """Happy Eyeballs (RFC 8305) in the resolver's order: the next address is tried when the
         previous one fails or has not connected within ``CONNECT_STAGGER_S``, so a dropped
         address (a blocked IPv4 beside a working IPv6, or the reverse) costs a quarter of a
         second, not a whole connect timeout. All fail: the first address's error is raised."""
-        tasks: list[asyncio.Task[httpcore.AsyncNetworkStream]] = []
+        tasks: list[asyncio.Task[ScopedStream]] = []
         try:
             for i, address in enumerate(addresses):
                 tasks.append(asyncio.create_task(self._open(address, port, limit)))
@@ -185,7 +199,7 @@ class ScopedBackend(httpcore.AsyncNetworkBackend):
                                 if t.done() and not t.cancelled() and t.exception() is None),
                                None)
                     if won is not None:
-                        return addresses[won], tasks[won].result()
+                        return tasks[won].result()
                     if not last or not any(not t.done() for t in tasks):
                         break  # stagger elapsed or an attempt failed: the next address
             raise _connect_error(tasks[0])
@@ -206,7 +220,7 @@ class ScopedBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         proxy = parse_proxy(self._ctx.proxy or "")
         addresses = await self._resolve(proxy.host, "proxy_connect")
-        stream = await self._open(addresses[0], proxy.port, limit)
+        stream: httpcore.AsyncNetworkStream = await self._open(addresses[0], proxy.port, limit)
         try:
             async with asyncio.timeout(limit):
                 await negotiate(*_stream_io(stream), proxy, host, port)
@@ -222,7 +236,9 @@ class ScopedBackend(httpcore.AsyncNetworkBackend):
             await stream.aclose()
             raise httpcore.ConnectTimeout(str(exc)) from exc
         self._progress.stage = "http_round_trip"
-        return ScopedStream(stream, self._ctx, self._progress, (host, port))
+        assert isinstance(stream, ScopedStream)
+        stream._server_addr = (host, port)  # through a proxy, the server is the name asked for
+        return stream
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None,  # noqa: ASYNC109
@@ -329,6 +345,9 @@ def client_for(ctx: ProbeContext, progress: Progress) -> httpx.AsyncClient:
     pool = httpcore.AsyncConnectionPool(
         ssl_context=ctx.ssl_context(verify=True),
         network_backend=ScopedBackend(ctx, progress),
+        # each request on a connection of its own: a redirect is measured like the first
+        # request, and no idle connection holds a slot of ours while the next one waits
+        max_keepalive_connections=0,
     )
     t = ctx.timeouts
     return httpx.AsyncClient(
@@ -459,7 +478,8 @@ class HTTPProbe:
         t = ctx.timeouts
         t0 = clock()
         try:
-            async with asyncio.timeout(t.tcp + t.tls + t.http), client_for(ctx, progress) as client:
+            async with pacing.deadline(t.tcp + t.tls + t.http), \
+                    client_for(ctx, progress) as client:
                 await fetch(client, url, got)
         except LookupFailed as exc:
             failure, operation = exc.failure, exc.operation

@@ -92,6 +92,8 @@ class Target:
     # non-secret probe options, stored with the measurement (e.g. ("tls_auth", "yes")); key
     # material never goes here: it reaches the probe through ProbeContext.secrets
     options: tuple[tuple[str, str], ...] = ()
+    # the service's category (a test list's category code, e.g. NEWS), for grouping results
+    category: str | None = None
 
     @property
     def key(self) -> str:
@@ -154,6 +156,10 @@ class DNSObservation:
     t0: float
     responses: tuple[DNSResponse, ...] = ()
     failure: str | None = None
+    # 1: the query; 2: asked again, anew, because the first got no response at all
+    attempt: int = 1
+    transmissions: int = 1  # UDP: sent this many times (retransmitted while unanswered)
+    dropped: int = 0  # responses beyond the ones kept (a flood), counted only
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -323,6 +329,9 @@ class Measurement:
     observations: tuple[Observation, ...] = ()
     failure: str | None = None
     failed_operation: str | None = None
+    # time spent waiting for our own limits (queries per resolver, connections per server,
+    # sockets): part of runtime_s, never counted against a timeout
+    queued_s: float = 0.0
 
     @property
     def service(self) -> str:

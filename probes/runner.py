@@ -2,15 +2,20 @@
 
 An unexpected exception in a probe is a bug in blockwatch or a hostile peer we did not foresee;
 either way it becomes ``unknown_failure: ...`` for that one measurement, never a crashed sweep.
+
+The overall deadline is a guard against a probe that hangs, not a measurement: it is paused
+while the probe waits for our own limits (``probes.pacing``), and the time it waited is the
+measurement's ``queued_s``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 import uuid
+from collections.abc import Callable
 
+from probes import pacing
 from probes.context import Probe, ProbeContext
 from probes.failures import GENERIC_TIMEOUT, classify, unknown
 from probes.model import Measurement, Observation, Target
@@ -27,21 +32,27 @@ def new_id() -> str:
 
 def deadline_for(ctx: ProbeContext) -> float:
     t = ctx.timeouts
-    # DNS may be retried; every layer may run; a little slack for scheduling.
-    return (1 + max(0, ctx.dns_retries)) * t.dns + t.tcp + t.tls + t.http + 5.0
+    # DNS may be confirmed (asked twice); every layer may run; a little slack.
+    return 2 * t.dns + t.tcp + t.tls + t.http + 5.0
 
 
 async def run_probe(
-    probe: Probe, target: Target, ctx: ProbeContext, *, run_id: str, vantage: str
+    probe: Probe, target: Target, ctx: ProbeContext, *, run_id: str, vantage: str,
+    on_background: Callable[[], None] | None = None,
 ) -> Measurement:
+    """``on_background`` is called once the probe only listens (a DNS query's injection
+    window): the sweep may then give its name's slot to the next name."""
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     observations: tuple[Observation, ...] = ()
     failure: str | None
     operation: str | None
+    meter = pacing.Meter()
+    meter.on_background = on_background
     try:
-        async with asyncio.timeout(deadline_for(ctx)):
-            result = await probe.observe(target, ctx)
+        with pacing.metering(meter):
+            async with meter.deadline(deadline_for(ctx)):
+                result = await probe.observe(target, ctx)
         observations, failure, operation = result.observations, result.failure, result.operation
     except TimeoutError:
         failure, operation = GENERIC_TIMEOUT, "probe_deadline"
@@ -58,6 +69,7 @@ async def run_probe(
         probe_version=probe.version,
         started_at=started,
         runtime_s=round(time.perf_counter() - t0, 6),
+        queued_s=round(meter.queued, 6),
         observations=observations,
         failure=failure,
         failed_operation=operation,

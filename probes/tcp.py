@@ -11,6 +11,8 @@ Guarantees:
   ``proxy_connect`` (our side, not the target); a target the proxy cannot reach fails with
   ``connect``, like a direct connection would.
 - Times (``t0``, ``t``) are seconds since the probe started observing the target.
+- A connection first takes its share of our limits (connections per server address, sockets),
+  then starts its timeout: the time spent waiting for our own limits is never a timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from probes.context import ProbeContext, ProbeResult
 from probes.failures import DNS_NO_ANSWER, classify
 from probes.model import DNSObservation, Observation, Target, TCPObservation
+from probes.pacing import NO_SLOT, Slot
 from probes.scope import OutOfScopeError
 from probes.socks import SocksProxy, SocksReplyError, parse_proxy
 from probes.socks import open_connection as socks_open_connection
@@ -63,11 +66,13 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Dialed:
-    """The outcome of one connection attempt; ``streams`` is set when it succeeded."""
+    """The outcome of one connection attempt; ``streams`` is set when it succeeded (and
+    ``slot``, its share of our limits, is given back by ``close``)."""
 
     observation: TCPObservation
     streams: Streams | None = None
     operation: str | None = None  # which operation failed, when it failed
+    slot: Slot = NO_SLOT
 
 
 async def plan(host: str, port: int, ctx: ProbeContext) -> Plan:
@@ -117,29 +122,42 @@ def _failed_operation(route: Route, exc: BaseException) -> str:
 
 
 async def dial(ctx: ProbeContext, route: Route, clock: Clock) -> Dialed:
-    """Open one TCP connection (scope-checked, under ``ctx.timeouts.tcp``) and observe it."""
+    """Open one TCP connection (scope-checked, under ``ctx.timeouts.tcp`` once our own limits
+    let it start) and observe it."""
+    if route.proxy is None and not ctx.scope.allows(route.address):
+        observation = TCPObservation(address=route.address, port=route.port, t0=clock(),
+                                     t=clock(), failure=classify(OutOfScopeError(route.address)))
+        return Dialed(observation, None, "connect")
+    slot = await ctx.limits.connection(route.proxy_address or route.address)
     t0 = clock()
     try:
         async with asyncio.timeout(ctx.timeouts.tcp):
             streams = await _open(ctx, route)
     except (OSError, TimeoutError, OutOfScopeError, ValueError) as exc:
+        slot.release()
         observation = TCPObservation(
             address=route.address, port=route.port, t0=t0, t=clock(), failure=classify(exc)
         )
         return Dialed(observation, None, _failed_operation(route, exc))
+    except BaseException:
+        slot.release()
+        raise
     observation = TCPObservation(address=route.address, port=route.port, t0=t0, t=clock())
-    return Dialed(observation, streams)
+    return Dialed(observation, streams, slot=slot)
 
 
-async def close(streams: Streams | None) -> None:
-    """Close a connection without caring how the peer left it."""
-    if streams is None:
+async def close(dialed: Dialed | None) -> None:
+    """Close a connection without caring how the peer left it, and give back its slot."""
+    if dialed is None or dialed.streams is None:
         return
-    writer = streams[1]
-    writer.close()
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(1.0):
-            await writer.wait_closed()
+    writer = dialed.streams[1]
+    try:
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
+    finally:
+        dialed.slot.release()
 
 
 def first_failure(attempts: list[Dialed]) -> tuple[str | None, str | None]:
@@ -163,7 +181,7 @@ class TCPProbe:
         if not found.routes:
             return ProbeResult(found.dns, found.failure, found.operation)
         attempts = list(await asyncio.gather(*(dial(ctx, r, clock) for r in found.routes)))
-        await asyncio.gather(*(close(a.streams) for a in attempts))
+        await asyncio.gather(*(close(a) for a in attempts))
         failure, operation = first_failure(attempts)
         observations: tuple[Observation, ...] = (*found.dns, *(a.observation for a in attempts))
         return ProbeResult(observations, failure, operation)

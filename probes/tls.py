@@ -169,7 +169,7 @@ async def _unverified_facts(
     except _EXPECTED:
         return again, base
     finally:
-        await close(again.streams)
+        await close(again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +198,7 @@ async def control_sni(ctx: ProbeContext, route: Route, sni: str | None, clock: C
     except _EXPECTED as exc:
         observed = replace(base, t=clock(), failure=classify(exc))
     finally:
-        await close(again.streams)
+        await close(again)
     return (again.observation, observed)
 
 
@@ -220,7 +220,7 @@ async def attempt(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock
         observed = facts(replace(base, t=clock(), verified=True), tls)
         return Attempt((tcp.observation, observed), tcp, observed)
     finally:
-        await close(tcp.streams)
+        await close(tcp)
     if failed is not None:
         extra = await control_sni(ctx, route, sni, clock)
         return Attempt((tcp.observation, failed, *extra), tcp, failed)

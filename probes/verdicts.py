@@ -1,4 +1,4 @@
-"""Verdicts, version 2: pure functions from observations to opinions, with stable rule ids.
+"""Verdicts: pure functions from observations to opinions, with stable rule ids.
 
 Blocking is claimed only on evidence that stands without guessing:
 
@@ -46,7 +46,7 @@ from probes.model import (
     VPNObservation,
 )
 
-ANALYZER_VERSION = "4"
+ANALYZER_VERSION = "5"  # 5: DNS timeouts count only when confirmed; services judged apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,10 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "network of the service (a CDN may answer differently by region)"),
     Rule("dns.failure_vs_control", "dns_blocked",
          "resolving failed while the control resolved the name or fetched the URL"),
+    Rule("dns.timeout.unconfirmed", "inconclusive",
+         "resolving timed out, but the silence was not repeated for the name, or the resolver "
+         "answered no other name in this run: packet loss or a broken resolver, not evidence "
+         "of blocking"),
     Rule("dns.same_as_control", "down",
          "the control resolver fails the same way: the name is broken everywhere"),
     Rule("vpn.failure_vs_control", "vpn_blocked",
@@ -202,6 +206,45 @@ class _ControlAnswer:
 
 
 @dataclass(slots=True)
+class RunFacts:
+    """What the whole run knows beside each service: which tested resolvers answered which
+    names (at most two each: enough to know that one answers *another* name)."""
+
+    answering: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, m: Measurement) -> None:
+        for o in m.observations:
+            if isinstance(o, DNSObservation) and any(r.malformed is None for r in o.responses):
+                names = self.answering.setdefault(o.resolver, set())
+                if len(names) < 2:
+                    names.add(_name(o.qname))
+
+    def answers_other(self, resolver: str, name: str) -> bool:
+        return bool(self.answering.get(resolver, set()) - {_name(name)})
+
+
+def _name(qname: str) -> str:
+    return qname.lower().rstrip(".")
+
+
+def unconfirmed_silence(m: Measurement, facts: RunFacts) -> str | None:
+    """Why this measurement's DNS timeout is not evidence of blocking, or None if it is: the
+    name went unanswered twice (the query and its confirmation) at a resolver that answered
+    other names in this run. Random loss is not repeated; a dead resolver answers nothing."""
+    found = [o for o in m.observations if isinstance(o, DNSObservation)]
+    queries = [o for o in found if o.qtype == "A"] or found
+    if not queries:
+        return "no DNS facts recorded"
+    final = queries[-1]
+    if final.responses or final.attempt < 2:
+        return "not repeated: the name went unanswered once (a lost packet is no evidence)"
+    if not facts.answers_other(final.resolver, final.qname):
+        return (f"{final.resolver} answered no other name in this run (a broken resolver or "
+                "network)")
+    return None
+
+
+@dataclass(slots=True)
 class Evidence:
     """Facts of a whole run that a measurement's verdict may lean on (controls, certificates)."""
 
@@ -217,7 +260,7 @@ class Evidence:
     bad_cert: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     tcp_ok: set[str] = field(default_factory=set)
     tcp_failed: set[str] = field(default_factory=set)
-    answering: set[str] = field(default_factory=set)  # tested resolvers that answered something
+    facts: RunFacts = field(default_factory=lambda: RunFacts())
     # prefixes the user's scope names explicitly: bogon addresses there are real servers
     local: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # the control-SNI handshakes of this vantage, by address and port: (control name, failure)
@@ -226,17 +269,21 @@ class Evidence:
 
 
 def _dns_a(m: Measurement) -> DNSObservation | None:
+    """The A query's outcome: its confirmation if it was asked again, else the query."""
+    found = None
     for o in m.observations:
         if isinstance(o, DNSObservation) and o.qtype == "A":
-            return o
-    return None
+            found = o
+    return found
 
 
 def _add_control(ev: Evidence, m: Measurement) -> None:
+    final_a = _dns_a(m)  # an unanswered query's confirmation speaks for both
     for o in m.observations:
-        if isinstance(o, DNSObservation) and o.qtype == "A":
-            ev.dns[m.target.host.lower()].append(
-                _ControlAnswer(frozenset(o.addresses), o.failure))
+        if isinstance(o, DNSObservation):
+            if o is final_a:
+                ev.dns[m.target.host.lower()].append(
+                    _ControlAnswer(frozenset(o.addresses), o.failure))
         elif isinstance(o, TCPObservation):
             ev.tcp[(o.address, o.port)].append(o.failure)
         elif isinstance(o, TLSObservation) and not o.control:
@@ -262,8 +309,6 @@ def _add_tested(ev: Evidence, m: Measurement) -> None:
                 ev.bad_cert[o.sni.lower()].add(o.address)
         elif isinstance(o, TCPObservation):
             (ev.tcp_ok if o.failure is None else ev.tcp_failed).add(o.address)
-        elif isinstance(o, DNSObservation) and any(r.malformed is None for r in o.responses):
-            ev.answering.add(m.target.resolver or "system")
 
 
 def is_control(m: Measurement, resolvers: set[str], vantages: set[str]) -> bool:
@@ -275,6 +320,7 @@ def is_control(m: Measurement, resolvers: set[str], vantages: set[str]) -> bool:
 
 def gather(measurements: Iterable[Measurement], resolvers: set[str],
            vantages: set[str]) -> Evidence:
+    """The evidence of these measurements (one service's, with its controls)."""
     ev = Evidence()
     for m in measurements:
         if is_control(m, resolvers, vantages):
@@ -645,9 +691,11 @@ def judge_failure(m: Measurement, ev: Evidence) -> Verdict | None:
         return _verdict("tls.invalid_cert_vs_control", m, m.service, layer="tls",
                         evidence=f"{failure} at {where}; the control's certificate for "
                                  f"{sni} is valid", details={"address": address})
-    if layer == "dns" and failure == F.GENERIC_TIMEOUT and m.probe == "dns" and (
-            (m.target.resolver or "system") not in ev.answering):
-        ok = False  # a resolver that answered nothing in this run may just be broken
+    if layer == "dns" and failure == F.GENERIC_TIMEOUT and ok:
+        why = unconfirmed_silence(m, ev.facts)
+        if why is not None:
+            return _verdict("dns.timeout.unconfirmed", m, m.service, layer="dns",
+                            evidence=f"{failure} at {m.failed_operation}: {why}")
     if ok and failure in INTERFERENCE:
         return _verdict(_FAILURE_RULE[layer], m, m.service, layer=layer,
                         evidence=f"{failure} at {m.failed_operation} ({where}); control {what} "
@@ -804,35 +852,78 @@ def judge_run(measurements: Sequence[Measurement], services: dict[str, Service],
     Measurements of ``control_resolvers`` (DNS) and of ``control_vantages`` (any probe) are
     controls: evidence for the others, judged themselves never. ``fingerprints`` defaults to
     the built-in set. ``local_networks`` (the scope's explicit prefixes: a lab, a LAN) hold
-    real servers even where their addresses are bogons.
+    real servers even where their addresses are bogons. Each service is judged on its own
+    measurements and their controls, plus the run's ``RunFacts`` (``Judge``), so a sweep that
+    judges each service as soon as it is measured gets the same verdicts.
     """
-    resolvers, vantages = set(control_resolvers), set(control_vantages)
+    judge = Judge(services, control_resolvers, control_vantages=control_vantages,
+                  fingerprints=fingerprints, local_networks=local_networks)
     if not network_ok:
         names = sorted({m.service for m in measurements} | set(services))
         return [_verdict("service.network_unavailable", None, n,
                          evidence="local network down at baseline") for n in names]
-    fps = fingerprints if fingerprints is not None else builtin_fingerprints()
-    ev = gather(measurements, resolvers, vantages)
-    ev.local = tuple(ipaddress.ip_network(n, strict=False) for n in local_networks)
-    out: list[Verdict] = []
+    by_service: dict[str, list[Measurement]] = defaultdict(list)
     for m in measurements:
-        if is_control(m, resolvers, vantages):
-            continue
-        out.append(judge_measurement(m, services.get(m.service),
-                                     ev.dns.get(m.target.host.lower(), []), ev, fps))
-    by_service: dict[str, list[Verdict]] = defaultdict(list)
-    for v in out:
-        by_service[v.service].append(v)
-    tested = {m.service for m in measurements if not is_control(m, resolvers, vantages)}
-    probes = {m.id: m.probe for m in measurements}
-    keys = {m.id: m.target.key for m in measurements}
-    for name in sorted(set(by_service) | tested):
-        # raw-packet evidence adds blocking; its absence (or no CAP_NET_RAW) takes nothing away
-        verdicts = [v for v in by_service.get(name, []) if v.verdict in BLOCKED
-                    or probes.get(v.measurement_id or "") != "trace"]
-        app = judge_app(services.get(name), verdicts, probes, keys)
-        out.append(app or judge_service(name, verdicts, probes))
+        judge.observe(m)
+        by_service[m.service].append(m)
+    judged = {name: judge.service(name, ms) for name, ms in by_service.items()}
+    out = [v for m in measurements for v in judged[m.service] if v.measurement_id == m.id]
+    out += [v for name in sorted(judged) for v in judged[name] if v.measurement_id is None]
     return out
+
+
+class Judge:
+    """Verdicts service by service, as a sweep measures them.
+
+    ``observe`` every measurement of the run as it comes (the run's facts grow); ``ready``
+    says whether a service's verdicts can no longer change with the rest of the run (a DNS
+    timeout counts only at a resolver seen answering another name: until then, wait);
+    ``service`` judges one service from its measurements and their controls.
+    """
+
+    def __init__(self, services: Mapping[str, Service], control_resolvers: Iterable[str], *,
+                 control_vantages: Iterable[str] = (),
+                 fingerprints: FingerprintSet | None = None,
+                 local_networks: Iterable[str] = ()) -> None:
+        self.services = services
+        self.resolvers, self.vantages = set(control_resolvers), set(control_vantages)
+        self.fps = fingerprints if fingerprints is not None else builtin_fingerprints()
+        self.local = tuple(ipaddress.ip_network(n, strict=False) for n in local_networks)
+        self.facts = RunFacts()
+
+    def is_control(self, m: Measurement) -> bool:
+        return is_control(m, self.resolvers, self.vantages)
+
+    def observe(self, m: Measurement) -> None:
+        if not self.is_control(m):
+            self.facts.add(m)
+
+    def ready(self, measurements: Iterable[Measurement]) -> bool:
+        for m in measurements:
+            if (m.failure == F.GENERIC_TIMEOUT and m.failed_operation == "resolve"
+                    and not self.is_control(m)):
+                why = unconfirmed_silence(m, self.facts)
+                if why is not None and "answered no other name" in why:
+                    return False
+        return True
+
+    def service(self, name: str, measurements: Sequence[Measurement]) -> list[Verdict]:
+        """The measurement verdicts of one service, then its service verdict."""
+        ev = gather(measurements, self.resolvers, self.vantages)
+        ev.facts, ev.local = self.facts, self.local
+        tested = [m for m in measurements if not self.is_control(m)]
+        out = [judge_measurement(m, self.services.get(m.service),
+                                 ev.dns.get(m.target.host.lower(), []), ev, self.fps)
+               for m in tested]
+        if not tested:
+            return out
+        probes = {m.id: m.probe for m in tested}
+        keys = {m.id: m.target.key for m in tested}
+        # raw-packet evidence adds blocking; its absence (or no CAP_NET_RAW) takes nothing away
+        counted = [v for v in out if v.verdict in BLOCKED
+                   or probes.get(v.measurement_id or "") != "trace"]
+        app = judge_app(self.services.get(name), counted, probes, keys)
+        return [*out, app or judge_service(name, counted, probes)]
 
 
 def judge_app(service: Service | None, verdicts: Sequence[Verdict], probes: Mapping[str, str],

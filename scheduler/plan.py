@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from probes.model import SILENT_PROTOCOLS, Service, Target, VPNEndpoint
@@ -77,7 +78,8 @@ def vpn_target(service: str, ep: VPNEndpoint) -> Target:
 
 def plan_sweep(services: Sequence[Service], *, probes: Iterable[str], resolvers: Sequence[str],
                controls: Sequence[str] = (), silent: Sequence[str] = ()) -> list[Target]:
+    """Every service's targets, each carrying its service's category."""
     probes = list(probes)
-    return [t for s in services
+    return [replace(t, category=s.category) for s in services
             for t in plan_service(s, probes=probes, resolvers=resolvers, controls=controls,
                                   silent=silent)]

@@ -1,12 +1,22 @@
-"""Running a sweep: every target concurrently under global and per-host limits, stored as it goes.
+"""Running a sweep: names concurrently under our limits, judged and stored as it goes.
 
 Guarantees:
-* the wall time approaches the slowest target, not the sum (asyncio, bounded by semaphores);
-* measurements are written in batches while the sweep runs, so a killed process loses at most
-  the batch in flight; verdicts are computed at the end (or on interruption) and stored apart;
+
+* the unit of work is a **name**: every target of one host name (its DNS queries, TCP, TLS,
+  HTTP, VPN) runs together, and ``concurrency`` names are in flight at once. A name gives its
+  slot to the next one as soon as what is left of it only listens (a DNS query's injection
+  window), so the wall time approaches the slowest name, not the sum;
+* our own limits (queries per resolver, connections per server address, sockets) are waited
+  for outside every timeout (``probes.pacing``): a measurement never fails because of our queue;
+* measurements are written in batches (by size and time) while the sweep runs, so a killed
+  process loses at most the batch in flight. Without control vantages each service is judged
+  as soon as its last measurement is in (the same verdicts as judging the whole run:
+  ``probes.verdicts.Judge``) and its measurements are then dropped, so memory stays flat
+  however long the list; with control vantages, services are judged at the end against the
+  controls stored by then;
 * an exception in one probe is that measurement's ``unknown_failure`` (``probes.runner``);
 * on cancellation (Ctrl-C, SIGTERM, a max-runtime) the probes in flight are cancelled, what is
-  done is stored, and the run is marked ``interrupted``;
+  done is stored (and judged), and the run is marked ``interrupted``;
 * if the baseline finds the network down, nothing is probed and the run is
   ``network_unavailable``;
 * with a control path (``[analysis] control_proxy``: a SOCKS5 proxy whose exit is outside the
@@ -22,6 +32,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,7 +41,7 @@ from probes.context import ProbeContext
 from probes.model import Endpoint, Measurement, Run, Service, Target, Verdict
 from probes.registry import PROBES
 from probes.runner import new_id, run_probe
-from probes.verdicts import judge_run
+from probes.verdicts import Judge, judge_run
 from scheduler.baseline import Baseline, check_baseline
 
 log = logging.getLogger("blockwatch.sweep")
@@ -41,7 +52,8 @@ class Store(Protocol):
     def finish_run(self, run_id: str, *, status: str, finished_at: dt.datetime,
                    summary: dict[str, Any]) -> None: ...
     def add_measurements(self, measurements: Sequence[Measurement],
-                         verdicts: Sequence[Verdict] = ()) -> None: ...
+                         verdicts: Sequence[Verdict] = (), *,
+                         run_id: str | None = None) -> None: ...
     def add_verdicts(self, run_id: str, verdicts: Sequence[Verdict]) -> None: ...
     def control_measurements(self, vantages: Sequence[str], start: dt.datetime,
                              end: dt.datetime) -> list[Measurement]: ...
@@ -64,12 +76,11 @@ class SweepSettings:
     country: str | None = None
     asn: int | None = None
     group: str | None = None
-    concurrency: int = 64
-    per_host: int = 4
+    concurrency: int = 256  # names in flight
     control_resolvers: tuple[str, ...] = ()
     baseline_endpoints: tuple[Endpoint, ...] = ()
     baseline_timeout: float = 5.0
-    batch_size: int = 200
+    batch_size: int = 500
     flush_interval_s: float = 1.0
     software_version: str = ""
     config_hash: str = ""
@@ -83,64 +94,166 @@ class SweepSettings:
 
 @dataclass(slots=True)
 class SweepOutcome:
+    """The run, its service verdicts, and how many measurements it stored. ``measurements``
+    holds only what was judged at the end (with control vantages); read the rest from the
+    store."""
+
     run: Run
     measurements: list[Measurement] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     baseline: Baseline | None = None
+    count: int = 0
 
 
 ProgressFn = Callable[[int, int, Measurement], None]
 
 
 class _Writer:
-    """Batches measurements to the store from one task, the store's calls run in a thread."""
+    """Batches measurements and verdicts to the store from one task (the store's calls run in
+    a thread): a batch goes when it holds ``batch_size`` measurements or its oldest item has
+    waited ``interval`` seconds, one transaction each."""
 
-    def __init__(self, store: Store, batch_size: int, interval: float) -> None:
-        self.store, self.batch_size, self.interval = store, batch_size, interval
-        self.queue: asyncio.Queue[Measurement | None] = asyncio.Queue()
+    def __init__(self, store: Store, run_id: str, batch_size: int, interval: float) -> None:
+        self.store, self.run_id = store, run_id
+        self.batch_size, self.interval = batch_size, interval
+        self.queue: asyncio.Queue[Measurement | list[Verdict] | None] = asyncio.Queue()
         self.task = asyncio.create_task(self._loop())
+        self.transactions = 0
+
+    def put(self, item: Measurement | list[Verdict]) -> None:
+        self.queue.put_nowait(item)
 
     async def _loop(self) -> None:
-        batch: list[Measurement] = []
+        loop = asyncio.get_running_loop()
+        measurements: list[Measurement] = []
+        verdicts: list[Verdict] = []
+        due: float | None = None
         done = False
         while not done:
-            try:
-                item = await asyncio.wait_for(self.queue.get(), self.interval)
-                if item is None:
-                    done = True
-                else:
-                    batch.append(item)
-            except TimeoutError:
-                pass
-            if batch and (done or len(batch) >= self.batch_size or self.queue.empty()):
-                await asyncio.to_thread(self.store.add_measurements, batch)
-                batch = []
+            item: Measurement | list[Verdict] | None
+            if due is None:
+                item = await self.queue.get()
+            else:
+                try:
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), max(0.0, due - loop.time()))
+                    except TimeoutError:  # the batch's time is up
+                        await self._flush(measurements, verdicts)
+                        measurements, verdicts, due = [], [], None
+                        continue
+            if item is None:
+                done = True
+            elif isinstance(item, Measurement):
+                measurements.append(item)
+            else:
+                verdicts += item
+            if due is None:
+                due = loop.time() + self.interval
+            if done or len(measurements) >= self.batch_size:
+                await self._flush(measurements, verdicts)
+                measurements, verdicts, due = [], [], None
+
+    async def _flush(self, measurements: list[Measurement], verdicts: list[Verdict]) -> None:
+        if measurements or verdicts:
+            await asyncio.to_thread(self.store.add_measurements, measurements, verdicts,
+                                    run_id=self.run_id)
+            self.transactions += 1
 
     async def close(self) -> None:
         self.queue.put_nowait(None)
         await asyncio.shield(self.task)
 
 
+class _Judging:
+    """Each service judged as soon as its last measurement is in, unless it must wait for the
+    end (controls from other vantages, or run facts not established yet)."""
+
+    def __init__(self, targets: Sequence[Target], judge: Judge, streaming: bool,
+                 writer: _Writer, outcome: SweepOutcome) -> None:
+        self.pending = Counter(t.service for t in targets)
+        self.judge, self.streaming = judge, streaming
+        self.writer, self.outcome = writer, outcome
+        self.open: dict[str, list[Measurement]] = defaultdict(list)
+        self.deferred: dict[str, list[Measurement]] = {}
+
+    def add(self, m: Measurement) -> None:
+        self.judge.observe(m)
+        self.open[m.service].append(m)
+        self.pending[m.service] -= 1
+        if self.pending[m.service] > 0:
+            return
+        del self.pending[m.service]
+        measured = self.open.pop(m.service)
+        if self.streaming and self.judge.ready(measured):
+            self._judged(self.judge.service(m.service, measured))
+        else:
+            self.deferred[m.service] = measured
+
+    def _judged(self, verdicts: list[Verdict]) -> None:
+        self.writer.put(verdicts)
+        self.outcome.verdicts += [v for v in verdicts if v.measurement_id is None]
+
+    def leftovers(self) -> dict[str, list[Measurement]]:
+        """Every service not judged yet: deferred, or cut short by an interruption."""
+        out = dict(self.deferred)
+        for name, ms in self.open.items():
+            out.setdefault(name, []).extend(ms)
+        self.deferred, self.open = {}, defaultdict(list)
+        return out
+
+
 async def _probe_all(targets: Sequence[Target], ctx: ProbeContext, settings: SweepSettings,
                      run_id: str, sink: Callable[[Measurement], None]) -> None:
-    total = asyncio.Semaphore(settings.concurrency)
-    hosts: dict[str, asyncio.Semaphore] = {}
+    """Every name's targets together, ``settings.concurrency`` names at once."""
+    units: dict[str, list[Target]] = {}
+    for t in targets:
+        units.setdefault(t.host.lower(), []).append(t)
+    names = asyncio.Semaphore(max(1, settings.concurrency))
 
-    async def one(target: Target) -> None:
-        host_sem = hosts.setdefault(target.host.lower(), asyncio.Semaphore(settings.per_host))
-        async with total, host_sem:
-            m = await run_probe(PROBES[target.probe], target, ctx, run_id=run_id,
-                                vantage=settings.vantage)
-        sink(m)
+    async def unit(host: str, group: list[Target]) -> None:
+        active = len(group)
+
+        def step() -> None:  # a measurement finished, or only listens now
+            nonlocal active
+            active -= 1
+            if active == 0:
+                names.release()
+
+        async def one(target: Target) -> None:
+            listening = False
+
+            def background() -> None:
+                nonlocal listening
+                listening = True
+                step()
+
+            try:
+                m = await run_probe(PROBES[target.probe], target, ctx, run_id=run_id,
+                                    vantage=settings.vantage, on_background=background)
+            finally:
+                if not listening:
+                    step()
+            sink(m)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for t in group:
+                    tg.create_task(one(t))
+        finally:
+            ctx.resolutions.forget(host)
 
     async with asyncio.TaskGroup() as tg:
-        for t in targets:
-            tg.create_task(one(t))
+        for host, group in units.items():
+            await names.acquire()
+            tg.create_task(unit(host, group))
 
 
 async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Target],
                 ctx: ProbeContext, settings: SweepSettings,
                 progress: ProgressFn | None = None) -> SweepOutcome:
+    ctx = ctx.for_sweep()
     run = Run(id=new_id(), vantage=settings.vantage, country=settings.country,
               asn=settings.asn, group=settings.group, started_at=dt.datetime.now(dt.UTC),
               software_version=settings.software_version, config_hash=settings.config_hash)
@@ -152,15 +265,21 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
     catalogue = {s.name: s for s in services}
     if not baseline.network_ok:
         log.warning("network unavailable: no baseline endpoint answered; nothing probed")
-        return await _finish(store, outcome, catalogue, settings, "network_unavailable")
+        return await _finish(store, outcome, catalogue, settings, "network_unavailable", None,
+                             None)
 
-    writer = _Writer(store, settings.batch_size, settings.flush_interval_s)
+    writer = _Writer(store, run.id, settings.batch_size, settings.flush_interval_s)
+    vantages = _control_vantages(settings)
+    judge = Judge(catalogue, settings.control_resolvers, control_vantages=vantages,
+                  fingerprints=settings.fingerprints, local_networks=settings.local_networks)
+    judging = _Judging(targets, judge, not vantages, writer, outcome)
 
     def sink(m: Measurement) -> None:
-        outcome.measurements.append(m)
-        writer.queue.put_nowait(m)
+        outcome.count += 1
+        writer.put(m)
+        judging.add(m)
         if progress is not None:
-            progress(len(outcome.measurements), len(targets), m)
+            progress(outcome.count, len(targets), m)
 
     control = None
     if settings.control_path is not None:
@@ -178,9 +297,16 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
             control.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await control
-        await writer.close()
-        await _finish(store, outcome, catalogue, settings, status)
+        await asyncio.shield(ctx.aclose())
+        await _finish(store, outcome, catalogue, settings, status, judging, writer)
     return outcome
+
+
+def _control_vantages(settings: SweepSettings) -> list[str]:
+    vantages = [v for v in settings.control_vantages if v != settings.vantage]
+    if settings.control_path is not None and settings.control_path.vantage not in vantages:
+        vantages.append(settings.control_path.vantage)
+    return vantages
 
 
 async def _control_run(store: Store, targets: Sequence[Target], settings: SweepSettings,
@@ -193,24 +319,27 @@ async def _control_run(store: Store, targets: Sequence[Target], settings: SweepS
               started_at=dt.datetime.now(dt.UTC), software_version=settings.software_version,
               config_hash=settings.config_hash)
     await asyncio.to_thread(store.start_run, run)
-    writer = _Writer(store, settings.batch_size, settings.flush_interval_s)
-    done: list[Measurement] = []
+    writer = _Writer(store, run.id, settings.batch_size, settings.flush_interval_s)
+    done = 0
+    ctx = path.ctx.for_sweep()
 
     def sink(m: Measurement) -> None:
-        done.append(m)
-        writer.queue.put_nowait(m)
+        nonlocal done
+        done += 1
+        writer.put(m)
 
     status = "complete"
     wanted = [t for t in targets if t.probe in CONTROL_PROBES]
     try:
-        await _probe_all(wanted, path.ctx, dataclasses.replace(settings, vantage=path.vantage),
+        await _probe_all(wanted, ctx, dataclasses.replace(settings, vantage=path.vantage),
                          run.id, sink)
     except asyncio.CancelledError:
         status = "interrupted"
         raise
     finally:
+        await asyncio.shield(ctx.aclose())
         await writer.close()
-        summary = {**summarize([], len(done)), "control_for": main.id,
+        summary = {**summarize([], done), "control_for": main.id,
                    "controls": {"resolvers": [], "vantages": []}}
         await asyncio.shield(asyncio.to_thread(
             store.finish_run, run.id, status=status, finished_at=dt.datetime.now(dt.UTC),
@@ -222,29 +351,38 @@ def _replace(run: Run, **changes: Any) -> Run:
 
 
 async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Service],
-                  settings: SweepSettings, status: str) -> SweepOutcome:
-    network_ok = status != "network_unavailable"
-    controls: list[Measurement] = []
-    vantages = [v for v in settings.control_vantages if v != settings.vantage]
-    if settings.control_path is not None and settings.control_path.vantage not in vantages:
-        vantages.append(settings.control_path.vantage)
-    if network_ok and vantages:
-        window = dt.timedelta(seconds=settings.control_max_age_s)
-        controls = await asyncio.shield(asyncio.to_thread(
-            store.control_measurements, vantages, outcome.run.started_at - window,
-            dt.datetime.now(dt.UTC)))
-    verdicts = judge_run([*outcome.measurements, *controls], catalogue,
-                         settings.control_resolvers, network_ok=network_ok,
-                         control_vantages=vantages, fingerprints=settings.fingerprints,
-                         local_networks=settings.local_networks)
-    outcome.verdicts = verdicts
-    summary = summarize(verdicts, len(outcome.measurements))
+                  settings: SweepSettings, status: str, judging: _Judging | None,
+                  writer: _Writer | None) -> SweepOutcome:
+    """Judge what is left (deferred services, with the controls stored by now), store the
+    last verdicts and the run's summary."""
+    vantages = _control_vantages(settings)
+    if judging is None or writer is None:  # the network was down: nothing was measured
+        verdicts = judge_run([], catalogue, settings.control_resolvers, network_ok=False)
+        outcome.verdicts = verdicts
+        await asyncio.shield(asyncio.to_thread(store.add_verdicts, outcome.run.id, verdicts))
+        controls: list[Measurement] = []
+    else:
+        leftovers = judging.leftovers()
+        controls = []
+        if leftovers and vantages:
+            window = dt.timedelta(seconds=settings.control_max_age_s)
+            controls = await asyncio.shield(asyncio.to_thread(
+                store.control_measurements, vantages, outcome.run.started_at - window,
+                dt.datetime.now(dt.UTC)))
+        by_service: dict[str, list[Measurement]] = defaultdict(list)
+        for m in controls:
+            by_service[m.service].append(m)
+        for name in sorted(leftovers):
+            measured = leftovers[name]
+            outcome.measurements += measured
+            judging._judged(judging.judge.service(name, [*measured, *by_service.get(name, [])]))
+        await writer.close()
+    summary = summarize(outcome.verdicts, outcome.count)
     # re-analysis needs to know which measurements were controls when the run was made
     summary["controls"] = {"resolvers": list(settings.control_resolvers), "vantages": vantages,
                            "control_measurements": len(controls),
                            "local_networks": list(settings.local_networks)}
     finished = dt.datetime.now(dt.UTC)
-    await asyncio.shield(asyncio.to_thread(store.add_verdicts, outcome.run.id, verdicts))
     await asyncio.shield(asyncio.to_thread(
         store.finish_run, outcome.run.id, status=status, finished_at=finished, summary=summary))
     outcome.run = _replace(outcome.run, status=status, finished_at=finished, summary=summary)

@@ -34,6 +34,8 @@ CONTRACT_FIELDS = (
 )
 EXPORT_FIELDS = (
     *CONTRACT_FIELDS,
+    "category",
+    "queued_s",
     "probe_version",
     "failed_operation",
     "evidence",
@@ -84,7 +86,7 @@ def write_parquet(rows: Iterable[Mapping[str, Any]], fh: Any) -> int:
                            ) from None
     import datetime as dt
 
-    types = {"runtime_s": pa.float64(), "asn": pa.int64(),
+    types = {"runtime_s": pa.float64(), "queued_s": pa.float64(), "asn": pa.int64(),
              "started_at": pa.timestamp("us", tz="UTC")}
     schema = pa.schema([(name, types.get(name, pa.string())) for name in EXPORT_FIELDS])
     count = 0

@@ -107,12 +107,14 @@ class Store:
                 raise StorageError(self.url, f"no run {run_id!r} to finish")
 
     def add_measurements(
-        self, measurements: Sequence[Measurement], verdicts: Sequence[Verdict] = ()
+        self, measurements: Sequence[Measurement], verdicts: Sequence[Verdict] = (), *,
+        run_id: str | None = None,
     ) -> None:
         """Store a batch of measurements and their verdicts in one transaction.
 
-        A verdict's run is its measurement's (in this batch or already stored); a service-level
-        verdict (``measurement_id=None``) takes the batch's run if the batch has exactly one.
+        A verdict's run is ``run_id`` when given (a sweep writing its own results), else its
+        measurement's (in this batch or already stored); a service-level verdict
+        (``measurement_id=None``) takes the batch's run if the batch has exactly one.
         """
         if not measurements and not verdicts:
             return
@@ -121,7 +123,9 @@ class Store:
         with self._transaction(write=True) as s:
             if rows:
                 s.execute(insert(MeasurementRow), rows)
-            if verdicts:
+            if verdicts and run_id is not None:
+                self._insert_verdicts(s, verdicts, lambda _v: run_id)
+            elif verdicts:
                 batch_run = _single({m.run_id for m in measurements})
                 runs |= self._stored_runs(s, verdicts, runs)
                 self._insert_verdicts(s, verdicts, lambda v: _run_of(v, runs, batch_run))

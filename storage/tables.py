@@ -82,12 +82,16 @@ class MeasurementRow(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     vantage: Mapped[str]
     service: Mapped[str]
+    # the service's category (a test list's category code): migration 0003
+    category: Mapped[str | None]
     probe: Mapped[str]
     probe_version: Mapped[str]
     target: Mapped[str]
     target_json: Mapped[dict[str, Any]]
     started_at: Mapped[dt.datetime]
     runtime_s: Mapped[float] = mapped_column(Double)  # DOUBLE PRECISION on PostgreSQL
+    # the part of runtime_s spent waiting for our own limits (migration 0003)
+    queued_s: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
     failure: Mapped[str | None]
     failed_operation: Mapped[str | None]
     observations: Mapped[list[dict[str, Any]]]

@@ -42,6 +42,7 @@ class Behaviour:
     rcode: str = "NOERROR"
     ttl: int = 300
     silent: bool = False  # never answer
+    silent_types: tuple[str, ...] = ()  # never answer these query types (e.g. ("AAAA",))
     drop_first: int = 0  # ignore the first N queries of each type: a lost packet
     garbage: bytes | None = None  # send these bytes instead of an answer
     truncate: bool = False  # send the first half of the answer only
@@ -227,7 +228,7 @@ class DNSServer:
             seen = sum(1 for q in self.queries if (q.qname, q.qtype) == (qname, qtype))
             self.queries.append(Query(transport, qname, qtype, query.id, time.monotonic()))
         behaviour = self.names.get(qname, NOT_FOUND)
-        if behaviour.silent or seen < behaviour.drop_first:
+        if behaviour.silent or qtype in behaviour.silent_types or seen < behaviour.drop_first:
             return None
         return query, behaviour
 

@@ -22,8 +22,16 @@ from dns_server import Behaviour, DNSServer
 from probes import dns as dns_probe
 from probes import failures as F
 from probes.context import ProbeContext, ProbeResult, Timeouts
-from probes.dns import INJECTION_WINDOW_S, DNSProbe, is_bogon, lookup_addresses, query
+from probes.dns import (
+    INJECTION_WINDOW_S,
+    DNSProbe,
+    is_bogon,
+    lookup,
+    query,
+    retransmissions,
+)
 from probes.model import DNSObservation, Target
+from probes.pacing import Limits
 from probes.resolvers import ResolverSpec, parse_resolver
 from probes.runner import run_probe
 from probes.scope import Scope
@@ -84,10 +92,13 @@ async def probe(host: str, resolver: str | None, ctx: ProbeContext | None = None
 
 
 def a_and_aaaa(result: ProbeResult) -> tuple[DNSObservation, DNSObservation]:
-    a, aaaa = result.observations
-    assert isinstance(a, DNSObservation) and isinstance(aaaa, DNSObservation)
-    assert (a.qtype, aaaa.qtype) == ("A", "AAAA")
-    return a, aaaa
+    """The final A and AAAA observations (a query's confirmation, if it was asked again)."""
+    found = [o for o in result.observations if isinstance(o, DNSObservation)]
+    assert len(found) == len(result.observations)
+    a = [o for o in found if o.qtype == "A"]
+    aaaa = [o for o in found if o.qtype == "AAAA"]
+    assert found == [*a, *aaaa] and a and aaaa
+    return a[-1], aaaa[-1]
 
 
 # --- bogons ---------------------------------------------------------------------------------
@@ -203,30 +214,47 @@ async def test_bogon_answers(
 # --- lost packets and silence ---------------------------------------------------------------
 
 
-async def test_silence_is_retried_once_then_times_out(server: DNSServer) -> None:
+def test_retransmissions_back_off_within_the_timeout() -> None:
+    assert retransmissions(4.0, 2) == (1.0, 3.0)
+    assert retransmissions(4.0, 5) == (1.0, 3.0)  # the next (7 s) would be past the timeout
+    assert retransmissions(2.0, 2) == (0.5, 1.5)
+    assert retransmissions(4.0, 0) == ()
+
+
+async def test_silence_is_retransmitted_then_confirmed_then_times_out(server: DNSServer) -> None:
     start = time.monotonic()
     result = await probe("silent.test", server.udp)
     elapsed = time.monotonic() - start
+    first_a = result.observations[0]
+    assert [o.attempt for o in result.observations] == [1, 2, 1, 2]  # type: ignore[union-attr]
+    assert [o.transmissions for o in result.observations] == [3] * 4  # type: ignore[union-attr]
     a, aaaa = a_and_aaaa(result)
     assert (result.failure, a.failure, aaaa.failure) == (F.GENERIC_TIMEOUT,) * 3
-    assert a.responses == ()
-    assert server.count("silent.test", "A") == 2 and server.count("silent.test", "AAAA") == 2
+    assert a.responses == () and first_a.responses == ()  # type: ignore[union-attr]
+    # each attempt: sent at 0, T/4 and 3T/4 (default 2 retransmissions)
+    assert server.count("silent.test", "A") == 6 and server.count("silent.test", "AAAA") == 6
+    ids = {q.id for q in server.queries if q.qtype == "A"}
+    assert len(ids) == 2  # a retransmission keeps its id; the confirmation is a new query
     assert elapsed >= 2 * TIMEOUT * 0.9
 
 
-async def test_no_retry_when_retries_are_off(server: DNSServer) -> None:
-    result = await probe("silent.test", server.udp, context(dns_retries=0))
+async def test_no_retry_when_retries_and_confirmation_are_off(server: DNSServer) -> None:
+    result = await probe("silent.test", server.udp, context(dns_retries=0, dns_confirm=False))
     assert result.failure == F.GENERIC_TIMEOUT
     assert server.count("silent.test", "A") == 1
+    assert len(result.observations) == 2
 
 
-async def test_lost_query_is_answered_on_retry(server: DNSServer) -> None:
+async def test_lost_query_is_answered_on_retransmission(server: DNSServer) -> None:
     result = await probe("lost.test", server.udp)
     a, _ = a_and_aaaa(result)
     assert result.failure is None and a.addresses == ("127.0.0.2",)
+    assert (a.attempt, a.transmissions) == (1, 2)
     assert server.count("lost.test", "A") == 2
+    assert len({q.id for q in server.queries if q.qtype == "A"}) == 1
     [resp] = a.responses
-    assert resp.t >= TIMEOUT  # measured from the first send: the answer is to the retry
+    # measured from the first send: the answer is to the retransmission, sent at T/4
+    assert resp.t >= TIMEOUT / 4
 
 
 # --- injection ------------------------------------------------------------------------------
@@ -441,36 +469,79 @@ async def test_system_resolver_outside_scope_gets_nothing(
 # --- lookups, limits, runner ----------------------------------------------------------------
 
 
-async def test_lookup_addresses(server: DNSServer) -> None:
+async def test_lookup(server: DNSServer) -> None:
     ctx = context(lookup_resolver=parse_resolver(server.udp))
-    found = await lookup_addresses("ok.test", ctx)
+    found = await lookup("ok.test", ctx)
     assert found.addresses == ("127.0.0.2", "::1") and found.failure is None
     assert [o.qtype for o in found.observations] == ["A", "AAAA"]
-    missing = await lookup_addresses("nx.test", ctx)
+    missing = await lookup("nx.test", ctx)
     assert (missing.addresses, missing.failure) == ((), F.DNS_NXDOMAIN)
 
 
-async def test_context_lookup_queries_once_per_sweep(server: DNSServer) -> None:
+async def test_one_resolution_per_name_per_sweep(server: DNSServer) -> None:
+    # the DNS probe and every lookup of the same name at the same resolver share two queries
     ctx = context(lookup_resolver=parse_resolver(server.udp))
-    first, second = await asyncio.gather(ctx.lookup("ok.test"), ctx.lookup("ok.test"))
+    first, second, measured = await asyncio.gather(
+        ctx.lookup("ok.test"), ctx.lookup("ok.test"), probe("ok.test", server.udp, ctx))
     assert first.addresses == second.addresses == ("127.0.0.2", "::1")
+    assert measured.failure is None
     assert server.count("ok.test") == 2
+    # a new sweep asks again
+    await ctx.for_sweep().lookup("ok.test")
+    assert server.count("ok.test") == 4
+
+
+async def test_a_lookup_does_not_wait_for_the_injection_window(server: DNSServer) -> None:
+    # the connection may start at the first answer; the DNS measurement keeps listening
+    ctx = context(timeout=5.0, lookup_resolver=parse_resolver(server.udp))
+    start = time.monotonic()
+    found = await ctx.lookup("ok.test")
+    assert found.addresses and time.monotonic() - start < INJECTION_WINDOW_S / 2
+    result = await probe("ok.test", server.udp, ctx)
+    assert result.failure is None
+    assert time.monotonic() - start >= INJECTION_WINDOW_S * 0.9  # the probe listened on
+
+
+async def test_a_fetch_does_not_wait_for_a_missing_ipv6_answer(server: DNSServer) -> None:
+    # A answers, AAAA never does: a fetch goes after RFC 8305's resolution delay (50 ms), a
+    # probe of every address waits for the AAAA query to end
+    server.names["v6lost.test"] = Behaviour(addresses=("127.0.0.2", "::1"),
+                                            silent_types=("AAAA",))
+    ctx = context(timeout=1.0, lookup_resolver=parse_resolver(server.udp))
+    start = time.monotonic()
+    found = await ctx.lookup("v6lost.test", every_address=False)
+    assert found.addresses == ("127.0.0.2",) and time.monotonic() - start < 0.5
+    every = await ctx.lookup("v6lost.test")
+    assert every.addresses == ("127.0.0.2",) and time.monotonic() - start >= 2 * 0.9
 
 
 @pytest.mark.parametrize(("limit", "serial"), [(1, True), (2, False)])
-async def test_queries_in_flight_are_limited_per_resolver(
+async def test_an_unanswered_query_holds_its_resolver_slot_until_presumed_lost(
     server: DNSServer, limit: int, serial: bool
 ) -> None:
-    await probe("ok.test", server.udp, context(dns_inflight_per_resolver=limit))
+    await probe("silent.test", server.udp,
+                context(limits=Limits(per_resolver=limit), dns_confirm=False, dns_retries=1))
+    first_a, first_aaaa = sorted(q.at for q in server.queries if q.at)[:2]
+    # with one slot, the AAAA query waits until A is presumed lost (at its retransmission,
+    # T/4), not for A's whole timeout
+    waited = first_aaaa - first_a
+    assert (waited >= TIMEOUT / 4 * 0.8) is serial
+    assert waited < TIMEOUT * 0.8
+
+
+async def test_an_answered_query_gives_its_slot_back_at_the_first_answer(
+    server: DNSServer,
+) -> None:
+    # one slot, yet the AAAA query does not wait out A's injection window
+    await probe("ok.test", server.udp, context(timeout=5.0, limits=Limits(per_resolver=1)))
     first, second = sorted(q.at for q in server.queries)
-    # each UDP query listens for the whole (short) timeout, so a serial second query waits
-    assert (second - first >= TIMEOUT * 0.8) is serial
+    assert second - first < INJECTION_WINDOW_S / 2
 
 
 async def test_runner_reports_the_resolve_failure(server: DNSServer) -> None:
     target = Target(service="test", probe="dns", host="nx.test", resolver=server.udp)
     m = await run_probe(DNSProbe(), target, context(), run_id="r", vantage="v")
-    assert (m.failure, m.failed_operation, m.probe_version) == (F.DNS_NXDOMAIN, "resolve", "1")
+    assert (m.failure, m.failed_operation, m.probe_version) == (F.DNS_NXDOMAIN, "resolve", "2")
     assert len(m.observations) == 2
 
 

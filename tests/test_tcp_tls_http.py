@@ -35,7 +35,7 @@ from servers import (
     socks5,
 )
 
-from probes.context import Lookup, ProbeContext, Timeouts
+from probes.context import Lookup, ProbeContext, ProbeResult, Timeouts
 from probes.http import BODY_CAP, HTTPProbe, extract_title
 from probes.model import (
     DNSObservation,
@@ -67,9 +67,7 @@ def context(
 ) -> ProbeContext:
     """A fast context whose lookup of HOST answers ``addresses`` (or fails)."""
     ctx = ProbeContext(scope=scope or Scope.loopback(), timeouts=FAST, **kw)  # type: ignore[arg-type]
-    fut: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
-    fut.set_result(Lookup(addresses, (DNS_FACT,), failure))
-    ctx._lookups[HOST] = fut
+    ctx.static_lookups[HOST] = Lookup(addresses, (DNS_FACT,), failure)
     return ctx
 
 
@@ -211,7 +209,7 @@ async def test_tcp_through_socks_resolves_at_the_proxy() -> None:
     assert len(result.observations) == 1  # no DNS: the proxy resolved the name
     assert (tcp.address, tcp.port) == (HOST, target.port)
     assert how.asked == [(3, HOST, target.port)]  # a name, not an address
-    assert HOST not in ctx._lookups
+    assert ctx._resolutions is None  # no DNS query at all
     assert target.accepted == 1
 
 
@@ -496,9 +494,8 @@ async def test_http_page(pki: PKI) -> None:
 async def test_redirect_to_a_block_page_that_cannot_load_is_still_a_block_page() -> None:
     async with LoopbackServer(http) as server:
         ctx = context("127.0.0.1")
-        fut: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
-        fut.set_result(Lookup((), (), "dns_nxdomain_error"))  # nothing leaves loopback
-        ctx._lookups["warning.or.kr"] = fut
+        # nothing leaves loopback
+        ctx.static_lookups["warning.or.kr"] = Lookup((), (), "dns_nxdomain_error")
         target = Target(service="s", probe="http", host=HOST,
                         url=f"http://{HOST}:{server.port}/warning")
         result = await HTTPProbe().observe(target, ctx)
@@ -583,9 +580,7 @@ async def test_http_does_not_wait_out_a_dropped_address_before_the_next() -> Non
             dropped.listen(0)
             filler.connect(("127.0.0.2", server.port))
             ctx = ProbeContext(scope=Scope.loopback(), timeouts=slow)
-            fut: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
-            fut.set_result(Lookup(("127.0.0.2", "127.0.0.1"), (DNS_FACT,)))
-            ctx._lookups[HOST] = fut
+            ctx.static_lookups[HOST] = Lookup(("127.0.0.2", "127.0.0.1"), (DNS_FACT,))
             started = time.monotonic()
             obs, result = await http_probe(f"http://{HOST}:{server.port}/", ctx)
             took = time.monotonic() - started
@@ -670,7 +665,7 @@ async def test_http_through_socks(pki: PKI) -> None:
     assert result.failure is None  # type: ignore[attr-defined]
     assert obs is not None and obs.status == 200 and obs.address == HOST
     assert how.asked[0] == (3, HOST, server.port)
-    assert HOST not in ctx._lookups
+    assert ctx._resolutions is None  # no DNS query at all
 
 
 async def test_http_through_socks_refused_target() -> None:
@@ -699,13 +694,16 @@ def test_extract_title() -> None:
 # --- the runner --------------------------------------------------------------------------------
 
 
+class Exploding:
+    name, version = "tcp", "0"
+
+    async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
+        raise RuntimeError("resolver exploded at 192.0.2.1")
+
+
 async def test_exception_inside_a_probe_becomes_unknown_failure() -> None:
-    ctx = context()
-    broken: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
-    broken.set_exception(RuntimeError("resolver exploded at 192.0.2.1"))
-    ctx._lookups[HOST] = broken
     measurement = await run_probe(
-        TCPProbe(), Target(service="s", probe="tcp", host=HOST, port=443), ctx,
+        Exploding(), Target(service="s", probe="tcp", host=HOST, port=443), context(),
         run_id="r", vantage="v",
     )
     assert measurement.failure == "unknown_failure: RuntimeError: resolver exploded at [scrubbed]"

@@ -177,7 +177,7 @@ def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
 
 
 def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
-    assert ANALYZER_VERSION == "4"
+    assert ANALYZER_VERSION == "5"
     known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "vpn_blocked",
              "blocked", "partial", "down", "inconclusive", "network_unavailable", "error"}
     assert {r.verdict for r in RULES.values()} <= known
@@ -350,14 +350,61 @@ def test_http_fingerprints_and_diff() -> None:
     assert verdict_of(out, strong)[0] == "http_blocked"
 
 
-def test_dns_timeout_counts_only_if_the_resolver_answers_other_names() -> None:
-    timeout = dns("news", "news.test", "system", failure=F.GENERIC_TIMEOUT)
+def silence(service: str, host: str, resolver: str, *, probe: str = "dns",
+            confirmed: bool = True) -> Measurement:
+    """A name unanswered at ``resolver``: asked, and (``confirmed``) asked again."""
+    attempts = (1, 2) if confirmed else (1,)
+    obs = tuple(DNSObservation(resolver=resolver, transport="udp", qname=host, qtype="A",
+                               t0=0.0, failure=F.GENERIC_TIMEOUT, attempt=n, transmissions=3)
+                for n in attempts)
+    return Measurement(id=new_id(), run_id="r", vantage="v",
+                       target=Target(service=service, probe=probe, host=host,
+                                     resolver=resolver if probe == "dns" else None,
+                                     url=f"http://{host}/" if probe == "http" else None),
+                       probe_version="2", started_at=dt.datetime.now(dt.UTC), runtime_s=0.1,
+                       observations=obs, failure=F.GENERIC_TIMEOUT, failed_operation="resolve")
+
+
+def test_dns_timeout_counts_only_if_repeated_at_a_resolver_that_answers_other_names() -> None:
     control = dns("news", "news.test", CONTROL, resp("192.0.3.1"))
-    out = judge_run([timeout, control], {"news": NEWS}, [CONTROL])
-    assert verdict_of(out, timeout) == ("inconclusive", "failure.no_control")
     other = dns("news", "other.test", "system", resp("192.0.3.9"))
-    out = judge_run([timeout, control, other], {"news": NEWS}, [CONTROL])
-    assert verdict_of(out, timeout) == ("dns_blocked", "dns.failure_vs_control")
+    # asked once without an answer: one lost packet (or two) is no evidence
+    once = silence("news", "news.test", "system", confirmed=False)
+    out = judge_run([once, control, other], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, once) == ("inconclusive", "dns.timeout.unconfirmed")
+    assert "not repeated" in by_measurement(out, once).evidence
+    # repeated, but the resolver answered nothing else in the run: it may just be broken
+    twice = silence("news", "news.test", "system")
+    out = judge_run([twice, control], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, twice) == ("inconclusive", "dns.timeout.unconfirmed")
+    assert "answered no other name" in by_measurement(out, twice).evidence
+    # an answer for the same name (its AAAA, say) is not another name
+    same = dns("news", "news.test", "system", resp("192.0.3.1"))
+    out = judge_run([twice, control, same], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, twice) == ("inconclusive", "dns.timeout.unconfirmed")
+    # repeated, and the same resolver answers other names (of any service in the run):
+    # name-specific dropping
+    elsewhere = dns("elsewhere", "other.test", "system", resp("192.0.3.9"))
+    out = judge_run([twice, control, elsewhere], {"news": NEWS}, [CONTROL])
+    assert verdict_of(out, twice) == ("dns_blocked", "dns.failure_vs_control")
+    assert service_verdict(out, "news").verdict == "blocked"
+
+
+def test_a_fetch_that_could_not_resolve_follows_the_same_rule() -> None:
+    other = dns("news", "other.test", "system", resp("192.0.3.9"))
+    fetched = HTTPObservation(url="http://news.test/", t0=0.0, t=0.2, status=200,
+                              body_length=100)
+    control = Measurement(id=new_id(), run_id="c", vantage="vps",
+                          target=Target(service="news", probe="http", host="news.test",
+                                        url="http://news.test/"),
+                          probe_version="3", started_at=dt.datetime.now(dt.UTC), runtime_s=0.2,
+                          observations=(fetched,))
+    once = silence("news", "news.test", "system", probe="http", confirmed=False)
+    out = judge_run([once, other, control], {"news": NEWS}, [], control_vantages=["vps"])
+    assert verdict_of(out, once) == ("inconclusive", "dns.timeout.unconfirmed")
+    twice = silence("news", "news.test", "system", probe="http")
+    out = judge_run([twice, other, control], {"news": NEWS}, [], control_vantages=["vps"])
+    assert verdict_of(out, twice) == ("dns_blocked", "dns.failure_vs_control")
 
 
 def test_working_dns_below_blocked_tcp_is_not_partial() -> None:

@@ -66,7 +66,7 @@ from typing import Any
 
 from blockwatch.lab.state import LabError
 
-ANALYZER = "4"  # the probes.verdicts.ANALYZER_VERSION these expectations were checked against
+ANALYZER = "5"  # the probes.verdicts.ANALYZER_VERSION these expectations were checked against
 
 
 @dataclass(frozen=True, slots=True)
