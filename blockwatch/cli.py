@@ -16,7 +16,6 @@ Exit codes (documented in the README; cron and systemd rely on them):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -26,15 +25,26 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from blockwatch.config import ConfigError, load_config
+from blockwatch.errors import ConfigError
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_STORAGE, EXIT_NETWORK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_LOCKED, EXIT_MAX_RUNTIME, EXIT_NO_CONSENT = 5, 6, 7
+# storage.export.FORMATS, named here so that building the parser needs no database code
+# (tests/test_cli.py checks that the two agree)
+EXPORT_FORMATS = ("csv", "jsonl", "ooni", "parquet")
 log = logging.getLogger("blockwatch")
 
 
 class UsageError(Exception):
     pass
+
+
+def load_config(path: str | None) -> Any:
+    """``blockwatch.config.load_config``, imported when a command needs it: pydantic and the
+    catalogue cost more than ``--help`` or ``--version`` may."""
+    from blockwatch.config import load_config as load
+
+    return load(path)
 
 
 def _parse_since(text: str) -> dt.datetime:
@@ -118,9 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write every measurement as JSON lines or CSV")
     common(exp)
-    from storage.export import FORMATS
-
-    exp.add_argument("-f", "--format", choices=sorted(FORMATS), default="jsonl")
+    exp.add_argument("-f", "--format", choices=EXPORT_FORMATS, default="jsonl")
     exp.add_argument("--since", type=_parse_since, metavar="DATE",
                      help="only measurements started at or after DATE (UTC)")
     exp.add_argument("--run", metavar="RUN_ID", help="only this run")
@@ -147,18 +155,24 @@ def _extensions() -> list[Any]:
 
 
 def _version() -> str:
-    from blockwatch.app import software_version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return f"blockwatch {software_version()}"
+    try:
+        return f"blockwatch {version('blockwatch')}"
+    except PackageNotFoundError:
+        return "blockwatch 0+unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        print(_version())  # without building the parser: cron and scripts ask this often
+        return EXIT_OK
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from blockwatch.inputs import InputError
-    from storage import StorageError
+    from storage.errors import StorageError
 
     try:
         handler = _COMMANDS[args.command]
@@ -297,6 +311,8 @@ def _stopped(store: Any, group: str | None, stop: str, max_runtime: float | None
 def _run_sweep(store: Any, services: Any, targets: Any, ctx: Any, settings: Any,
                interactive: bool, max_runtime: float | None = None) -> tuple[Any, str]:
     """Run the sweep; return (outcome, "") or (None, "interrupted" | "max_runtime")."""
+    import asyncio
+
     from scheduler.sweep import sweep
 
     async def go() -> Any:

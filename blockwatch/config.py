@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from blockwatch.errors import ConfigError as ConfigError  # re-exported: callers import it here
 from probes.catalogue import CatalogueError, load_catalogue, service_from_dict, vpn_from_dict
 from probes.model import Service
 from probes.resolvers import parse_resolver
@@ -41,10 +42,6 @@ ProbeName = Literal["dns", "tcp", "tls", "http", "vpn", "trace"]
 PROBE_NAMES: tuple[ProbeName, ...] = ("dns", "tcp", "tls", "http", "vpn")
 DEFAULT_CONTROLS = ["https://1.1.1.1/dns-query", "tls://9.9.9.9#dns.quad9.net"]
 DEFAULT_BASELINE = ["1.1.1.1:443", "9.9.9.9:443", "8.8.8.8:443"]
-
-
-class ConfigError(Exception):
-    """The configuration is wrong; the message says where and what."""
 
 
 class _Strict(BaseModel):

@@ -14,9 +14,11 @@ skipped lines at most are listed, one last ``skipped`` entry counts the rest. NU
 bytes are refused (naming the line); a UTF-8 BOM and CRLF are fine. A line or entry that is not
 a usable http(s) URL is skipped with its reason; a file with no usable URL is an error.
 
-Detection (``fmt="auto"``) reads content, never the name: a first non-whitespace byte ``{`` is
-an OONI Run descriptor; a first line that parses as a CSV header with a ``url`` column (and no
-cell holding ``://``) is a Citizen Lab test list; anything else is a plain list.
+Detection (``fmt="auto"``): a name ending in ``.csv`` is a CSV, one ending in ``.json`` an OONI
+Run descriptor (so that a CSV with the wrong columns is an error, not a plain list of nothing);
+otherwise the content decides: a first non-whitespace byte ``{`` is an OONI Run descriptor; a
+first line that parses as a CSV header with a ``url`` column (and no cell holding ``://``) is a
+Citizen Lab test list; anything else is a plain list.
 
 OONI Run v2 (ooni/spec ``backends/bk-005-ooni-run-v2.md``, version 2025.06.03), as read here:
 top-level fields are those of the descriptor (section 3.0) and those the API adds (4.1 create
@@ -28,8 +30,9 @@ loads; only ``nettests`` is required (the engine descriptor has no ``name``). Ne
 ``null`` is an absent optional field. Only ``web_connectivity`` inputs are read; other nettests
 are skipped (reason: their name), as is a ``web_connectivity`` without inputs (a
 ``targets_name`` list only the OONI backend computes, or OONI Probe's default list).
-``inputs_extra`` is checked (objects, one per input) but unused: OONI Run inputs get no
-category. ``is_expired`` and the run flags are checked and ignored: the user chose this file.
+``inputs_extra`` is checked (objects, one per input); an entry's ``category_code`` becomes
+its input's category. ``is_expired`` and the run flags are checked and ignored: the user
+chose this file.
 """
 
 from __future__ import annotations
@@ -220,7 +223,9 @@ def _lines(fh: io.BufferedIOBase, name: str, max_bytes: int, limit: int) -> Line
         yield lineno, first.rstrip("\r\n") if size <= limit else None
 
 
-def _detect(head: bytes) -> str:
+def _detect(head: bytes, suffix: str) -> str:
+    if suffix.lower() in _BY_SUFFIX:
+        return _BY_SUFFIX[suffix.lower()]
     head = head.removeprefix(codecs.BOM_UTF8)
     if head.lstrip()[:1] == b"{":
         return "ooni-run"
@@ -230,6 +235,9 @@ def _detect(head: bytes) -> str:
     except csv.Error:
         return "plain"
     return "csv" if "url" in cells and not any("://" in c for c in cells) else "plain"
+
+
+_BY_SUFFIX: Final = {".csv": "csv", ".json": "ooni-run"}
 
 
 def _read_plain(lines: Lines, found: _Found) -> None:
@@ -375,7 +383,12 @@ def _read_nettest(test: dict[str, Any], path: str, found: _Found) -> None:
                    "OONI backend computes" if targets else
                    "web_connectivity without inputs (OONI Probe's default list)")
     for j, url in enumerate(inputs):
-        found.add(url.strip(), None, f"{where}.inputs[{j}]")
+        code = extra[j].get("category_code") if j < len(extra) else None
+        try:
+            category = _category(code) if isinstance(code, str) else None
+        except _Bad:
+            category = None  # an odd code does not cost the URL
+        found.add(url.strip(), category, f"{where}.inputs[{j}]")
 
 
 # --- API --------------------------------------------------------------------------------------
@@ -392,7 +405,7 @@ def load_inputs(path: str | Path, fmt: str = "auto", *, max_bytes: int = 32 * 10
         if stat.S_ISREG(info.st_mode) and info.st_size > max_bytes:
             raise _too_big(found.name, info.st_size, max_bytes)
         with io.BufferedReader(io.FileIO(path), 2 * MAX_LINE) as fh:
-            kind = _detect(fh.peek(MAX_LINE)) if fmt == "auto" else fmt
+            kind = _detect(fh.peek(MAX_LINE), Path(path).suffix) if fmt == "auto" else fmt
             read = {"ooni-run": _read_ooni, "csv": _read_csv}.get(kind, _read_plain)
             read(_lines(fh, found.name, max_bytes, max_bytes if kind == "ooni-run" else MAX_LINE),
                  found)

@@ -19,10 +19,12 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from blockwatch.cli import EXIT_OK, UsageError, _parse_since, _store
-from blockwatch.config import Config, load_config
+from blockwatch.cli import EXIT_OK, UsageError, _parse_since, _store, load_config
+
+if TYPE_CHECKING:
+    from blockwatch.config import Config
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from blockwatch.cli import EXIT_OK, UsageError, _parse_since
-from blockwatch.config import load_config
+from blockwatch.cli import EXIT_OK, UsageError, _parse_since, load_config
 
 FORMATS = ("table", "csv", "json")
 TABLE_LIMIT = 200

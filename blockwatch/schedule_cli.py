@@ -15,11 +15,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from blockwatch.config import Config
+if TYPE_CHECKING:
+    from blockwatch.config import Config
 
 log = logging.getLogger("blockwatch")
 

@@ -13,14 +13,12 @@ Guarantees:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from blockwatch.cli import EXIT_OK, EXIT_USAGE
-from blockwatch.config import load_config
+from blockwatch.cli import EXIT_OK, EXIT_USAGE, load_config
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -71,6 +69,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if refused is not None:
         return refused
     ctx = app.probe_context(cfg)
+    import asyncio
+
     m = asyncio.run(run_probe(PROBES["trace"], target, ctx, run_id="", vantage=cfg.vantage.name))
     if args.json:
         print(json.dumps({"target": target.key, "failure": m.failure,

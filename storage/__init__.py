@@ -5,12 +5,32 @@
         for m in store.measurements(since=...): ...
 
 The only package that imports SQLAlchemy. The schema is documented in docs/schema.md.
+Its names are imported when first used (PEP 562), so that a command that only catches
+``StorageError`` does not pay for SQLAlchemy.
 """
 
-from storage.db import open_store
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from storage.errors import StorageError
-from storage.export import CONTRACT_FIELDS, EXPORT_FIELDS, write_csv, write_jsonl
-from storage.store import Store
+
+if TYPE_CHECKING:
+    from storage.db import open_store
+    from storage.export import CONTRACT_FIELDS, EXPORT_FIELDS, write_csv, write_jsonl
+    from storage.store import Store
+
+_WHERE = {"open_store": "storage.db", "CONTRACT_FIELDS": "storage.export",
+          "EXPORT_FIELDS": "storage.export", "write_csv": "storage.export",
+          "write_jsonl": "storage.export", "Store": "storage.store"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'storage' has no attribute {name!r}")
+
 
 __all__ = [
     "CONTRACT_FIELDS",

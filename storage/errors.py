@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, StatementError
-
 _PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 # SQLite's own words are terse; say what the user can do about them.
@@ -41,6 +38,8 @@ class StorageError(Exception):
 
 def hide_password(url: str) -> str:
     """The URL as safe to print: ``postgresql://user:***@host/db``."""
+    from sqlalchemy.engine import make_url  # here, so that catching StorageError is cheap
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not even a URL: scrub what looks like a password and show the rest
@@ -49,6 +48,8 @@ def hide_password(url: str) -> str:
 
 def describe(exc: BaseException) -> str:
     """One line saying what went wrong, without SQL, parameters or SQLAlchemy's links."""
+    from sqlalchemy.exc import DBAPIError, StatementError
+
     cause: BaseException = exc
     if isinstance(exc, DBAPIError | StatementError) and exc.orig is not None:
         cause = exc.orig

@@ -395,7 +395,7 @@ def test_ooni_run_descriptor() -> None:
     result = load_inputs(path)
     assert result.format == "ooni-run"
     assert result.urls == (
-        InputURL(url="https://example.com/", category=None,
+        InputURL(url="https://example.com/", category="HUMR",  # from inputs_extra
                  where=f"{path}:nettests[0].inputs[0]"),
         InputURL(url="https://example.org/", category=None,
                  where=f"{path}:nettests[0].inputs[1]"),
@@ -592,3 +592,13 @@ def test_services_from_inputs() -> None:
         InputURL(url="http://[2001:db8::1]:8080/", category=None, where="p:1"),))
     (v6,) = services_from_inputs(plain)
     assert v6.title == "2001:db8::1" and v6.category == "input"
+
+
+def test_ooni_run_inputs_extra_carry_the_category(tmp_path: Path) -> None:
+    doc = {"nettests": [{"test_name": "web_connectivity",
+                         "inputs": ["https://a.example/", "https://b.example/"],
+                         "inputs_extra": [{"category_code": "NEWS"}, {}]}]}
+    path = write(tmp_path, "run.json", json.dumps(doc))
+    found = load_inputs(path)
+    assert [(u.url, u.category) for u in found.urls] == [("https://a.example/", "NEWS"),
+                                                          ("https://b.example/", None)]
