@@ -27,23 +27,30 @@ CLIENTS = {"censored": "client", "control": "control"}
 
 
 def config_text(client: str, cat: Catalogue, ca_bundle: str, db: Path, *,
-                sites: int = 0, timeouts: tuple[float, float, float, float] = (2, 3, 3, 5),
-                dns_retries: int = 2, vpn_key: str | None = None, silent: Sequence[str] = (),
-                probes: Sequence[str] = (), services: Sequence[str] = (),
-                extra: str = "") -> str:
+                sites: int = 0,
+                timeouts: tuple[float, float, float, float] | None = (2, 3, 3, 5),
+                dns_retries: int | None = None, vpn_key: str | None = None,
+                silent: Sequence[str] = (), probes: Sequence[str] = (),
+                services: Sequence[str] = (), extra: str = "") -> str:
     """A client's config; ``probes``/``services`` narrow the sweep, ``silent`` are [dns] silent
-    addresses, ``extra`` is TOML appended as is (e.g. an [analysis] table)."""
+    addresses, ``extra`` is TOML appended as is (e.g. an [analysis] table). ``timeouts`` and
+    ``dns_retries`` None: blockwatch's defaults (the lab's own are shorter, for quick tests)."""
     resolver = CENSOR_DOWN if client == "censored" else PUBLIC_RESOLVER
-    dns_t, tcp_t, tls_t, http_t = timeouts
+    timed = []
+    if timeouts is not None:
+        dns_t, tcp_t, tls_t, http_t = timeouts
+        timed = ["[timeouts]", f"dns = {dns_t}", f"tcp = {tcp_t}", f"tls = {tls_t}",
+                 f"http = {http_t}"]
     lines = [
         f"# blockwatch lab: the {client} client's config (generated; scope is the lab only)",
         "# every packet stays inside the lab's namespaces: nobody outside can observe the run",
         "consent = true",
         "[vantage]", f'name = "lab-{client}"',
         "[storage]", f'url = "sqlite:///{db}"',
-        "[timeouts]", f"dns = {dns_t}", f"tcp = {tcp_t}", f"tls = {tls_t}", f"http = {http_t}",
+        *timed,
         "[dns]", f'resolvers = ["udp://{resolver}"]', f'controls = ["tcp://{PUBLIC_RESOLVER}"]',
-        f"retries = {dns_retries}", f"silent = {json.dumps(list(silent))}",
+        *([f"retries = {dns_retries}"] if dns_retries is not None else []),
+        f"silent = {json.dumps(list(silent))}",
         "[tls]", f'ca_bundle = "{ca_bundle}"',
         "[probes]", f"scope = {json.dumps(cat.scope())}",
         *([f"probes = {json.dumps(list(probes))}"] if probes else []),
