@@ -190,11 +190,11 @@ class Resolutions:
         return found
 
     def forget(self, qname: str) -> None:
-        """Drop a name's finished queries (a sweep of many names need not keep them all)."""
+        """Drop a name's queries once its probes are done (a sweep of many names need not keep
+        them all); one still listening ends on its own, within its window."""
         name = qname.lower().rstrip(".")
         for key in [k for k in self._queries if k[1] == name]:
-            if self._queries[key].done:
-                del self._queries[key]
+            del self._queries[key]
 
     async def aclose(self) -> None:
         """Stop whatever still listens (the sweep is over, or cancelled)."""

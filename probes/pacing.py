@@ -169,29 +169,39 @@ NO_SLOT = Slot(None)
 
 class Limiter:
     """At most ``permits`` holders at once, and, with ``per_second``, at most that many new
-    holders a second (a token bucket). Waiting is recorded as the current measurement's queue
-    time. ``permits <= 0`` means no limit."""
+    holders a second (a token bucket holding one second's worth). Waiting is recorded as the
+    current measurement's queue time. ``permits <= 0`` means no bound on holders."""
 
     def __init__(self, permits: int, per_second: float = 0.0) -> None:
         self._sem = asyncio.Semaphore(permits) if permits > 0 else None
+        self._users = 0  # holding a permit or waiting for one
         self._rate = per_second
         self._tokens = max(1.0, per_second)
         self._stamp = 0.0
 
     async def acquire(self) -> Slot:
-        if self._sem is not None and self._sem.locked():
-            with waiting():
+        self._users += 1
+        try:
+            if self._sem is not None and self._sem.locked():
+                with waiting():
+                    await self._sem.acquire()
+            elif self._sem is not None:
                 await self._sem.acquire()
-        elif self._sem is not None:
-            await self._sem.acquire()
+        except BaseException:
+            self._users -= 1
+            raise
         try:
             if self._rate > 0:
                 await self._take_token()
         except BaseException:
-            if self._sem is not None:
-                self._sem.release()
+            self._release()
             raise
-        return Slot(self._sem.release) if self._sem is not None else NO_SLOT
+        return Slot(self._release)
+
+    def _release(self) -> None:
+        self._users -= 1
+        if self._sem is not None:
+            self._sem.release()
 
     async def _take_token(self) -> None:
         loop = asyncio.get_running_loop()
@@ -205,6 +215,10 @@ class Limiter:
                 return
             with waiting():
                 await asyncio.sleep((1.0 - self._tokens) / self._rate)
+
+    def idle(self) -> bool:
+        """Nobody holds a permit or waits for one."""
+        return self._users == 0
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[Slot]:
@@ -244,6 +258,13 @@ class Limits:
             found = self._hosts[address] = Limiter(self.per_host)
         return found
 
+    def _host_released(self, address: str) -> None:
+        """Forget a server's limiter once nothing holds or awaits it: a sweep of thousands of
+        names need not keep one per address it ever met."""
+        found = self._hosts.get(address)
+        if found is not None and found.idle():
+            del self._hosts[address]
+
     def socket(self) -> Limiter:
         if self._sockets is None:
             self._sockets = Limiter(self.sockets)
@@ -262,6 +283,7 @@ class Limits:
         def release() -> None:
             sock.release()
             host.release()
+            self._host_released(address)
 
         return Slot(release)
 
