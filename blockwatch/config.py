@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -299,6 +300,7 @@ class Config(_Strict):
     # derived, set by load_config
     source: str = Field(default="(defaults)", exclude=True)
     digest: str = Field(default="", exclude=True)
+    _catalogue: dict[str, Service] | None = PrivateAttr(default=None)
 
     def storage_url(self) -> str:
         if self.storage.url:
@@ -307,7 +309,13 @@ class Config(_Strict):
         return f"sqlite:///{data / 'blockwatch.db'}"
 
     def catalogue(self) -> dict[str, Service]:
-        """Built-in services plus the custom ones (a custom service may replace a built-in)."""
+        """Built-in services plus the custom ones (a custom service may replace a built-in).
+        Built once per config (a copy each call: callers may change theirs)."""
+        if self._catalogue is None:
+            self._catalogue = self._build_catalogue()
+        return dict(self._catalogue)
+
+    def _build_catalogue(self) -> dict[str, Service]:
         services = load_catalogue()
         for i, body in enumerate(self.services):
             name = body.get("name")

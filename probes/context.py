@@ -6,7 +6,6 @@ read files or environment variables themselves.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from probes.model import DNSObservation, Observation, Target
 from probes.pacing import Limits
 from probes.resolvers import ResolverSpec
-from probes.scope import Scope
+from probes.scope import Scope, is_ip
 
 if TYPE_CHECKING:
     from probes.dns import Resolutions
@@ -92,11 +91,7 @@ class ProbeContext:
         """The addresses of ``host`` (A and AAAA at the lookup resolver), from the sweep's
         shared queries; ``every_address=False`` for a fetch that goes, as browsers do, once
         one address family has answered (``probes.dns.lookup``)."""
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:
+        if is_ip(host):
             return Lookup((host,))
         if host in self.static_lookups:
             return self.static_lookups[host]

@@ -27,13 +27,16 @@ import hashlib
 import html
 import ipaddress
 import re
+import socket
 import ssl
 import typing
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
+import anyio.abc
 import httpcore
 import httpx
+from httpcore._backends.anyio import AnyIOStream  # what httpcore.AnyIOBackend returns
 
 from probes import pacing
 from probes.context import ProbeContext, ProbeResult
@@ -124,6 +127,31 @@ class ScopedStream(httpcore.AsyncNetworkStream):
         return self._inner.get_extra_info(info)
 
 
+async def _connect(address: str, port: int, limit: float | None,
+                   local: str | None) -> httpcore.AsyncNetworkStream:
+    """A TCP connection to an IP address, as httpcore's AnyIO backend makes one, without its
+    per-connection task group (it races the addresses of a name: we resolved and race them
+    ourselves), which costs more than the connection in a sweep of thousands."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if local:
+            sock.bind((local, 0))
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.get_running_loop().sock_connect(sock, (address, port))
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        return AnyIOStream(await anyio.abc.SocketStream.from_socket(sock))
+    except BaseException:
+        sock.close()
+        raise
+
+
 def _same_family(a: str, b: str) -> bool:
     return ipaddress.ip_address(a).version == ipaddress.ip_address(b).version
 
@@ -160,7 +188,7 @@ class ScopedBackend(httpcore.AsyncNetworkBackend):
         local = source if source and _same_family(source, address) else None
         slot = await self._ctx.limits.connection(address)
         try:
-            inner = await self._inner.connect_tcp(address, port, limit, local_address=local)
+            inner = await _connect(address, port, limit, local)
         except BaseException:
             slot.release()
             raise
@@ -185,6 +213,8 @@ class ScopedBackend(httpcore.AsyncNetworkBackend):
         previous one fails or has not connected within ``CONNECT_STAGGER_S``, so a dropped
         address (a blocked IPv4 beside a working IPv6, or the reverse) costs a quarter of a
         second, not a whole connect timeout. All fail: the first address's error is raised."""
+        if len(addresses) == 1:  # nothing to race
+            return await self._open(addresses[0], port, limit)
         tasks: list[asyncio.Task[ScopedStream]] = []
         try:
             for i, address in enumerate(addresses):
@@ -268,10 +298,11 @@ def _stream_io(stream: httpcore.AsyncNetworkStream) -> tuple[RecvExactly, Send]:
     return recv, send
 
 
-# --- the httpx transport over our own pool ----------------------------------------------------
+# --- requests over httpcore connections of our own ----------------------------------------------
 
-# httpx 0.28 has no public way to hand its transport a network backend, so this mirrors
-# httpx.AsyncHTTPTransport around a pool we build: httpcore errors become httpx errors.
+# httpx 0.28 has no public way to hand its transport a network backend, so requests go to an
+# httpcore connection we build, as httpx.AsyncHTTPTransport would: httpcore errors become httpx
+# errors.
 _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
     (httpcore.ReadTimeout, httpx.ReadTimeout),
@@ -298,8 +329,11 @@ def _reraise_mapped(exc: Exception) -> typing.NoReturn:
 
 
 class _Body(httpx.AsyncByteStream):
-    def __init__(self, stream: typing.AsyncIterable[bytes]) -> None:
-        self._stream = stream
+    """A response body whose end closes its connection (one connection per request)."""
+
+    def __init__(self, stream: typing.AsyncIterable[bytes],
+                 connection: httpcore.AsyncHTTPConnection) -> None:
+        self._stream, self._connection = stream, connection
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -309,54 +343,72 @@ class _Body(httpx.AsyncByteStream):
             _reraise_mapped(exc)
 
     async def aclose(self) -> None:
-        aclose = getattr(self._stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-class ScopedTransport(httpx.AsyncBaseTransport):
-    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
-        self._pool = pool
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
-                             port=request.url.port, target=request.url.raw_path),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
         try:
-            resp = await self._pool.handle_async_request(core)
-        except Exception as exc:
-            _reraise_mapped(exc)
-        assert isinstance(resp.stream, typing.AsyncIterable)
-        return httpx.Response(status_code=resp.status, headers=resp.headers,
-                              stream=_Body(resp.stream), extensions=resp.extensions)
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
+            aclose = getattr(self._stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            await self._connection.aclose()
 
 
-def client_for(ctx: ProbeContext, progress: Progress) -> httpx.AsyncClient:
-    """An httpx client whose every connection is resolved by ``ctx`` and scope-checked."""
-    pool = httpcore.AsyncConnectionPool(
-        ssl_context=ctx.ssl_context(verify=True),
+# the headers httpx's client sends by default, so that requests look as they always have
+_HEADERS = (("Accept", "*/*"), ("Accept-Encoding", "gzip, deflate"),
+            ("Connection", "keep-alive"))
+
+
+async def send(ctx: ProbeContext, progress: Progress, request: httpx.Request) -> httpx.Response:
+    """One request on a connection of its own, through ``ScopedBackend`` (no client and no
+    pool: a sweep sends thousands of requests, each measured from its own connection)."""
+    url = request.url
+    if url.scheme not in ("http", "https"):
+        raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol "
+                                        f"'{url.scheme}://'." if url.scheme else
+                                        "Request URL is missing an 'http://' or 'https://' "
+                                        "protocol.")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    connection = httpcore.AsyncHTTPConnection(
+        origin=httpcore.Origin(url.raw_scheme, url.raw_host, port),
+        # plain HTTP needs no TLS context (building the first one loads the CA store)
+        ssl_context=ctx.ssl_context(verify=True) if url.scheme == "https" else None,
         network_backend=ScopedBackend(ctx, progress),
-        # each request on a connection of its own: a redirect is measured like the first
-        # request, and no idle connection holds a slot of ours while the next one waits
-        max_keepalive_connections=0,
     )
-    t = ctx.timeouts
-    return httpx.AsyncClient(
-        transport=ScopedTransport(pool),
-        timeout=httpx.Timeout(connect=t.tcp, read=t.http, write=t.http, pool=t.http),
-        headers={"User-Agent": ctx.user_agent},
-        follow_redirects=False,
-        trust_env=False,
-    )
+    assert isinstance(request.stream, httpx.AsyncByteStream)
+    core = httpcore.Request(
+        method=request.method,
+        url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
+                         target=url.raw_path),
+        headers=request.headers.raw, content=request.stream, extensions=request.extensions)
+    try:
+        resp = await connection.handle_async_request(core)
+    except BaseException as exc:
+        await connection.aclose()
+        if isinstance(exc, Exception):
+            _reraise_mapped(exc)
+        raise
+    assert isinstance(resp.stream, typing.AsyncIterable)
+    return httpx.Response(status_code=resp.status, headers=resp.headers,
+                          stream=_Body(resp.stream, connection), extensions=resp.extensions,
+                          request=request)
+
+
+def redirect(request: httpx.Request, response: httpx.Response) -> httpx.Request | None:
+    """The GET a redirect leads to (as httpx's client builds it), or None."""
+    if not response.has_redirect_location:
+        return None
+    try:
+        url = httpx.URL(response.headers["Location"])
+    except httpx.InvalidURL as exc:
+        raise httpx.RemoteProtocolError(f"Invalid URL in location header: {exc}.",
+                                        request=request) from None
+    if url.scheme and not url.host:  # "http:///path": the same host
+        url = url.copy_with(host=request.url.host)
+    if url.is_relative_url:
+        url = request.url.join(url)
+    if request.url.fragment and not url.fragment:
+        url = url.copy_with(fragment=request.url.fragment)
+    headers = [(k, v) for k, v in request.headers.multi_items()
+               if k.lower() not in ("host", "cookie")]
+    return httpx.Request("GET", url, headers=headers, extensions=request.extensions)
 
 
 # --- the probe --------------------------------------------------------------------------------
@@ -416,20 +468,32 @@ class Fetch:
     failure: str | None = None
 
 
-async def fetch(client: httpx.AsyncClient, url: str, into: Fetch) -> None:
-    """Follow up to ``MAX_REDIRECTS`` redirects and read the final body, filling ``into``."""
-    request = client.build_request("GET", url)
-    while True:
-        response = await client.send(request, stream=True)
+async def fetch(ctx: ProbeContext, progress: Progress, url: str, into: Fetch) -> None:
+    """Follow up to ``MAX_REDIRECTS`` redirects and read the final body, filling ``into``.
+    Cookies set on the way are sent on (some sites redirect to themselves with one), and are
+    forgotten with the fetch."""
+    t = ctx.timeouts
+    request: httpx.Request | None = httpx.Request(
+        "GET", url, headers=[*_HEADERS, ("User-Agent", ctx.user_agent)],
+        extensions={"timeout": {"connect": t.tcp, "read": t.http, "write": t.http,
+                                "pool": t.http}})
+    cookies = httpx.Cookies()
+    while request is not None:
+        if cookies:
+            cookies.set_cookie_header(request)
+        response = await send(ctx, progress, request)
         into.response = response
         try:
-            if response.next_request is None:
+            if "set-cookie" in response.headers:
+                cookies.extract_cookies(response)
+            following = redirect(request, response)
+            if following is None:
                 into.body, into.truncated = await read_capped(response)
                 return
             if len(into.redirects) == MAX_REDIRECTS:
                 into.failure = TOO_MANY_REDIRECTS
                 return
-            request = response.next_request
+            request = following
             into.redirects.append(str(request.url))
         finally:
             await response.aclose()
@@ -478,9 +542,8 @@ class HTTPProbe:
         t = ctx.timeouts
         t0 = clock()
         try:
-            async with pacing.deadline(t.tcp + t.tls + t.http), \
-                    client_for(ctx, progress) as client:
-                await fetch(client, url, got)
+            async with pacing.deadline(t.tcp + t.tls + t.http):
+                await fetch(ctx, progress, url, got)
         except LookupFailed as exc:
             failure, operation = exc.failure, exc.operation
         except _EXPECTED as exc:

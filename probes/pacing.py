@@ -18,11 +18,13 @@ without being handed it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import resource
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 
 
 class Meter:
@@ -43,10 +45,11 @@ class Meter:
         self._deadlines: list[asyncio.Timeout] = []
         self.on_background: Callable[[], None] | None = None
 
-    @contextlib.contextmanager
-    def waiting(self, record: bool = True) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+    def waiting(self, record: bool = True) -> Waiting:
+        return Waiting(self, record)
+
+    def _enter(self, record: bool) -> None:
+        now = asyncio.get_running_loop().time()  # the clock of the deadlines it pauses
         if self._waiting == 0:
             self._pause(now)
         self._waiting += 1
@@ -54,17 +57,16 @@ class Meter:
             if self._recording == 0:
                 self._record_since = now
             self._recording += 1
-        try:
-            yield
-        finally:
-            now = loop.time()
-            if record:
-                self._recording -= 1
-                if self._recording == 0:
-                    self.queued += now - self._record_since
-            self._waiting -= 1
-            if self._waiting == 0:
-                self._resume(now)
+
+    def _exit(self, record: bool) -> None:
+        now = asyncio.get_running_loop().time()
+        if record:
+            self._recording -= 1
+            if self._recording == 0:
+                self.queued += now - self._record_since
+        self._waiting -= 1
+        if self._waiting == 0:
+            self._resume(now)
 
     def _pause(self, now: float) -> None:
         for t in self._deadlines:
@@ -79,18 +81,19 @@ class Meter:
             if not t.expired():
                 t.reschedule(now + max(0.0, remaining))
 
-    @contextlib.asynccontextmanager
-    async def deadline(self, seconds: float | None) -> AsyncIterator[asyncio.Timeout]:
+    def deadline(self, seconds: float | None) -> Deadline:
         """``asyncio.timeout(seconds)``, paused while this measurement waits for our limits."""
-        async with asyncio.timeout(seconds) as t:
-            self._deadlines.append(t)
-            if self._waiting:  # registered during a wait: paused from now
-                self._pause(asyncio.get_running_loop().time())
-            try:
-                yield t
-            finally:
-                self._deadlines.remove(t)
-                self._paused = [(p, r) for p, r in self._paused if p is not t]
+        return Deadline(seconds, self)
+
+    def _register(self, t: asyncio.Timeout) -> None:
+        self._deadlines.append(t)
+        if self._waiting:  # registered during a wait: paused from now
+            self._pause(asyncio.get_running_loop().time())
+
+    def _unregister(self, t: asyncio.Timeout) -> None:
+        self._deadlines.remove(t)
+        if self._paused:
+            self._paused = [(p, r) for p, r in self._paused if p is not t]
 
     def background(self) -> None:
         """The measurement only listens now (e.g. for late DNS answers): it no longer needs
@@ -100,49 +103,80 @@ class Meter:
             self.on_background = None
 
 
-_METER: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("blockwatch_meter",
+METER: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("blockwatch_meter",
                                                                      default=None)
 
 
 def current() -> Meter | None:
-    return _METER.get()
+    return METER.get()
 
 
 @contextlib.contextmanager
 def metering(meter: Meter) -> Iterator[Meter]:
-    token = _METER.set(meter)
+    token = METER.set(meter)
     try:
         yield meter
     finally:
-        _METER.reset(token)
+        METER.reset(token)
 
 
-@contextlib.contextmanager
-def waiting(record: bool = True) -> Iterator[None]:
+class Waiting:
+    """A wait of our own making, as a context manager (a class, not a generator: a sweep
+    enters thousands a second)."""
+
+    __slots__ = ("_meter", "_record")
+
+    def __init__(self, meter: Meter | None, record: bool) -> None:
+        self._meter, self._record = meter, record
+
+    def __enter__(self) -> None:
+        if self._meter is not None:
+            self._meter._enter(self._record)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._meter is not None:
+            self._meter._exit(self._record)
+
+
+def waiting(record: bool = True) -> Waiting:
     """Mark a wait of our own making (a limit) for the current measurement: its deadlines are
     paused, and the time counts as queued unless ``record`` is False (a shared DNS answer)."""
-    meter = _METER.get()
-    if meter is None:
-        yield
-        return
-    with meter.waiting(record):
-        yield
+    return Waiting(METER.get(), record)
 
 
-@contextlib.asynccontextmanager
-async def deadline(seconds: float | None) -> AsyncIterator[None]:
+class Deadline:
+    """``asyncio.timeout(seconds)`` registered with a meter, which pauses it while its
+    measurement waits for our limits. A class, not a generator: thousands are made a second."""
+
+    __slots__ = ("_meter", "_seconds", "_timeout")
+
+    def __init__(self, seconds: float | None, meter: Meter | None) -> None:
+        self._seconds, self._meter = seconds, meter
+        self._timeout: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> asyncio.Timeout:
+        t = self._timeout = asyncio.timeout(self._seconds)
+        await t.__aenter__()
+        if self._meter is not None:
+            self._meter._register(t)
+        return t
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        t = self._timeout
+        assert t is not None
+        if self._meter is not None:
+            self._meter._unregister(t)
+        await t.__aexit__(kind, exc, tb)  # raises TimeoutError if it expired
+
+
+def deadline(seconds: float | None) -> Deadline:
     """A timeout that measures the network only: paused while the measurement queues."""
-    meter = _METER.get()
-    if meter is None:
-        async with asyncio.timeout(seconds):
-            yield
-        return
-    async with meter.deadline(seconds):
-        yield
+    return Deadline(seconds, METER.get())
 
 
 def background() -> None:
-    meter = _METER.get()
+    meter = METER.get()
     if meter is not None:
         meter.background()
 
@@ -173,7 +207,11 @@ class Limiter:
     current measurement's queue time. ``permits <= 0`` means no bound on holders."""
 
     def __init__(self, permits: int, per_second: float = 0.0) -> None:
-        self._sem = asyncio.Semaphore(permits) if permits > 0 else None
+        # free permits (None: no bound) and the waiters, first come first served: a FIFO of
+        # futures rather than asyncio.Semaphore, whose locked() walks every waiter (thousands
+        # wait in a large sweep)
+        self._free: int | None = permits if permits > 0 else None
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._users = 0  # holding a permit or waiting for one
         self._rate = per_second
         self._tokens = max(1.0, per_second)
@@ -181,15 +219,11 @@ class Limiter:
 
     async def acquire(self) -> Slot:
         self._users += 1
-        try:
-            if self._sem is not None and self._sem.locked():
-                with waiting():
-                    await self._sem.acquire()
-            elif self._sem is not None:
-                await self._sem.acquire()
-        except BaseException:
-            self._users -= 1
-            raise
+        if self._free is not None:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+            else:
+                await self._wait()
         try:
             if self._rate > 0:
                 await self._take_token()
@@ -198,10 +232,31 @@ class Limiter:
             raise
         return Slot(self._release)
 
+    async def _wait(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            with waiting():
+                await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a permit as we were cancelled: hand it on
+            else:
+                self._users -= 1
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
     def _release(self) -> None:
         self._users -= 1
-        if self._sem is not None:
-            self._sem.release()
+        if self._free is None:
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the permit goes to the first waiter
+                return
+        self._free += 1
 
     async def _take_token(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,30 +1,50 @@
-"""The probe registry: a new probe is one module plus one line here."""
+"""The probe registry: a new probe is one module plus one line here.
+
+Probes are imported when a sweep first asks for one, so that a sweep of web targets does not
+load the VPN and raw-packet probes (and their libraries) it never uses.
+"""
 
 from __future__ import annotations
 
-from probes.context import Probe
-from probes.dns import DNSProbe
-from probes.http import HTTPProbe
-from probes.ikev2 import IKEv2Probe
-from probes.l2tp import L2TPProbe
-from probes.openvpn import OpenVPNProbe
-from probes.pptp import PPTPProbe
-from probes.tcp import TCPProbe
-from probes.tls import TLSProbe
-from probes.tor import TorProbe
-from probes.trace import TraceProbe
-from probes.wireguard import WireGuardProbe
+import importlib
+from collections.abc import Iterator, Mapping
 
-PROBES: dict[str, Probe] = {
-    "dns": DNSProbe(),
-    "tcp": TCPProbe(),
-    "tls": TLSProbe(),
-    "http": HTTPProbe(),
-    "openvpn": OpenVPNProbe(),
-    "ikev2": IKEv2Probe(),
-    "wireguard": WireGuardProbe(),
-    "pptp": PPTPProbe(),
-    "l2tp": L2TPProbe(),
-    "tor": TorProbe(),
-    "trace": TraceProbe(),
+from probes.context import Probe
+
+# probe name -> (module, class)
+REGISTRY: dict[str, tuple[str, str]] = {
+    "dns": ("probes.dns", "DNSProbe"),
+    "tcp": ("probes.tcp", "TCPProbe"),
+    "tls": ("probes.tls", "TLSProbe"),
+    "http": ("probes.http", "HTTPProbe"),
+    "openvpn": ("probes.openvpn", "OpenVPNProbe"),
+    "ikev2": ("probes.ikev2", "IKEv2Probe"),
+    "wireguard": ("probes.wireguard", "WireGuardProbe"),
+    "pptp": ("probes.pptp", "PPTPProbe"),
+    "l2tp": ("probes.l2tp", "L2TPProbe"),
+    "tor": ("probes.tor", "TorProbe"),
+    "trace": ("probes.trace", "TraceProbe"),
 }
+
+
+class _Probes(Mapping[str, Probe]):
+    """Probe instances by name, each made on first use."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, Probe] = {}
+
+    def __getitem__(self, name: str) -> Probe:
+        found = self._made.get(name)
+        if found is None:
+            module, cls = REGISTRY[name]
+            found = self._made[name] = getattr(importlib.import_module(module), cls)()
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+PROBES: Mapping[str, Probe] = _Probes()

@@ -11,8 +11,8 @@ measurement's ``queued_s``.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import time
-import uuid
 from collections.abc import Callable
 
 from probes import pacing
@@ -22,12 +22,15 @@ from probes.model import Measurement, Observation, Target
 
 
 def new_id() -> str:
-    """A time-ordered id (UUIDv7 layout), so ids sort by creation time in the database."""
+    """A time-ordered id (UUIDv7 layout), so ids sort by creation time in the database. Its 74
+    random bits need to be unique, not secret: Python's generator (seeded from the OS when it
+    is imported) gives them without a system call per id."""
     ms = time.time_ns() // 1_000_000
-    rand = uuid.uuid4().int & ((1 << 74) - 1)
+    rand = random.getrandbits(74)
     value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62)
     value |= rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # uuid.UUID's text form, without building a UUID
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def deadline_for(ctx: ProbeContext) -> float:
@@ -49,10 +52,10 @@ async def run_probe(
     operation: str | None
     meter = pacing.Meter()
     meter.on_background = on_background
+    token = pacing.METER.set(meter)
     try:
-        with pacing.metering(meter):
-            async with meter.deadline(deadline_for(ctx)):
-                result = await probe.observe(target, ctx)
+        async with meter.deadline(deadline_for(ctx)):
+            result = await probe.observe(target, ctx)
         observations, failure, operation = result.observations, result.failure, result.operation
     except TimeoutError:
         failure, operation = GENERIC_TIMEOUT, "probe_deadline"
@@ -61,6 +64,8 @@ async def run_probe(
         if not failure.startswith("unknown_failure"):
             failure = unknown(f"{type(exc).__name__}: {failure}")
         operation = "probe"
+    finally:
+        pacing.METER.reset(token)
     return Measurement(
         id=new_id(),
         run_id=run_id,

@@ -7,13 +7,16 @@ on a home network are often private addresses). The check happens before any soc
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
+@functools.lru_cache(maxsize=65536)
 def is_ip(text: str) -> bool:
-    """True if ``text`` is an IPv4 or IPv6 address literal (a ``%zone`` suffix allowed)."""
+    """True if ``text`` is an IPv4 or IPv6 address literal (a ``%zone`` suffix allowed).
+    Cached: a sweep asks it of the same names and addresses again and again."""
     try:
         ipaddress.ip_address(text.split("%")[0])
     except ValueError:
@@ -65,6 +68,8 @@ class Scope:
     networks: tuple[IPNetwork, ...] = ()
     public: bool = False
     resolvers: tuple[str, ...] = ()
+    # answers already given, by address (a sweep checks the same addresses many times)
+    _seen: dict[str, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
     def from_entries(cls, entries: Iterable[str]) -> Scope:
@@ -87,6 +92,14 @@ class Scope:
         return cls.from_entries(["127.0.0.0/8", "::1/128"])
 
     def allows(self, address: str) -> bool:
+        found = self._seen.get(address)
+        if found is None:
+            found = self._allows(address)
+            if len(self._seen) < 65536:
+                self._seen[address] = found
+        return found
+
+    def _allows(self, address: str) -> bool:
         try:
             ip: IPAddress = ipaddress.ip_address(address.split("%")[0])
         except ValueError:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import time
 from dataclasses import dataclass
 
@@ -167,6 +168,35 @@ def first_failure(attempts: list[Dialed]) -> tuple[str | None, str | None]:
     return attempts[0].observation.failure, attempts[0].operation
 
 
+async def connect_only(ctx: ProbeContext, route: Route, clock: Clock) -> Dialed:
+    """Connect and close at once: the TCP probe needs no streams, so a direct route gets a bare
+    socket (a sweep makes thousands of these connections)."""
+    if route.proxy is not None:
+        dialed = await dial(ctx, route, clock)
+        await close(dialed)
+        return dialed
+    if not ctx.scope.allows(route.address):
+        return await dial(ctx, route, clock)  # refused by the scope, recorded there
+    slot = await ctx.limits.connection(route.address)
+    t0 = clock()
+    family = socket.AF_INET6 if ":" in route.address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            local = _local_addr(ctx, route.address)
+            if local is not None:
+                sock.bind(local)
+            async with asyncio.timeout(ctx.timeouts.tcp):
+                await asyncio.get_running_loop().sock_connect(sock, (route.address, route.port))
+    except (OSError, TimeoutError) as exc:
+        observation = TCPObservation(address=route.address, port=route.port, t0=t0, t=clock(),
+                                     failure=classify(exc))
+        return Dialed(observation, None, "connect")
+    finally:
+        slot.release()
+    return Dialed(TCPObservation(address=route.address, port=route.port, t0=t0, t=clock()))
+
+
 class TCPProbe:
     """Can each address of the endpoint be connected to?"""
 
@@ -180,8 +210,11 @@ class TCPProbe:
         found = await plan(target.host, target.port, ctx)
         if not found.routes:
             return ProbeResult(found.dns, found.failure, found.operation)
-        attempts = list(await asyncio.gather(*(dial(ctx, r, clock) for r in found.routes)))
-        await asyncio.gather(*(close(a) for a in attempts))
+        if len(found.routes) == 1:
+            attempts = [await connect_only(ctx, found.routes[0], clock)]
+        else:
+            attempts = list(await asyncio.gather(*(connect_only(ctx, r, clock)
+                                                   for r in found.routes)))
         failure, operation = first_failure(attempts)
         observations: tuple[Observation, ...] = (*found.dns, *(a.observation for a in attempts))
         return ProbeResult(observations, failure, operation)

@@ -17,7 +17,6 @@ from probes.model import (
     Target,
     Verdict,
     observation_from_dict,
-    observation_to_dict,
 )
 from storage.tables import RunRow, VerdictRow
 from storage.types import ensure_utc, format_utc
@@ -73,7 +72,8 @@ def measurement_to_row(m: Measurement) -> dict[str, Any]:
         "queued_s": m.queued_s,
         "failure": m.failure,
         "failed_operation": m.failed_operation,
-        "observations": [observation_to_dict(o) for o in m.observations],
+        # the observations themselves: storage.db's JSON serializer writes dataclasses
+        "observations": list(m.observations),
     }
 
 

@@ -18,8 +18,6 @@ usable from one thread at a time.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import sqlite3
 import time
@@ -34,13 +32,11 @@ from sqlalchemy.pool import StaticPool
 from storage import migrate
 from storage.errors import StorageError, describe, hide_password
 from storage.store import Store
+from storage.types import json_text
 
 BUSY_TIMEOUT_MS = 5000
 
 # Compact JSON keeps observation columns small; UTF-8 stays readable in the sqlite3 shell.
-_json = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
-
-
 def open_store(url: str) -> Store:
     """Open (creating or upgrading as needed) the database at ``url``."""
     where = hide_password(url)
@@ -60,7 +56,7 @@ def create_engine_for(url: str) -> Engine:
     """An engine for ``url`` with blockwatch's connection settings (no connection made yet)."""
     where = hide_password(url)
     parsed = parse_url(url)
-    kwargs: dict[str, Any] = {"json_serializer": _json}
+    kwargs: dict[str, Any] = {"json_serializer": json_text}
     if parsed.get_backend_name() == "sqlite":
         if _is_memory(parsed):
             kwargs |= {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}

@@ -18,16 +18,18 @@ For developers, ``alembic_config(url)`` drives the Alembic commands, e.g.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from storage.errors import StorageError
+from storage.migrations import HEAD
 from storage.tables import Base
+
+if TYPE_CHECKING:  # Alembic is imported only when a database is not at HEAD already
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 IMMEDIATE = "blockwatch_begin_immediate"  # execution option read by storage.db's BEGIN hook
@@ -35,6 +37,8 @@ _PG_LOCK = 0x626C6B77  # "blkw": the advisory lock id serialising migrations on 
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
@@ -46,22 +50,44 @@ def alembic_config(url: str | None = None, connection: Connection | None = None)
 
 
 def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     return {s.revision for s in script.walk_revisions()}
 
 
 def head() -> str:
+    from alembic.script import ScriptDirectory
+
     rev = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert rev is not None
     return rev
 
 
 def current(conn: Connection) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
     return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def _at_head(engine: Engine) -> bool:
+    """The database is stamped with this software's HEAD, and nothing else (one SELECT, no
+    Alembic: most opens of a database find it so)."""
+    try:
+        with engine.connect() as conn:
+            found = {row[0] for row in conn.exec_driver_sql(
+                "SELECT version_num FROM alembic_version")}
+    except SQLAlchemyError:  # no such table yet, or a database that is no database
+        return False
+    return found == {HEAD}
 
 
 def upgrade(engine: Engine, where: str) -> None:
     """Migrate the database behind ``engine`` to head (``where`` names it in errors)."""
+    if _at_head(engine):
+        return
+    from alembic import command
+
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as conn:
         if sqlite:

@@ -17,15 +17,32 @@ migration that rewrites the data.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, DateTime, Dialect, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from probes.model import plain
+
 SQLITE_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+_dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_text(value: Any) -> str:
+    """JSON text of a column value; dataclasses (observations) are written as objects of their
+    fields. orjson does it natively, thousands of measurements a second without making the
+    sweep wait; anything it refuses (a lone surrogate in a string) takes the standard
+    library's way."""
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return _dumps(plain(value))
 
 
 def ensure_utc(value: dt.datetime, what: str = "datetime") -> dt.datetime:
@@ -36,8 +53,11 @@ def ensure_utc(value: dt.datetime, what: str = "datetime") -> dt.datetime:
 
 
 def format_utc(value: dt.datetime) -> str:
-    """Fixed-width ISO 8601 UTC with a ``Z``: the SQLite storage and the export format."""
-    return ensure_utc(value).strftime(SQLITE_FORMAT)
+    """Fixed-width ISO 8601 UTC with a ``Z`` (``SQLITE_FORMAT``): the SQLite storage and the
+    export format. ``isoformat`` rather than ``strftime``: the same text at a fraction of the
+    cost, and four-digit years even before 1000."""
+    utc = value if value.tzinfo is dt.UTC else ensure_utc(value)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_utc(text: str) -> dt.datetime:

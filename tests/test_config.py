@@ -170,3 +170,43 @@ def test_example_schedules_parse_when_uncommented() -> None:
     assert [(g.name, g.every, g.cron) for g in cfg.schedules] == [
         ("messaging", 3600.0, None), ("nightly-all", None, "30 2 * * *")]
     assert load_config(ROOT / "config.example.toml").consent is False
+
+
+def test_which_services_a_run_measures(tmp_path: Path) -> None:
+    from probes.catalogue import load_catalogue
+
+    catalogue = set(load_catalogue())
+    listed = tmp_path / "lists" / "mine.csv"
+    listed.parent.mkdir()
+    listed.write_text("url,category_code\nhttps://a.example/,NEWS\nhttps://b.example/,HUMR\n")
+    cfg_path = tmp_path / "bw.toml"
+
+    def run_services(text: str, names: list[str] | None = None) -> set[str]:
+        cfg_path.write_text(text)
+        cfg = load_config(cfg_path)
+        return {s.name for s in cfg.selected_services(names, cfg.input_services(
+            cfg.input_lists()))}
+
+    # unset: the whole catalogue, unless test lists give the run its targets
+    assert run_services("") == catalogue
+    with_list = '[inputs]\nfiles = ["lists/mine.csv"]\n'  # relative to the config file
+    assert run_services(with_list) == {"https://a.example/", "https://b.example/"}
+    assert run_services(with_list + 'categories = ["NEWS"]\n') == {"https://a.example/"}
+    # [] means none; ["all"] every one; names add to the lists' URLs
+    assert run_services('[probes]\nservices = ["all"]\n') == catalogue
+    assert run_services(with_list + '[probes]\nservices = ["line"]\n') == {
+        "line", "https://a.example/", "https://b.example/"}
+    assert run_services(with_list + "[probes]\nservices = []\n") == {
+        "https://a.example/", "https://b.example/"}
+    with pytest.raises(ConfigError, match="nothing to measure"):
+        run_services("[probes]\nservices = []\n")
+    with pytest.raises(ConfigError, match="unknown service 'nope'"):
+        run_services("", ["nope"])
+
+
+def test_a_missing_test_list_is_named(tmp_path: Path) -> None:
+    from blockwatch.inputs import InputError
+
+    cfg = parse_config('[inputs]\nfiles = ["/nonexistent/list.txt"]\n', "my.toml")
+    with pytest.raises(InputError, match=r"/nonexistent/list\.txt: cannot read"):
+        cfg.input_lists()

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.rcode
+import dns.rdatatype
 import pytest
 import trustme
 from dns_server import Behaviour, DNSServer
@@ -597,3 +599,84 @@ async def test_injection_verdict_names_the_differing_ip_ttls(server: DNSServer) 
     verdict, rule, evidence = _judge_silent(m)  # any measurement: judged by its own rules
     assert (verdict, rule) == ("dns_blocked", "dns.injection.multiple_responses")
     assert "IP TTL 33/64" in evidence
+
+
+# --- the plain-answer fast path agrees with dnspython -------------------------------------------
+
+
+def _dnspython_view(data: bytes, q: object) -> object:
+    """What the probe records of these bytes when dnspython reads them."""
+    import dns.message as message
+
+    try:
+        msg = message.from_wire(data)
+    except Exception:
+        return "malformed"
+    if not q.is_response(msg):  # type: ignore[attr-defined]
+        return "not ours"
+    return tuple((dns.rdatatype.to_text(rrset.rdtype), rd.to_text(), rrset.ttl)
+                 for rrset in msg.answer for rd in rrset), dns.rcode.to_text(msg.rcode())
+
+
+def test_the_plain_answer_fast_path_reads_what_dnspython_reads() -> None:
+    import random
+
+    import dns.message as message
+    import dns.rrset
+
+    from probes.dns import Query, _plain_answer
+
+    rng = random.Random(11)
+    v6 = ["::", "::1", "::ffff:1.2.3.4", "::1.2.3.4", "1:0:0:1:0:0:0:1", "2001:db8::",
+          "fe80::1:0:0:0", "1::", "0:0:1::", "2001:db8:0:1:1:1:1:1", "ffff::ffff:0:0"]
+    checked = fast = 0
+    for _ in range(4000):
+        qtype = rng.choice(["A", "AAAA"])
+        name = rng.choice(["a.example", "Mixed.Case.TEST", "x" * 63 + ".test"])
+        q = Query.make(name, qtype)
+        query = message.from_wire(q.wire)
+        resp = message.make_response(query)
+        resp.set_rcode(rng.choice([0, 0, 0, 2, 3, 5]))
+        for _ in range(rng.randrange(0, 5)):
+            if qtype == "A":
+                value = ".".join(str(rng.randrange(256)) for _ in range(4))
+            else:
+                random_v6 = ":".join(f"{rng.choice([0, rng.randrange(65536)]):x}"
+                                     for _ in range(8))
+                value = rng.choice([*v6, random_v6])
+            value = rng.choice([value, value])  # duplicates happen
+            resp.answer.append(dns.rrset.from_text(name + ".", rng.choice([0, 60, 300, 300]),
+                                                   "IN", qtype, value))
+        if rng.random() < 0.1:
+            resp.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "CNAME", "other.example."))
+        wire = bytearray(resp.to_wire())
+        for _ in range(rng.choice([0, 0, 1, 3])):  # mangle a byte, cut, or add junk
+            choice = rng.random()
+            if choice < 0.6 and wire:
+                wire[rng.randrange(len(wire))] = rng.randrange(256)
+            elif choice < 0.8 and wire:
+                del wire[rng.randrange(len(wire)):]
+            else:
+                wire += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
+        data = bytes(wire)
+        got = _plain_answer(data, q)
+        checked += 1
+        if got is None:
+            continue  # dnspython reads it: the slow path, already tested above
+        fast += 1
+        answers = tuple((a.rtype, a.value, a.ttl) for a in got)
+        rcode = dns.rcode.to_text(dns.rcode.from_flags(int.from_bytes(data[2:4], "big"), 0))
+        assert (answers, rcode) == _dnspython_view(data, q), data.hex()
+    assert checked == 4000 and fast > 1500  # the common case takes the fast path
+
+
+async def test_a_consumer_cancelled_does_not_cancel_the_shared_query(server: DNSServer) -> None:
+    server.names["slow.test"] = Behaviour(addresses=("127.0.0.2",), delay=0.2)
+    ctx = context(timeout=2.0, lookup_resolver=parse_resolver(server.udp))
+    impatient = asyncio.create_task(ctx.lookup("slow.test"))
+    patient = asyncio.create_task(ctx.lookup("slow.test"))
+    await asyncio.sleep(0.05)
+    impatient.cancel()  # e.g. its measurement's deadline
+    found = await asyncio.wait_for(patient, 2.0)
+    assert found.addresses == ("127.0.0.2",)
+    assert server.count("slow.test", "A") == 1  # still one query, answered for the other

@@ -89,3 +89,23 @@ def test_the_socket_budget_follows_the_open_files_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert soft == hard or hard == resource.RLIM_INFINITY
     assert budget == max(16, soft - pacing.RESERVED_FDS)
+
+
+async def test_a_cancelled_waiter_never_keeps_a_permit() -> None:
+    limiter = Limiter(1)
+    held = await limiter.acquire()
+    first = asyncio.create_task(limiter.acquire())
+    second = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.01)
+    first.cancel()  # cancelled while waiting
+    held.release()
+    got = await asyncio.wait_for(second, 1.0)
+    assert first.cancelled()
+    # granted and cancelled in the same instant: the permit goes on to the next waiter
+    third = asyncio.create_task(limiter.acquire())
+    fourth = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.01)
+    got.release()  # hands the permit to third ...
+    third.cancel()  # ... which is cancelled before it resumes
+    (await asyncio.wait_for(fourth, 1.0)).release()
+    assert limiter.idle()

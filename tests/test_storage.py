@@ -308,6 +308,12 @@ def test_plain_path_creates_directories(tmp_path: Path) -> None:
     assert path.is_file()
 
 
+def test_head_names_the_newest_migration() -> None:
+    from storage.migrations import HEAD
+
+    assert head() == HEAD  # a database at HEAD opens without Alembic: the two must agree
+
+
 def test_migrations_match_the_orm(store: Store) -> None:
     with store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
