@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -32,6 +33,7 @@ EXIT_LOCKED, EXIT_MAX_RUNTIME, EXIT_NO_CONSENT = 5, 6, 7
 # storage.export.FORMATS, named here so that building the parser needs no database code
 # (tests/test_cli.py checks that the two agree)
 EXPORT_FORMATS = ("csv", "jsonl", "ooni", "parquet")
+SUMMARY_ROWS = 40  # beyond this many services, the summary lists only those not ok
 log = logging.getLogger("blockwatch")
 
 
@@ -379,19 +381,30 @@ async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any
 def _print_summary(outcome: Any, out: TextIO) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(file=out, soft_wrap=False, width=max(100, Console(file=out).width))
     run = outcome.run
-    table = Table(title=f"run {run.id}  vantage {run.vantage}  {run.status}")
+    services = [v for v in outcome.verdicts if v.measurement_id is None]
+    shown = services
+    if len(services) > SUMMARY_ROWS:  # a test list: what needs a look, worst first
+        order = {"blocked": 0, "partial": 1, "down": 2, "inconclusive": 3, "error": 4}
+        shown = sorted((v for v in services if v.verdict != "ok"),
+                       key=lambda v: order.get(v.verdict, 5))[:SUMMARY_ROWS]
+    table = Table(title=Text(f"run {run.id}  vantage {run.vantage}  {run.status}"))
     for col in ("service", "verdict", "layer", "evidence"):
         table.add_column(col)
     style = {"ok": "green", "blocked": "bold red", "partial": "red", "down": "yellow",
              "inconclusive": "yellow", "network_unavailable": "magenta"}
-    for v in outcome.verdicts:
-        if v.measurement_id is None:
-            table.add_row(v.service, f"[{style.get(v.verdict, '')}]{v.verdict}",
-                          v.layer or "", v.evidence[:70])
+    for v in shown:  # names (URLs of a test list) and evidence are data, never markup
+        table.add_row(Text(v.service), Text(v.verdict, style=style.get(v.verdict, "")),
+                      Text(v.layer or ""), Text(v.evidence[:70]))
     console.print(table)
+    if len(shown) < len(services):
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(
+            Counter(v.verdict for v in services).items()))
+        console.print(Text(f"{len(services)} services ({counts}); the first {len(shown)} not "
+                           "ok are shown"))
     console.print(f"{outcome.count} measurements stored; "
                   f"details: blockwatch show {run.id[:13]}")
 
@@ -402,6 +415,7 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     cfg = load_config(args.config)
     with _store(cfg) as store:
@@ -409,10 +423,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     table = Table(title=f"{len(runs)} most recent runs")
     for col in ("run", "started (UTC)", "vantage", "group", "status", "duration", "summary"):
         table.add_column(col)
-    for r in runs:
+    for r in runs:  # stored text (names, summaries of test-list URLs) is data, never markup
         dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
-        table.add_row(r.id[:13], r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.vantage,
-                      r.group or "", r.status, dur, _one_line(r.summary))
+        table.add_row(*(Text(c) for c in (
+            r.id[:13], r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.vantage, r.group or "",
+            r.status, dur, _one_line(r.summary))))
     Console(width=140).print(table)
     return EXIT_OK
 
@@ -429,6 +444,7 @@ def _one_line(summary: dict[str, Any]) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     cfg = load_config(args.config)
     with _store(cfg) as store:
@@ -438,23 +454,26 @@ def cmd_show(args: argparse.Namespace) -> int:
         verdicts = store.verdicts(run_id=run.id)
         rows = list(store.export_rows(run_id=run.id))
     console = Console(width=160)
-    console.print(f"[bold]run {run.id}[/]  vantage {run.vantage}"
-                  f"{' (' + run.country + ')' if run.country else ''}  status {run.status}")
-    console.print(f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
-                  f"  baseline {run.baseline.get('status', '?')}  {_one_line(run.summary)}")
+    console.print(Text(f"run {run.id}", style="bold") + Text(
+        f"  vantage {run.vantage}{' (' + run.country + ')' if run.country else ''}  "
+        f"status {run.status}"))
+    console.print(Text(f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
+                       f"  baseline {run.baseline.get('status', '?')}  {_one_line(run.summary)}"))
     services = Table(title="services")
     for col in ("service", "verdict", "layer", "rule", "evidence"):
         services.add_column(col)
     for v in verdicts:
         if v.measurement_id is None:
-            services.add_row(v.service, v.verdict, v.layer or "", v.rule_id, v.evidence[:60])
+            services.add_row(*(Text(c) for c in (v.service, v.verdict, v.layer or "",
+                                                 v.rule_id, v.evidence[:60])))
     console.print(services)
     ms = Table(title="measurements")
     for col in ("service", "probe", "target", "time", "failure", "verdict", "rule"):
         ms.add_column(col)
     for r in rows:
-        ms.add_row(r["service"], r["probe"], r["target"][:50], f"{r['runtime_s']:.2f}s",
-                   (r["failure"] or "")[:40], r["verdict"] or "", r["rule_id"] or "")
+        ms.add_row(*(Text(c) for c in (r["service"], r["probe"], r["target"][:50],
+                                       f"{r['runtime_s']:.2f}s", (r["failure"] or "")[:40],
+                                       r["verdict"] or "", r["rule_id"] or "")))
     console.print(ms)
     return EXIT_OK
 

@@ -213,3 +213,19 @@ def test_the_parsers_export_formats_are_storages() -> None:
     from storage.export import FORMATS
 
     assert sorted(EXPORT_FORMATS) == sorted(FORMATS)
+
+
+async def test_urls_that_look_like_markup_are_shown_as_they_are(tmp_path: Path) -> None:
+    # a test list is text from anywhere: a URL with rich markup in it is data in every table
+    listed = tmp_path / "list.txt"
+    listed.write_text("http://127.0.0.1:9/[bold]x[/bold]\nhttp://127.0.0.1:9/[/oops]\n")
+    cfg = _config(tmp_path / "c.toml", tmp_path / "r.db", "udp://127.0.0.1:9", 9)
+    done = await blockwatch("run", "--config", str(cfg), "--input-file", str(listed), "--yes")
+    assert done.code == 0, done.err
+    assert "http://127.0.0.1:9/[bold]x[/bold]" in done.out and "[/oops]" in done.out
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        (run_id,), = conn.execute("SELECT id FROM runs")
+    shown = await blockwatch("show", "--config", str(cfg), run_id[:13])
+    assert shown.code == 0 and "[bold]x[/bold]" in shown.out, shown.err
+    listed_runs = await blockwatch("runs", "--config", str(cfg))
+    assert listed_runs.code == 0, listed_runs.err
