@@ -71,6 +71,8 @@ def _data_options(p: argparse.ArgumentParser,
     common(p)
     p.add_argument("--db", metavar="URL", help="database URL or SQLite path (default: config)")
     p.add_argument("-s", "--service", action="append", metavar="NAME")
+    p.add_argument("--category", action="append", metavar="CODE",
+                   help="only services of this category, e.g. a test list's NEWS (repeatable)")
     p.add_argument("--vantage", action="append", metavar="NAME")
     p.add_argument("--since", type=_parse_since, metavar="DATE")
     p.add_argument("--until", type=_parse_since, metavar="DATE")
@@ -106,7 +108,7 @@ def _filters(args: argparse.Namespace) -> Any:
     from storage.queries import Filters
 
     return Filters(services=args.service, vantages=args.vantage, since=args.since,
-                   until=args.until)
+                   until=args.until, categories=args.category)
 
 
 def _min_sweeps(args: argparse.Namespace) -> int:

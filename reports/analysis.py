@@ -37,7 +37,7 @@ def comparison(store: Store, events: Iterable[Event],
     if results is None:
         services = sorted({e.service for e in wanted})
         narrowed = Filters(services=services, vantages=filters.vantages, since=filters.since,
-                           until=filters.until)
+                           until=filters.until, categories=filters.categories)
         results = change_points(store, narrowed, min_sweeps) if services else []
     known = countries(store)
     if filters.vantages:

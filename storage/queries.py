@@ -108,6 +108,8 @@ class Filters:
     vantages: Sequence[str] | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    # services whose measurements carry one of these categories (a test list's codes: NEWS)
+    categories: Sequence[str] | None = None
 
 
 NO_FILTERS = Filters()
@@ -125,6 +127,10 @@ def _current_service_verdicts(f: Filters) -> Any:
         v.measurement_id.is_(None), ~superseded)
     if f.services:
         stmt = stmt.where(v.service.in_(list(f.services)))
+    if f.categories:
+        m = MeasurementRow
+        stmt = stmt.where(v.service.in_(select(m.service).where(
+            m.category.in_(list(f.categories))).distinct()))
     if f.vantages:
         stmt = stmt.where(r.vantage.in_(list(f.vantages)))
     if f.since is not None:
@@ -190,6 +196,8 @@ def layer_counts(store: Store, filters: Filters = NO_FILTERS) -> list[LayerCount
             .order_by(m.service, m.vantage, m.probe, v.verdict))
     if filters.services:
         stmt = stmt.where(m.service.in_(list(filters.services)))
+    if filters.categories:
+        stmt = stmt.where(m.category.in_(list(filters.categories)))
     if filters.vantages:
         stmt = stmt.where(m.vantage.in_(list(filters.vantages)))
     if filters.since is not None:

@@ -140,6 +140,11 @@ def test_a_thousand_url_list_runs_end_to_end(servers: tuple[DNSServer, int], tmp
     report = _run("report", "timeline", "--config", str(cfg), "--format", "json")
     assert report.returncode == 0, report.stderr
     assert len({r["service"] for r in json.loads(report.stdout)}) == N
+    if fmt == "csv":  # grouped by the list's categories
+        news = _run("report", "timeline", "--config", str(cfg), "--format", "json",
+                    "--category", "NEWS")
+        assert news.returncode == 0, news.stderr
+        assert {r["service"] for r in json.loads(news.stdout)} == set(urls[::4])
 
 
 BAD = {
