@@ -105,9 +105,14 @@ class ProbeContext:
         return replace(self, limits=self.limits.fresh(), _resolutions=None, cache={})
 
     async def aclose(self) -> None:
-        """End what the sweep left running (queries still listening for late answers)."""
+        """End what the sweep left running (queries still listening for late answers, kept
+        connections to resolvers)."""
         if self._resolutions is not None:
             await self._resolutions.aclose()
+        from probes.dns import close_connections
+
+        for closing in close_connections(self):
+            await closing
 
 
 @dataclass(frozen=True, slots=True)

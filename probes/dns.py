@@ -29,6 +29,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import ipaddress
@@ -773,32 +774,102 @@ async def _stream(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
 
     asyncio streams rather than ``dns.asyncquery.tcp``/``tls`` so that the raw bytes reach the
     same parser as UDP: a garbage reply is recorded with its header instead of raising.
-    TCP retransmits a lost segment itself; a query that timed out is confirmed on a new
-    connection by ``SharedQuery`` (a reset or a refusal is an answer of its own).
+    Connections are kept and reused for the next query to the same resolver (as RFC 7858 asks
+    of clients: a sweep of a thousand names would otherwise make two thousand TLS handshakes
+    with each control resolver); a kept connection the server has closed meanwhile is replaced
+    once, at no cost to the query's timeout. TCP retransmits a lost segment itself; a query
+    that timed out is confirmed by ``SharedQuery`` (a reset or a refusal is an answer).
     """
-    tls = where.transport == "tls"
-    loop = asyncio.get_running_loop()
-    local = (ctx.source_address, 0) if ctx.source_address else None
-    async with ctx.limits.resolver(where.key).hold(), ctx.limits.socket().hold(), \
-            asyncio.timeout(ctx.timeouts.dns):
+    pool = _pool(ctx, where)
+    async with ctx.limits.resolver(where.key).hold():
         got.transmissions = 1
-        reader, writer = await asyncio.open_connection(
-            where.address,
-            where.port,
-            ssl=ctx.ssl_context() if tls else None,
-            server_hostname=(where.spec.server_name or where.address) if tls else None,
-            local_addr=local,
-        )
-        try:
-            writer.write(len(q.wire).to_bytes(2, "big") + q.wire)
-            await writer.drain()
-            sent = loop.time()
-            length = int.from_bytes(await reader.readexactly(2), "big")
-            data = await reader.readexactly(length)
-            t = loop.time() - sent
-        finally:
-            writer.close()
+        async with asyncio.timeout(ctx.timeouts.dns):
+            data, t = await pool.exchange(q.wire)
     got.add(_response(data, q, _endpoint(where.address, where.port), t))
+
+
+@dataclass(slots=True)
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    slot: pacing.Slot
+
+
+class _StreamPool:
+    """Idle DNS-over-TCP/TLS connections to one resolver, one query on each at a time."""
+
+    def __init__(self, where: _Where, ctx: ProbeContext) -> None:
+        self._where, self._ctx = where, ctx
+        self._idle: collections.deque[_Connection] = collections.deque()
+
+    async def _open(self) -> _Connection:
+        where, ctx = self._where, self._ctx
+        tls = where.transport == "tls"
+        slot = await ctx.limits.socket().acquire()
+        try:
+            reader, writer = await asyncio.open_connection(
+                where.address, where.port,
+                ssl=ctx.ssl_context() if tls else None,
+                server_hostname=(where.spec.server_name or where.address) if tls else None,
+                local_addr=(ctx.source_address, 0) if ctx.source_address else None)
+        except BaseException:
+            slot.release()
+            raise
+        return _Connection(reader, writer, slot)
+
+    async def exchange(self, wire: bytes) -> tuple[bytes, float]:
+        """Send one query and read one response: (its bytes, seconds after sending)."""
+        while self._idle:
+            kept = self._idle.popleft()
+            try:
+                return await self._ask(kept, wire)
+            except (OSError, EOFError, asyncio.IncompleteReadError):
+                continue  # closed by the server while idle: try another, or a new one
+        return await self._ask(await self._open(), wire)
+
+    async def _ask(self, conn: _Connection, wire: bytes) -> tuple[bytes, float]:
+        """The next message on the connection. One that does not carry our id is recorded as
+        it is (garbage, or a server out of step) and its connection is never reused."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn.writer.write(len(wire).to_bytes(2, "big") + wire)
+            await conn.writer.drain()
+            sent = loop.time()
+            length = int.from_bytes(await conn.reader.readexactly(2), "big")
+            data = await conn.reader.readexactly(length)
+        except BaseException:
+            _close(conn)
+            raise
+        if data[:2] == wire[:2]:
+            self._idle.append(conn)
+        else:
+            _close(conn)
+        return data, loop.time() - sent
+
+    def close(self) -> None:
+        while self._idle:
+            _close(self._idle.popleft())
+
+
+def _close(conn: _Connection) -> None:
+    conn.writer.close()
+    conn.slot.release()
+
+
+def _pool(ctx: ProbeContext, where: _Where) -> _StreamPool:
+    pools: dict[str, _StreamPool] = ctx.cache.setdefault("dns_streams", {})
+    key = f"{where.key}#{where.spec.server_name or ''}"
+    found = pools.get(key)
+    if found is None:
+        found = pools[key] = _StreamPool(where, ctx)
+    return found
+
+
+def close_connections(ctx: ProbeContext) -> list[Awaitable[None]]:
+    """End the kept resolver connections of a sweep; the DoH clients' closings to await."""
+    for pool in ctx.cache.pop("dns_streams", {}).values():
+        pool.close()
+    return [client.aclose() for client in ctx.cache.pop("doh_clients", {}).values()]
 
 
 # --- HTTPS (DoH) --------------------------------------------------------------------------------
@@ -810,8 +881,10 @@ async def _https(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
 
     httpx directly: the installed dnspython (2.9) does DoH with ``httpx2``, which is not a
     dependency, and without a bootstrap address it would resolve the server's name itself,
-    around the scope check. The URL is rewritten to the address, with
-    the Host header and the TLS server name keeping the original name.
+    around the scope check. The URL is rewritten to the address, with the Host header and the
+    TLS server name keeping the original name. One client per resolver and sweep keeps its
+    connections alive between queries (its pool holds as many as the resolver's in-flight
+    limit, so no query waits in it).
     """
     url = urlsplit(where.spec.url or "")
     netloc = _endpoint(where.address, where.port)
@@ -822,12 +895,8 @@ async def _https(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
     }
     extensions = {} if is_ip(where.spec.address) else {"sni_hostname": where.spec.address}
     loop = asyncio.get_running_loop()
-    transport = httpx.AsyncHTTPTransport(
-        verify=ctx.ssl_context(), local_address=ctx.source_address
-    )
-    async with ctx.limits.resolver(where.key).hold(), ctx.limits.socket().hold(), \
-            httpx.AsyncClient(transport=transport, trust_env=False,
-                              timeout=ctx.timeouts.dns) as client:
+    client = _doh_client(ctx, where)
+    async with ctx.limits.resolver(where.key).hold():
         got.transmissions = 1
         async with asyncio.timeout(ctx.timeouts.dns):
             sent = loop.time()
@@ -841,6 +910,20 @@ async def _https(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
         got.add(_response(b"", q, netloc, t, malformed=f"HTTP status {resp.status_code}"))
     else:
         got.add(_response(data, q, netloc, t))
+
+
+def _doh_client(ctx: ProbeContext, where: _Where) -> httpx.AsyncClient:
+    clients: dict[str, httpx.AsyncClient] = ctx.cache.setdefault("doh_clients", {})
+    key = f"{where.key}#{where.spec.address}"
+    found = clients.get(key)
+    if found is None:
+        size = max(1, ctx.limits.per_resolver)
+        transport = httpx.AsyncHTTPTransport(
+            verify=ctx.ssl_context(), local_address=ctx.source_address,
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size))
+        found = clients[key] = httpx.AsyncClient(transport=transport, trust_env=False,
+                                                 timeout=ctx.timeouts.dns)
+    return found
 
 
 async def _read_capped(resp: httpx.Response) -> bytes:

@@ -95,6 +95,8 @@ class DNSServer:
     tls_port: int = 0
     https_port: int = 0
     ip_ttl: int = 0  # the IP TTL of the server's normal answers
+    keepalive: bool = False  # TCP/DoT/DoH: answer further queries on a connection, not close
+    connections: dict[str, int] = field(default_factory=dict)  # accepted, by transport
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _udp: asyncio.DatagramTransport | None = None
@@ -265,46 +267,63 @@ class DNSServer:
         finally:
             sock.setsockopt(*self._ttl_option, self.ip_ttl)
 
+    def _accepted(self, transport: str) -> None:
+        with self._lock:
+            self.connections[transport] = self.connections.get(transport, 0) + 1
+
     def _serve_tcp(self, transport: str) -> _StreamHandler:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._accepted(transport)
             with contextlib.suppress(OSError, EOFError, ssl.SSLError):
-                length = int.from_bytes(await reader.readexactly(2), "big")
-                received = self._receive(transport, await reader.readexactly(length))
-                if received is None:
-                    await reader.read()  # silent: hold the connection until the client leaves
-                    return
-                query, behaviour = received
-                await asyncio.sleep(behaviour.delay)
-                reply = self.reply(query, behaviour)
-                writer.write(len(reply).to_bytes(2, "big") + reply)
-                await writer.drain()
+                while True:
+                    length = int.from_bytes(await reader.readexactly(2), "big")
+                    received = self._receive(transport, await reader.readexactly(length))
+                    if received is None:
+                        await reader.read()  # silent: hold the connection until the client leaves
+                        return
+                    query, behaviour = received
+                    await asyncio.sleep(behaviour.delay)
+                    reply = self.reply(query, behaviour)
+                    writer.write(len(reply).to_bytes(2, "big") + reply)
+                    await writer.drain()
+                    if not self.keepalive:
+                        break
             writer.close()
 
         return serve
 
     async def _serve_doh(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A minimal HTTP/1.1 DoH endpoint: POST /dns-query with an application/dns-message."""
+        self._accepted("https")
         with contextlib.suppress(OSError, EOFError, ssl.SSLError, ValueError):
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-            headers = dict(
-                line.split(":", 1) for line in head.split("\r\n")[1:] if ":" in line
-            )
-            lengths = [v for k, v in headers.items() if k.strip().lower() == "content-length"]
-            body = await reader.readexactly(int(lengths[0]))
-            received = self._receive("https", body)
-            if received is None:
-                await reader.read()
-                return
-            query, behaviour = received
-            await asyncio.sleep(behaviour.delay)
-            reply = self.reply(query, behaviour) if behaviour.http_status == 200 else b"blocked"
-            writer.write(
-                f"HTTP/1.1 {behaviour.http_status} X\r\ncontent-type: application/dns-message\r\n"
-                f"content-length: {len(reply)}\r\nconnection: close\r\n\r\n".encode()
-                + reply
-            )
-            await writer.drain()
+            while await self._doh_request(reader, writer):
+                pass
         writer.close()
+
+    async def _doh_request(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; True if the connection stays open for another."""
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        headers = dict(
+            line.split(":", 1) for line in head.split("\r\n")[1:] if ":" in line
+        )
+        lengths = [v for k, v in headers.items() if k.strip().lower() == "content-length"]
+        body = await reader.readexactly(int(lengths[0]))
+        received = self._receive("https", body)
+        if received is None:
+            await reader.read()
+            return False
+        query, behaviour = received
+        await asyncio.sleep(behaviour.delay)
+        reply = self.reply(query, behaviour) if behaviour.http_status == 200 else b"blocked"
+        close = "keep-alive" if self.keepalive else "close"
+        writer.write(
+            f"HTTP/1.1 {behaviour.http_status} X\r\ncontent-type: application/dns-message\r\n"
+            f"content-length: {len(reply)}\r\nconnection: {close}\r\n\r\n".encode()
+            + reply
+        )
+        await writer.drain()
+        return self.keepalive
 
 
 class _UDP(asyncio.DatagramProtocol):

@@ -680,3 +680,34 @@ async def test_a_consumer_cancelled_does_not_cancel_the_shared_query(server: DNS
     found = await asyncio.wait_for(patient, 2.0)
     assert found.addresses == ("127.0.0.2",)
     assert server.count("slow.test", "A") == 1  # still one query, answered for the other
+
+
+@pytest.mark.parametrize("transport", ["tcp", "dot", "doh"])
+async def test_stream_resolvers_keep_their_connections(server: DNSServer, ca_file: str,
+                                                       transport: str) -> None:
+    # a sweep asks a control resolver for every name: one connection serves them in turn
+    server.keepalive = True
+    names = [f"n{i}.test" for i in range(12)]
+    for n in names:
+        server.names[n] = Behaviour(addresses=("127.0.0.2",))
+    resolver = {"tcp": server.tcp, "dot": server.dot("dns.test"), "doh": server.doh()}[transport]
+    ctx = context(ca_bundle=ca_file, limits=Limits(per_resolver=1))
+    for n in names:
+        result = await probe(n, resolver, ctx)
+        assert result.failure is None
+    key = {"tcp": "tcp", "dot": "tls", "doh": "https"}[transport]
+    assert server.count(transport=key) == 2 * len(names)
+    assert server.connections[key] == 1
+    await ctx.aclose()
+
+
+async def test_a_kept_connection_closed_by_the_server_is_replaced(server: DNSServer) -> None:
+    # the test server closes each connection after one answer, as an impatient resolver may:
+    # the next query finds its kept connection dead and opens a new one, nothing fails
+    ctx = context(limits=Limits(per_resolver=1))
+    for i in range(3):
+        server.names[f"k{i}.test"] = Behaviour(addresses=("127.0.0.2",))
+        result = await probe(f"k{i}.test", server.tcp, ctx)
+        assert result.failure is None
+    assert server.connections["tcp"] == 6 and server.count(transport="tcp") == 6
+    await ctx.aclose()
