@@ -469,7 +469,7 @@ def table(summary: dict[str, Any], results: dict[str, Result]) -> str:
              "blockwatch_cpu_over_reference": "blockwatch CPU / reference CPU",
              "one_by_one_wall_over_blockwatch": "one-by-one wall / blockwatch wall"}
     for k, v in summary["ratios"].items():
-        out.append(f"{names[k]:<36}{v:>8.1f}x")
+        out.append(f"{names[k]:<36}{v:>8.2f}x")
     if summary["ratios"]:
         out.append("")
     for r in results.values():
