@@ -781,11 +781,16 @@ async def _stream(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
     that timed out is confirmed by ``SharedQuery`` (a reset or a refusal is an answer).
     """
     pool = _pool(ctx, where)
-    async with ctx.limits.resolver(where.key).hold():
+    async with ctx.limits.resolver(where.key).hold(), pool.slots.hold():
         got.transmissions = 1
         async with asyncio.timeout(ctx.timeouts.dns):
             data, t = await pool.exchange(q.wire)
     got.add(_response(data, q, _endpoint(where.address, where.port), t))
+
+
+# Connections kept open to one TCP/TLS/HTTPS resolver: a handful serve a sweep, and a small
+# server (dnsmasq serves 20 TCP connections at once) is not crowded out by idle ones
+STREAM_CONNECTIONS = 8
 
 
 @dataclass(slots=True)
@@ -801,6 +806,8 @@ class _StreamPool:
     def __init__(self, where: _Where, ctx: ProbeContext) -> None:
         self._where, self._ctx = where, ctx
         self._idle: collections.deque[_Connection] = collections.deque()
+        # one query per connection at a time: waiting for one is our queue, not the timeout's
+        self.slots = pacing.Limiter(STREAM_CONNECTIONS)
 
     async def _open(self) -> _Connection:
         where, ctx = self._where, self._ctx
@@ -869,7 +876,7 @@ def close_connections(ctx: ProbeContext) -> list[Awaitable[None]]:
     """End the kept resolver connections of a sweep; the DoH clients' closings to await."""
     for pool in ctx.cache.pop("dns_streams", {}).values():
         pool.close()
-    return [client.aclose() for client in ctx.cache.pop("doh_clients", {}).values()]
+    return [client.aclose() for client, _ in ctx.cache.pop("doh_clients", {}).values()]
 
 
 # --- HTTPS (DoH) --------------------------------------------------------------------------------
@@ -883,8 +890,7 @@ async def _https(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
     dependency, and without a bootstrap address it would resolve the server's name itself,
     around the scope check. The URL is rewritten to the address, with the Host header and the
     TLS server name keeping the original name. One client per resolver and sweep keeps its
-    connections alive between queries (its pool holds as many as the resolver's in-flight
-    limit, so no query waits in it).
+    connections (``STREAM_CONNECTIONS``) alive between queries.
     """
     url = urlsplit(where.spec.url or "")
     netloc = _endpoint(where.address, where.port)
@@ -895,8 +901,8 @@ async def _https(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
     }
     extensions = {} if is_ip(where.spec.address) else {"sni_hostname": where.spec.address}
     loop = asyncio.get_running_loop()
-    client = _doh_client(ctx, where)
-    async with ctx.limits.resolver(where.key).hold():
+    client, slots = _doh_client(ctx, where)
+    async with ctx.limits.resolver(where.key).hold(), slots.hold():
         got.transmissions = 1
         async with asyncio.timeout(ctx.timeouts.dns):
             sent = loop.time()
@@ -912,17 +918,22 @@ async def _https(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
         got.add(_response(data, q, netloc, t))
 
 
-def _doh_client(ctx: ProbeContext, where: _Where) -> httpx.AsyncClient:
-    clients: dict[str, httpx.AsyncClient] = ctx.cache.setdefault("doh_clients", {})
+def _doh_client(ctx: ProbeContext, where: _Where) -> tuple[httpx.AsyncClient, pacing.Limiter]:
+    """The resolver's client, and the gate that admits as many requests as its pool has
+    connections (so that no request waits in the pool, where the wait would count against
+    its timeout)."""
+    clients: dict[str, tuple[httpx.AsyncClient, pacing.Limiter]] = ctx.cache.setdefault(
+        "doh_clients", {})
     key = f"{where.key}#{where.spec.address}"
     found = clients.get(key)
     if found is None:
-        size = max(1, ctx.limits.per_resolver)
         transport = httpx.AsyncHTTPTransport(
             verify=ctx.ssl_context(), local_address=ctx.source_address,
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size))
-        found = clients[key] = httpx.AsyncClient(transport=transport, trust_env=False,
-                                                 timeout=ctx.timeouts.dns)
+            limits=httpx.Limits(max_connections=STREAM_CONNECTIONS,
+                                max_keepalive_connections=STREAM_CONNECTIONS))
+        found = clients[key] = (httpx.AsyncClient(transport=transport, trust_env=False,
+                                                  timeout=ctx.timeouts.dns),
+                                pacing.Limiter(STREAM_CONNECTIONS))
     return found
 
 

@@ -1,9 +1,11 @@
 """The connectivity baseline: is the local network up at all before a sweep?
 
 A TCP handshake to well-known anycast addresses (by IP: the check must not depend on DNS). Any
-endpoint that answers, even with a RST, proves the path out works; if every endpoint times out
-or is unreachable the network is down and no target may be judged "blocked". Endpoints outside
-the scope are skipped, not contacted; if none is left the baseline is "unchecked".
+endpoint that answers, even with a RST, proves the path out works, and ends the check at once
+(a blocked endpoint must not cost every sweep its timeout); if every endpoint times out or is
+unreachable, all are asked once more (a lost SYN is not a dead network), and only then is the
+network down and no target may be judged "blocked". Endpoints outside the scope are skipped,
+not contacted; if none is left the baseline is "unchecked".
 """
 
 from __future__ import annotations
@@ -48,12 +50,36 @@ async def _check(ep: Endpoint, limit: float) -> dict[str, Any]:
             "t": round(time.perf_counter() - t0, 4)}
 
 
+def _answered(check: dict[str, Any]) -> bool:
+    return check["failure"] in (None, CONNECTION_REFUSED, CONNECTION_RESET)
+
+
+async def _round(endpoints: Sequence[Endpoint], limit: float) -> list[dict[str, Any]]:
+    """Every endpoint at once; done as soon as one answers (the others are cancelled: a
+    blocked endpoint must not hold every sweep up for its whole timeout)."""
+    tasks = [asyncio.create_task(_check(ep, limit)) for ep in endpoints]
+    try:
+        for finished in asyncio.as_completed(tasks):
+            if _answered(await finished):
+                break
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return [t.result() if t.done() and not t.cancelled() and t.exception() is None else
+            {"endpoint": str(ep), "failure": "not_waited_for"}
+            for t, ep in zip(tasks, endpoints, strict=True)]
+
+
 async def check_baseline(endpoints: Sequence[Endpoint], scope: Scope,
                          limit: float = 5.0) -> Baseline:
+    """Up as soon as one endpoint answers. If none does, a second round asks again: a lost
+    SYN (and its retransmissions) is not a network that is down."""
     allowed = [ep for ep in endpoints if scope.allows(ep.host)]
     if not allowed:
         return Baseline("unchecked", [{"endpoint": str(ep), "failure": "out_of_scope"}
                                       for ep in endpoints])
-    checks = list(await asyncio.gather(*(_check(ep, limit) for ep in allowed)))
-    answered = any(c["failure"] in (None, CONNECTION_REFUSED, CONNECTION_RESET) for c in checks)
-    return Baseline("up" if answered else "down", checks)
+    checks = await _round(allowed, limit)
+    if not any(_answered(c) for c in checks):
+        checks += await _round(allowed, limit)
+    return Baseline("up" if any(_answered(c) for c in checks) else "down", checks)

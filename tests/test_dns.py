@@ -711,3 +711,19 @@ async def test_a_kept_connection_closed_by_the_server_is_replaced(server: DNSSer
         assert result.failure is None
     assert server.connections["tcp"] == 6 and server.count(transport="tcp") == 6
     await ctx.aclose()
+
+
+async def test_a_stream_resolver_gets_a_handful_of_connections_however_many_queries(
+        server: DNSServer) -> None:
+    # dnsmasq serves 20 TCP connections at once: a sweep must not hold them all, idle
+    from probes.dns import STREAM_CONNECTIONS
+
+    server.keepalive = True
+    names = [f"m{i}.test" for i in range(40)]
+    for n in names:
+        server.names[n] = Behaviour(addresses=("127.0.0.2",), delay=0.02)
+    ctx = context(timeout=2.0)
+    results = await asyncio.gather(*(probe(n, server.tcp, ctx) for n in names))
+    assert all(r.failure is None for r in results)
+    assert server.connections["tcp"] <= STREAM_CONNECTIONS
+    await ctx.aclose()
