@@ -83,7 +83,9 @@ def test_reanalysis_appends_new_verdicts_and_keeps_the_old(tmp_path: Path) -> No
     assert n == 3  # service verdicts: run-new twice, run-old once
 
 
-@pytest.mark.skipif(not SCENARIOS.is_dir(), reason="../shared/data not present")
+@pytest.mark.skipif(not SCENARIOS.is_dir(), reason=(
+    "OONI's wc05 QA scenarios carry no licence to copy them into the repository; they are read "
+    "from ../shared/data/ooni/webconnectivity-scenarios, absent here"))
 def test_import_ooni_then_export_ooni_and_reanalyze(tmp_path: Path) -> None:
     cfg, db = config(tmp_path)
     done = blockwatch("import", "-c", str(cfg), "ooni", str(SCENARIOS))

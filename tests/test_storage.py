@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from unprivileged import as_unprivileged, scratch_dir
 
 from probes.model import (
     DNSAnswer,
@@ -393,12 +394,16 @@ def test_password_is_hidden(tmp_path: Path) -> None:
     assert info.value.where == "gopher://user:***@example.org/db"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_unwritable_directory(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    with pytest.raises(StorageError, match="not writable"):
-        open_store(f"sqlite:///{locked / 'blockwatch.db'}")
+def test_unwritable_directory() -> None:
+    locked = scratch_dir() / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)  # as root (CI) the check runs as nobody, who may not write here
+
+    def check() -> None:
+        with pytest.raises(StorageError, match="not writable"):
+            open_store(f"sqlite:///{locked / 'blockwatch.db'}")
+
+    as_unprivileged(check)
 
 
 def test_garbage_file_is_left_alone(tmp_path: Path) -> None:
