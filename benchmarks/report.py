@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from reports import synthetic
-from reports.analysis import change_points, comparison
-from reports.events import load_events
-from reports.timeline import timeline
-from storage import open_store
-from storage.queries import layer_counts, service_verdicts
+from blockwatch.reports import synthetic
+from blockwatch.reports.analysis import change_points, comparison
+from blockwatch.reports.events import load_events
+from blockwatch.reports.timeline import timeline
+from blockwatch.storage import open_store
+from blockwatch.storage.queries import layer_counts, service_verdicts
 
 U = dt.UTC
 SERVICES = ("kakaotalk", "line", "instagram", "facebook", "whatsapp", "wechat", "twitter",

@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from probes.context import ProbeContext, Timeouts
-from probes.model import Service, Target
-from probes.scope import Scope
-from scheduler.sweep import SweepSettings, sweep
-from storage import open_store
+from blockwatch.probes.context import ProbeContext, Timeouts
+from blockwatch.probes.model import Service, Target
+from blockwatch.probes.scope import Scope
+from blockwatch.scheduler.sweep import SweepSettings, sweep
+from blockwatch.storage import open_store
 
 PORT = 18080
 
@@ -99,7 +99,7 @@ def main() -> None:
         measured = list(store.measurements(run_id=outcome.run.id))
         store.close()
     server.terminate()
-    from probes.model import RawObservation
+    from blockwatch.probes.model import RawObservation
 
     raws = [o for m in measured for o in m.observations if isinstance(o, RawObservation)]
     replies: dict[str, int] = {}

@@ -8,12 +8,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from blockwatch.config import Config, ConfigError
-from probes.catalogue import parse_endpoint
-from probes.context import ProbeContext, Timeouts
-from probes.pacing import Limits, raise_fd_limit
-from probes.resolvers import parse_resolver
-from probes.scope import Scope, is_ip
-from scheduler.sweep import ControlPath, SweepSettings
+from blockwatch.probes.catalogue import parse_endpoint
+from blockwatch.probes.context import ProbeContext, Timeouts
+from blockwatch.probes.pacing import Limits, raise_fd_limit
+from blockwatch.probes.resolvers import parse_resolver
+from blockwatch.probes.scope import Scope, is_ip
+from blockwatch.scheduler.sweep import ControlPath, SweepSettings
 
 
 def software_version() -> str:
@@ -52,7 +52,7 @@ def probe_context(cfg: Config, *, proxy: str | None = None) -> ProbeContext:
 
 def plan(cfg: Config, services: list[Any]) -> list[Any]:
     """The sweep's targets for ``services`` under the config's probes and resolvers."""
-    from scheduler.plan import plan_sweep
+    from blockwatch.scheduler.plan import plan_sweep
 
     dns = "dns" in cfg.probes.probes
     return plan_sweep(services, probes=cfg.probes.probes, resolvers=cfg.dns.resolvers,
@@ -63,7 +63,7 @@ def plan(cfg: Config, services: list[Any]) -> list[Any]:
 def vpn_secrets(cfg: Config) -> dict[str, bytes]:
     """Key material of the VPN endpoints that name a ``key_file``, by target key. Read here,
     held in memory for the sweep, never logged or stored."""
-    from scheduler.plan import vpn_target
+    from blockwatch.scheduler.plan import vpn_target
 
     out: dict[str, bytes] = {}
     for service in cfg.catalogue().values():
@@ -123,7 +123,7 @@ def sweep_settings(cfg: Config, *, vantage: str | None = None,
 
 def fingerprints(cfg: Config) -> Any:
     """The built-in fingerprints plus the configured files; ConfigError names a bad one."""
-    from probes.fingerprints import FingerprintError, load
+    from blockwatch.probes.fingerprints import FingerprintError, load
 
     try:
         return load(cfg.analysis.fingerprints)

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from blockwatch.inputs import InputError
-    from storage.errors import StorageError
+    from blockwatch.storage.errors import StorageError
 
     try:
         handler = _COMMANDS[args.command]
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextmanager
 def _store(cfg: Any) -> Iterator[Any]:
-    from storage import open_store
+    from blockwatch.storage import open_store
 
     store = open_store(cfg.storage_url())
     try:
@@ -228,7 +228,7 @@ def _store(cfg: Any) -> Iterator[Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     from blockwatch import app
     from blockwatch.schedule_cli import configure_logging, guard_run, state_dir
-    from scheduler.logfmt import fields
+    from blockwatch.scheduler.logfmt import fields
 
     cfg = load_config(args.config)
     configure_logging(args.log_file, verbose=args.verbose, quiet=args.quiet)
@@ -259,7 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _stopped(store, settings.group, stop, max_runtime)
         _log_done(outcome.run)
         if args.json:
-            from storage.export import write_jsonl
+            from blockwatch.storage.export import write_jsonl
 
             write_jsonl(store.export_rows(run_id=outcome.run.id), sys.stdout)
         elif not args.quiet:
@@ -273,7 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _report_inputs(lists: Sequence[Any], *, quiet: bool) -> None:
     """One line per test list: URLs taken, lines skipped (with the first reason), duplicates."""
-    from scheduler.logfmt import fields
+    from blockwatch.scheduler.logfmt import fields
 
     for lst in lists:
         skipped = sum(int(r.split()[0]) if r.endswith("more skipped, not listed") else 1
@@ -289,7 +289,7 @@ def _report_inputs(lists: Sequence[Any], *, quiet: bool) -> None:
 
 
 def _log_done(run: Any) -> None:
-    from scheduler.logfmt import fields
+    from blockwatch.scheduler.logfmt import fields
 
     duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
     summary = run.summary
@@ -301,7 +301,7 @@ def _log_done(run: Any) -> None:
 
 def _stopped(store: Any, group: str | None, stop: str, max_runtime: float | None) -> int:
     """The sweep was cut short: say so, log the stored (interrupted) run, pick the exit code."""
-    from scheduler.groups import format_seconds
+    from blockwatch.scheduler.groups import format_seconds
 
     # our lock guarantees the latest run of this group (or at all, ungrouped) is ours
     latest = store.runs(limit=1, group=group)
@@ -332,7 +332,7 @@ def _run_sweep(store: Any, services: Any, targets: Any, ctx: Any, settings: Any,
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
 
-    from scheduler.sweep import sweep
+    from blockwatch.scheduler.sweep import sweep
 
     async def go() -> Any:
         task = asyncio.current_task()
@@ -364,7 +364,7 @@ async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any
         TimeElapsedColumn,
     )
 
-    from scheduler.sweep import sweep
+    from blockwatch.scheduler.sweep import sweep
 
     # on stderr, so that stdout (the summary table) stays clean for pipes
     with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
@@ -479,7 +479,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from storage.export import FORMATS
+    from blockwatch.storage.export import FORMATS
 
     cfg = load_config(args.config)
     fmt = FORMATS[args.format]

@@ -30,10 +30,15 @@ from pydantic import (
 )
 
 from blockwatch.errors import ConfigError as ConfigError  # re-exported: callers import it here
-from probes.catalogue import CatalogueError, load_catalogue, service_from_dict, vpn_from_dict
-from probes.model import Service
-from probes.resolvers import parse_resolver
-from probes.scope import parse_entry
+from blockwatch.probes.catalogue import (
+    CatalogueError,
+    load_catalogue,
+    service_from_dict,
+    vpn_from_dict,
+)
+from blockwatch.probes.model import Service
+from blockwatch.probes.resolvers import parse_resolver
+from blockwatch.probes.scope import parse_entry
 
 if TYPE_CHECKING:
     from blockwatch.inputs import InputList
@@ -194,7 +199,7 @@ class Baseline(_Strict):
     @field_validator("endpoints")
     @classmethod
     def _endpoints(cls, v: list[str]) -> list[str]:
-        from probes.catalogue import parse_endpoint
+        from blockwatch.probes.catalogue import parse_endpoint
 
         for e in v:
             ep = parse_endpoint(e)
@@ -266,7 +271,7 @@ class Schedule(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
-        from scheduler.groups import validate_cron
+        from blockwatch.scheduler.groups import validate_cron
 
         return None if v is None else validate_cron(v)
 

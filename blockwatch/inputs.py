@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from probes.model import Service
+from blockwatch.probes.model import Service
 
 FORMATS: Final = ("auto", "plain", "csv", "ooni-run")
 MAX_LINE: Final = 64 * 1024

@@ -54,7 +54,7 @@ def fingerprints(cfg: Config) -> Any:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from storage.ooni import import_ooni
+    from blockwatch.storage.ooni import import_ooni
 
     cfg = load_config(args.config)
     fps = fingerprints(cfg)
@@ -73,7 +73,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_reanalyze(args: argparse.Namespace) -> int:
     from blockwatch.app import local_networks
-    from probes.verdicts import ANALYZER_VERSION, judge_run
+    from blockwatch.probes.verdicts import ANALYZER_VERSION, judge_run
 
     cfg = load_config(args.config)
     fps = fingerprints(cfg)

@@ -95,7 +95,7 @@ def _url(args: argparse.Namespace) -> str:
 
 @contextmanager
 def _store(args: argparse.Namespace) -> Iterator[Any]:
-    from storage import open_store
+    from blockwatch.storage import open_store
 
     store = open_store(_url(args))
     try:
@@ -105,7 +105,7 @@ def _store(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _filters(args: argparse.Namespace) -> Any:
-    from storage.queries import Filters
+    from blockwatch.storage.queries import Filters
 
     return Filters(services=args.service, vantages=args.vantage, since=args.since,
                    until=args.until, categories=args.category)
@@ -118,7 +118,7 @@ def _min_sweeps(args: argparse.Namespace) -> int:
 
 
 def _load_events(args: argparse.Namespace) -> list[Any]:
-    from reports.events import EventsError, load_events
+    from blockwatch.reports.events import EventsError, load_events
 
     try:
         return load_events(args.events, builtin=not args.no_builtin_events)
@@ -187,7 +187,7 @@ def _t(value: dt.datetime | None) -> str | None:
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    from reports.timeline import collapsed, rows, timeline
+    from blockwatch.reports.timeline import collapsed, rows, timeline
 
     with _store(args) as store:
         tl = timeline(store, args.bucket, _filters(args))
@@ -217,7 +217,7 @@ def _timeline(args: argparse.Namespace) -> int:
 
 
 def _changes(args: argparse.Namespace) -> int:
-    from reports.analysis import change_points
+    from blockwatch.reports.analysis import change_points
 
     with _store(args) as store:
         results = change_points(store, _filters(args), _min_sweeps(args))
@@ -234,7 +234,7 @@ def _changes(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from reports.analysis import comparison
+    from blockwatch.reports.analysis import comparison
 
     events = _load_events(args)
     with _store(args) as store:
@@ -251,7 +251,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _html(args: argparse.Namespace) -> int:
-    from reports.html import report_html
+    from blockwatch.reports.html import report_html
 
     events = _load_events(args)
     with _store(args) as store:
@@ -291,8 +291,8 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from storage.errors import hide_password
-    from storage.queries import read_only_engine, read_only_query
+    from blockwatch.storage.errors import hide_password
+    from blockwatch.storage.queries import read_only_engine, read_only_query
 
     url = _url(args)
     engine = read_only_engine(url)

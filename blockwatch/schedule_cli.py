@@ -42,7 +42,7 @@ def configure_logging(log_file: str | None, *, verbose: bool = False, quiet: boo
     mail, the journal), warnings at a terminal, where the table says the rest.
     """
     from blockwatch.cli import UsageError
-    from scheduler.logfmt import LogfmtFormatter
+    from blockwatch.scheduler.logfmt import LogfmtFormatter
 
     ours = logging.DEBUG if verbose else logging.INFO
     if quiet:
@@ -89,7 +89,7 @@ def _isatty(stream: Any) -> bool:
 def check_consent(cfg: Config, yes: bool) -> int | None:
     """None if the run may start, else the exit code after saying why."""
     from blockwatch.consent import ConsentRefused, ensure_consent
-    from scheduler.logfmt import fields
+    from blockwatch.scheduler.logfmt import fields
 
     source = cfg.source if cfg.source != "(defaults)" else "a config file (--config)"
     try:
@@ -106,8 +106,8 @@ def check_consent(cfg: Config, yes: bool) -> int | None:
 
 def guard_run(cfg: Config, *, yes: bool, group: str | None, state: Path) -> Any:
     """Consent, then the run lock: the held ``RunLock``, or the exit code of a refusal."""
-    from scheduler.lock import LockBusy, acquire_run_lock
-    from scheduler.logfmt import fields
+    from blockwatch.scheduler.lock import LockBusy, acquire_run_lock
+    from blockwatch.scheduler.logfmt import fields
 
     refused = check_consent(cfg, yes)
     if refused is not None:
@@ -143,7 +143,7 @@ def cmd_consent(args: argparse.Namespace) -> int:
 def build_groups(cfg: Config) -> list[Any]:
     """The config's schedule groups as the scheduler takes them (planned once, here)."""
     from blockwatch import app
-    from scheduler.groups import GroupSpec, SweepPlan
+    from blockwatch.scheduler.groups import GroupSpec, SweepPlan
 
     ctx = app.probe_context(cfg)
     inputs = cfg.input_services(cfg.input_lists())  # read once: SIGHUP reads them again
@@ -189,7 +189,7 @@ def _reloader(args: argparse.Namespace, first: Config) -> Callable[[], list[Any]
 def cmd_schedule(args: argparse.Namespace) -> int:
     from blockwatch.cli import UsageError, _store
     from blockwatch.config import load_config
-    from scheduler.lock import LockBusy, acquire_daemon_lock
+    from blockwatch.scheduler.lock import LockBusy, acquire_daemon_lock
 
     cfg = load_config(args.config)
     if args.status:
@@ -217,7 +217,7 @@ def asyncio_run_daemon(store: Any, groups: list[Any], cfg: Config,
                        reload: Callable[[], list[Any]]) -> None:
     import asyncio
 
-    from scheduler.daemon import Daemon
+    from blockwatch.scheduler.daemon import Daemon
 
     async def main() -> None:
         daemon = Daemon(store, groups, lock_url=cfg.storage_url(), state_dir=state_dir(),
@@ -244,7 +244,7 @@ def _print_next(daemon: Any) -> None:
 def _when_text(value: Any, now: Any) -> str:
     if value is None:
         return "-"
-    from scheduler.groups import format_seconds
+    from blockwatch.scheduler.groups import format_seconds
 
     seconds = max(0, round((value - now).total_seconds()))
     return f"{value:%Y-%m-%d %H:%M:%S} UTC (in {format_seconds(seconds)})"
@@ -336,7 +336,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
 def cmd_install_timer(args: argparse.Namespace) -> int:
     from blockwatch.cli import UsageError, _duration
     from blockwatch.config import load_config
-    from scheduler.units import TimerOptions, render_user_units, unit_name
+    from blockwatch.scheduler.units import TimerOptions, render_user_units, unit_name
 
     if args.config is None:
         raise UsageError("install-timer needs --config FILE (the units run with that config)")

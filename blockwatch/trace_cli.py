@@ -41,7 +41,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
 
 
 def _target(args: argparse.Namespace) -> Any:
-    from probes.model import Target
+    from blockwatch.probes.model import Target
 
     mode = args.mode or ("tls" if args.sni or args.port in (None, 443) else "http")
     port = args.port or (443 if mode == "tls" else 80)
@@ -56,12 +56,12 @@ def _target(args: argparse.Namespace) -> Any:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from blockwatch import app
+    from blockwatch.probes import failures as F
+    from blockwatch.probes import trace
+    from blockwatch.probes.model import RawObservation, observation_to_dict
+    from blockwatch.probes.registry import PROBES
+    from blockwatch.probes.runner import run_probe
     from blockwatch.schedule_cli import check_consent
-    from probes import failures as F
-    from probes import trace
-    from probes.model import RawObservation, observation_to_dict
-    from probes.registry import PROBES
-    from probes.runner import run_probe
 
     cfg = load_config(args.config)
     target = _target(args)

@@ -13,7 +13,14 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from probes.model import SILENT_PROTOCOLS, VPN_PROTOCOLS, AppRule, Endpoint, Service, VPNEndpoint
+from blockwatch.probes.model import (
+    SILENT_PROTOCOLS,
+    VPN_PROTOCOLS,
+    AppRule,
+    Endpoint,
+    Service,
+    VPNEndpoint,
+)
 
 _KEYS = {"title", "category", "domains", "urls", "endpoints", "asns", "prefixes",
          "exclusive_prefixes", "cert_names", "source", "name", "vpn", "app"}
@@ -171,6 +178,6 @@ def service_from_dict(name: str, data: Mapping[str, Any]) -> Service:
 
 def load_catalogue() -> dict[str, Service]:
     """The built-in catalogue, keyed by service name, in file order."""
-    text = resources.files("probes").joinpath("data/services.toml").read_text("utf-8")
+    text = resources.files("blockwatch.probes").joinpath("data/services.toml").read_text("utf-8")
     data = tomllib.loads(text)
     return {name: service_from_dict(name, body) for name, body in data["services"].items()}

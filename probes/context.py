@@ -10,13 +10,13 @@ import ssl
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from probes.model import DNSObservation, Observation, Target
-from probes.pacing import Limits
-from probes.resolvers import ResolverSpec
-from probes.scope import Scope, is_ip
+from blockwatch.probes.model import DNSObservation, Observation, Target
+from blockwatch.probes.pacing import Limits
+from blockwatch.probes.resolvers import ResolverSpec
+from blockwatch.probes.scope import Scope, is_ip
 
 if TYPE_CHECKING:
-    from probes.dns import Resolutions
+    from blockwatch.probes.dns import Resolutions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +82,7 @@ class ProbeContext:
     def resolutions(self) -> Resolutions:
         """The sweep's shared DNS queries: each (resolver, name, type) is asked once."""
         if self._resolutions is None:
-            from probes.dns import Resolutions
+            from blockwatch.probes.dns import Resolutions
 
             self._resolutions = Resolutions(self)
         return self._resolutions
@@ -95,7 +95,7 @@ class ProbeContext:
             return Lookup((host,))
         if host in self.static_lookups:
             return self.static_lookups[host]
-        from probes.dns import lookup
+        from blockwatch.probes.dns import lookup
 
         return await lookup(host, self, every_address=every_address)
 
@@ -109,7 +109,7 @@ class ProbeContext:
         connections to resolvers)."""
         if self._resolutions is not None:
             await self._resolutions.aclose()
-        from probes.dns import close_connections
+        from blockwatch.probes.dns import close_connections
 
         for closing in close_connections(self):
             await closing

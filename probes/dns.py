@@ -53,11 +53,11 @@ import dns.rdatatype
 import dns.resolver
 import httpx
 
-from probes import failures, pacing
-from probes.context import Lookup, ProbeContext, ProbeResult
-from probes.model import DNSAnswer, DNSObservation, DNSResponse, Target
-from probes.resolvers import ResolverSpec, parse_resolver
-from probes.scope import OutOfScopeError, is_ip, system_resolver_addresses
+from blockwatch.probes import failures, pacing
+from blockwatch.probes.context import Lookup, ProbeContext, ProbeResult
+from blockwatch.probes.model import DNSAnswer, DNSObservation, DNSResponse, Target
+from blockwatch.probes.resolvers import ResolverSpec, parse_resolver
+from blockwatch.probes.scope import OutOfScopeError, is_ip, system_resolver_addresses
 
 # After the first well-formed UDP answer, keep listening this long (or until the timeout, if that
 # comes sooner). Injected answers and the real one arrive within milliseconds of each other (the

@@ -117,7 +117,7 @@ def _by_name(exc: BaseException) -> str | None:
 
 def classify(exc: BaseException) -> str:
     """Map an exception to a failure string from the taxonomy."""
-    from probes.scope import OutOfScopeError
+    from blockwatch.probes.scope import OutOfScopeError
 
     chain = _chain(exc)
     for e in chain:

@@ -224,7 +224,7 @@ EMPTY = FingerprintSet(())
 
 def builtin() -> list[Fingerprint]:
     """The fingerprints shipped in ``probes/data/fingerprints``."""
-    folder = resources.files("probes").joinpath("data/fingerprints")
+    folder = resources.files("blockwatch.probes").joinpath("data/fingerprints")
     out: list[Fingerprint] = []
     for item in sorted(folder.iterdir(), key=lambda i: i.name):
         if item.name.endswith(".json"):

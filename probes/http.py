@@ -38,13 +38,13 @@ import httpcore
 import httpx
 from httpcore._backends.anyio import AnyIOStream  # what httpcore.AnyIOBackend returns
 
-from probes import pacing
-from probes.context import ProbeContext, ProbeResult
-from probes.failures import DNS_NO_ANSWER, EOF_ERROR, TOO_MANY_REDIRECTS, classify
-from probes.model import DNSObservation, HTTPObservation, Target
-from probes.pacing import NO_SLOT, Slot
-from probes.scope import OutOfScopeError
-from probes.socks import (
+from blockwatch.probes import pacing
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.failures import DNS_NO_ANSWER, EOF_ERROR, TOO_MANY_REDIRECTS, classify
+from blockwatch.probes.model import DNSObservation, HTTPObservation, Target
+from blockwatch.probes.pacing import NO_SLOT, Slot
+from blockwatch.probes.scope import OutOfScopeError
+from blockwatch.probes.socks import (
     RecvExactly,
     Send,
     SocksError,
@@ -52,7 +52,7 @@ from probes.socks import (
     negotiate,
     parse_proxy,
 )
-from probes.tcp import Clock
+from blockwatch.probes.tcp import Clock
 
 MAX_REDIRECTS = 10
 BODY_CAP = 512 * 1024

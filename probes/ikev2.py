@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from probes.context import ProbeContext, ProbeResult
-from probes.model import Target
-from probes.openvpn import _exchange_udp
-from probes.vpnbase import begin
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.model import Target
+from blockwatch.probes.openvpn import _exchange_udp
+from blockwatch.probes.vpnbase import begin
 
 IKE_SA_INIT = 34
 FLAG_INITIATOR, FLAG_RESPONSE = 0x08, 0x20

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import struct
 
-from probes.context import ProbeContext, ProbeResult
-from probes.model import Target
-from probes.openvpn import _exchange_udp
-from probes.vpnbase import begin
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.model import Target
+from blockwatch.probes.openvpn import _exchange_udp
+from blockwatch.probes.vpnbase import begin
 
 SCCRQ, SCCRP, STOPCCN = 1, 2, 4
 MESSAGE_TYPES = {SCCRP: "SCCRP", STOPCCN: "StopCCN", 6: "HELLO", 1: "SCCRQ"}

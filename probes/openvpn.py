@@ -28,9 +28,9 @@ import struct
 import time
 from dataclasses import dataclass
 
-from probes.context import ProbeContext, ProbeResult
-from probes.model import Target
-from probes.vpnbase import begin
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.model import Target
+from blockwatch.probes.vpnbase import begin
 
 CLIENT_RESET_V2 = 7
 SERVER_RESET_V2 = 8

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from probes.context import ProbeContext, ProbeResult
-from probes.model import Target
-from probes.vpnbase import begin
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.model import Target
+from blockwatch.probes.vpnbase import begin
 
 MAGIC = 0x1A2B3C4D
 SCCRQ, SCCRP, STOP_CCRQ = 1, 2, 3

@@ -9,21 +9,21 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 
-from probes.context import Probe
+from blockwatch.probes.context import Probe
 
 # probe name -> (module, class)
 REGISTRY: dict[str, tuple[str, str]] = {
-    "dns": ("probes.dns", "DNSProbe"),
-    "tcp": ("probes.tcp", "TCPProbe"),
-    "tls": ("probes.tls", "TLSProbe"),
-    "http": ("probes.http", "HTTPProbe"),
-    "openvpn": ("probes.openvpn", "OpenVPNProbe"),
-    "ikev2": ("probes.ikev2", "IKEv2Probe"),
-    "wireguard": ("probes.wireguard", "WireGuardProbe"),
-    "pptp": ("probes.pptp", "PPTPProbe"),
-    "l2tp": ("probes.l2tp", "L2TPProbe"),
-    "tor": ("probes.tor", "TorProbe"),
-    "trace": ("probes.trace", "TraceProbe"),
+    "dns": ("blockwatch.probes.dns", "DNSProbe"),
+    "tcp": ("blockwatch.probes.tcp", "TCPProbe"),
+    "tls": ("blockwatch.probes.tls", "TLSProbe"),
+    "http": ("blockwatch.probes.http", "HTTPProbe"),
+    "openvpn": ("blockwatch.probes.openvpn", "OpenVPNProbe"),
+    "ikev2": ("blockwatch.probes.ikev2", "IKEv2Probe"),
+    "wireguard": ("blockwatch.probes.wireguard", "WireGuardProbe"),
+    "pptp": ("blockwatch.probes.pptp", "PPTPProbe"),
+    "l2tp": ("blockwatch.probes.l2tp", "L2TPProbe"),
+    "tor": ("blockwatch.probes.tor", "TorProbe"),
+    "trace": ("blockwatch.probes.trace", "TraceProbe"),
 }
 
 

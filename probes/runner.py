@@ -15,10 +15,10 @@ import random
 import time
 from collections.abc import Callable
 
-from probes import pacing
-from probes.context import Probe, ProbeContext
-from probes.failures import GENERIC_TIMEOUT, classify, unknown
-from probes.model import Measurement, Observation, Target
+from blockwatch.probes import pacing
+from blockwatch.probes.context import Probe, ProbeContext
+from blockwatch.probes.failures import GENERIC_TIMEOUT, classify, unknown
+from blockwatch.probes.model import Measurement, Observation, Target
 
 
 def new_id() -> str:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from probes.scope import Scope
+from blockwatch.probes.scope import Scope
 
 VERSION = 5
 _NO_AUTH = 0x00

@@ -24,13 +24,13 @@ import socket
 import time
 from dataclasses import dataclass
 
-from probes.context import ProbeContext, ProbeResult
-from probes.failures import DNS_NO_ANSWER, classify
-from probes.model import DNSObservation, Observation, Target, TCPObservation
-from probes.pacing import NO_SLOT, Slot
-from probes.scope import OutOfScopeError
-from probes.socks import SocksProxy, SocksReplyError, parse_proxy
-from probes.socks import open_connection as socks_open_connection
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.failures import DNS_NO_ANSWER, classify
+from blockwatch.probes.model import DNSObservation, Observation, Target, TCPObservation
+from blockwatch.probes.pacing import NO_SLOT, Slot
+from blockwatch.probes.scope import OutOfScopeError
+from blockwatch.probes.socks import SocksProxy, SocksReplyError, parse_proxy
+from blockwatch.probes.socks import open_connection as socks_open_connection
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

@@ -32,11 +32,11 @@ from dataclasses import dataclass, replace
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from probes.context import ProbeContext, ProbeResult
-from probes.failures import classify
-from probes.model import Observation, Target, TLSObservation
-from probes.scope import OutOfScopeError
-from probes.tcp import Clock, Dialed, Route, Streams, close, dial, plan
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.failures import classify
+from blockwatch.probes.model import Observation, Target, TLSObservation
+from blockwatch.probes.scope import OutOfScopeError
+from blockwatch.probes.tcp import Clock, Dialed, Route, Streams, close, dial, plan
 
 ALPN = ("h2", "http/1.1")  # what a browser offers; a censor may look at it
 _READ = 16384

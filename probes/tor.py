@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from probes.context import ProbeContext, ProbeResult
-from probes.model import Target
-from probes.vpnbase import begin
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.model import Target
+from blockwatch.probes.vpnbase import begin
 
 
 class TorProbe:

@@ -58,11 +58,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from probes import failures as F
-from probes.context import ProbeContext, ProbeResult
-from probes.model import Observation, RawObservation, Target
-from probes.runner import deadline_for
-from probes.tcp import Clock, plan
+from blockwatch.probes import failures as F
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.model import Observation, RawObservation, Target
+from blockwatch.probes.runner import deadline_for
+from blockwatch.probes.tcp import Clock, plan
 
 log = logging.getLogger(__name__)
 

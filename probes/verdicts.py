@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from probes import failures as F
-from probes.fingerprints import FingerprintSet, HTTPMatch
-from probes.model import (
+from blockwatch.probes import failures as F
+from blockwatch.probes.fingerprints import FingerprintSet, HTTPMatch
+from blockwatch.probes.model import (
     DNSObservation,
     HTTPObservation,
     Measurement,
@@ -350,7 +350,7 @@ def _outside(addresses: Sequence[str], prefixes: Sequence[str]) -> bool:
 
 
 def _bogon(address: str) -> bool:
-    from probes.dns import is_bogon  # probes.dns imports dnspython: only when needed
+    from blockwatch.probes.dns import is_bogon  # probes.dns imports dnspython: only when needed
 
     try:
         return is_bogon(address)
@@ -836,7 +836,7 @@ _BUILTIN: list[FingerprintSet] = []
 def builtin_fingerprints() -> FingerprintSet:
     """The shipped fingerprints, loaded once."""
     if not _BUILTIN:
-        from probes.fingerprints import load
+        from blockwatch.probes.fingerprints import load
 
         _BUILTIN.append(load())
     return _BUILTIN[0]

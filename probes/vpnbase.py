@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from probes import failures as F
-from probes.context import ProbeContext, ProbeResult
-from probes.model import DNSObservation, Target, VPNObservation
+from blockwatch.probes import failures as F
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.model import DNSObservation, Target, VPNObservation
 
 OPERATION = "vpn_handshake"
 # what a failure string means for a handshake (on UDP, "refused" is an ICMP port unreachable)

@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from probes.context import ProbeContext, ProbeResult
-from probes.model import Target
-from probes.openvpn import _exchange_udp
-from probes.vpnbase import begin
+from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.model import Target
+from blockwatch.probes.openvpn import _exchange_udp
+from blockwatch.probes.vpnbase import begin
 
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"

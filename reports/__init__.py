@@ -1,7 +1,7 @@
 """Reports: timelines, change points, reported events and their comparison, HTML rendering,
 and a small Python API for researchers.
 
-    import reports
+    from blockwatch import reports
     data = reports.load("~/.local/share/blockwatch/blockwatch.db", since="2014-06-01")
     data.measurements   # one row per measurement with its current verdict (DataFrame with pandas)
     data.verdicts       # one row per run x service: the current service verdict, with the run
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from storage import Store, open_store
-from storage.queries import Filters, service_verdicts
-from storage.types import parse_utc
+from blockwatch.storage import Store, open_store
+from blockwatch.storage.queries import Filters, service_verdicts
+from blockwatch.storage.types import parse_utc
 
 __all__ = ["Data", "load"]
 

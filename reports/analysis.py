@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from reports.changes import DEFAULT_MIN_SWEEPS, SeriesResult, detect_all
-from reports.compare import Comparison, compare
-from reports.events import Event
-from storage import Store
-from storage.queries import NO_FILTERS, Filters, service_verdicts, vantages
+from blockwatch.reports.changes import DEFAULT_MIN_SWEEPS, SeriesResult, detect_all
+from blockwatch.reports.compare import Comparison, compare
+from blockwatch.reports.events import Event
+from blockwatch.storage import Store
+from blockwatch.storage.queries import NO_FILTERS, Filters, service_verdicts, vantages
 
 
 def change_points(store: Store, filters: Filters = NO_FILTERS,

@@ -26,8 +26,8 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from reports.changes import ChangePoint, SeriesResult
-from reports.events import END_KINDS, Event
+from blockwatch.reports.changes import ChangePoint, SeriesResult
+from blockwatch.reports.events import END_KINDS, Event
 
 TOLERANCE = dt.timedelta(days=1)
 AGREES = "agrees"

@@ -95,7 +95,7 @@ def load_events(paths: Sequence[str | Path] = (), *, builtin: bool = True) -> li
     """The built-in events (unless ``builtin=False``) followed by those of ``paths``."""
     events: list[Event] = []
     if builtin:
-        text = resources.files("reports").joinpath("data/events.csv").read_text("utf-8")
+        text = resources.files("blockwatch.reports").joinpath("data/events.csv").read_text("utf-8")
         events += parse_events(text, builtin_path())
     for path in paths:
         events += parse_events(_read(Path(path)), str(path))

@@ -16,13 +16,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reports.analysis import change_points, comparison
-from reports.changes import DEFAULT_MIN_SWEEPS, SeriesResult
-from reports.compare import Comparison
-from reports.events import Event
-from reports.timeline import STEP, Series, Timeline, timeline
-from storage import Store
-from storage.queries import (
+from blockwatch.reports.analysis import change_points, comparison
+from blockwatch.reports.changes import DEFAULT_MIN_SWEEPS, SeriesResult
+from blockwatch.reports.compare import Comparison
+from blockwatch.reports.events import Event
+from blockwatch.reports.timeline import STEP, Series, Timeline, timeline
+from blockwatch.storage import Store
+from blockwatch.storage.queries import (
     NO_FILTERS,
     Bucket,
     Filters,

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage import Store
-from storage.queries import bulk_insert
+from blockwatch.storage import Store
+from blockwatch.storage.queries import bulk_insert
 
 PROBES = ("dns", "tcp", "tls", "http")
 

@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from storage import Store
-from storage.queries import NO_FILTERS, Bucket, BucketCount, Filters, timeline_counts
+from blockwatch.storage import Store
+from blockwatch.storage.queries import NO_FILTERS, Bucket, BucketCount, Filters, timeline_counts
 
 VERDICTS = ("ok", "blocked", "partial", "down", "inconclusive", "network_unavailable")
 STEP = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1),

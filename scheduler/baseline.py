@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from probes.failures import CONNECTION_REFUSED, CONNECTION_RESET, classify
-from probes.model import Endpoint
-from probes.scope import Scope
+from blockwatch.probes.failures import CONNECTION_REFUSED, CONNECTION_RESET, classify
+from blockwatch.probes.model import Endpoint
+from blockwatch.probes.scope import Scope
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,12 +35,12 @@ from apscheduler.events import (
 )
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from scheduler.groups import GroupSpec
-from scheduler.lock import LockBusy, acquire_run_lock
-from scheduler.logfmt import fields
-from scheduler.sweep import sweep
-from storage.errors import StorageError
-from storage.store import ScheduleState, Store
+from blockwatch.scheduler.groups import GroupSpec
+from blockwatch.scheduler.lock import LockBusy, acquire_run_lock
+from blockwatch.scheduler.logfmt import fields
+from blockwatch.scheduler.sweep import sweep
+from blockwatch.storage.errors import StorageError
+from blockwatch.storage.store import ScheduleState, Store
 
 log = logging.getLogger("blockwatch.daemon")
 

@@ -22,9 +22,9 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from probes.context import ProbeContext
-from probes.model import Service, Target
-from scheduler.sweep import SweepSettings
+from blockwatch.probes.context import ProbeContext
+from blockwatch.probes.model import Service, Target
+from blockwatch.scheduler.sweep import SweepSettings
 
 
 def validate_cron(expr: str) -> str:

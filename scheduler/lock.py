@@ -33,8 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from storage.db import parse_url
-from storage.errors import StorageError, hide_password
+from blockwatch.storage.db import parse_url
+from blockwatch.storage.errors import StorageError, hide_password
 
 
 class LockBusy(Exception):

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from probes.model import SILENT_PROTOCOLS, Service, Target, VPNEndpoint
-from probes.scope import is_ip
+from blockwatch.probes.model import SILENT_PROTOCOLS, Service, Target, VPNEndpoint
+from blockwatch.probes.scope import is_ip
 
 
 def _url_endpoint(url: str) -> tuple[str, int, bool]:

@@ -37,12 +37,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from probes.context import ProbeContext
-from probes.model import Endpoint, Measurement, Run, Service, Target, Verdict
-from probes.registry import PROBES
-from probes.runner import new_id, run_probe
-from probes.verdicts import Judge, judge_run
-from scheduler.baseline import Baseline, check_baseline
+from blockwatch.probes.context import ProbeContext
+from blockwatch.probes.model import Endpoint, Measurement, Run, Service, Target, Verdict
+from blockwatch.probes.registry import PROBES
+from blockwatch.probes.runner import new_id, run_probe
+from blockwatch.probes.verdicts import Judge, judge_run
+from blockwatch.scheduler.baseline import Baseline, check_baseline
 
 log = logging.getLogger("blockwatch.sweep")
 

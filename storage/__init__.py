@@ -1,6 +1,6 @@
 """Storage of runs, measurements and verdicts (SQLite or PostgreSQL), migrations and exports.
 
-    from storage import open_store
+    from blockwatch.storage import open_store
     with open_store("sqlite:///results.db") as store:
         for m in store.measurements(since=...): ...
 
@@ -14,16 +14,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from storage.errors import StorageError
+from blockwatch.storage.errors import StorageError
 
 if TYPE_CHECKING:
-    from storage.db import open_store
-    from storage.export import CONTRACT_FIELDS, EXPORT_FIELDS, write_csv, write_jsonl
-    from storage.store import Store
+    from blockwatch.storage.db import open_store
+    from blockwatch.storage.export import CONTRACT_FIELDS, EXPORT_FIELDS, write_csv, write_jsonl
+    from blockwatch.storage.store import Store
 
-_WHERE = {"open_store": "storage.db", "CONTRACT_FIELDS": "storage.export",
-          "EXPORT_FIELDS": "storage.export", "write_csv": "storage.export",
-          "write_jsonl": "storage.export", "Store": "storage.store"}
+_WHERE = {"open_store": "blockwatch.storage.db", "CONTRACT_FIELDS": "blockwatch.storage.export",
+          "EXPORT_FIELDS": "blockwatch.storage.export", "write_csv": "blockwatch.storage.export",
+          "write_jsonl": "blockwatch.storage.export", "Store": "blockwatch.storage.store"}
 
 
 def __getattr__(name: str) -> Any:

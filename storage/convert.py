@@ -11,15 +11,15 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from probes.model import (
+from blockwatch.probes.model import (
     Measurement,
     Run,
     Target,
     Verdict,
     observation_from_dict,
 )
-from storage.tables import RunRow, VerdictRow
-from storage.types import ensure_utc, format_utc
+from blockwatch.storage.tables import RunRow, VerdictRow
+from blockwatch.storage.types import ensure_utc, format_utc
 
 
 def run_to_row(run: Run) -> dict[str, Any]:

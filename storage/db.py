@@ -29,10 +29,10 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from storage import migrate
-from storage.errors import StorageError, describe, hide_password
-from storage.store import Store
-from storage.types import json_text
+from blockwatch.storage import migrate
+from blockwatch.storage.errors import StorageError, describe, hide_password
+from blockwatch.storage.store import Store
+from blockwatch.storage.types import json_text
 
 BUSY_TIMEOUT_MS = 5000
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from storage.errors import StorageError
+from blockwatch.storage.errors import StorageError
 
 CONTRACT_FIELDS = (
     "measurement_id",
@@ -110,7 +110,7 @@ def write_parquet(rows: Iterable[Mapping[str, Any]], fh: Any) -> int:
 def write_ooni(rows: Iterable[Mapping[str, Any]], fh: TextIO) -> int:
     """OONI's data format, one df-000 measurement per line (``storage.ooni``; imported only
     when used, as it needs the probes' vocabulary)."""
-    from storage.ooni import write_ooni as write
+    from blockwatch.storage.ooni import write_ooni as write
 
     return write(rows, fh)
 

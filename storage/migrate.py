@@ -24,9 +24,9 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.errors import StorageError
-from storage.migrations import HEAD
-from storage.tables import Base
+from blockwatch.storage.errors import StorageError
+from blockwatch.storage.migrations import HEAD
+from blockwatch.storage.tables import Base
 
 if TYPE_CHECKING:  # Alembic is imported only when a database is not at HEAD already
     from alembic.config import Config

@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TextIO, cast
 from urllib.parse import urlsplit
 
-from probes import failures as F
-from probes.dns import is_bogon
-from probes.fingerprints import FingerprintSet
-from probes.http import body_sample, extract_title
-from probes.model import (
+from blockwatch.probes import failures as F
+from blockwatch.probes.dns import is_bogon
+from blockwatch.probes.fingerprints import FingerprintSet
+from blockwatch.probes.http import body_sample, extract_title
+from blockwatch.probes.model import (
     DNSAnswer,
     DNSObservation,
     DNSResponse,
@@ -57,7 +57,7 @@ from probes.model import (
     TLSObservation,
     Verdict,
 )
-from probes.verdicts import CERT_FAILURES, judge_run
+from blockwatch.probes.verdicts import CERT_FAILURES, judge_run
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # a web_connectivity record with bodies is < 2 MiB
 CONTROL_VANTAGE = "ooni-th"

@@ -36,11 +36,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from storage.db import create_engine_for, parse_url
-from storage.errors import StorageError, describe, hide_password
-from storage.store import Store
-from storage.tables import MeasurementRow, RunRow, VerdictRow
-from storage.types import ensure_utc, parse_utc
+from blockwatch.storage.db import create_engine_for, parse_url
+from blockwatch.storage.errors import StorageError, describe, hide_password
+from blockwatch.storage.store import Store
+from blockwatch.storage.tables import MeasurementRow, RunRow, VerdictRow
+from blockwatch.storage.types import ensure_utc, parse_utc
 
 Bucket = Literal["hour", "day", "week"]
 BUCKETS: tuple[Bucket, ...] = ("hour", "day", "week")

@@ -38,8 +38,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from probes.model import Measurement, Run, Verdict
-from storage.convert import (
+from blockwatch.probes.model import Measurement, Run, Verdict
+from blockwatch.storage.convert import (
     export_row,
     measurement_from_row,
     measurement_to_row,
@@ -48,10 +48,10 @@ from storage.convert import (
     verdict_from_row,
     verdict_to_row,
 )
-from storage.errors import StorageError, describe
-from storage.migrate import IMMEDIATE
-from storage.tables import MeasurementRow, RunRow, ScheduleStateRow, VerdictRow
-from storage.types import UTCDateTime, ensure_utc, format_utc, json_text
+from blockwatch.storage.errors import StorageError, describe
+from blockwatch.storage.migrate import IMMEDIATE
+from blockwatch.storage.tables import MeasurementRow, RunRow, ScheduleStateRow, VerdictRow
+from blockwatch.storage.types import UTCDateTime, ensure_utc, format_utc, json_text
 
 YIELD_PER = 500
 MEASUREMENTS = cast(Table, MeasurementRow.__table__)

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, MetaData
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from storage.types import JSONType, UTCDateTime
+from blockwatch.storage.types import JSONType, UTCDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -26,7 +26,7 @@ from sqlalchemy import JSON, DateTime, Dialect, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from probes.model import plain
+from blockwatch.probes.model import plain
 
 SQLITE_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from postgres import postgres_server, postgres_url  # noqa: F401 - fixtures for every test
 
-from probes.scope import Scope
+from blockwatch.probes.scope import Scope
 
 _ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
         "all_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")

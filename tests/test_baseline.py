@@ -9,9 +9,9 @@ import time
 
 from servers import LoopbackServer, blackhole_port, http
 
-from probes.catalogue import parse_endpoint
-from probes.scope import Scope
-from scheduler.baseline import check_baseline
+from blockwatch.probes.catalogue import parse_endpoint
+from blockwatch.probes.scope import Scope
+from blockwatch.scheduler.baseline import check_baseline
 
 
 async def test_one_answering_endpoint_ends_the_check_at_once() -> None:

@@ -6,7 +6,12 @@ import ipaddress
 
 import pytest
 
-from probes.catalogue import CatalogueError, load_catalogue, parse_endpoint, service_from_dict
+from blockwatch.probes.catalogue import (
+    CatalogueError,
+    load_catalogue,
+    parse_endpoint,
+    service_from_dict,
+)
 
 REQUIRED = {"facebook", "instagram", "whatsapp", "kakaotalk", "line", "wechat", "twitter",
             "youtube", "google", "telegram", "signal", "chinadigitaltimes"}

@@ -20,7 +20,7 @@ import pytest
 from dns_server import Behaviour, DNSServer
 from servers import LoopbackServer, blackhole_port, http, make_pki
 
-from storage import open_store
+from blockwatch.storage import open_store
 
 BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")
 CONTRACT = {"measurement_id", "run_id", "vantage", "service", "target", "probe", "started_at",

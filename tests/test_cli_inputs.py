@@ -206,7 +206,7 @@ def test_version_and_help_load_no_database_or_config_code() -> None:
     code = ("import sys, blockwatch.cli as c\n"
             "c.build_parser()\n"
             "heavy = [m for m in ('sqlalchemy', 'alembic', 'pydantic', 'asyncio', 'httpx',"
-            " 'dns.message', 'probes.model', 'matplotlib') if m in sys.modules]\n"
+            " 'dns.message', 'blockwatch.probes.model', 'matplotlib') if m in sys.modules]\n"
             "print(','.join(heavy))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
@@ -215,7 +215,7 @@ def test_version_and_help_load_no_database_or_config_code() -> None:
 
 def test_the_parsers_export_formats_are_storages() -> None:
     from blockwatch.cli import EXPORT_FORMATS
-    from storage.export import FORMATS
+    from blockwatch.storage.export import FORMATS
 
     assert sorted(EXPORT_FORMATS) == sorted(FORMATS)
 

@@ -151,7 +151,7 @@ def test_cron_weekdays_mean_what_crontab_means() -> None:
 
     from apscheduler.triggers.cron import CronTrigger
 
-    from scheduler.groups import _cron_fields
+    from blockwatch.scheduler.groups import _cron_fields
 
     trigger = CronTrigger(**_cron_fields("0 3 * * 1-5"), timezone=dt.UTC)
     saturday = dt.datetime(2026, 11, 28, 12, tzinfo=dt.UTC)  # 2026-11-28 is a Saturday
@@ -173,7 +173,7 @@ def test_example_schedules_parse_when_uncommented() -> None:
 
 
 def test_which_services_a_run_measures(tmp_path: Path) -> None:
-    from probes.catalogue import load_catalogue
+    from blockwatch.probes.catalogue import load_catalogue
 
     catalogue = set(load_catalogue())
     listed = tmp_path / "lists" / "mine.csv"

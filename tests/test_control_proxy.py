@@ -10,11 +10,11 @@ import pytest
 from servers import LoopbackServer, SocksBehaviour, http, socks5
 
 from blockwatch.config import ConfigError, parse_config
-from probes.context import Lookup, ProbeContext, Timeouts
-from probes.model import Service, Target
-from probes.scope import Scope
-from scheduler.sweep import ControlPath, SweepSettings, sweep
-from storage import open_store
+from blockwatch.probes.context import Lookup, ProbeContext, Timeouts
+from blockwatch.probes.model import Service, Target
+from blockwatch.probes.scope import Scope
+from blockwatch.scheduler.sweep import ControlPath, SweepSettings, sweep
+from blockwatch.storage import open_store
 
 HOST = "example.test"
 FAST = Timeouts(dns=0.5, tcp=0.5, tls=1.0, http=1.0)
@@ -101,8 +101,8 @@ def test_control_proxy_config() -> None:
 def test_bogon_answers_are_judged_only_inside_the_scopes_own_prefixes() -> None:
     import datetime as dt
 
-    from probes.model import Measurement, TCPObservation
-    from probes.verdicts import judge_run
+    from blockwatch.probes.model import Measurement, TCPObservation
+    from blockwatch.probes.verdicts import judge_run
 
     now = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
     target = Target(service="svc", probe="tcp", host=HOST, port=443)

@@ -21,10 +21,10 @@ import pytest
 import trustme
 from dns_server import Behaviour, DNSServer
 
-from probes import dns as dns_probe
-from probes import failures as F
-from probes.context import ProbeContext, ProbeResult, Timeouts
-from probes.dns import (
+from blockwatch.probes import dns as dns_probe
+from blockwatch.probes import failures as F
+from blockwatch.probes.context import ProbeContext, ProbeResult, Timeouts
+from blockwatch.probes.dns import (
     INJECTION_WINDOW_S,
     DNSProbe,
     is_bogon,
@@ -32,11 +32,11 @@ from probes.dns import (
     query,
     retransmissions,
 )
-from probes.model import DNSObservation, Target
-from probes.pacing import Limits
-from probes.resolvers import ResolverSpec, parse_resolver
-from probes.runner import run_probe
-from probes.scope import Scope
+from blockwatch.probes.model import DNSObservation, Target
+from blockwatch.probes.pacing import Limits
+from blockwatch.probes.resolvers import ResolverSpec, parse_resolver
+from blockwatch.probes.runner import run_probe
+from blockwatch.probes.scope import Scope
 
 TIMEOUT = 0.25
 LINUX = sys.platform.startswith("linux")
@@ -556,7 +556,7 @@ def _silent_target(host: str, resolver: str) -> Target:
 
 
 def _judge_silent(m: object) -> tuple[str, str, str]:
-    from probes.verdicts import judge_run
+    from blockwatch.probes.verdicts import judge_run
 
     v = next(v for v in judge_run([m], {}, ()) if v.measurement_id is not None)  # type: ignore[list-item]
     return v.verdict, v.rule_id, v.evidence
@@ -624,7 +624,7 @@ def test_the_plain_answer_fast_path_reads_what_dnspython_reads() -> None:
     import dns.message as message
     import dns.rrset
 
-    from probes.dns import Query, _plain_answer
+    from blockwatch.probes.dns import Query, _plain_answer
 
     rng = random.Random(11)
     v6 = ["::", "::1", "::ffff:1.2.3.4", "::1.2.3.4", "1:0:0:1:0:0:0:1", "2001:db8::",
@@ -716,7 +716,7 @@ async def test_a_kept_connection_closed_by_the_server_is_replaced(server: DNSSer
 async def test_a_stream_resolver_gets_a_handful_of_connections_however_many_queries(
         server: DNSServer) -> None:
     # dnsmasq serves 20 TCP connections at once: a sweep must not hold them all, idle
-    from probes.dns import STREAM_CONNECTIONS
+    from blockwatch.probes.dns import STREAM_CONNECTIONS
 
     server.keepalive = True
     names = [f"m{i}.test" for i in range(40)]

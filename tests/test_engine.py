@@ -19,16 +19,16 @@ import pytest
 from dns_server import Behaviour, DNSServer
 from servers import LoopbackServer, blackhole_port, http
 
-from probes import failures as F
-from probes.context import ProbeContext, Timeouts
-from probes.model import Measurement, Run, Service, Verdict
-from probes.pacing import Limits
-from probes.resolvers import parse_resolver
-from probes.scope import Scope
-from probes.verdicts import judge_run
-from scheduler.plan import plan_sweep
-from scheduler.sweep import SweepSettings, _Writer, sweep
-from storage import open_store
+from blockwatch.probes import failures as F
+from blockwatch.probes.context import ProbeContext, Timeouts
+from blockwatch.probes.model import Measurement, Run, Service, Verdict
+from blockwatch.probes.pacing import Limits
+from blockwatch.probes.resolvers import parse_resolver
+from blockwatch.probes.scope import Scope
+from blockwatch.probes.verdicts import judge_run
+from blockwatch.scheduler.plan import plan_sweep
+from blockwatch.scheduler.sweep import SweepSettings, _Writer, sweep
+from blockwatch.storage import open_store
 
 LIVE, DROPPED, MISSING = 160, 12, 12
 
@@ -149,7 +149,7 @@ class _CountingStore:
 
 
 def _m(i: int) -> Measurement:
-    from probes.model import Target
+    from blockwatch.probes.model import Target
 
     return Measurement(id=f"m{i}", run_id="r", vantage="v",
                        target=Target(service="s", probe="dns", host="h"), probe_version="2",

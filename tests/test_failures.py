@@ -21,8 +21,8 @@ from servers import (
     reset_on_data,
 )
 
-from probes.failures import classify, scrub
-from probes.scope import OutOfScopeError, Scope
+from blockwatch.probes.failures import classify, scrub
+from blockwatch.probes.scope import OutOfScopeError, Scope
 
 
 @pytest.fixture

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from probes import fingerprints as fpr
-from probes.fingerprints import FingerprintError, FingerprintSet, load, load_file, parse_entry
+from blockwatch.probes import fingerprints as fpr
+from blockwatch.probes.fingerprints import (
+    FingerprintError,
+    FingerprintSet,
+    load,
+    load_file,
+    parse_entry,
+)
 
 # OONI's own fingerprint files (BSD-3, tests/data/ooni/LICENSE)
 SHARED = Path(__file__).resolve().parent / "data" / "ooni" / "fingerprints"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from strongswan_server import AVAILABLE, strongswan_responder
 
-from probes import failures as F
-from probes.context import ProbeContext, Timeouts
-from probes.ikev2 import (
+from blockwatch.probes import failures as F
+from blockwatch.probes.context import ProbeContext, Timeouts
+from blockwatch.probes.ikev2 import (
     IKE_SA_INIT,
     PAYLOAD_NOTIFY,
     PAYLOAD_SA,
@@ -23,8 +23,8 @@ from probes.ikev2 import (
     build_sa_init,
     parse_sa_init_reply,
 )
-from probes.model import Target, VPNObservation
-from probes.scope import Scope
+from blockwatch.probes.model import Target, VPNObservation
+from blockwatch.probes.scope import Scope
 
 needs_charon = pytest.mark.skipif(
     not AVAILABLE and not os.environ.get("BLOCKWATCH_REQUIRE_LAB"),

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from unprivileged import as_unprivileged, scratch_dir
 
-from scheduler.lock import LockBusy, acquire_run_lock, lock_base
-from storage import StorageError
+from blockwatch.scheduler.lock import LockBusy, acquire_run_lock, lock_base
+from blockwatch.storage import StorageError
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from scheduler.lock import acquire_run_lock
+from blockwatch.scheduler.lock import acquire_run_lock
 group = sys.argv[2] or None
 lock = acquire_run_lock(sys.argv[1], group, Path(sys.argv[3]))
 print("held", flush=True)

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from probes.catalogue import load_catalogue
-from probes.model import HTTPObservation, Verdict
-from storage import ooni as O
-from storage import open_store
-from storage.export import FORMATS
+from blockwatch.probes.catalogue import load_catalogue
+from blockwatch.probes.model import HTTPObservation, Verdict
+from blockwatch.storage import ooni as O
+from blockwatch.storage import open_store
+from blockwatch.storage.export import FORMATS
 
 # real OONI measurements (BSD-3, tests/data/ooni/LICENSE), always here
 DATA = Path(__file__).resolve().parent / "data" / "ooni"

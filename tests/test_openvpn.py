@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from openvpn_server import OPENVPN, make_static_key, openvpn_server
 
-from probes import failures as F
-from probes.context import ProbeContext, Timeouts
-from probes.model import Target, VPNObservation
-from probes.openvpn import (
+from blockwatch.probes import failures as F
+from blockwatch.probes.context import ProbeContext, Timeouts
+from blockwatch.probes.model import Target, VPNObservation
+from blockwatch.probes.openvpn import (
     UDP_SENDS,
     UNVERIFIABLE,
     MalformedReply,
@@ -27,8 +27,8 @@ from probes.openvpn import (
     parse_server_reset,
     parse_static_key,
 )
-from probes.runner import run_probe
-from probes.scope import Scope
+from blockwatch.probes.runner import run_probe
+from blockwatch.probes.scope import Scope
 
 needs_openvpn = pytest.mark.skipif(
     OPENVPN is None and not os.environ.get("BLOCKWATCH_REQUIRE_LAB"),

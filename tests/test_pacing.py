@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from probes import pacing
-from probes.pacing import Limiter, Limits, Meter
+from blockwatch.probes import pacing
+from blockwatch.probes.pacing import Limiter, Limits, Meter
 
 
 async def test_a_deadline_is_paused_while_its_measurement_queues() -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from probes.catalogue import load_catalogue
-from scheduler.plan import plan_service
+from blockwatch.probes.catalogue import load_catalogue
+from blockwatch.scheduler.plan import plan_service
 
 
 def test_plan_yields_each_probe_once_per_target() -> None:
@@ -26,7 +26,7 @@ def test_plan_respects_probe_selection() -> None:
 
 
 def test_vpn_endpoints_become_protocol_targets() -> None:
-    from probes.catalogue import service_from_dict
+    from blockwatch.probes.catalogue import service_from_dict
 
     svc = service_from_dict("myvpn", {"vpn": [
         {"protocol": "openvpn", "host": "vpn.example", "port": 1194, "transport": "udp",
@@ -47,7 +47,7 @@ def test_vpn_endpoints_become_protocol_targets() -> None:
 def test_bad_vpn_entries() -> None:
     import pytest
 
-    from probes.catalogue import CatalogueError, service_from_dict
+    from blockwatch.probes.catalogue import CatalogueError, service_from_dict
 
     for entry, message in [({"protocol": "ipsec", "host": "a"}, "protocol must be"),
                            ({"protocol": "wireguard", "host": "a", "transport": "tcp"},

@@ -18,12 +18,12 @@ from sqlalchemy import text
 from test_storage import T0, _filled, check_round_trip
 
 from blockwatch.cli import main
-from probes.model import Run
-from reports import synthetic
-from storage import StorageError, open_store
-from storage.migrate import head
-from storage.store import ScheduleState
-from storage.tables import Base
+from blockwatch.probes.model import Run
+from blockwatch.reports import synthetic
+from blockwatch.storage import StorageError, open_store
+from blockwatch.storage.migrate import head
+from blockwatch.storage.store import ScheduleState
+from blockwatch.storage.tables import Base
 
 U = dt.UTC
 BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")
@@ -41,7 +41,7 @@ SCENARIO = synthetic.Scenario(
 
 
 def _sql(url: str, sql: str) -> list[tuple]:
-    from storage.db import create_engine_for
+    from blockwatch.storage.db import create_engine_for
 
     engine = create_engine_for(url)
     try:
@@ -244,9 +244,9 @@ def test_query_runs_explain_and_show(history: tuple[str, str],
 def test_reanalyze(postgres_url: str, tmp_path: Path) -> None:
     from test_reanalyze import CONTROL, dns_m
 
-    from probes import failures as F
-    from probes.model import Verdict
-    from probes.verdicts import ANALYZER_VERSION
+    from blockwatch.probes import failures as F
+    from blockwatch.probes.model import Verdict
+    from blockwatch.probes.verdicts import ANALYZER_VERSION
 
     day = dt.datetime(2024, 6, 1, tzinfo=U)
     with open_store(postgres_url) as store:

@@ -16,12 +16,12 @@ import trustme
 from servers import LoopbackServer, silent
 from vpn_servers import PPTPD, XL2TPD, pptpd, xl2tpd
 
-from probes import failures as F
-from probes import l2tp, pptp
-from probes.context import ProbeContext, ProbeResult, Timeouts
-from probes.model import Target, VPNObservation
-from probes.scope import Scope
-from probes.tor import TorProbe
+from blockwatch.probes import failures as F
+from blockwatch.probes import l2tp, pptp
+from blockwatch.probes.context import ProbeContext, ProbeResult, Timeouts
+from blockwatch.probes.model import Target, VPNObservation
+from blockwatch.probes.scope import Scope
+from blockwatch.probes.tor import TorProbe
 
 REQUIRE = bool(os.environ.get("BLOCKWATCH_REQUIRE_LAB"))
 needs_pptpd = pytest.mark.skipif(PPTPD is None and not REQUIRE, reason="Debian's pptpd missing")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from blockwatch.cli import main
-from reports import synthetic
-from storage import StorageError, open_store
-from storage.queries import read_only_engine, read_only_query
+from blockwatch.reports import synthetic
+from blockwatch.storage import StorageError, open_store
+from blockwatch.storage.queries import read_only_engine, read_only_query
 
 U = dt.UTC
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from probes import failures as F
-from probes.model import DNSObservation, DNSResponse, Measurement, Run, Target, Verdict
-from probes.verdicts import ANALYZER_VERSION
-from storage import open_store
+from blockwatch.probes import failures as F
+from blockwatch.probes.model import DNSObservation, DNSResponse, Measurement, Run, Target, Verdict
+from blockwatch.probes.verdicts import ANALYZER_VERSION
+from blockwatch.storage import open_store
 
 BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")
 SCENARIOS = Path(__file__).resolve().parents[2] / "shared/data/ooni/webconnectivity-scenarios"
@@ -36,7 +36,7 @@ def config(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:
 
 def dns_m(run: str, resolver: str, rcode: str, failure: str | None, start: dt.datetime,
           ips: tuple[str, ...] = ()) -> Measurement:
-    from probes.model import DNSAnswer
+    from blockwatch.probes.model import DNSAnswer
 
     obs = DNSObservation(resolver=resolver, transport="udp", qname="kakao.com", qtype="A",
                          t0=0, failure=failure, responses=(DNSResponse(

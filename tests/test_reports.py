@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from blockwatch.cli import main
-from reports import load, synthetic
-from reports.analysis import change_points, comparison
-from reports.changes import Sweep, detect
-from reports.compare import AGREES, BEFORE, LATER, NO_DATA, NOT_OBSERVED
-from reports.events import EventsError, load_events, parse_events
-from reports.html import report_html
-from reports.timeline import timeline
-from storage import open_store
-from storage.queries import Filters, bulk_insert
+from blockwatch.reports import load, synthetic
+from blockwatch.reports.analysis import change_points, comparison
+from blockwatch.reports.changes import Sweep, detect
+from blockwatch.reports.compare import AGREES, BEFORE, LATER, NO_DATA, NOT_OBSERVED
+from blockwatch.reports.events import EventsError, load_events, parse_events
+from blockwatch.reports.html import report_html
+from blockwatch.reports.timeline import timeline
+from blockwatch.storage import open_store
+from blockwatch.storage.queries import Filters, bulk_insert
 
 U = dt.UTC
 JUL2 = dt.datetime(2014, 7, 2, tzinfo=U)

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from scheduler.groups import GroupSpec, SweepPlan, format_seconds
+from blockwatch.scheduler.groups import GroupSpec, SweepPlan, format_seconds
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, 7, tzinfo=dt.UTC)
 

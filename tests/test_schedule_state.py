@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import StorageError, open_store
-from storage.store import ScheduleState
+from blockwatch.storage import StorageError, open_store
+from blockwatch.storage.store import ScheduleState
 
 T = dt.datetime(2026, 11, 27, 17, 0, tzinfo=dt.UTC)
 

@@ -14,7 +14,7 @@ import pytest
 from test_cli import BLOCKWATCH
 
 from blockwatch.cli import build_parser
-from scheduler.units import TimerOptions, exec_start, quote
+from blockwatch.scheduler.units import TimerOptions, exec_start, quote
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -24,7 +24,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from unprivileged import as_unprivileged, scratch_dir
 
-from probes.model import (
+from blockwatch.probes.model import (
     DNSAnswer,
     DNSObservation,
     DNSResponse,
@@ -38,7 +38,7 @@ from probes.model import (
     Verdict,
     VPNObservation,
 )
-from storage import (
+from blockwatch.storage import (
     CONTRACT_FIELDS,
     EXPORT_FIELDS,
     StorageError,
@@ -47,8 +47,8 @@ from storage import (
     write_csv,
     write_jsonl,
 )
-from storage.migrate import head
-from storage.tables import Base
+from blockwatch.storage.migrate import head
+from blockwatch.storage.tables import Base
 
 T0 = dt.datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,7 +310,7 @@ def test_plain_path_creates_directories(tmp_path: Path) -> None:
 
 
 def test_head_names_the_newest_migration() -> None:
-    from storage.migrations import HEAD
+    from blockwatch.storage.migrations import HEAD
 
     assert head() == HEAD  # a database at HEAD opens without Alembic: the two must agree
 
@@ -546,8 +546,8 @@ _KILLED_WRITER = """
 import datetime as dt, os, sys
 from sqlalchemy import event
 from sqlalchemy.orm import Session
-from probes.model import Measurement, Target, TCPObservation
-from storage import open_store
+from blockwatch.probes.model import Measurement, Target, TCPObservation
+from blockwatch.storage import open_store
 
 store = open_store(sys.argv[1])
 

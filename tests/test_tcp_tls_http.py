@@ -35,9 +35,9 @@ from servers import (
     socks5,
 )
 
-from probes.context import Lookup, ProbeContext, ProbeResult, Timeouts
-from probes.http import BODY_CAP, HTTPProbe, extract_title
-from probes.model import (
+from blockwatch.probes.context import Lookup, ProbeContext, ProbeResult, Timeouts
+from blockwatch.probes.http import BODY_CAP, HTTPProbe, extract_title
+from blockwatch.probes.model import (
     DNSObservation,
     HTTPObservation,
     Target,
@@ -45,12 +45,12 @@ from probes.model import (
     TLSObservation,
     Verdict,
 )
-from probes.runner import run_probe
-from probes.scope import Scope
-from probes.socks import SocksReplyError, parse_proxy
-from probes.tcp import TCPProbe
-from probes.tls import TLSProbe, _peer_chain
-from probes.verdicts import judge_run
+from blockwatch.probes.runner import run_probe
+from blockwatch.probes.scope import Scope
+from blockwatch.probes.socks import SocksReplyError, parse_proxy
+from blockwatch.probes.tcp import TCPProbe
+from blockwatch.probes.tls import TLSProbe, _peer_chain
+from blockwatch.probes.verdicts import judge_run
 
 HOST = "example.test"
 FAST = Timeouts(dns=0.5, tcp=0.5, tls=1.0, http=1.0)
@@ -372,7 +372,7 @@ async def test_tls_handshake_interference(handler: object, failure: str) -> None
 
 
 def _judged(result: object, target: Target) -> Verdict:
-    from probes.model import Measurement
+    from blockwatch.probes.model import Measurement
 
     m = Measurement(id="m1", run_id="r", vantage="v", target=target, probe_version="1",
                     started_at=dt.datetime.now(dt.UTC), runtime_s=0.1,
@@ -398,7 +398,7 @@ async def test_tls_sni_filtering_told_apart_by_the_control_sni(pki: PKI) -> None
 
 async def test_https_fetch_of_an_sni_filtered_name_is_judged_by_the_control_sni(
         pki: PKI) -> None:
-    from probes.model import Measurement
+    from blockwatch.probes.model import Measurement
 
     handler = sni_filter(HOST, pki.server_context(pki.valid))
     async with LoopbackServer(handler) as server:

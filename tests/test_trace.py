@@ -30,13 +30,18 @@ from servers import (
     silent,
 )
 
-from probes import failures as F
-from probes import trace
-from probes.context import ProbeContext, Timeouts
-from probes.model import RawObservation, Target, observation_from_dict, observation_to_dict
-from probes.scope import Scope
-from probes.tcp import Clock
-from probes.trace import (
+from blockwatch.probes import failures as F
+from blockwatch.probes import trace
+from blockwatch.probes.context import ProbeContext, Timeouts
+from blockwatch.probes.model import (
+    RawObservation,
+    Target,
+    observation_from_dict,
+    observation_to_dict,
+)
+from blockwatch.probes.scope import Scope
+from blockwatch.probes.tcp import Clock
+from blockwatch.probes.trace import (
     TraceProbe,
     conclude,
     judge_resets,
@@ -383,10 +388,10 @@ async def test_proxy_and_ipv6_are_refused_cleanly() -> None:
 
 NO_RAW_SCRIPT = textwrap.dedent("""
     import asyncio, json, logging, socket, sys
-    from probes.context import ProbeContext, Timeouts
-    from probes.model import Target, observation_to_dict
-    from probes.scope import Scope
-    from probes.trace import TraceProbe
+    from blockwatch.probes.context import ProbeContext, Timeouts
+    from blockwatch.probes.model import Target, observation_to_dict
+    from blockwatch.probes.scope import Scope
+    from blockwatch.probes.trace import TraceProbe
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     try:

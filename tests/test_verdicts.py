@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from probes import failures as F
-from probes.fingerprints import FingerprintSet, parse_entry
-from probes.model import (
+from blockwatch.probes import failures as F
+from blockwatch.probes.fingerprints import FingerprintSet, parse_entry
+from blockwatch.probes.model import (
     DNSAnswer,
     DNSObservation,
     DNSResponse,
@@ -18,8 +18,14 @@ from probes.model import (
     TLSObservation,
     Verdict,
 )
-from probes.runner import new_id
-from probes.verdicts import ANALYZER_VERSION, RULES, consistent, http_matches_control, judge_run
+from blockwatch.probes.runner import new_id
+from blockwatch.probes.verdicts import (
+    ANALYZER_VERSION,
+    RULES,
+    consistent,
+    http_matches_control,
+    judge_run,
+)
 
 FB = Service(name="facebook", title="Facebook", category="social", domains=("facebook.com",),
              prefixes=("157.240.0.0/16",), exclusive_prefixes=True)
@@ -408,7 +414,7 @@ def test_a_fetch_that_could_not_resolve_follows_the_same_rule() -> None:
 
 
 def test_working_dns_below_blocked_tcp_is_not_partial() -> None:
-    from probes.verdicts import judge_service
+    from blockwatch.probes.verdicts import judge_service
 
     def v(verdict: str, layer: str | None, mid: str) -> Verdict:
         return Verdict(verdict=verdict, rule_id="x", analyzer_version="3", service="line",
@@ -427,7 +433,7 @@ def test_working_dns_below_blocked_tcp_is_not_partial() -> None:
 
 
 def vpn_m(vantage: str, result: str, failure: str | None) -> Measurement:
-    from probes.model import VPNObservation
+    from blockwatch.probes.model import VPNObservation
 
     obs = VPNObservation(protocol="openvpn", address="192.0.2.7", port=1194, transport="udp",
                          t0=0.0, t=1.0, result=result, failure=failure)
@@ -457,8 +463,8 @@ def test_vpn_verdicts_need_a_control_vantage() -> None:
 
 
 def test_app_rule_blocks_the_app_when_every_chat_endpoint_is_blocked() -> None:
-    from probes.catalogue import service_from_dict
-    from probes.model import TCPObservation
+    from blockwatch.probes.catalogue import service_from_dict
+    from blockwatch.probes.model import TCPObservation
 
     wa = service_from_dict("wa", {
         "urls": ["https://web.wa.example/"],

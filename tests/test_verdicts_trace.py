@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from probes.model import Measurement, RawObservation, Target, TCPObservation
-from probes.verdicts import RULES, judge_run
+from blockwatch.probes.model import Measurement, RawObservation, Target, TCPObservation
+from blockwatch.probes.verdicts import RULES, judge_run
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 SYNACK = {"ttl": 52, "ipid": 0, "df": True, "window": 65160}
@@ -111,7 +111,7 @@ def test_every_trace_rule_is_documented_data() -> None:
 
 
 def test_raw_observation_survives_storage_shape() -> None:
-    from probes.model import observation_from_dict, observation_to_dict
+    from blockwatch.probes.model import observation_from_dict, observation_to_dict
 
     obs = raw(resets=(FORGED,), hops=({"ttl": 1, "result": "time_exceeded", "from": "a"},))
     back = observation_from_dict(observation_to_dict(obs))

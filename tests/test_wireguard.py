@@ -19,12 +19,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from wireguard_responder import Responder
 
-from probes import failures as F
-from probes.context import ProbeContext, ProbeResult, Timeouts
-from probes.model import Target, VPNObservation
-from probes.openvpn import UDP_SENDS
-from probes.scope import Scope
-from probes.wireguard import (
+from blockwatch.probes import failures as F
+from blockwatch.probes.context import ProbeContext, ProbeResult, Timeouts
+from blockwatch.probes.model import Target, VPNObservation
+from blockwatch.probes.openvpn import UDP_SENDS
+from blockwatch.probes.scope import Scope
+from blockwatch.probes.wireguard import (
     UNVERIFIABLE,
     MalformedReply,
     PeerConfig,

@@ -112,7 +112,7 @@ def sweep(lab_name: str, client: str, config: Path, services: Sequence[str] = ()
 
 def service_verdicts(db: Path, run_id: str) -> dict[str, Any]:
     """The stored per-service verdicts of one run."""
-    from storage import open_store
+    from blockwatch.storage import open_store
 
     with open_store(f"sqlite:///{db}") as store:
         return {v.service: v for v in store.verdicts(run_id=run_id) if v.measurement_id is None}

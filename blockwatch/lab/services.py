@@ -34,9 +34,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from blockwatch.lab.topology import LAB_NET, LAB_NET6, v6
 from blockwatch.lab.vpn import LABVPN
-from probes.catalogue import load_catalogue
-from probes.model import Service
-from probes.scope import is_ip
+from blockwatch.probes.catalogue import load_catalogue
+from blockwatch.probes.model import Service
+from blockwatch.probes.scope import is_ip
 
 SERVICE_NET = "10.201.10.0/24"
 SITE_NETS = ("10.201.100.0/22",)  # room for 1000 generated sites

@@ -13,7 +13,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from storage.tables import Base
+from blockwatch.storage.tables import Base
 
 # SQLite cannot ALTER most things; batch mode recreates the table instead.
 _OPTIONS: dict[str, Any] = {
@@ -41,7 +41,7 @@ def _online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from storage.db import create_engine_for  # only the development path needs an engine
+    from blockwatch.storage.db import create_engine_for  # only the development path needs an engine
 
     engine = create_engine_for(context.config.get_main_option("sqlalchemy.url") or "")
     try:

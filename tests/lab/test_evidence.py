@@ -23,7 +23,7 @@ from blockwatch.lab.runner import service_verdicts
 from blockwatch.lab.scenario import ALL_METHODS, EVIDENCE, expected, expected_control, load, shipped
 from blockwatch.lab.services import NATIONAL_BLOCK_PAGE, lab_catalogue, opt_in_toml
 from blockwatch.lab.topology import CENSOR_DOWN, LAB_NET, LAB_NET6, v6
-from probes.verdicts import BLOCKED, builtin_fingerprints
+from blockwatch.probes.verdicts import BLOCKED, builtin_fingerprints
 
 from .conftest import BLOCKWATCH, Lab, Sweep
 
@@ -77,7 +77,7 @@ def _blockwatch_run(lab: Lab, role: str, cfg: Path) -> tuple[int, str]:
 
 
 def _run_of(db: Path) -> Any:
-    from storage import open_store
+    from blockwatch.storage import open_store
 
     with open_store(f"sqlite:///{db}") as store:
         return store.runs(limit=1)[0]

@@ -24,7 +24,7 @@ from blockwatch.lab.scenario import IPV6, METHODS, expected, expected_control, l
 from blockwatch.lab.services import lab_catalogue
 from blockwatch.lab.state import Manifest
 from blockwatch.lab.topology import CENSOR_DOWN, LAB_NET, LAB_NET6, PUBLIC_RESOLVER, SINKHOLE6
-from probes.verdicts import BLOCKED
+from blockwatch.probes.verdicts import BLOCKED
 
 from .conftest import BLOCKWATCH, Lab
 
@@ -212,7 +212,7 @@ def test_ipv6_broken_is_ok_from_both_clients_and_never_blocked(lab: Lab) -> None
                            "--config", str(cfg), "--quiet"], capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    from storage import open_store
+    from blockwatch.storage import open_store
 
     with open_store(f"sqlite:///{db}") as store:
         run_id = store.runs(limit=1)[0].id

@@ -8,7 +8,7 @@ import pytest
 
 from blockwatch.lab.scenario import ANALYZER, METHODS, expected, expected_for, load
 from blockwatch.lab.services import lab_catalogue
-from probes.verdicts import ANALYZER_VERSION
+from blockwatch.probes.verdicts import ANALYZER_VERSION
 
 CATALOGUE = lab_catalogue()
 METHODS_SCENARIO = load("methods", CATALOGUE.services)

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from storage.types import JSONType, UTCDateTime
+from blockwatch.storage.types import JSONType, UTCDateTime
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Written out rather than imported from storage.tables: a migration describes the schema as it
-# was at this revision, whatever the ORM classes say later.
+# Written out rather than imported from blockwatch.storage.tables: a migration describes the
+# schema as it was at this revision, whatever the ORM classes say later.
 _VERDICT_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from storage.types import UTCDateTime
+from blockwatch.storage.types import UTCDateTime
 
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
