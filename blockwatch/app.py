@@ -123,7 +123,7 @@ def sweep_settings(cfg: Config, *, vantage: str | None = None,
 
 def fingerprints(cfg: Config) -> Any:
     """The built-in fingerprints plus the configured files; ConfigError names a bad one."""
-    from blockwatch.probes.fingerprints import FingerprintError, load
+    from blockwatch.analysis.fingerprints import FingerprintError, load
 
     try:
         return load(cfg.analysis.fingerprints)

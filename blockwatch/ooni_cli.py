@@ -72,8 +72,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_reanalyze(args: argparse.Namespace) -> int:
+    from blockwatch.analysis.verdicts import ANALYZER_VERSION, judge_run
     from blockwatch.app import local_networks
-    from blockwatch.probes.verdicts import ANALYZER_VERSION, judge_run
 
     cfg = load_config(args.config)
     fps = fingerprints(cfg)

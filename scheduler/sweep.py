@@ -37,11 +37,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from blockwatch.analysis.verdicts import Judge, judge_run
 from blockwatch.probes.context import ProbeContext
 from blockwatch.probes.model import Endpoint, Measurement, Run, Service, Target, Verdict
 from blockwatch.probes.registry import PROBES
 from blockwatch.probes.runner import new_id, run_probe
-from blockwatch.probes.verdicts import Judge, judge_run
 from blockwatch.scheduler.baseline import Baseline, check_baseline
 
 log = logging.getLogger("blockwatch.sweep")

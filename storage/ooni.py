@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TextIO, cast
 from urllib.parse import urlsplit
 
+from blockwatch.analysis.fingerprints import FingerprintSet
+from blockwatch.analysis.verdicts import CERT_FAILURES, judge_run
 from blockwatch.probes import failures as F
 from blockwatch.probes.dns import is_bogon
-from blockwatch.probes.fingerprints import FingerprintSet
 from blockwatch.probes.http import body_sample, extract_title
 from blockwatch.probes.model import (
     DNSAnswer,
@@ -57,7 +58,6 @@ from blockwatch.probes.model import (
     TLSObservation,
     Verdict,
 )
-from blockwatch.probes.verdicts import CERT_FAILURES, judge_run
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # a web_connectivity record with bodies is < 2 MiB
 CONTROL_VANTAGE = "ooni-th"

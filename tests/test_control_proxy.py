@@ -101,8 +101,8 @@ def test_control_proxy_config() -> None:
 def test_bogon_answers_are_judged_only_inside_the_scopes_own_prefixes() -> None:
     import datetime as dt
 
+    from blockwatch.analysis.verdicts import judge_run
     from blockwatch.probes.model import Measurement, TCPObservation
-    from blockwatch.probes.verdicts import judge_run
 
     now = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
     target = Target(service="svc", probe="tcp", host=HOST, port=443)

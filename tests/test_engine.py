@@ -19,13 +19,13 @@ import pytest
 from dns_server import Behaviour, DNSServer
 from servers import LoopbackServer, blackhole_port, http
 
+from blockwatch.analysis.verdicts import judge_run
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, Timeouts
 from blockwatch.probes.model import Measurement, Run, Service, Verdict
 from blockwatch.probes.pacing import Limits
 from blockwatch.probes.resolvers import parse_resolver
 from blockwatch.probes.scope import Scope
-from blockwatch.probes.verdicts import judge_run
 from blockwatch.scheduler.plan import plan_sweep
 from blockwatch.scheduler.sweep import SweepSettings, _Writer, sweep
 from blockwatch.storage import open_store

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from blockwatch.probes import fingerprints as fpr
-from blockwatch.probes.fingerprints import (
+from blockwatch.analysis import fingerprints as fpr
+from blockwatch.analysis.fingerprints import (
     FingerprintError,
     FingerprintSet,
     load,

@@ -7,12 +7,12 @@ import asyncio
 
 from servers import LoopbackServer, read_request, response
 
+from blockwatch.analysis.verdicts import judge_run
 from blockwatch.probes.context import ProbeContext, Timeouts
 from blockwatch.probes.http import BODY_SAMPLE_CAP, HTTPProbe
 from blockwatch.probes.model import HTTPObservation, Measurement, Target
 from blockwatch.probes.runner import run_probe
 from blockwatch.probes.scope import Scope
-from blockwatch.probes.verdicts import judge_run
 
 FAST = Timeouts(dns=1.0, tcp=1.0, tls=1.0, http=2.0)
 IR_PAGE = (b'<html><head><meta http-equiv="Content-Type" content="text/html; charset=windows-1256">'

@@ -244,9 +244,9 @@ def test_query_runs_explain_and_show(history: tuple[str, str],
 def test_reanalyze(postgres_url: str, tmp_path: Path) -> None:
     from test_reanalyze import CONTROL, dns_m
 
+    from blockwatch.analysis.verdicts import ANALYZER_VERSION
     from blockwatch.probes import failures as F
     from blockwatch.probes.model import Verdict
-    from blockwatch.probes.verdicts import ANALYZER_VERSION
 
     day = dt.datetime(2024, 6, 1, tzinfo=U)
     with open_store(postgres_url) as store:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from blockwatch.analysis.verdicts import ANALYZER_VERSION
 from blockwatch.probes import failures as F
 from blockwatch.probes.model import DNSObservation, DNSResponse, Measurement, Run, Target, Verdict
-from blockwatch.probes.verdicts import ANALYZER_VERSION
 from blockwatch.storage import open_store
 
 BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")

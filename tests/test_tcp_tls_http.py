@@ -35,6 +35,7 @@ from servers import (
     socks5,
 )
 
+from blockwatch.analysis.verdicts import judge_run
 from blockwatch.probes.context import Lookup, ProbeContext, ProbeResult, Timeouts
 from blockwatch.probes.http import BODY_CAP, HTTPProbe, extract_title
 from blockwatch.probes.model import (
@@ -50,7 +51,6 @@ from blockwatch.probes.scope import Scope
 from blockwatch.probes.socks import SocksReplyError, parse_proxy
 from blockwatch.probes.tcp import TCPProbe
 from blockwatch.probes.tls import TLSProbe, _peer_chain
-from blockwatch.probes.verdicts import judge_run
 
 HOST = "example.test"
 FAST = Timeouts(dns=0.5, tcp=0.5, tls=1.0, http=1.0)

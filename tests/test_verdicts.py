@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+from blockwatch.analysis.fingerprints import FingerprintSet, parse_entry
+from blockwatch.analysis.verdicts import (
+    ANALYZER_VERSION,
+    RULES,
+    consistent,
+    http_matches_control,
+    judge_run,
+)
 from blockwatch.probes import failures as F
-from blockwatch.probes.fingerprints import FingerprintSet, parse_entry
 from blockwatch.probes.model import (
     DNSAnswer,
     DNSObservation,
@@ -19,13 +26,6 @@ from blockwatch.probes.model import (
     Verdict,
 )
 from blockwatch.probes.runner import new_id
-from blockwatch.probes.verdicts import (
-    ANALYZER_VERSION,
-    RULES,
-    consistent,
-    http_matches_control,
-    judge_run,
-)
 
 FB = Service(name="facebook", title="Facebook", category="social", domains=("facebook.com",),
              prefixes=("157.240.0.0/16",), exclusive_prefixes=True)
@@ -414,7 +414,7 @@ def test_a_fetch_that_could_not_resolve_follows_the_same_rule() -> None:
 
 
 def test_working_dns_below_blocked_tcp_is_not_partial() -> None:
-    from blockwatch.probes.verdicts import judge_service
+    from blockwatch.analysis.verdicts import judge_service
 
     def v(verdict: str, layer: str | None, mid: str) -> Verdict:
         return Verdict(verdict=verdict, rule_id="x", analyzer_version="3", service="line",

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from blockwatch.analysis.verdicts import RULES, judge_run
 from blockwatch.probes.model import Measurement, RawObservation, Target, TCPObservation
-from blockwatch.probes.verdicts import RULES, judge_run
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 SYNACK = {"ttl": 52, "ipid": 0, "df": True, "window": 65160}

@@ -42,7 +42,7 @@ from blockwatch.lab.topology import CENSOR_DOWN, PUBLIC_RESOLVER, SINKHOLE, SINK
 BOGON = "10.10.34.35"  # private, outside the lab's scope: the probes see it as a bogon
 # a ULA address outside the lab's own /48 (LAB_NET6): a bogon the scope refuses, like BOGON
 BOGON6 = "fd0a:10:34::35"
-# a public address the Great Firewall's injector answered with (probes/data/fingerprints/dns.json,
+# a public address the Great Firewall's injector answered with (analysis/data/fingerprints/dns.json,
 # bw.dns.cn_gfw_8.7.198.45): outside the lab's scope, so no probe ever sends it a packet
 KNOWN_FORGED = "8.7.198.45"
 INJECT_QUEUE = 5

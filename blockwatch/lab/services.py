@@ -280,7 +280,7 @@ BLOCK_PAGE = ("<!doctype html><html><head><title>Access denied</title></head><bo
 # A copy of Iran's national block page as the country's ISPs serve it for a blocked site over
 # HTTP: "403 Forbidden" and an iframe to 10.10.34.34 (peyvandha.ir), byte for byte as captured
 # in the wild (e.g. getlantern/detour's test fixture). The shipped fingerprint
-# bw.http.ir_peyvandha_iframe (probes/data/fingerprints/http.json) describes it.
+# bw.http.ir_peyvandha_iframe (analysis/data/fingerprints/http.json) describes it.
 NATIONAL_BLOCK_PAGE = (
     '<html><head><meta http-equiv="Content-Type" content="text/html; charset=windows-1256">'
     "<title>M1-6\n</title></head><body><iframe "

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from blockwatch.analysis.verdicts import BLOCKED, builtin_fingerprints
 from blockwatch.lab.censor import KNOWN_FORGED
 from blockwatch.lab.runner import service_verdicts
 from blockwatch.lab.scenario import ALL_METHODS, EVIDENCE, expected, expected_control, load, shipped
 from blockwatch.lab.services import NATIONAL_BLOCK_PAGE, lab_catalogue, opt_in_toml
 from blockwatch.lab.topology import CENSOR_DOWN, LAB_NET, LAB_NET6, v6
-from blockwatch.probes.verdicts import BLOCKED, builtin_fingerprints
 
 from .conftest import BLOCKWATCH, Lab, Sweep
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
+from blockwatch.analysis.verdicts import BLOCKED
 from blockwatch.lab.censor import BOGON6
 from blockwatch.lab.runner import service_verdicts
 from blockwatch.lab.scenario import IPV6, METHODS, expected, expected_control, load
 from blockwatch.lab.services import lab_catalogue
 from blockwatch.lab.state import Manifest
 from blockwatch.lab.topology import CENSOR_DOWN, LAB_NET, LAB_NET6, PUBLIC_RESOLVER, SINKHOLE6
-from blockwatch.probes.verdicts import BLOCKED
 
 from .conftest import BLOCKWATCH, Lab
 

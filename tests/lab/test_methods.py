@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from blockwatch.analysis.verdicts import ANALYZER_VERSION
 from blockwatch.lab.scenario import ANALYZER, METHODS, expected, expected_for, load
 from blockwatch.lab.services import lab_catalogue
-from blockwatch.probes.verdicts import ANALYZER_VERSION
 
 CATALOGUE = lab_catalogue()
 METHODS_SCENARIO = load("methods", CATALOGUE.services)

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from blockwatch.analysis.fingerprints import FingerprintSet, HTTPMatch
 from blockwatch.probes import failures as F
-from blockwatch.probes.fingerprints import FingerprintSet, HTTPMatch
 from blockwatch.probes.model import (
     DNSObservation,
     HTTPObservation,
@@ -836,7 +836,7 @@ _BUILTIN: list[FingerprintSet] = []
 def builtin_fingerprints() -> FingerprintSet:
     """The shipped fingerprints, loaded once."""
     if not _BUILTIN:
-        from blockwatch.probes.fingerprints import load
+        from blockwatch.analysis.fingerprints import load
 
         _BUILTIN.append(load())
     return _BUILTIN[0]

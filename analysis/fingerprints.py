@@ -17,7 +17,7 @@ Guarantees:
   checks the first match never calls a CDN's captcha a block page.
 - Matching reads only what it is given; callers bound it (the HTTP probe keeps a body sample).
 
-The built-in set (``probes/data/fingerprints/*.json``) is small and written from public facts,
+The built-in set (``analysis/data/fingerprints/*.json``) is small and written from public facts,
 each entry saying where the fact comes from; OONI's own, much larger lists can be added with
 ``[analysis] fingerprints``.
 """
@@ -223,12 +223,12 @@ EMPTY = FingerprintSet(())
 
 
 def builtin() -> list[Fingerprint]:
-    """The fingerprints shipped in ``probes/data/fingerprints``."""
-    folder = resources.files("blockwatch.probes").joinpath("data/fingerprints")
+    """The fingerprints shipped in ``analysis/data/fingerprints``."""
+    folder = resources.files("blockwatch.analysis").joinpath("data/fingerprints")
     out: list[Fingerprint] = []
     for item in sorted(folder.iterdir(), key=lambda i: i.name):
         if item.name.endswith(".json"):
-            source = f"probes/data/fingerprints/{item.name}"
+            source = f"analysis/data/fingerprints/{item.name}"
             try:
                 data = json.loads(item.read_text("utf-8"))
             except json.JSONDecodeError as exc:
