@@ -39,6 +39,7 @@ from blockwatch.probes.model import (
     HTTPObservation,
     Measurement,
     RawObservation,
+    RunInputs,
     Service,
     TCPObservation,
     TLSObservation,
@@ -842,32 +843,52 @@ def builtin_fingerprints() -> FingerprintSet:
     return _BUILTIN[0]
 
 
-def judge_run(measurements: Sequence[Measurement], services: dict[str, Service],
-              control_resolvers: Iterable[str], *, network_ok: bool = True,
-              control_vantages: Iterable[str] = (),
-              fingerprints: FingerprintSet | None = None,
-              local_networks: Iterable[str] = ()) -> list[Verdict]:
-    """Verdicts for every tested measurement of a run, then one per service.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnalysisInputs:
+    """Everything a run's verdicts are a function of, and nothing else.
 
-    Measurements of ``control_resolvers`` (DNS) and of ``control_vantages`` (any probe) are
-    controls: evidence for the others, judged themselves never. ``fingerprints`` defaults to
-    the built-in set. ``local_networks`` (the scope's explicit prefixes: a lab, a LAN) hold
-    real servers even where their addresses are bogons. Each service is judged on its own
-    measurements and their controls, plus the run's ``RunFacts`` (``Judge``), so a sweep that
-    judges each service as soon as it is measured gets the same verdicts.
+    ``measurements``: the run's own (an OONI import's control measurements among them, as
+    measurements of a control vantage); ``controls``: other runs' measurements of
+    ``run.control_vantages`` (from ``run.controls_since`` to ``run.controls_until``), evidence
+    for the services this run measured and for nothing else; ``run``: the recorded inputs
+    (control resolvers and vantages, local networks); ``fingerprints`` None: the built-in set;
+    ``network_ok`` False: the local network was down, nothing is judged.
     """
-    judge = Judge(services, control_resolvers, control_vantages=control_vantages,
-                  fingerprints=fingerprints, local_networks=local_networks)
-    if not network_ok:
-        names = sorted({m.service for m in measurements} | set(services))
+
+    measurements: Sequence[Measurement]
+    services: Mapping[str, Service]
+    run: RunInputs = field(default_factory=RunInputs)
+    controls: Sequence[Measurement] = ()
+    fingerprints: FingerprintSet | None = None
+    network_ok: bool = True
+
+
+def judge_run(inputs: AnalysisInputs) -> list[Verdict]:
+    """Verdicts for every tested measurement of a run, then one per service: the one
+    judgement of a run, used alike by a sweep (service by service, through ``Judge``), by
+    ``blockwatch reanalyze`` and by the OONI import.
+
+    Measurements of control resolvers (DNS) and of control vantages (any probe) are controls:
+    evidence for the others, judged themselves never. Local networks hold real servers even
+    where their addresses are bogons. Each service is judged on its own measurements and their
+    controls, plus the run's ``RunFacts`` (``Judge``), so a sweep that judges each service as
+    soon as it is measured gets the same verdicts.
+    """
+    judge = Judge(inputs.services, inputs.run, fingerprints=inputs.fingerprints)
+    if not inputs.network_ok:
+        names = sorted({m.service for m in inputs.measurements} | set(inputs.services))
         return [_verdict("service.network_unavailable", None, n,
                          evidence="local network down at baseline") for n in names]
     by_service: dict[str, list[Measurement]] = defaultdict(list)
-    for m in measurements:
+    for m in inputs.measurements:
         judge.observe(m)
         by_service[m.service].append(m)
+    for m in inputs.controls:  # other runs' controls: only for the services measured here
+        if m.service in by_service:
+            by_service[m.service].append(m)
     judged = {name: judge.service(name, ms) for name, ms in by_service.items()}
-    out = [v for m in measurements for v in judged[m.service] if v.measurement_id == m.id]
+    out = [v for m in inputs.measurements for v in judged[m.service]
+           if v.measurement_id == m.id]
     out += [v for name in sorted(judged) for v in judged[name] if v.measurement_id is None]
     return out
 
@@ -881,14 +902,12 @@ class Judge:
     ``service`` judges one service from its measurements and their controls.
     """
 
-    def __init__(self, services: Mapping[str, Service], control_resolvers: Iterable[str], *,
-                 control_vantages: Iterable[str] = (),
-                 fingerprints: FingerprintSet | None = None,
-                 local_networks: Iterable[str] = ()) -> None:
+    def __init__(self, services: Mapping[str, Service], run: RunInputs, *,
+                 fingerprints: FingerprintSet | None = None) -> None:
         self.services = services
-        self.resolvers, self.vantages = set(control_resolvers), set(control_vantages)
+        self.resolvers, self.vantages = set(run.control_resolvers), set(run.control_vantages)
         self.fps = fingerprints if fingerprints is not None else builtin_fingerprints()
-        self.local = tuple(ipaddress.ip_network(n, strict=False) for n in local_networks)
+        self.local = tuple(ipaddress.ip_network(n, strict=False) for n in run.local_networks)
         self.facts = RunFacts()
 
     def is_control(self, m: Measurement) -> bool:

@@ -7,8 +7,10 @@ Guarantees:
   summary names why and where), a measurement imported before is not imported again. Exit 0
   when it ran, even if records were skipped.
 - ``reanalyze`` recomputes the verdicts of stored runs with the current analyzer and appends
-  them as new verdict rows (the old ones stay); nothing is measured. One run at a time is held
-  in memory.
+  them as new verdict rows (the old ones stay); nothing is measured. Each run is judged on the
+  inputs recorded with it (``blockwatch.judging``), so that a re-analysis by the same analyzer
+  gives the same verdicts; a control path's run is not judged. One run at a time is held in
+  memory.
 - Fingerprints come from ``[analysis] fingerprints`` plus the built-in set; a bad file stops
   with exit 2 before anything is written.
 """
@@ -43,6 +45,10 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     re.add_argument("--since", type=_parse_since, metavar="DATE",
                     help="only runs started at or after DATE (UTC)")
     re.add_argument("--run", metavar="RUN_ID", help="only this run (id or unique prefix)")
+    re.add_argument("--later-controls", action="store_true",
+                    help="also compare with control vantages' measurements taken up to "
+                         "[analysis] control_max_age_h after a run started (a sweep could "
+                         "only use earlier ones)")
     re.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return {"import": cmd_import, "reanalyze": cmd_reanalyze}
 
@@ -74,36 +80,41 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_reanalyze(args: argparse.Namespace) -> int:
     from blockwatch.analysis.verdicts import ANALYZER_VERSION, judge_run
     from blockwatch.app import local_networks
+    from blockwatch.judging import run_inputs, stored_inputs
 
     cfg = load_config(args.config)
     fps = fingerprints(cfg)
     catalogue = cfg.catalogue()
-    runs = verdicts = 0
+    max_age = dt.timedelta(hours=cfg.analysis.control_max_age_h)
+    runs = verdicts = legacy = controls = 0
     with _store(cfg) as store:
         for run in _runs(store, args):
             if run.status == "network_unavailable":
                 continue  # nothing was measured; its verdict cannot change
-            measurements = list(store.measurements(run_id=run.id))
-            controls = run.summary.get("controls", {}) if isinstance(run.summary, dict) else {}
-            vantages = [v for v in {*controls.get("vantages", []),
-                                    *cfg.analysis.control_vantages} if v != run.vantage]
-            if vantages and not run.vantage.startswith("ooni-"):
-                # controls measured before or after the run (within the configured window)
-                window = dt.timedelta(hours=cfg.analysis.control_max_age_h)
-                measurements += [m for m in store.control_measurements(
-                    vantages, run.started_at - window, run.started_at + window)
-                    if m.run_id != run.id]
-            new = judge_run(measurements, catalogue,
-                            [*cfg.dns.controls, *controls.get("resolvers", [])],
-                            control_vantages=vantages, fingerprints=fps,
-                            local_networks=[*controls.get("local_networks", []),
-                                            *local_networks(cfg)])
+            if run.control_for is not None:
+                controls += 1  # a control path's run: evidence for its main run, not judged
+                continue
+            legacy += run.inputs is None
+            inputs = run_inputs(run, control_resolvers=tuple(cfg.dns.controls),
+                                control_vantages=tuple(cfg.analysis.control_vantages),
+                                local_networks=local_networks(cfg), max_age=max_age,
+                                later_controls=args.later_controls)
+            new = judge_run(stored_inputs(store, run, inputs, catalogue, fps))
             store.add_verdicts(run.id, new)
+            if inputs != run.inputs:  # the run now says what its current verdicts rest on
+                store.set_run_inputs(run.id, inputs)
             runs += 1
             verdicts += len(new)
     if not args.quiet:
         print(f"reanalyzed {runs} runs with analyzer {ANALYZER_VERSION}: {verdicts} new "
               "verdicts (earlier verdicts kept)", file=sys.stderr)
+        if controls:
+            print(f"  {controls} control-path runs are evidence for their main runs, not judged "
+                  "themselves", file=sys.stderr)
+        if legacy:
+            print(f"  {legacy} runs stored before blockwatch recorded what they were judged on "
+                  "were judged with this config's controls ([dns] controls, [analysis] "
+                  "control_vantages, [probes] scope)", file=sys.stderr)
     return EXIT_OK
 
 

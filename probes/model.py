@@ -398,9 +398,31 @@ class Verdict:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RunInputs:
+    """What a run's verdicts depended on besides its own measurements, recorded with the run
+    so that a re-analysis judges it on the same facts: the resolvers and vantages whose
+    measurements are controls, the local networks (real servers at bogon addresses, e.g. a lab
+    or a LAN), and the window of *other runs'* measurements (of ``control_vantages``) that
+    were read as controls; ``controls_until`` None: none were read (every control, if any, is
+    in the run itself, as in an OONI import). ``controls_since`` None with ``controls_until``
+    set: not recorded (a run from before schema 0004), the configured
+    ``[analysis] control_max_age_h`` before the start."""
+
+    control_resolvers: tuple[str, ...] = ()
+    control_vantages: tuple[str, ...] = ()
+    local_networks: tuple[str, ...] = ()
+    controls_since: dt.datetime | None = None
+    controls_until: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Run:
     """One sweep from one vantage. ``status``: running, complete, interrupted, failed,
-    network_unavailable. The vantage's public IP is never part of a run."""
+    network_unavailable. The vantage's public IP is never part of a run.
+
+    ``inputs``: what its verdicts were judged on (None: a run stored before blockwatch
+    recorded them). ``control_for``: this run is the control path of that run (its
+    measurements are controls, never judged themselves)."""
 
     id: str
     vantage: str
@@ -414,3 +436,5 @@ class Run:
     group: str | None = None
     baseline: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    inputs: RunInputs | None = None
+    control_for: str | None = None

@@ -37,9 +37,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from blockwatch.analysis.verdicts import Judge, judge_run
+from blockwatch.analysis.verdicts import AnalysisInputs, Judge, judge_run
 from blockwatch.probes.context import ProbeContext
-from blockwatch.probes.model import Endpoint, Measurement, Run, Service, Target, Verdict
+from blockwatch.probes.model import (
+    Endpoint,
+    Measurement,
+    Run,
+    RunInputs,
+    Service,
+    Target,
+    Verdict,
+)
 from blockwatch.probes.registry import PROBES
 from blockwatch.probes.runner import new_id, run_probe
 from blockwatch.scheduler.baseline import Baseline, check_baseline
@@ -50,7 +58,7 @@ log = logging.getLogger("blockwatch.sweep")
 class Store(Protocol):
     def start_run(self, run: Run) -> None: ...
     def finish_run(self, run_id: str, *, status: str, finished_at: dt.datetime,
-                   summary: dict[str, Any]) -> None: ...
+                   summary: dict[str, Any], inputs: RunInputs | None = None) -> None: ...
     def add_measurements(self, measurements: Sequence[Measurement],
                          verdicts: Sequence[Verdict] = (), *,
                          run_id: str | None = None) -> None: ...
@@ -270,8 +278,7 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
 
     writer = _Writer(store, run.id, settings.batch_size, settings.flush_interval_s)
     vantages = _control_vantages(settings)
-    judge = Judge(catalogue, settings.control_resolvers, control_vantages=vantages,
-                  fingerprints=settings.fingerprints, local_networks=settings.local_networks)
+    judge = Judge(catalogue, _inputs(settings), fingerprints=settings.fingerprints)
     judging = _Judging(targets, judge, not vantages, writer, outcome)
 
     def sink(m: Measurement) -> None:
@@ -302,6 +309,15 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
     return outcome
 
 
+def _inputs(settings: SweepSettings, since: dt.datetime | None = None,
+            until: dt.datetime | None = None) -> RunInputs:
+    """What this sweep's verdicts are judged on, as recorded with its run."""
+    return RunInputs(control_resolvers=tuple(settings.control_resolvers),
+                     control_vantages=tuple(_control_vantages(settings)),
+                     local_networks=tuple(settings.local_networks),
+                     controls_since=since, controls_until=until)
+
+
 def _control_vantages(settings: SweepSettings) -> list[str]:
     vantages = [v for v in settings.control_vantages if v != settings.vantage]
     if settings.control_path is not None and settings.control_path.vantage not in vantages:
@@ -317,7 +333,7 @@ async def _control_run(store: Store, targets: Sequence[Target], settings: SweepS
     assert path is not None
     run = Run(id=new_id(), vantage=path.vantage, group=settings.group,
               started_at=dt.datetime.now(dt.UTC), software_version=settings.software_version,
-              config_hash=settings.config_hash)
+              config_hash=settings.config_hash, control_for=main.id)
     await asyncio.to_thread(store.start_run, run)
     writer = _Writer(store, run.id, settings.batch_size, settings.flush_interval_s)
     done = 0
@@ -339,11 +355,9 @@ async def _control_run(store: Store, targets: Sequence[Target], settings: SweepS
     finally:
         await asyncio.shield(ctx.aclose())
         await writer.close()
-        summary = {**summarize([], done), "control_for": main.id,
-                   "controls": {"resolvers": [], "vantages": []}}
         await asyncio.shield(asyncio.to_thread(
             store.finish_run, run.id, status=status, finished_at=dt.datetime.now(dt.UTC),
-            summary=summary))
+            summary=summarize([], done), inputs=RunInputs()))
 
 
 def _replace(run: Run, **changes: Any) -> Run:
@@ -356,19 +370,23 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
     """Judge what is left (deferred services, with the controls stored by now), store the
     last verdicts and the run's summary."""
     vantages = _control_vantages(settings)
+    inputs = _inputs(settings)
     if judging is None or writer is None:  # the network was down: nothing was measured
-        verdicts = judge_run([], catalogue, settings.control_resolvers, network_ok=False)
+        verdicts = judge_run(AnalysisInputs(measurements=(), services=catalogue, run=inputs,
+                                            network_ok=False))
         outcome.verdicts = verdicts
         await asyncio.shield(asyncio.to_thread(store.add_verdicts, outcome.run.id, verdicts))
         controls: list[Measurement] = []
     else:
         leftovers = judging.leftovers()
         controls = []
-        if leftovers and vantages:
-            window = dt.timedelta(seconds=settings.control_max_age_s)
-            controls = await asyncio.shield(asyncio.to_thread(
-                store.control_measurements, vantages, outcome.run.started_at - window,
-                dt.datetime.now(dt.UTC)))
+        if vantages:
+            since = outcome.run.started_at - dt.timedelta(seconds=settings.control_max_age_s)
+            until = dt.datetime.now(dt.UTC)
+            inputs = _inputs(settings, since, until)
+            if leftovers:
+                controls = await asyncio.shield(asyncio.to_thread(
+                    store.control_measurements, vantages, since, until))
         by_service: dict[str, list[Measurement]] = defaultdict(list)
         for m in controls:
             by_service[m.service].append(m)
@@ -378,14 +396,15 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
             judging._judged(judging.judge.service(name, [*measured, *by_service.get(name, [])]))
         await writer.close()
     summary = summarize(outcome.verdicts, outcome.count)
-    # re-analysis needs to know which measurements were controls when the run was made
-    summary["controls"] = {"resolvers": list(settings.control_resolvers), "vantages": vantages,
-                           "control_measurements": len(controls),
-                           "local_networks": list(settings.local_networks)}
+    if vantages:
+        summary["control_measurements"] = len(controls)
     finished = dt.datetime.now(dt.UTC)
+    # re-analysis judges the run on what it was judged on here (blockwatch reanalyze)
     await asyncio.shield(asyncio.to_thread(
-        store.finish_run, outcome.run.id, status=status, finished_at=finished, summary=summary))
-    outcome.run = _replace(outcome.run, status=status, finished_at=finished, summary=summary)
+        store.finish_run, outcome.run.id, status=status, finished_at=finished, summary=summary,
+        inputs=inputs))
+    outcome.run = _replace(outcome.run, status=status, finished_at=finished, summary=summary,
+                           inputs=inputs)
     return outcome
 
 

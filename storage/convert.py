@@ -14,6 +14,7 @@ from typing import Any
 from blockwatch.probes.model import (
     Measurement,
     Run,
+    RunInputs,
     Target,
     Verdict,
     observation_from_dict,
@@ -36,7 +37,33 @@ def run_to_row(run: Run) -> dict[str, Any]:
         "config_hash": run.config_hash,
         "baseline": dict(run.baseline),
         "summary": dict(run.summary),
+        "control_for": run.control_for,
+        **inputs_to_row(run.inputs),
     }
+
+
+def inputs_to_row(inputs: RunInputs | None) -> dict[str, Any]:
+    if inputs is None:
+        return dict.fromkeys(("control_resolvers", "control_vantages", "local_networks",
+                              "controls_since", "controls_until"))
+    return {
+        "control_resolvers": list(inputs.control_resolvers),
+        "control_vantages": list(inputs.control_vantages),
+        "local_networks": list(inputs.local_networks),
+        "controls_since": None if inputs.controls_since is None
+        else ensure_utc(inputs.controls_since, "RunInputs.controls_since"),
+        "controls_until": None if inputs.controls_until is None
+        else ensure_utc(inputs.controls_until, "RunInputs.controls_until"),
+    }
+
+
+def inputs_from_row(row: RunRow) -> RunInputs | None:
+    if row.control_resolvers is None:
+        return None
+    return RunInputs(control_resolvers=tuple(row.control_resolvers),
+                     control_vantages=tuple(row.control_vantages or ()),
+                     local_networks=tuple(row.local_networks or ()),
+                     controls_since=row.controls_since, controls_until=row.controls_until)
 
 
 def run_from_row(row: RunRow) -> Run:
@@ -53,6 +80,8 @@ def run_from_row(row: RunRow) -> Run:
         group=row.group_name,
         baseline=row.baseline,
         summary=row.summary,
+        inputs=inputs_from_row(row),
+        control_for=row.control_for,
     )
 
 

@@ -40,7 +40,7 @@ from typing import IO, Any, Protocol, TextIO, cast
 from urllib.parse import urlsplit
 
 from blockwatch.analysis.fingerprints import FingerprintSet
-from blockwatch.analysis.verdicts import CERT_FAILURES, judge_run
+from blockwatch.analysis.verdicts import CERT_FAILURES, AnalysisInputs, judge_run
 from blockwatch.probes import failures as F
 from blockwatch.probes.dns import is_bogon
 from blockwatch.probes.http import body_sample, extract_title
@@ -52,6 +52,7 @@ from blockwatch.probes.model import (
     Measurement,
     Observation,
     Run,
+    RunInputs,
     Service,
     Target,
     TCPObservation,
@@ -172,12 +173,11 @@ def read_records(paths: Iterable[str | Path]) -> Iterator[Record | Skip]:
 
 @dataclass(slots=True)
 class Imported:
-    """One OONI measurement as a blockwatch run, its measurements and the controls to judge by."""
+    """One OONI measurement as a blockwatch run (what it is judged on in ``run.inputs``) and
+    its measurements."""
 
     run: Run
     measurements: list[Measurement] = field(default_factory=list)
-    control_resolvers: tuple[str, ...] = ()
-    control_vantages: tuple[str, ...] = (CONTROL_VANTAGE,)
     ooni_blocking: Any = None
 
 
@@ -555,14 +555,14 @@ def from_ooni(record: Mapping[str, Any], catalogue: Mapping[str, Service]) -> Im
         CONTROL_VANTAGE})
     summary = {"source": "ooni", "test_name": test, "input": record.get("input"),
                "report_id": record.get("report_id"),
-               "ooni": {k: tk.get(k) for k in ("blocking", "accessible") if k in tk},
-               "controls": {"resolvers": resolvers, "vantages": [CONTROL_VANTAGE]}}
+               "ooni": {k: tk.get(k) for k in ("blocking", "accessible") if k in tk}}
     software = f"{record.get('software_name', 'ooniprobe')} {record.get('software_version', '')}"
     run = Run(id=run_id, vantage=vantage, started_at=start, country=cc, asn=asn,
               finished_at=start + dt.timedelta(seconds=_runtime(record)), status="complete",
               software_version=software.strip(), config_hash="ooni", group=IMPORT_GROUP,
-              summary=summary)
-    return Imported(run, ms, tuple(resolvers), (CONTROL_VANTAGE,), tk.get("blocking"))
+              summary=summary, inputs=RunInputs(control_resolvers=tuple(resolvers),
+                                                control_vantages=(CONTROL_VANTAGE,)))
+    return Imported(run, ms, tk.get("blocking"))
 
 
 def _runtime(record: Mapping[str, Any]) -> float:
@@ -715,8 +715,9 @@ def import_ooni(store: _Store, paths: Iterable[str | Path], catalogue: Mapping[s
         if store.get_run(imp.run.id) is not None:
             report.already_imported += 1
             continue
-        verdicts = judge_run(imp.measurements, services, imp.control_resolvers,
-                             control_vantages=imp.control_vantages, fingerprints=fingerprints)
+        assert imp.run.inputs is not None
+        verdicts = judge_run(AnalysisInputs(measurements=imp.measurements, services=services,
+                                            run=imp.run.inputs, fingerprints=fingerprints))
         imp.run = dataclasses.replace(imp.run, summary=_summarize(imp.run.summary, verdicts))
         store.start_run(imp.run)
         store.add_measurements(imp.measurements, verdicts)

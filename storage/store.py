@@ -38,9 +38,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from blockwatch.probes.model import Measurement, Run, Verdict
+from blockwatch.probes.model import Measurement, Run, RunInputs, Verdict
 from blockwatch.storage.convert import (
     export_row,
+    inputs_to_row,
     measurement_from_row,
     measurement_to_row,
     run_from_row,
@@ -124,16 +125,30 @@ class Store:
         status: str,
         finished_at: dt.datetime,
         summary: Mapping[str, Any],
+        inputs: RunInputs | None = None,
     ) -> None:
+        """Close a run: its status, end, summary and, when given, what its verdicts were
+        judged on (``inputs``, read back by ``blockwatch reanalyze``)."""
         values = {
             "status": status,
             "finished_at": ensure_utc(finished_at, "finished_at"),
             "summary": dict(summary),
         }
+        if inputs is not None:
+            values.update(inputs_to_row(inputs))
         with self._transaction(write=True) as s:
             done = s.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
             if done.rowcount != 1:  # type: ignore[attr-defined]
                 raise StorageError(self.url, f"no run {run_id!r} to finish")
+
+    def set_run_inputs(self, run_id: str, inputs: RunInputs) -> None:
+        """Record what a run's current verdicts were judged on (after a re-analysis that
+        judged it on other inputs than the recorded ones)."""
+        with self._transaction(write=True) as s:
+            done = s.execute(update(RunRow).where(RunRow.id == run_id)
+                             .values(**inputs_to_row(inputs)))
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise StorageError(self.url, f"no run {run_id!r}")
 
     def add_measurements(
         self, measurements: Sequence[Measurement], verdicts: Sequence[Verdict] = (), *,

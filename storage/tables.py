@@ -46,6 +46,7 @@ class Base(DeclarativeBase):
         dt.datetime: UTCDateTime(),
         dict[str, Any]: JSONType,
         list[dict[str, Any]]: JSONType,
+        list[str]: JSONType,
     }
 
 
@@ -66,6 +67,13 @@ class RunRow(Base):
     config_hash: Mapped[str]
     baseline: Mapped[dict[str, Any]]
     summary: Mapped[dict[str, Any]]
+    # what its verdicts were judged on (RunInputs; control_resolvers NULL: not recorded)
+    control_for: Mapped[str | None]
+    control_resolvers: Mapped[list[str] | None]
+    control_vantages: Mapped[list[str] | None]
+    local_networks: Mapped[list[str] | None]
+    controls_since: Mapped[dt.datetime | None]
+    controls_until: Mapped[dt.datetime | None]
 
     __table_args__ = (
         Index("ix_runs_started_at", "started_at"),

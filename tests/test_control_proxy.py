@@ -11,7 +11,7 @@ from servers import LoopbackServer, SocksBehaviour, http, socks5
 
 from blockwatch.config import ConfigError, parse_config
 from blockwatch.probes.context import Lookup, ProbeContext, Timeouts
-from blockwatch.probes.model import Service, Target
+from blockwatch.probes.model import RunInputs, Service, Target
 from blockwatch.probes.scope import Scope
 from blockwatch.scheduler.sweep import ControlPath, SweepSettings, sweep
 from blockwatch.storage import open_store
@@ -52,8 +52,14 @@ async def test_failure_here_and_success_through_the_proxy_is_blocking(tmp_path: 
     assert sorted(m.probe for m in control_rows) == ["http", "tcp"]
     assert all(m.failure is None for m in control_rows)
     assert runs["home-via-proxy"].status == "complete"
-    assert runs["home-via-proxy"].summary["control_for"] == outcome.run.id
-    assert outcome.run.summary["controls"]["vantages"] == ["home-via-proxy"]
+    assert runs["home-via-proxy"].control_for == outcome.run.id
+    assert runs["home-via-proxy"].inputs == RunInputs()  # judged never: it has no controls
+    recorded = runs["home"].inputs
+    assert recorded is not None and recorded == outcome.run.inputs
+    assert recorded.control_vantages == ("home-via-proxy",)
+    assert recorded.local_networks == ("127.0.0.0/8",)
+    assert recorded.controls_since is not None and recorded.controls_until is not None
+    assert recorded.controls_since < outcome.run.started_at < recorded.controls_until
     by_probe = {m.probe: m for m in outcome.measurements}
     verdicts = {v.measurement_id: v for v in stored}
     tcp = verdicts[by_probe["tcp"].id]
@@ -101,7 +107,8 @@ def test_control_proxy_config() -> None:
 def test_bogon_answers_are_judged_only_inside_the_scopes_own_prefixes() -> None:
     import datetime as dt
 
-    from blockwatch.analysis.verdicts import judge_run
+    from judging import judge_run
+
     from blockwatch.probes.model import Measurement, TCPObservation
 
     now = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)

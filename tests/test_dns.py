@@ -556,7 +556,7 @@ def _silent_target(host: str, resolver: str) -> Target:
 
 
 def _judge_silent(m: object) -> tuple[str, str, str]:
-    from blockwatch.analysis.verdicts import judge_run
+    from judging import judge_run
 
     v = next(v for v in judge_run([m], {}, ()) if v.measurement_id is not None)  # type: ignore[list-item]
     return v.verdict, v.rule_id, v.evidence

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from dns_server import Behaviour, DNSServer
+from judging import judge_run
 from servers import LoopbackServer, blackhole_port, http
 
-from blockwatch.analysis.verdicts import judge_run
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, Timeouts
 from blockwatch.probes.model import Measurement, Run, Service, Verdict

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from judging import judge_run
 from servers import LoopbackServer, read_request, response
 
-from blockwatch.analysis.verdicts import judge_run
 from blockwatch.probes.context import ProbeContext, Timeouts
 from blockwatch.probes.http import BODY_SAMPLE_CAP, HTTPProbe
 from blockwatch.probes.model import HTTPObservation, Measurement, Target

@@ -115,3 +115,77 @@ def test_bad_fingerprint_file_stops_with_a_named_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "analysis.fingerprints" in done.stderr and "not a valid regexp" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def tcp_m(run: str, vantage: str, failure: str | None, start: dt.datetime) -> Measurement:
+    from blockwatch.probes.model import TCPObservation
+
+    obs = TCPObservation(address="203.0.113.7", port=443, t0=0, t=0.2, failure=failure)
+    return Measurement(id=f"{run}-{vantage}-tcp", run_id=run, vantage=vantage,
+                       target=Target(service="kakaotalk", probe="tcp", host="kakao.com",
+                                     port=443),
+                       probe_version="1", started_at=start, runtime_s=0.2, observations=(obs,),
+                       failure=failure, failed_operation="connect" if failure else None)
+
+
+def current_service_verdict(db: Path, run_id: str) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute("SELECT verdict FROM verdicts WHERE run_id = ? AND "
+                                "measurement_id IS NULL ORDER BY id DESC LIMIT 1",
+                                (run_id,)).fetchone()[0])
+
+
+def test_a_run_is_judged_on_its_recorded_inputs_and_later_controls_on_request(
+        tmp_path: Path) -> None:
+    from blockwatch.probes.model import RunInputs
+
+    # today's config names other controls: they do not apply to a run that recorded its own
+    cfg, db = config(tmp_path, '[analysis]\ncontrol_vantages = ["elsewhere"]\n')
+    start = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    end = start + dt.timedelta(minutes=2)
+    recorded = RunInputs(control_vantages=("vps",), controls_since=start - dt.timedelta(hours=6),
+                         controls_until=end)
+    with open_store(f"sqlite:///{db}") as store:
+        store.start_run(Run(id="home-1", vantage="home", started_at=start))
+        store.add_measurements([tcp_m("home-1", "home", F.CONNECTION_RESET, start)])
+        store.finish_run("home-1", status="complete", finished_at=end, summary={},
+                         inputs=recorded)
+        # the control machine swept an hour later: the sweep could not have compared with it
+        later = start + dt.timedelta(hours=1)
+        store.start_run(Run(id="vps-1", vantage="vps", started_at=later, status="complete"))
+        store.add_measurements([tcp_m("vps-1", "vps", None, later)])
+        store.start_run(Run(id="elsewhere-1", vantage="elsewhere", started_at=start,
+                            status="complete"))
+        store.add_measurements([tcp_m("elsewhere-1", "elsewhere", None, start)])
+    assert blockwatch("reanalyze", "-c", str(cfg), "--run", "home-1").returncode == 0
+    assert current_service_verdict(db, "home-1") == "inconclusive"  # as the sweep saw it
+    done = blockwatch("reanalyze", "-c", str(cfg), "--run", "home-1", "--later-controls")
+    assert done.returncode == 0, done.stderr
+    assert current_service_verdict(db, "home-1") == "blocked"  # reset here, fine from the vps
+    with open_store(f"sqlite:///{db}") as store:
+        run = store.get_run("home-1")
+    assert run is not None and run.inputs is not None
+    assert run.inputs.controls_until == start + dt.timedelta(hours=6)  # recorded as used
+    # so a plain re-analysis keeps the verdict it now rests on
+    assert blockwatch("reanalyze", "-c", str(cfg), "--run", "home-1").returncode == 0
+    assert current_service_verdict(db, "home-1") == "blocked"
+
+
+def test_a_run_without_recorded_inputs_is_judged_on_the_config_and_then_recorded(
+        tmp_path: Path) -> None:
+    cfg, db = config(tmp_path, '[analysis]\ncontrol_vantages = ["vps"]\n')
+    start = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    with open_store(f"sqlite:///{db}") as store:
+        store.start_run(Run(id="home-1", vantage="home", started_at=start, status="complete"))
+        store.add_measurements([tcp_m("home-1", "home", F.CONNECTION_RESET, start)])
+        store.start_run(Run(id="vps-1", vantage="vps", started_at=start, status="complete"))
+        store.add_measurements([tcp_m("vps-1", "vps", None, start)])
+    done = blockwatch("reanalyze", "-c", str(cfg), "--run", "home-1")
+    assert done.returncode == 0, done.stderr
+    assert "1 runs stored before blockwatch recorded" in done.stderr
+    assert current_service_verdict(db, "home-1") == "blocked"
+    with open_store(f"sqlite:///{db}") as store:
+        run = store.get_run("home-1")
+    assert run is not None and run.inputs is not None
+    assert run.inputs.control_vantages == ("vps",)
+    assert run.inputs.control_resolvers == (CONTROL,)

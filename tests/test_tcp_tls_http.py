@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from judging import judge_run
 from servers import (
     EXACT_BODY,
     LARGE_BODY,
@@ -35,7 +36,6 @@ from servers import (
     socks5,
 )
 
-from blockwatch.analysis.verdicts import judge_run
 from blockwatch.probes.context import Lookup, ProbeContext, ProbeResult, Timeouts
 from blockwatch.probes.http import BODY_CAP, HTTPProbe, extract_title
 from blockwatch.probes.model import (

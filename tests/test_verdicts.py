@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+from judging import judge_run
+
 from blockwatch.analysis.fingerprints import FingerprintSet, parse_entry
 from blockwatch.analysis.verdicts import (
     ANALYZER_VERSION,
     RULES,
     consistent,
     http_matches_control,
-    judge_run,
 )
 from blockwatch.probes import failures as F
 from blockwatch.probes.model import (

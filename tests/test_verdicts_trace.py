@@ -9,8 +9,9 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from judging import judge_run
 
-from blockwatch.analysis.verdicts import RULES, judge_run
+from blockwatch.analysis.verdicts import RULES
 from blockwatch.probes.model import Measurement, RawObservation, Target, TCPObservation
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
