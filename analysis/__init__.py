@@ -5,3 +5,14 @@ resolvers, fingerprints, the local networks) to verdicts; no I/O, no clock, no d
 only ``blockwatch.probes`` (the vocabulary). A sweep, ``blockwatch reanalyze`` and the OONI
 import all judge through here.
 """
+
+from blockwatch.analysis.verdicts import (
+    ANALYZER_VERSION,
+    BLOCKED,
+    CERT_FAILURES,
+    AnalysisInputs,
+    Judge,
+    judge_run,
+)
+
+__all__ = ["ANALYZER_VERSION", "BLOCKED", "CERT_FAILURES", "AnalysisInputs", "Judge", "judge_run"]
