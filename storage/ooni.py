@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TextIO, cast
 from urllib.parse import urlsplit
 
+from blockwatch.analysis import CERT_FAILURES, AnalysisInputs, judge_run
 from blockwatch.analysis.fingerprints import FingerprintSet
-from blockwatch.analysis.verdicts import CERT_FAILURES, AnalysisInputs, judge_run
 from blockwatch.probes import failures as F
 from blockwatch.probes.dns import is_bogon
 from blockwatch.probes.http import body_sample, extract_title

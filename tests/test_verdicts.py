@@ -6,13 +6,10 @@ import datetime as dt
 
 from judging import judge_run
 
+from blockwatch.analysis.evidence import consistent
 from blockwatch.analysis.fingerprints import FingerprintSet, parse_entry
-from blockwatch.analysis.verdicts import (
-    ANALYZER_VERSION,
-    RULES,
-    consistent,
-    http_matches_control,
-)
+from blockwatch.analysis.http import http_matches_control
+from blockwatch.analysis.verdicts import ANALYZER_VERSION, RULES
 from blockwatch.probes import failures as F
 from blockwatch.probes.model import (
     DNSAnswer,
@@ -415,7 +412,7 @@ def test_a_fetch_that_could_not_resolve_follows_the_same_rule() -> None:
 
 
 def test_working_dns_below_blocked_tcp_is_not_partial() -> None:
-    from blockwatch.analysis.verdicts import judge_service
+    from blockwatch.analysis.service import judge_service
 
     def v(verdict: str, layer: str | None, mid: str) -> Verdict:
         return Verdict(verdict=verdict, rule_id="x", analyzer_version="3", service="line",

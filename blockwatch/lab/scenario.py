@@ -15,7 +15,7 @@ A scenario is a TOML file (the shipped ones are in ``blockwatch/lab/scenarios/``
     [expect]                   # optional: collateral damage the censor causes elsewhere
     messenger = "partial dns"  # e.g. it shares names under a poisoned facebook.com
 
-Each method also carries, as data, what the analyzer (``probes/verdicts.py``, version
+Each method also carries, as data, what the analyzer (``blockwatch.analysis``, version
 ``ANALYZER``) must say about the affected service from the censored client of a single
 ``blockwatch run``: the tests assert exactly that, and the demo prints it. A method it cannot
 call ``blocked`` says ``inconclusive`` (a single run has no control *vantage*: TCP/TLS failures
