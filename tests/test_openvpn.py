@@ -17,7 +17,6 @@ from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, Timeouts
 from blockwatch.probes.model import Target, VPNObservation
 from blockwatch.probes.openvpn import (
-    UDP_SENDS,
     UNVERIFIABLE,
     MalformedReply,
     OpenVPNProbe,
@@ -26,6 +25,7 @@ from blockwatch.probes.openvpn import (
     frame_tcp,
     parse_server_reset,
     parse_static_key,
+    udp_send_times,
 )
 from blockwatch.probes.runner import run_probe
 from blockwatch.probes.scope import Scope
@@ -158,6 +158,13 @@ async def test_wrong_key_gets_silence(tmp_path: Path) -> None:
     assert (vpn_obs(result).result, result.failure) == ("no_reply", F.GENERIC_TIMEOUT)
 
 
+def test_udp_resends_back_off_within_the_timeout() -> None:
+    assert udp_send_times(10) == [0, 0.25, 0.75, 1.75, 3.75, 7.75]
+    assert udp_send_times(1.5) == [0, 0.1875, 0.5625, 1.3125]
+    assert len(udp_send_times(600)) == 8  # never a flood, however long the timeout
+    assert all(t < 0.01 for t in udp_send_times(0.01))
+
+
 async def test_closed_udp_port_is_icmp_unreachable() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -170,7 +177,7 @@ async def test_silent_udp_port_is_no_reply() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         result = await OpenVPNProbe().observe(target(s.getsockname()[1]), ctx())
-        # the reset was resent while no answer came, UDP_SENDS times in all
+        # the reset was resent while no answer came, at the times udp_send_times gives
         s.setblocking(False)
         received = []
         while True:
@@ -179,7 +186,7 @@ async def test_silent_udp_port_is_no_reply() -> None:
             except BlockingIOError:
                 break
     assert (vpn_obs(result).result, result.failure) == ("no_reply", F.GENERIC_TIMEOUT)
-    assert len(received) == UDP_SENDS and received[0][0] == 7 << 3
+    assert len(received) == len(udp_send_times(1.5)) and received[0][0] == 7 << 3
 
 
 async def test_tcp_refused_and_garbage_reply() -> None:

@@ -62,6 +62,11 @@ def charon_conf() -> str:
   install_routes = no
   install_virtual_ip = no
   load_modular = yes
+  # every lab client shares one address and never completes a handshake: with charon's
+  # default (5 half-open IKE_SAs per peer for 30 s) back-to-back sweeps would have their
+  # IKE_SA_INIT dropped silently, an outage of the lab's own making
+  block_threshold = 10000
+  cookie_threshold = 10000
   filelog {{
     stderr {{
       flush_line = yes
