@@ -30,7 +30,7 @@ from blockwatch.errors import ConfigError
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_STORAGE, EXIT_NETWORK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_LOCKED, EXIT_MAX_RUNTIME, EXIT_NO_CONSENT = 5, 6, 7
-# storage.export.FORMATS, named here so that building the parser needs no database code
+# blockwatch.exports.FORMATS, named here so that building the parser needs no database code
 # (tests/test_cli.py checks that the two agree)
 EXPORT_FORMATS = ("csv", "jsonl", "ooni", "parquet")
 SUMMARY_ROWS = 40  # beyond this many services, the summary lists only those not ok
@@ -479,7 +479,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from blockwatch.storage.export import FORMATS
+    from blockwatch.exports import FORMATS
 
     cfg = load_config(args.config)
     fmt = FORMATS[args.format]

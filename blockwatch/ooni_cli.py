@@ -60,7 +60,7 @@ def fingerprints(cfg: Config) -> Any:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from blockwatch.storage.ooni import import_ooni
+    from blockwatch.ooni import import_ooni
 
     cfg = load_config(args.config)
     fps = fingerprints(cfg)

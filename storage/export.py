@@ -107,14 +107,6 @@ def write_parquet(rows: Iterable[Mapping[str, Any]], fh: Any) -> int:
     return count
 
 
-def write_ooni(rows: Iterable[Mapping[str, Any]], fh: TextIO) -> int:
-    """OONI's data format, one df-000 measurement per line (``storage.ooni``; imported only
-    when used, as it needs the probes' vocabulary)."""
-    from blockwatch.storage.ooni import write_ooni as write
-
-    return write(rows, fh)
-
-
 @dataclass(frozen=True, slots=True)
 class Format:
     """An export format: ``write(rows, fh) -> count``; ``binary`` formats get a bytes file and
@@ -134,11 +126,12 @@ class Format:
         return None if importlib.util.find_spec(self.requires) else self.install
 
 
-# The export formats by name; a new format is one function and one line here.
+# storage's export formats by name; a new format is one function and one line here. OONI's
+# format belongs to the OONI stage above storage: `blockwatch export` takes its formats from
+# blockwatch.exports, which adds it.
 FORMATS: dict[str, Format] = {
     "jsonl": Format(write_jsonl),
     "csv": Format(write_csv),
     "parquet": Format(write_parquet, binary=True, requires="pyarrow",
                       install="pip install 'blockwatch[parquet]'"),
-    "ooni": Format(write_ooni),
 }

@@ -215,7 +215,7 @@ def test_version_and_help_load_no_database_or_config_code() -> None:
 
 def test_the_parsers_export_formats_are_storages() -> None:
     from blockwatch.cli import EXPORT_FORMATS
-    from blockwatch.storage.export import FORMATS
+    from blockwatch.exports import FORMATS
 
     assert sorted(EXPORT_FORMATS) == sorted(FORMATS)
 

@@ -24,8 +24,8 @@ import pytest
 
 from blockwatch.analysis.verdicts import ANALYZER_VERSION
 from blockwatch.lab.topology import PUBLIC_RESOLVER
+from blockwatch.ooni import CONTROL_VANTAGE
 from blockwatch.storage import open_store
-from blockwatch.storage.ooni import CONTROL_VANTAGE
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from blockwatch import ooni as O
+from blockwatch.exports import FORMATS
+from blockwatch.ooni import read as ooni_read
 from blockwatch.probes.catalogue import load_catalogue
 from blockwatch.probes.model import HTTPObservation, Verdict
-from blockwatch.storage import ooni as O
 from blockwatch.storage import open_store
-from blockwatch.storage.export import FORMATS
 
 # real OONI measurements (BSD-3, tests/data/ooni/LICENSE), always here
 DATA = Path(__file__).resolve().parent / "data" / "ooni"
@@ -125,7 +126,7 @@ def test_bad_records_are_skipped_and_counted(store: Any, tmp_path: Path,
              json.dumps({"measurement_start_time": "yesterday", "test_keys": {}}), "x" * 300]
     jsonl = tmp_path / "mixed.jsonl"
     jsonl.write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(O, "MAX_RECORD_BYTES", 200_000)
+    monkeypatch.setattr(ooni_read, "MAX_RECORD_BYTES", 200_000)
     truncated = tmp_path / "cut.jsonl.gz"
     others = [json.dumps(json.loads((SCENARIOS / f"{n}.json").read_text())) + "\n"
               for n in ("successWithHTTPS", "websiteDownNXDOMAIN", "dnsBlockingBOGON")]
@@ -138,7 +139,7 @@ def test_bad_records_are_skipped_and_counted(store: Any, tmp_path: Path,
     assert report.skipped["truncated or corrupt gzip"] == 1
     assert report.skipped["no such file or directory"] == 1
     assert sum(1 for k in report.skipped if "is not 'YYYY-MM-DD" in k) == 1
-    monkeypatch.setattr(O, "MAX_RECORD_BYTES", 1000)
+    monkeypatch.setattr(ooni_read, "MAX_RECORD_BYTES", 1000)
     report, _ = import_all(store, [jsonl])
     assert report.skipped["record larger than 1000 bytes"] == 1
 

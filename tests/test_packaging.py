@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-TOP_LEVEL = ("probes", "analysis", "storage", "scheduler", "reports")
+TOP_LEVEL = ("probes", "analysis", "storage", "ooni", "scheduler", "reports")
 
 
 def test_every_module_imports_under_the_blockwatch_namespace_only(tmp_path) -> None:  # type: ignore[no-untyped-def]

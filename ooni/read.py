@@ -1,0 +1,104 @@
+"""Reading OONI files: records, or why one was skipped.
+
+A ``.json`` file holds one measurement, a ``.jsonl`` file one per line, either may be
+gzip-compressed (``.gz``); a directory is read file by file in name order. Records are streamed:
+memory is bounded by the largest single record (``MAX_RECORD_BYTES``), and a record that is not
+JSON or not an object, or is too large, is skipped and counted with its reason (``Skip``), never
+a traceback. A truncated gzip stream ends its file with one counted skip. What a record holds is
+checked later, by the models (``blockwatch.ooni.models``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # a web_connectivity record with bodies is < 2 MiB
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A record that was not imported: where it was and why."""
+
+    where: str
+    reason: str
+
+
+Record = tuple[str, dict[str, Any]]  # where it was read (file[:line]), the record
+
+
+def _open(path: Path) -> IO[bytes]:
+    if path.suffix == ".gz":
+        return cast(IO[bytes], gzip.GzipFile(path, "rb"))
+    return path.open("rb")
+
+
+def _lines(fh: IO[bytes], where: str) -> Iterator[tuple[str, bytes | Skip]]:
+    """Lines of at most ``MAX_RECORD_BYTES``; a longer one is skipped without being held."""
+    n = 0
+    while True:
+        n += 1
+        line = fh.readline(MAX_RECORD_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield f"{where}:{n}", Skip(f"{where}:{n}",
+                                       f"record larger than {MAX_RECORD_BYTES} bytes")
+            continue
+        if line.strip():
+            yield f"{where}:{n}", line
+
+
+def _decode(raw: bytes, where: str) -> Record | Skip:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return Skip(where, f"not JSON ({str(exc)[:80]})")
+    if not isinstance(data, dict):
+        return Skip(where, f"not a measurement object ({type(data).__name__})")
+    return where, data
+
+
+def _read_file(path: Path) -> Iterator[Record | Skip]:
+    where = str(path)
+    name = path.name.removesuffix(".gz")
+    try:
+        with _open(path) as fh:
+            if name.endswith(".jsonl"):
+                for at, line in _lines(fh, where):
+                    yield line if isinstance(line, Skip) else _decode(line, at)
+                return
+            raw = fh.read(MAX_RECORD_BYTES + 1)
+            if len(raw) > MAX_RECORD_BYTES:
+                yield Skip(where, f"a .json file holds one measurement of at most "
+                                  f"{MAX_RECORD_BYTES} bytes; use JSON lines (.jsonl)")
+                return
+            yield _decode(raw, where)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        yield Skip(where, f"truncated or corrupt gzip ({exc})")
+    except OSError as exc:
+        yield Skip(where, f"cannot read: {exc.strerror or exc}")
+
+
+def read_records(paths: Iterable[str | Path]) -> Iterator[Record | Skip]:
+    """Every record of the files (directories: their .json/.jsonl[.gz] files, sorted)."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and re.search(
+                r"\.jsonl?(\.gz)?$", f.name))
+            if not files:
+                yield Skip(str(p), "no .json or .jsonl file in this directory")
+            for f in files:
+                yield from _read_file(f)
+        elif not p.exists():
+            yield Skip(str(p), "no such file or directory")
+        else:
+            yield from _read_file(p)
