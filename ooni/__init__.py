@@ -3,11 +3,12 @@
     from blockwatch.ooni import import_ooni
     report = import_ooni(store, ["2024-01-01.jsonl.gz"], catalogue)
 
-- ``models``: OONI's data formats (df-000 envelope, df-001/002/005/006 test keys,
-  web_connectivity's control), as blockwatch reads them;
+- ``models``: OONI's data formats as typed (pydantic) models: the df-000 envelope, the
+  df-001/002/005/006 test keys, web_connectivity's control; a record that does not fit is an
+  ``OONIError`` naming the field;
 - ``read``: OONI files (.json, .jsonl, gzip) to records, or why one was skipped;
-- ``transform``: one OONI measurement to one blockwatch run, one file per OONI test that needs
-  its own handling;
+- ``transform``: one OONI measurement to one blockwatch run, with one file per OONI test that
+  needs its own handling (``TRANSFORMS``);
 - ``export``: blockwatch's exported rows as OONI measurements (``export --format ooni``);
 - ``importer``: read, transform, judge (``blockwatch.analysis.judge_run``) and store.
 

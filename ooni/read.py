@@ -60,7 +60,9 @@ def _lines(fh: IO[bytes], where: str) -> Iterator[tuple[str, bytes | Skip]]:
 def _decode(raw: bytes, where: str) -> Record | Skip:
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        return Skip(where, "not JSON (nested too deeply)")
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of thousands of digits
         return Skip(where, f"not JSON ({str(exc)[:80]})")
     if not isinstance(data, dict):
         return Skip(where, f"not a measurement object ({type(data).__name__})")

@@ -1,12 +1,18 @@
-"""OONI measurements as blockwatch runs: one transform per OONI test that needs its own.
+"""OONI measurements as blockwatch runs: a transform per OONI test that needs its own.
 
-``from_ooni`` maps the df-000 envelope (start, vantage ``ooni-CC-ASN``, run id) and hands the
-test keys to the test's transform: ``TRANSFORMS`` names the tests with a file of their own
-(web_connectivity, with its test helper's control); every other test (whatsapp, telegram,
-signal, facebook_messenger, riseupvpn, openvpn, tor, ...) is read by ``common``, from OONI's
-network primitives. The vantage is OONI's (``probe_cc``, ``probe_asn``); ``probe_ip`` is never
-kept and is scrubbed from stored text. DoH/DoT queries and the test helper are the run's
-controls. Pure functions, no I/O. A new test is one file here and one line in ``TRANSFORMS``.
+``from_ooni`` picks the test's transform from ``TRANSFORMS`` by ``test_name`` (an explicit
+registry: a new test is one file here and one line there), checks the record against the
+transform's model (``blockwatch.ooni.models``; a record that does not fit raises ``OONIError``
+naming the field), maps the df-000 envelope (start, the vantage ``ooni-CC-ASN``, the run id) and
+lets the transform make the measurements:
+
+- ``web_connectivity``: its own file (one fetch with redirects, the test helper's control);
+- every other test (whatsapp, telegram, signal, facebook_messenger, riseupvpn, openvpn, ...):
+  ``common``, from OONI's network primitives (its docstring says what it does not read).
+
+The vantage is OONI's (``probe_cc``, ``probe_asn``); ``probe_ip`` is never kept and is scrubbed
+from stored text. DoH/DoT queries and the test helper are the run's controls. Pure functions,
+no I/O.
 """
 
 from __future__ import annotations
@@ -16,36 +22,27 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from blockwatch.ooni.models import OONIError
+from blockwatch.ooni.models import OONIMeasurement, parse
 from blockwatch.ooni.transform import common, web_connectivity
-from blockwatch.ooni.transform.common import CONTROL_VANTAGE, Ctx, Imported
-from blockwatch.probes.model import Measurement, Run, RunInputs, Service
+from blockwatch.ooni.transform.common import CONTROL_VANTAGE, Ctx, Imported, Transform
+from blockwatch.probes.model import Run, RunInputs, Service
 
 IMPORT_GROUP = "ooni-import"
 
-Transform = Callable[[Ctx, Mapping[str, Any]], list[Measurement]]
-# the tests read otherwise than by common.measurements
-TRANSFORMS: dict[str, Transform] = {"web_connectivity": web_connectivity.measurements}
+# the OONI tests read otherwise than by common.TRANSFORM, by test_name
+TRANSFORMS: dict[str, Transform[Any]] = {"web_connectivity": web_connectivity.TRANSFORM}
 
 
-def _start(record: Mapping[str, Any]) -> dt.datetime:
-    text = record.get("measurement_start_time")
-    if not isinstance(text, str):
-        raise OONIError("no measurement_start_time")
-    try:
-        return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)
-    except ValueError:
-        raise OONIError(f"measurement_start_time {text[:40]!r} is not 'YYYY-MM-DD HH:MM:SS'") \
-            from None
-
-
-def _asn(text: Any) -> int | None:
-    match = re.fullmatch(r"AS(\d+)", str(text or ""))
-    return int(match.group(1)) or None if match else None
+def _asn(text: str | None) -> int | None:
+    match = re.fullmatch(r"AS(\d+)", text or "")
+    if match is None or len(match.group(1)) > 10:
+        return None
+    asn = int(match.group(1))
+    return asn if 0 < asn < 2**32 else None  # AS0: not shared; ASNs are 32-bit
 
 
 def run_id_for(record: Mapping[str, Any], start: dt.datetime) -> str:
@@ -62,12 +59,12 @@ def run_id_for(record: Mapping[str, Any], start: dt.datetime) -> str:
     return str(uuid.UUID(int=value))
 
 
-def service_for(record: Mapping[str, Any], catalogue: Mapping[str, Service]) -> str:
+def service_for(m: OONIMeasurement, catalogue: Mapping[str, Service]) -> str:
     """The catalogue service an OONI measurement is about, else its host or test name."""
-    test = str(record.get("test_name") or "")
+    test = m.test_name or ""
     if test in catalogue:
         return test
-    host = (urlsplit(str(record.get("input") or "")).hostname or "").lower()
+    host = (urlsplit(m.input or "").hostname or "").lower()
     for name, svc in catalogue.items():
         hosts = {*svc.domains, *(urlsplit(u).hostname or "" for u in svc.urls)}
         if host and any(host == d or host.endswith("." + d) for d in hosts):
@@ -77,38 +74,31 @@ def service_for(record: Mapping[str, Any], catalogue: Mapping[str, Service]) -> 
 
 def from_ooni(record: Mapping[str, Any], catalogue: Mapping[str, Service]) -> Imported:
     """One OONI measurement as a blockwatch run; ``OONIError`` if it is not one."""
-    tk = record.get("test_keys")
-    if not isinstance(tk, dict):
-        raise OONIError("no test_keys object")
-    start = _start(record)
-    cc = record.get("probe_cc") if isinstance(record.get("probe_cc"), str) else None
-    asn = _asn(record.get("probe_asn"))
+    name = record.get("test_name")
+    transform = TRANSFORMS.get(name, common.TRANSFORM) if isinstance(name, str) else \
+        common.TRANSFORM
+    m = parse(transform.model, record)
+    start, cc, asn = m.measurement_start_time, m.probe_cc, _asn(m.probe_asn)
     run_id = run_id_for(record, start)
-    test = str(record.get("test_name") or "unknown")
     vantage = f"ooni-{cc or 'ZZ'}-AS{asn or 0}"
-    probe_ip = record.get("probe_ip") if isinstance(record.get("probe_ip"), str) else None
-    c = Ctx(record, run_id, vantage, service_for(record, catalogue), start, probe_ip)
-    ms = TRANSFORMS.get(test, common.measurements)(c, record)
+    c = Ctx(run_id, vantage, service_for(m, catalogue), start, m.probe_ip)
+    ms = transform.measurements(c, m)
     resolvers = sorted({m.target.resolver for m in ms if m.probe == "dns" and m.target.resolver
                         and m.target.resolver.startswith(("https://", "tls://"))} | {
         CONTROL_VANTAGE})
-    summary = {"source": "ooni", "test_name": test, "input": record.get("input"),
-               "report_id": record.get("report_id"),
-               "ooni": {k: tk.get(k) for k in ("blocking", "accessible") if k in tk}}
-    software = f"{record.get('software_name', 'ooniprobe')} {record.get('software_version', '')}"
+    tk = m.test_keys
+    summary = {"source": "ooni", "test_name": m.test_name or "unknown", "input": m.input,
+               "report_id": m.report_id,
+               "ooni": {k: getattr(tk, k) for k in ("blocking", "accessible")
+                        if k in tk.model_fields_set}}
+    runtime = m.test_runtime if m.test_runtime is not None and m.test_runtime >= 0 else 0.0
     run = Run(id=run_id, vantage=vantage, started_at=start, country=cc, asn=asn,
-              finished_at=start + dt.timedelta(seconds=_runtime(record)), status="complete",
-              software_version=software.strip(), config_hash="ooni", group=IMPORT_GROUP,
-              summary=summary, inputs=RunInputs(control_resolvers=tuple(resolvers),
-                                                control_vantages=(CONTROL_VANTAGE,)))
-    return Imported(run, ms, tk.get("blocking"))
-
-
-def _runtime(record: Mapping[str, Any]) -> float:
-    value = record.get("test_runtime")
-    return float(value) if isinstance(value, int | float) and value >= 0 else 0.0
-
-
+              finished_at=start + dt.timedelta(seconds=runtime), status="complete",
+              software_version=f"{m.software_name} {m.software_version}".strip(),
+              config_hash="ooni", group=IMPORT_GROUP, summary=summary,
+              inputs=RunInputs(control_resolvers=tuple(resolvers),
+                               control_vantages=(CONTROL_VANTAGE,)))
+    return Imported(run, ms, getattr(tk, "blocking", None))
 
 
 __all__ = ["CONTROL_VANTAGE", "IMPORT_GROUP", "TRANSFORMS", "Imported", "Transform", "from_ooni",

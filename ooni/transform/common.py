@@ -1,10 +1,14 @@
-"""The transform shared by every OONI test: OONI's network primitives as blockwatch measurements.
+"""The transform every OONI test shares: OONI's network primitives as blockwatch measurements.
 
 OONI's df-002 ``queries``, df-005 ``tcp_connect``, df-006 ``tls_handshakes`` and df-001
-``requests`` become blockwatch DNS, TCP, TLS and HTTP measurements, whatever the test. Tests
-without a file of their own in ``blockwatch.ooni.transform`` (whatsapp, telegram, signal,
-facebook_messenger, riseupvpn, openvpn, tor, ...) are read by this one: each HTTP request is its
-own fetch. Pure functions, no I/O.
+``requests`` (``blockwatch.ooni.models.CommonKeys``) become blockwatch DNS, TCP, TLS and HTTP
+measurements, in that order, whatever the test. The tests without a file of their own in
+``blockwatch.ooni.transform`` are read by this one alone (``TRANSFORM``): whatsapp, telegram,
+signal, facebook_messenger, riseupvpn, openvpn, dnscheck, urlgetter, ... hold these keys at the
+top of their test keys and differ only in which endpoints they try, so each HTTP request is its
+own fetch. Not read: openvpn's single ``tcp_connect`` object (ts-040, not df-005's list), and tor
+and vanilla_tor, which hold no such keys at the top (nothing blockwatch can read: the import
+counts them as skipped). The other transforms build on the helpers here. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -14,13 +18,24 @@ import binascii
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from blockwatch.analysis import CERT_FAILURES
-from blockwatch.ooni.models import SCRUBBED_IP
+from blockwatch.ooni.models import (
+    SCRUBBED_IP,
+    BinaryData,
+    CommonKeys,
+    DNSQuery,
+    HTTPResponse,
+    HTTPTransaction,
+    MaybeBinary,
+    OONIMeasurement,
+    TCPConnect,
+    TLSHandshake,
+)
 from blockwatch.probes import failures as F
 from blockwatch.probes.dns import is_bogon
 from blockwatch.probes.http import body_sample, extract_title
@@ -63,30 +78,10 @@ class Imported:
     ooni_blocking: Any = None
 
 
-def text_of(value: Any) -> str:
-    """A string field of OONI data, where binary data is ``{"format": "base64", "data": ...}``."""
-    if isinstance(value, dict) and value.get("format") == "base64":
-        try:
-            return base64.b64decode(str(value.get("data", ""))).decode("utf-8", "replace")
-        except (binascii.Error, ValueError):
-            return ""
-    return "" if value is None else str(value)
-
-
-def failure_name(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    text = str(value)
-    return _FAILURES.get(text, text)
-
-
-def _scrub(text: str, probe_ip: str | None) -> str:
-    return text.replace(probe_ip, "[scrubbed]") if probe_ip and probe_ip != SCRUBBED_IP else text
-
-
 @dataclass(slots=True)
 class Ctx:
-    record: Mapping[str, Any]
+    """What the measurements of one OONI measurement share; numbers them as they are made."""
+
     run_id: str
     vantage: str
     service: str
@@ -105,21 +100,62 @@ class Ctx:
             runtime_s=0.0, observations=observations, failure=failure,
             failed_operation=operation if failure else None)
 
+    def scrub(self, text: str) -> str:
+        """``text`` without the probe's IP address."""
+        ip = self.probe_ip
+        return text.replace(ip, "[scrubbed]") if ip and ip != SCRUBBED_IP else text
 
-def t_of(entry: Mapping[str, Any]) -> float:
-    value = entry.get("t", 0.0)
-    return float(value) if isinstance(value, int | float) else 0.0
+
+M = TypeVar("M", bound=OONIMeasurement)
+
+
+@dataclass(frozen=True, slots=True)
+class Transform(Generic[M]):
+    """How one OONI test becomes blockwatch measurements: the model its records must fit, and
+    the function from such a record to measurements, made in order through ``Ctx``."""
+
+    model: type[M]
+    measurements: Callable[[Ctx, M], list[Measurement]]
+
+
+def text_of(value: MaybeBinary | None) -> str:
+    """A df-001 MaybeBinaryData as text (undecodable bytes replaced, bad base64 empty)."""
+    if isinstance(value, BinaryData):
+        try:
+            return base64.b64decode(value.data).decode("utf-8", "replace")
+        except (binascii.Error, ValueError):
+            return ""
+    return "" if value is None else value
+
+
+def failure_name(value: str | bool | None) -> str | None:
+    """OONI's failure string as blockwatch's (df-007), None for none."""
+    if value is None or value == "":
+        return None
+    text = str(value)  # df-005's old `false` is read as "False", as it always was
+    return _FAILURES.get(text, text)
+
+
+def seconds(t: float | None) -> float:
+    return 0.0 if t is None else t
 
 
 def split(host_port: str) -> tuple[str, int | None]:
+    """"1.2.3.4:443" and "[::1]:443" as host and port; no port if there is no decimal one."""
     host, sep, port = host_port.rpartition(":")
-    if not sep or not port.isdigit():
-        return host_port.strip("[]"), None
-    return host.strip("[]"), int(port)
+    if sep and port.isdigit():
+        try:
+            return host.strip("[]"), int(port)
+        except ValueError:  # digits int() does not take ("²"), or thousands of them
+            pass
+    return host_port.strip("[]"), None
 
 
-def _resolver(q: Mapping[str, Any]) -> str:
-    engine, address = str(q.get("engine") or ""), str(q.get("resolver_address") or "")
+# --- df-002 DNS ----------------------------------------------------------------------------------
+
+
+def _resolver(q: DNSQuery) -> str:
+    engine, address = q.engine or "", q.resolver_address or ""
     if engine in ("getaddrinfo", "system", "android_dns_cache_no_data", "go") or not address:
         return "system"
     if engine == "doh" or address.startswith("https://"):
@@ -130,7 +166,7 @@ def _resolver(q: Mapping[str, Any]) -> str:
 
 
 def dns_obs(resolver: str, engine: str, host: str, qtype: str, addresses: list[str],
-             failure: str | None, t: float, tid: int) -> DNSObservation:
+            failure: str | None, t: float, tid: int) -> DNSObservation:
     if failure is None and addresses and all(_is_bogon(a) for a in addresses):
         failure = F.DNS_BOGON
     if failure is None and not addresses:
@@ -151,116 +187,116 @@ def _is_bogon(address: str) -> bool:
         return False
 
 
-def _answers(q: Mapping[str, Any]) -> list[str]:
-    out = []
-    for a in q.get("answers") or []:
-        if isinstance(a, dict):
-            value = a.get("ipv4") or a.get("ipv6")
-            if isinstance(value, str):
-                out.append(value)
-    return out
+def _answers(q: DNSQuery) -> list[str]:
+    return [value for a in q.answers or [] if (value := a.ipv4 or a.ipv6) is not None]
 
 
-def dns_measurements(c: Ctx, queries: list[Any]) -> Iterator[Measurement]:
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+def dns_measurements(c: Ctx, queries: list[DNSQuery]) -> Iterator[Measurement]:
+    """One measurement per resolver and name, with an observation per A/AAAA query."""
+    groups: dict[tuple[str, str], list[DNSQuery]] = {}
     for q in queries:
-        if isinstance(q, dict) and q.get("hostname"):
-            groups.setdefault((_resolver(q), str(q["hostname"]).lower()), []).append(q)
+        if q.hostname:
+            groups.setdefault((_resolver(q), q.hostname.lower()), []).append(q)
     for (resolver, host), qs in groups.items():
         obs: list[DNSObservation] = []
         for q in qs:
-            addrs, failure = _answers(q), failure_name(q.get("failure"))
-            qtype = str(q.get("query_type") or "A")
-            tid = q.get("transaction_id") if isinstance(q.get("transaction_id"), int) else 0
+            addrs, failure = _answers(q), failure_name(q.failure)
+            qtype = q.query_type or "A"
             for want in (("A", "AAAA") if qtype == "ANY" else (qtype,)):
                 if want not in ("A", "AAAA"):
                     continue
                 mine = [a for a in addrs if (":" in a) == (want == "AAAA")]
                 if qtype == "ANY" and want == "AAAA" and not mine:
                     continue
-                obs.append(dns_obs(resolver, str(q.get("engine") or ""), host, want, mine,
-                                    failure if (failure or qtype != "ANY") else None, t_of(q),
-                                    tid or 0))
+                obs.append(dns_obs(resolver, q.engine or "", host, want, mine,
+                                   failure if (failure or qtype != "ANY") else None,
+                                   seconds(q.t), q.transaction_id or 0))
         a = next((o for o in obs if o.qtype == "A"), None)
         failure = a.failure if a is not None else None
         if a is not None and failure and any(o.addresses for o in obs if o.qtype == "AAAA"):
             failure = None  # the name resolved over IPv6
         yield c.measurement(Target(service=c.service, probe="dns", host=host, resolver=resolver),
-                            min(t_of(q) for q in qs), tuple(obs), failure, "resolve")
+                            min(seconds(q.t) for q in qs), tuple(obs), failure, "resolve")
 
 
-def tcp_measurements(c: Ctx, entries: list[Any]) -> Iterator[Measurement]:
+# --- df-005 TCP, df-006 TLS ----------------------------------------------------------------------
+
+
+def tcp_list(tk: CommonKeys) -> list[TCPConnect]:
+    return tk.tcp_connect if isinstance(tk.tcp_connect, list) else []
+
+
+def tcp_measurements(c: Ctx, entries: list[TCPConnect]) -> Iterator[Measurement]:
     for e in entries:
-        if not isinstance(e, dict) or not e.get("ip") or not isinstance(e.get("port"), int):
+        if not e.ip or e.port is None:
             continue
-        status = e.get("status")
-        failure = failure_name(status.get("failure") if isinstance(status, dict) else "unknown")
-        obs = TCPObservation(address=str(e["ip"]), port=e["port"], t0=t_of(e), t=t_of(e),
-                             failure=failure)
+        failure = failure_name(e.status.failure if e.status is not None else "unknown")
+        t = seconds(e.t)
+        obs = TCPObservation(address=e.ip, port=e.port, t0=t, t=t, failure=failure)
         yield c.measurement(Target(service=c.service, probe="tcp", host=obs.address,
-                                   port=obs.port), t_of(e), (obs,), failure, "connect")
+                                   port=obs.port), t, (obs,), failure, "connect")
 
 
-def _certs(entry: Mapping[str, Any]) -> tuple[str, ...]:
+def _certs(entry: TLSHandshake) -> tuple[str, ...]:
     out = []
-    for cert in entry.get("peer_certificates") or []:
-        if isinstance(cert, dict) and cert.get("format") == "base64":
-            try:
-                out.append(hashlib.sha256(base64.b64decode(str(cert["data"]))).hexdigest())
-            except (binascii.Error, KeyError, ValueError):
-                continue
+    for cert in entry.peer_certificates or []:
+        try:
+            out.append(hashlib.sha256(base64.b64decode(cert.data)).hexdigest())
+        except (binascii.Error, ValueError):
+            continue
     return tuple(out)
 
 
-def tls_measurements(c: Ctx, entries: list[Any]) -> Iterator[Measurement]:
+def tls_measurements(c: Ctx, entries: list[TLSHandshake]) -> Iterator[Measurement]:
     for e in entries:
-        if not isinstance(e, dict) or not e.get("address"):
+        if not e.address:
             continue
-        address, port = split(str(e["address"]))
-        failure = failure_name(e.get("failure"))
+        address, port = split(e.address)
+        failure = failure_name(e.failure)
         cert_error = failure if failure in CERT_FAILURES else None
+        t = seconds(e.t)
         obs = TLSObservation(
-            address=address, port=port or 443, sni=e.get("server_name") or None, t0=t_of(e),
-            t=t_of(e), version=e.get("tls_version") or None, cipher=e.get("cipher_suite") or None,
-            alpn=e.get("negotiated_protocol") or None, peer_chain_sha256=_certs(e),
-            verified=(failure is None and not e.get("no_tls_verify")) if failure is None
+            address=address, port=port or 443, sni=e.server_name or None, t0=t, t=t,
+            version=e.tls_version or None, cipher=e.cipher_suite or None,
+            alpn=e.negotiated_protocol or None, peer_chain_sha256=_certs(e),
+            verified=(failure is None and not e.no_tls_verify) if failure is None
             else (False if cert_error else None),
             verify_error=cert_error, failure=failure)
         yield c.measurement(Target(service=c.service, probe="tls", host=address,
-                                   port=port or 443, sni=obs.sni), t_of(e), (obs,), failure,
+                                   port=port or 443, sni=obs.sni), t, (obs,), failure,
                             "tls_handshake")
 
 
-def depth(entry: Mapping[str, Any]) -> int:
-    for tag in entry.get("tags") or []:
-        if isinstance(tag, str) and tag.startswith("depth="):
-            return int(tag[6:]) if tag[6:].isdigit() else 0
-    return 0
+def primitives(c: Ctx, tk: CommonKeys) -> list[Measurement]:
+    """The DNS, TCP and TLS measurements of any test's keys."""
+    return [*dns_measurements(c, tk.queries or []), *tcp_measurements(c, tcp_list(tk)),
+            *tls_measurements(c, tk.tls_handshakes or [])]
 
 
-def http_obs(c: Ctx, url: str, final: Mapping[str, Any] | None, redirects: tuple[str, ...],
+# --- df-001 HTTP ---------------------------------------------------------------------------------
+
+
+def _http_obs(c: Ctx, url: str, final: HTTPTransaction | None, redirects: tuple[str, ...],
               failure: str | None) -> HTTPObservation:
-    response = final.get("response") if final else None
-    response = response if isinstance(response, dict) else {}
-    body_value = response.get("body")
-    body = _scrub(text_of(body_value), c.probe_ip).encode() if body_value else b""
+    response = final.response if final is not None else None
+    r = response if response is not None else HTTPResponse()
+    body = c.scrub(text_of(r.body)).encode() if r.body else b""
     headers: tuple[tuple[str, str], ...] = ()
-    if isinstance(response.get("headers_list"), list):
-        headers = tuple((text_of(h[0]), _scrub(text_of(h[1]), c.probe_ip))
-                        for h in response["headers_list"] if isinstance(h, list) and len(h) == 2)
-    elif isinstance(response.get("headers"), dict):
-        headers = tuple((str(k), _scrub(text_of(v), c.probe_ip))
-                        for k, v in response["headers"].items())
-    code = response.get("code")
-    address = split(str(final.get("address")))[0] if final and final.get("address") else None
+    if r.headers_list is not None:
+        headers = tuple((text_of(h[0]), c.scrub(text_of(h[1])))
+                        for h in r.headers_list if len(h) == 2)
+    elif r.headers is not None:
+        headers = tuple((k, c.scrub(text_of(v))) for k, v in r.headers.items())
+    t = seconds(final.t) if final is not None else 0.0
     return HTTPObservation(
-        url=url, t0=t_of(final or {}), t=t_of(final or {}),
-        status=code if isinstance(code, int) and code > 0 else None, redirects=redirects,
-        headers=headers, body_length=len(body) if body_value is not None and response else None,
-        body_sha256=hashlib.sha256(body).hexdigest() if response else None,
-        body_truncated=bool(response.get("body_is_truncated")),
-        title=extract_title(body) if body else None, address=address, failure=failure,
-        body_sample=body_sample(body) if body else None)
+        url=url, t0=t, t=t, status=r.code if r.code is not None and r.code > 0 else None,
+        redirects=redirects, headers=headers,
+        body_length=len(body) if r.body is not None else None,
+        body_sha256=hashlib.sha256(body).hexdigest() if r.present else None,
+        body_truncated=bool(r.body_is_truncated),
+        title=extract_title(body) if body else None,
+        address=split(final.address)[0] if final is not None and final.address else None,
+        failure=failure, body_sample=body_sample(body) if body else None)
 
 
 def _step(found: Iterator[Measurement]) -> tuple[Observation, ...]:
@@ -268,51 +304,47 @@ def _step(found: Iterator[Measurement]) -> tuple[Observation, ...]:
     return m.observations if m is not None else ()
 
 
-def _operation(failure: str, tk: Mapping[str, Any],
-               c: Ctx) -> tuple[str, tuple[Observation, ...]]:
+def _operation(failure: str, tk: CommonKeys, c: Ctx) -> tuple[str, tuple[Observation, ...]]:
     """The step a fetch failed at, and that step's failed observation (TCP or TLS) if any."""
     if failure.startswith("dns_"):
         return "resolve", ()
-    for e in tk.get("tcp_connect") or []:
-        status = e.get("status") if isinstance(e, dict) else None
-        if isinstance(status, dict) and failure_name(status.get("failure")) == failure:
+    for e in tcp_list(tk):
+        if e.status is not None and failure_name(e.status.failure) == failure:
             return "connect", _step(tcp_measurements(c, [e]))
-    for e in tk.get("tls_handshakes") or []:
-        if isinstance(e, dict) and failure_name(e.get("failure")) == failure:
-            return "tls_handshake", _step(tls_measurements(c, [e]))
+    for h in tk.tls_handshakes or []:
+        if failure_name(h.failure) == failure:
+            return "tls_handshake", _step(tls_measurements(c, [h]))
     return "http_round_trip", ()
 
 
-def url_of(r: Mapping[str, Any]) -> str:
-    req = r.get("request")
-    return str(req.get("url") or "") if isinstance(req, dict) else ""
+def url_of(r: HTTPTransaction) -> str:
+    return (r.request.url or "") if r.request is not None else ""
 
 
-def one_fetch(c: Ctx, tk: Mapping[str, Any], url: str, final: Mapping[str, Any] | None,
-               redirects: tuple[str, ...], failure: str | None) -> Measurement:
+def one_fetch(c: Ctx, tk: CommonKeys, url: str, final: HTTPTransaction | None,
+              redirects: tuple[str, ...], failure: str | None) -> Measurement:
+    """One HTTP measurement of ``url``, ended by ``final``; a failure at connect or TLS carries
+    that step's observation."""
     op, step = _operation(failure, tk, c) if failure else (None, ())
     parts = urlsplit(url)
     target = Target(service=c.service, probe="http", host=(parts.hostname or "").lower(),
                     port=parts.port, url=url)
-    has_response = final is not None and isinstance(final.get("response"), dict)
+    has_response = final is not None and final.response is not None
     observations: tuple[Observation, ...] = step if op == "resolve" and not has_response else (
-        *step, http_obs(c, url, final, tuple(r for r in redirects if r), failure))
-    return c.measurement(target, t_of(final or {}), observations, failure, op)
+        *step, _http_obs(c, url, final, tuple(r for r in redirects if r), failure))
+    return c.measurement(target, seconds(final.t) if final is not None else 0.0, observations,
+                         failure, op)
 
 
-def fetches(c: Ctx, tk: Mapping[str, Any]) -> Iterator[Measurement]:
-    """Each request its own fetch (tests other than web_connectivity)."""
-    for r in tk.get("requests") or []:
-        if isinstance(r, dict):
-            u = url_of(r)
-            if u:
-                yield one_fetch(c, tk, u, r, (), failure_name(r.get("failure")))
+def fetches(c: Ctx, tk: CommonKeys) -> Iterator[Measurement]:
+    """Each request its own fetch."""
+    for r in tk.requests or []:
+        if u := url_of(r):
+            yield one_fetch(c, tk, u, r, (), failure_name(r.failure))
 
 
-def measurements(c: Ctx, record: Mapping[str, Any]) -> list[Measurement]:
-    """A test's DNS, TCP, TLS and HTTP measurements, in that order."""
-    tk = record["test_keys"]
-    return [*dns_measurements(c, tk.get("queries") or []),
-            *tcp_measurements(c, tk.get("tcp_connect") or []),
-            *tls_measurements(c, tk.get("tls_handshakes") or []),
-            *fetches(c, tk)]
+def measurements(c: Ctx, m: OONIMeasurement) -> list[Measurement]:
+    return [*primitives(c, m.test_keys), *fetches(c, m.test_keys)]
+
+
+TRANSFORM = Transform(OONIMeasurement, measurements)
