@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from blockwatch.probes.errors import CatalogueError as CatalogueError  # its home before errors.py
 from blockwatch.probes.model import (
     SILENT_PROTOCOLS,
     VPN_PROTOCOLS,
@@ -83,10 +84,6 @@ def _app(name: str, data: Any) -> AppRule | None:
     if not chat:
         raise CatalogueError(f"service {name!r}: app.chat_endpoints is empty")
     return AppRule(chat_endpoints=chat, rule=rule, text=APP_RULES[rule])
-
-
-class CatalogueError(ValueError):
-    """A service definition is wrong; the message names the service and key."""
 
 
 def parse_endpoint(text: str) -> Endpoint:

@@ -3,7 +3,8 @@
 Guarantees:
 
 - Nothing is sent to an address the scope does not admit; such a query fails ``out_of_scope``.
-  The system resolver is read from /etc/resolv.conf (no packets) and queried like any other;
+  The system resolver is read from /etc/resolv.conf (no packets) once per sweep (the next
+  sweep's context, ``ProbeContext.for_sweep``, reads it again) and queried like any other;
   ``getaddrinfo`` is never used, and a DoH name is looked up with ``ctx.lookup``.
 - **One resolution per name per sweep**: each (resolver, name, type) is asked once
   (``Resolutions``) and shared by the DNS probe and by every probe that needs the name's
@@ -55,9 +56,10 @@ import httpx
 
 from blockwatch.probes import failures, pacing
 from blockwatch.probes.context import Lookup, ProbeContext, ProbeResult
+from blockwatch.probes.errors import KnownFailure, OutOfScopeError
 from blockwatch.probes.model import DNSAnswer, DNSObservation, DNSResponse, Target
 from blockwatch.probes.resolvers import ResolverSpec, parse_resolver
-from blockwatch.probes.scope import OutOfScopeError, is_ip, system_resolver_addresses
+from blockwatch.probes.scope import is_ip, system_resolver_addresses
 
 # After the first well-formed UDP answer, keep listening this long (or until the timeout, if that
 # comes sooner). Injected answers and the real one arrive within milliseconds of each other (the
@@ -101,14 +103,6 @@ def is_bogon(ip: str) -> bool:
 
 
 _Responses = tuple[DNSResponse, ...]
-
-
-class _Failed(Exception):
-    """A query ended before any response, with this failure string."""
-
-    def __init__(self, failure: str) -> None:
-        super().__init__(failure)
-        self.failure = failure
 
 
 # --- the probe ----------------------------------------------------------------------------------
@@ -290,7 +284,7 @@ class SharedQuery:
         try:
             where = await _destination(self.spec, ctx)
             await _EXCHANGES[where.transport](where, q, ctx, exchange, self.silent)
-        except _Failed as exc:
+        except KnownFailure as exc:
             failure: str | None = exc.failure
         except (OSError, EOFError, TimeoutError, httpx.HTTPError) as exc:
             failure = failures.classify(exc)
@@ -445,13 +439,13 @@ def system_resolver() -> ResolverSpec | None:
 
 
 async def _destination(spec: ResolverSpec, ctx: ProbeContext) -> _Where:
-    """Turn a resolver into an address the scope admits, or raise ``_Failed``."""
+    """Turn a resolver into an address the scope admits, or raise ``KnownFailure``."""
     if spec.is_system:
         if "system_resolver" not in ctx.cache:  # read once per sweep, not once per query
             ctx.cache["system_resolver"] = system_resolver()
         found = ctx.cache["system_resolver"]
         if found is None:
-            raise _Failed(failures.unknown("no nameserver in /etc/resolv.conf"))
+            raise KnownFailure(failures.unknown("no nameserver in /etc/resolv.conf"))
         spec_used, address = found, found.address
     elif spec.scheme == "https" and not is_ip(spec.address):
         spec_used, address = spec, await _doh_address(spec, ctx)
@@ -460,7 +454,7 @@ async def _destination(spec: ResolverSpec, ctx: ProbeContext) -> _Where:
     try:
         ctx.scope.check(address)
     except OutOfScopeError:
-        raise _Failed(failures.OUT_OF_SCOPE) from None
+        raise KnownFailure(failures.OUT_OF_SCOPE) from None
     return _Where(spec_used.scheme, address, spec_used.port, spec_used)
 
 
@@ -469,10 +463,10 @@ async def _doh_address(spec: ResolverSpec, ctx: ProbeContext) -> str:
     lookup_spec = ctx.lookup_resolver
     if lookup_spec.scheme == "https" and not is_ip(lookup_spec.address):
         # it would look its own name up with itself, waiting forever on its own lookup
-        raise _Failed(failures.unknown("a DoH lookup resolver needs an IP address in its URL"))
+        raise KnownFailure(failures.unknown("a DoH lookup resolver needs an IP address in its URL"))
     lookup = await ctx.lookup(spec.address)
     if not lookup.addresses:
-        raise _Failed(lookup.failure or failures.DNS_NO_ANSWER)
+        raise KnownFailure(lookup.failure or failures.DNS_NO_ANSWER)
     return next((a for a in lookup.addresses if ctx.scope.allows(a)), lookup.addresses[0])
 
 

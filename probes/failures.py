@@ -1,20 +1,31 @@
 """The failure taxonomy: every network failure becomes one stable string (OONI df-007 names).
 
+This is the one place where errors become failure strings: those of the sockets and ``ssl``
+(``OSError`` and its errno), of dnspython, of httpx/httpcore/h11/anyio, and blockwatch's own
+(``probes.errors``), each matched by ``isinstance`` on its real class.
+
 ``classify(exc)`` walks the exception's ``__cause__``/``__context__`` chain and maps the most
 specific cause first, because libraries wrap the real error (httpx folds refused, reset and DNS
-errors into ``ConnectError``). Messages kept in ``unknown_failure: ...`` have IP addresses
-scrubbed, so a stored failure never leaks the vantage's address.
+errors into ``ConnectError``): first an address outside the scope anywhere in the chain, then the
+first error of the network or the TLS layer, then the first library error that says what
+happened (a timeout, too many redirects, a server that closed without answering), else
+``unknown_failure: <innermost class>: <message>``. Messages kept in ``unknown_failure: ...`` have
+IP addresses scrubbed, so a stored failure never leaks the vantage's address.
+
+The libraries' classes are imported on the first classification, not with this module: the
+analysis imports the taxonomy's strings and never meets an httpx error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import re
 import ssl
+from typing import NamedTuple
 
-import dns.exception
-import dns.resolver
+from blockwatch.probes.errors import KnownFailure, OutOfScopeError
 
 GENERIC_TIMEOUT = "generic_timeout_error"
 DNS_NXDOMAIN = "dns_nxdomain_error"
@@ -74,7 +85,45 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def _one(exc: BaseException) -> str | None:
+class _Library(NamedTuple):
+    """The library classes ``classify`` matches, by what they mean."""
+
+    nxdomain: tuple[type[BaseException], ...]
+    no_answer: tuple[type[BaseException], ...]
+    timeout: tuple[type[BaseException], ...]
+    end_of_stream: tuple[type[BaseException], ...]
+    http_timeout: tuple[type[BaseException], ...]
+    too_many_redirects: tuple[type[BaseException], ...]
+    protocol: tuple[type[BaseException], ...]
+
+
+@functools.cache
+def _library() -> _Library:
+    """Imported once, on the first classification."""
+    import anyio
+    import dns.exception
+    import dns.resolver
+    import h11
+    import httpcore
+    import httpx
+
+    return _Library(
+        nxdomain=(dns.resolver.NXDOMAIN,),
+        no_answer=(dns.resolver.NoAnswer,),
+        timeout=(dns.exception.Timeout, TimeoutError, asyncio.TimeoutError),
+        # the end of a stream: asyncio's, or anyio's (under httpcore: the peer closed during
+        # the TLS handshake)
+        end_of_stream=(asyncio.IncompleteReadError, anyio.EndOfStream),
+        http_timeout=(httpx.TimeoutException, httpcore.TimeoutException),
+        too_many_redirects=(httpx.TooManyRedirects,),
+        protocol=(httpx.RemoteProtocolError, httpcore.RemoteProtocolError,
+                  h11.RemoteProtocolError),
+    )
+
+
+def _network(exc: BaseException) -> str | None:
+    """The failure of a socket, TLS or DNS error, or of a stream that ended."""
+    lib = _library()
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = getattr(exc, "verify_code", None)
         if code in _VERIFY_CODES:
@@ -84,11 +133,11 @@ def _one(exc: BaseException) -> str | None:
         return EOF_ERROR
     if isinstance(exc, ssl.SSLError):
         return SSL_FAILED_HANDSHAKE
-    if isinstance(exc, dns.resolver.NXDOMAIN):
+    if isinstance(exc, lib.nxdomain):
         return DNS_NXDOMAIN
-    if isinstance(exc, dns.resolver.NoAnswer):
+    if isinstance(exc, lib.no_answer):
         return DNS_NO_ANSWER
-    if isinstance(exc, dns.exception.Timeout | TimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, lib.timeout):
         return GENERIC_TIMEOUT
     if isinstance(exc, ConnectionRefusedError):
         return CONNECTION_REFUSED
@@ -96,39 +145,40 @@ def _one(exc: BaseException) -> str | None:
         return CONNECTION_RESET
     if isinstance(exc, ConnectionAbortedError):
         return CONNECTION_ABORTED
-    if isinstance(exc, asyncio.IncompleteReadError):
+    if isinstance(exc, lib.end_of_stream):
         return EOF_ERROR
     if isinstance(exc, OSError) and exc.errno in _ERRNO:
         return _ERRNO[exc.errno]
     return None
 
 
-def _by_name(exc: BaseException) -> str | None:
-    """Library exceptions matched by class name, so this module does not import httpx."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if "TimeoutException" in names:
+def _http(exc: BaseException) -> str | None:
+    """The failure an HTTP library's own error states (when no cause of it said more)."""
+    lib = _library()
+    if isinstance(exc, lib.http_timeout):
         return GENERIC_TIMEOUT
-    if "TooManyRedirects" in names:
+    if isinstance(exc, lib.too_many_redirects):
         return TOO_MANY_REDIRECTS
-    if names & {"RemoteProtocolError"} and "without sending" in str(exc).lower():
+    if isinstance(exc, lib.protocol) and "without sending" in str(exc).lower():
         return EOF_ERROR
     return None
 
 
 def classify(exc: BaseException) -> str:
     """Map an exception to a failure string from the taxonomy."""
-    from blockwatch.probes.scope import OutOfScopeError
-
     chain = _chain(exc)
     for e in chain:
         if isinstance(e, OutOfScopeError):
             return OUT_OF_SCOPE
     for e in chain:
-        found = _one(e)
+        if isinstance(e, KnownFailure):
+            return e.failure
+    for e in chain:
+        found = _network(e)
         if found is not None:
             return found
     for e in chain:
-        found = _by_name(e)
+        found = _http(e)
         if found is not None:
             return found
     innermost = chain[-1]

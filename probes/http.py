@@ -3,12 +3,14 @@
 Guarantees:
 
 - Every connection goes through ``ScopedBackend``: the host is resolved with ``ctx.lookup``
-  (the sweep's resolver and cache, never the system's), each address is scope-checked before a
-  socket is opened, and the connection goes to the IP (httpcore still sends the name in SNI and
-  Host). With ``ctx.proxy`` the connection goes to the scope-checked proxy, which resolves names.
-- The addresses are raced in the resolver's order, as browsers do (Happy Eyeballs, RFC 8305):
-  the next one starts when the previous fails or has not connected within 0.25 s; the first to
-  connect is used (``address``), and if none does, the first address's error is the failure.
+  (the sweep's resolver and cache, never the system's) and the dialer (``probes.dial``)
+  connects to the IPs, each scope-checked before a socket is opened (httpcore still sends the
+  name in SNI and Host). With ``ctx.proxy`` the connection goes to the scope-checked proxy,
+  which resolves names.
+- The addresses are raced as browsers do (Happy Eyeballs, RFC 8305: ``Dialer.race``): the
+  families interleaved, starting with the resolver's first address; the next one starts when
+  the previous fails or has not connected within 0.25 s; the first to connect is used
+  (``address``), and if none does, the first address's error is the failure.
 - At most 10 redirects are followed, each recorded; the 11th is ``http_too_many_redirects``.
 - At most 512 KiB of the (decoded) body is read; its SHA-256 and length describe what was read,
   and ``body_truncated`` says more was sent. Its first 8 KiB are kept as text
@@ -22,10 +24,8 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import html
-import ipaddress
 import re
 import socket
 import ssl
@@ -40,19 +40,11 @@ from httpcore._backends.anyio import AnyIOStream  # what httpcore.AnyIOBackend r
 
 from blockwatch.probes import pacing
 from blockwatch.probes.context import ProbeContext, ProbeResult
-from blockwatch.probes.failures import DNS_NO_ANSWER, EOF_ERROR, TOO_MANY_REDIRECTS, classify
+from blockwatch.probes.dial import Clock, Dialer
+from blockwatch.probes.errors import KnownFailure, ProbeError, ProxyConnectError
+from blockwatch.probes.failures import DNS_NO_ANSWER, TOO_MANY_REDIRECTS, classify
 from blockwatch.probes.model import DNSObservation, HTTPObservation, Target
 from blockwatch.probes.pacing import NO_SLOT, Slot
-from blockwatch.probes.scope import OutOfScopeError
-from blockwatch.probes.socks import (
-    RecvExactly,
-    Send,
-    SocksError,
-    SocksReplyError,
-    negotiate,
-    parse_proxy,
-)
-from blockwatch.probes.tcp import Clock
 
 MAX_REDIRECTS = 10
 BODY_CAP = 512 * 1024
@@ -62,15 +54,6 @@ BODY_CAP = 512 * 1024
 BODY_SAMPLE_CAP = 8 * 1024
 TITLE_CAP = 200
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
-
-
-class LookupFailed(Exception):
-    """The name (or the proxy's name) of a connection did not resolve."""
-
-    def __init__(self, failure: str, operation: str = "resolve") -> None:
-        super().__init__(failure)
-        self.failure = failure
-        self.operation = operation
 
 
 @dataclass
@@ -127,49 +110,21 @@ class ScopedStream(httpcore.AsyncNetworkStream):
         return self._inner.get_extra_info(info)
 
 
-async def _connect(address: str, port: int, limit: float | None,
-                   local: str | None) -> httpcore.AsyncNetworkStream:
-    """A TCP connection to an IP address, as httpcore's AnyIO backend makes one, without its
-    per-connection task group (it races the addresses of a name: we resolved and race them
-    ourselves), which costs more than the connection in a sweep of thousands."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if local:
-            sock.bind((local, 0))
-        try:
-            async with asyncio.timeout(limit):
-                await asyncio.get_running_loop().sock_connect(sock, (address, port))
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        return AnyIOStream(await anyio.abc.SocketStream.from_socket(sock))
-    except BaseException:
-        sock.close()
-        raise
-
-
-def _same_family(a: str, b: str) -> bool:
-    return ipaddress.ip_address(a).version == ipaddress.ip_address(b).version
-
-
-CONNECT_STAGGER_S = 0.25  # RFC 8305's recommended Connection Attempt Delay
-
-
-def _connect_error(task: asyncio.Task[ScopedStream]) -> BaseException:
-    exc = task.exception() if task.done() and not task.cancelled() else None
-    return exc if exc is not None else httpcore.ConnectError("no address connected")
+def _httpcore_error(exc: OSError) -> Exception:
+    """A dialer's error as httpcore's own, as a network backend must raise it."""
+    if isinstance(exc, TimeoutError):
+        return httpcore.ConnectTimeout(str(exc))
+    return httpcore.ConnectError(str(exc))
 
 
 class ScopedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, with names resolved by ``ctx.lookup`` and the scope enforced."""
+    """httpcore's network backend: names resolved by ``ctx.lookup``, connections made by the
+    dialer (``probes.dial``: scope, our limits, source address, RFC 8305, SOCKS5), and the
+    dialer's errors handed to httpcore as httpcore's own."""
 
     def __init__(self, ctx: ProbeContext, progress: Progress) -> None:
         self._ctx, self._progress = ctx, progress
-        self._inner = httpcore.AnyIOBackend()
+        self._dialer = Dialer.of(ctx)
 
     async def _resolve(self, host: str, operation: str) -> tuple[str, ...]:
         self._progress.stage = operation
@@ -177,98 +132,38 @@ class ScopedBackend(httpcore.AsyncNetworkBackend):
         if operation == "resolve":
             self._progress.dns.setdefault(host, found.observations)
         if found.failure or not found.addresses:
-            raise LookupFailed(found.failure or DNS_NO_ANSWER, operation)
+            raise KnownFailure(found.failure or DNS_NO_ANSWER, operation)
         return found.addresses
-
-    async def _open(self, address: str, port: int, limit: float | None) -> ScopedStream:
-        """A connection to ``address``, after our own limits let it start (so that waiting
-        for them never eats into its connect timeout)."""
-        self._ctx.scope.check(address)
-        source = self._ctx.source_address
-        local = source if source and _same_family(source, address) else None
-        slot = await self._ctx.limits.connection(address)
-        try:
-            inner = await _connect(address, port, limit, local)
-        except BaseException:
-            slot.release()
-            raise
-        return ScopedStream(inner, self._ctx, self._progress, (address, port), slot)
 
     async def connect_tcp(
         self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
         local_address: str | None = None, socket_options: Iterable[typing.Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        if self._ctx.proxy:
-            return await self._connect_via_proxy(host, port, timeout)
-        addresses = await self._resolve(host, "resolve")
-        self._progress.stage = "connect"
-        stream = await self._first_connected(addresses, port, timeout)
-        self._progress.stage = "http_round_trip"
-        return stream
-
-    async def _first_connected(
-        self, addresses: tuple[str, ...], port: int, limit: float | None
-    ) -> ScopedStream:
-        """Happy Eyeballs (RFC 8305) in the resolver's order: the next address is tried when the
-        previous one fails or has not connected within ``CONNECT_STAGGER_S``, so a dropped
-        address (a blocked IPv4 beside a working IPv6, or the reverse) costs a quarter of a
-        second, not a whole connect timeout. All fail: the first address's error is raised."""
-        if len(addresses) == 1:  # nothing to race
-            return await self._open(addresses[0], port, limit)
-        tasks: list[asyncio.Task[ScopedStream]] = []
-        try:
-            for i, address in enumerate(addresses):
-                tasks.append(asyncio.create_task(self._open(address, port, limit)))
-                last = i == len(addresses) - 1
-                while True:
-                    running = [t for t in tasks if not t.done()]
-                    if running:
-                        await asyncio.wait(running, timeout=None if last else CONNECT_STAGGER_S,
-                                           return_when=asyncio.FIRST_COMPLETED)
-                    won = next((j for j, t in enumerate(tasks)
-                                if t.done() and not t.cancelled() and t.exception() is None),
-                               None)
-                    if won is not None:
-                        return tasks[won].result()
-                    if not last or not any(not t.done() for t in tasks):
-                        break  # stagger elapsed or an attempt failed: the next address
-            raise _connect_error(tasks[0])
-        finally:
-            for t in tasks:
-                if not t.done():
-                    t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            winner = next((t for t in tasks if t.done() and not t.cancelled()
-                           and t.exception() is None), None)
-            for t in tasks:  # a loser that connected as well is closed
-                if t is not winner and t.done() and not t.cancelled() and t.exception() is None:
-                    with contextlib.suppress(Exception):
-                        await t.result().aclose()
-
-    async def _connect_via_proxy(
-        self, host: str, port: int, limit: float | None
-    ) -> httpcore.AsyncNetworkStream:
-        proxy = parse_proxy(self._ctx.proxy or "")
-        addresses = await self._resolve(proxy.host, "proxy_connect")
-        stream: httpcore.AsyncNetworkStream = await self._open(addresses[0], proxy.port, limit)
-        try:
-            async with asyncio.timeout(limit):
-                await negotiate(*_stream_io(stream), proxy, host, port)
-        except SocksReplyError as exc:
-            self._progress.stage = "connect"  # the proxy could not reach the target
-            await stream.aclose()
-            raise httpcore.ConnectError(str(exc)) from exc
-        except (SocksError, httpcore.NetworkError) as exc:
-            await stream.aclose()
-            raise httpcore.ConnectError(str(exc)) from exc
-        except TimeoutError as exc:
+        if self._dialer.proxy is not None:
+            proxy_address = (await self._resolve(self._dialer.proxy.host, "proxy_connect"))[0]
+            try:
+                conn = await self._dialer.tunnel(proxy_address, host, port, timeout)
+            except ProxyConnectError as exc:  # our own proxy: the stage stays proxy_connect
+                raise httpcore.ConnectError(str(exc)) from exc
+            except OSError as exc:  # the proxy could not reach the target, or never said
+                self._progress.stage = "connect"
+                raise _httpcore_error(exc) from exc
+        else:
+            addresses = await self._resolve(host, "resolve")
             self._progress.stage = "connect"
-            await stream.aclose()
-            raise httpcore.ConnectTimeout(str(exc)) from exc
+            try:
+                conn = await self._dialer.race(addresses, port, timeout)
+            except OSError as exc:  # an address outside the scope is raised as it is
+                raise _httpcore_error(exc) from exc
         self._progress.stage = "http_round_trip"
-        assert isinstance(stream, ScopedStream)
-        stream._server_addr = (host, port)  # through a proxy, the server is the name asked for
-        return stream
+        try:
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            inner = AnyIOStream(await anyio.abc.SocketStream.from_socket(conn.sock))
+        except BaseException:
+            conn.close()
+            raise
+        # through a proxy, the server is the name asked for
+        return ScopedStream(inner, self._ctx, self._progress, (conn.address, port), conn.slot)
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None,  # noqa: ASYNC109
@@ -277,25 +172,7 @@ class ScopedBackend(httpcore.AsyncNetworkBackend):
         raise httpcore.UnsupportedProtocol("blockwatch probes do not use Unix sockets")
 
     async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def _stream_io(stream: httpcore.AsyncNetworkStream) -> tuple[RecvExactly, Send]:
-    """Adapt an httpcore stream to ``negotiate`` (the caller bounds the time)."""
-
-    async def recv(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = await stream.read(n - len(data))
-            if not chunk:
-                raise SocksError("SOCKS5 proxy closed the connection during negotiation")
-            data += chunk
-        return data
-
-    async def send(data: bytes) -> None:
-        await stream.write(data)
-
-    return recv, send
+        await asyncio.sleep(seconds)
 
 
 # --- requests over httpcore connections of our own ----------------------------------------------
@@ -447,16 +324,6 @@ def body_sample(body: bytes, encoding: str | None = None) -> str:
         return head.decode("utf-8", errors="replace")
 
 
-def _failure(exc: BaseException) -> str:
-    # anyio's EndOfStream (peer closed during the TLS handshake) carries no cause to classify
-    cur: BaseException | None = exc
-    while cur is not None:
-        if type(cur).__name__ == "EndOfStream":
-            return EOF_ERROR
-        cur = cur.__cause__ or cur.__context__
-    return classify(exc)
-
-
 @dataclass
 class Fetch:
     """The last response seen and the redirects followed to it."""
@@ -526,14 +393,15 @@ def observation(url: str, got: Fetch, t0: float, t: float, failure: str | None) 
     )
 
 
-_EXPECTED = (httpx.HTTPError, OSError, TimeoutError, OutOfScopeError)
+_EXPECTED = (httpx.HTTPError, OSError, ProbeError)  # TimeoutError is an OSError
 
 
 class HTTPProbe:
     """What does the URL answer, and where do its redirects lead?"""
 
     name = "http"
-    version = "3"  # 2: body_sample; 3: addresses raced (Happy Eyeballs)
+    version = "4"  # 2: body_sample; 3: addresses raced (Happy Eyeballs); 4: families
+    # interleaved (RFC 8305), through the one dialer
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         url = target.url or f"https://{target.host}/"
@@ -544,10 +412,10 @@ class HTTPProbe:
         try:
             async with pacing.deadline(t.tcp + t.tls + t.http):
                 await fetch(ctx, progress, url, got)
-        except LookupFailed as exc:
+        except KnownFailure as exc:
             failure, operation = exc.failure, exc.operation
         except _EXPECTED as exc:
-            failure, operation = _failure(exc), progress.stage
+            failure, operation = classify(exc), progress.stage
         if got.failure is not None:
             failure, operation = got.failure, "http_round_trip"
         dns = tuple(o for observations in progress.dns.values() for o in observations)

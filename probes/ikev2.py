@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.errors import MalformedReply
 from blockwatch.probes.model import Target
 from blockwatch.probes.openvpn import _exchange_udp
 from blockwatch.probes.vpnbase import begin
@@ -43,10 +44,6 @@ _CBC: list[Transform] = [(ENCR, 12, 256), (ENCR, 12, 128), (PRF, 5, None), (PRF,
 _GCM: list[Transform] = [(ENCR, 20, 256), (ENCR, 20, 128), (PRF, 5, None), (PRF, 2, None)]
 _GROUPS: list[Transform] = [(DH, 31, None), (DH, 19, None), (DH, 14, None)]
 KE_GROUP = 31  # curve25519: a 32-byte public key
-
-
-class MalformedReply(ValueError):
-    """The bytes are not an IKE_SA_INIT response to our request."""
 
 
 def _transform(ttype: int, tid: int, keylen: int | None, last: bool) -> bytes:

@@ -12,6 +12,7 @@ import os
 import struct
 
 from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.errors import MalformedReply
 from blockwatch.probes.model import Target
 from blockwatch.probes.openvpn import _exchange_udp
 from blockwatch.probes.vpnbase import begin
@@ -19,10 +20,6 @@ from blockwatch.probes.vpnbase import begin
 SCCRQ, SCCRP, STOPCCN = 1, 2, 4
 MESSAGE_TYPES = {SCCRP: "SCCRP", STOPCCN: "StopCCN", 6: "HELLO", 1: "SCCRQ"}
 MALFORMED = "l2tp_malformed_reply"
-
-
-class MalformedReply(ValueError):
-    pass
 
 
 def _avp(attr: int, value: bytes, mandatory: bool = True) -> bytes:

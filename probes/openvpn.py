@@ -29,8 +29,9 @@ import time
 from dataclasses import dataclass
 
 from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.errors import MalformedReply
 from blockwatch.probes.model import Target
-from blockwatch.probes.vpnbase import begin
+from blockwatch.probes.vpnbase import VPNAttempt, begin
 
 CLIENT_RESET_V2 = 7
 SERVER_RESET_V2 = 8
@@ -41,10 +42,6 @@ UNVERIFIABLE = "vpn_unverifiable_without_key"  # project-local failure strings
 MALFORMED = "vpn_malformed_reply"
 
 _DIGESTS = {"sha1": 20, "sha256": 32, "sha512": 64}
-
-
-class MalformedReply(ValueError):
-    """The bytes are not an OpenVPN server reset for our session."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,23 +211,21 @@ async def _exchange_udp(address: str, port: int, packet: bytes, limit: float,
         transport.close()
 
 
-async def _exchange_tcp(address: str, port: int, packet: bytes, limit: float,
-                        local: str | None) -> bytes:
-    local_addr = (local, 0) if local and (":" in local) == (":" in address) else None
-    async with asyncio.timeout(limit):
-        reader, writer = await asyncio.open_connection(address, port, local_addr=local_addr)
-        try:
-            writer.write(frame_tcp(packet))
-            await writer.drain()
-            (length,) = struct.unpack(">H", await reader.readexactly(2))
-            return await reader.readexactly(length)
-        finally:
-            writer.close()
+async def _exchange_tcp(attempt: VPNAttempt, ctx: ProbeContext, packet: bytes,
+                        limit: float) -> bytes:
+    """Connect (the dialer) and exchange the resets, all within ``limit`` from the connect."""
+    conn = await attempt.connect(ctx, limit)
+    async with conn.stream() as (reader, writer), asyncio.timeout(conn.left(limit)):
+        writer.write(frame_tcp(packet))
+        await writer.drain()
+        (length,) = struct.unpack(">H", await reader.readexactly(2))
+        return await reader.readexactly(length)
 
 
 class OpenVPNProbe:
     name = "openvpn"
-    version = "1"
+    version = "2"  # 2: over TCP, the addresses raced by the one dialer, from the source
+    # address, under our limits (1: the first address only)
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         options = dict(target.options)
@@ -256,10 +251,12 @@ class OpenVPNProbe:
                 return done("unverifiable", UNVERIFIABLE, why=f"unusable tls-auth key: {exc}")
         session = os.urandom(8)
         packet = build_client_reset(session, key=key)
-        exchange = _exchange_udp if transport == "udp" else _exchange_tcp
         try:
-            reply = await exchange(attempt.address, attempt.port, packet, ctx.timeouts.tcp,
-                                   ctx.source_address)
+            if transport == "udp":
+                reply = await _exchange_udp(attempt.address, attempt.port, packet,
+                                            ctx.timeouts.tcp, ctx.source_address)
+            else:
+                reply = await _exchange_tcp(attempt, ctx, packet, ctx.timeouts.tcp)
         except Exception as exc:
             return attempt.failed(exc)
         try:

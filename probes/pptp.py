@@ -3,6 +3,7 @@
 RFC 2637: every control message starts with its length, message type 1 (control) and the magic
 cookie 0x1A2B3C4D. A server answers SCCRQ with a Start-Control-Connection-Reply (type 2); that
 reply proves a PPTP server, although the data plane (GRE) may still be blocked separately.
+The connection is the dialer's (``VPNAttempt.connect``); one timeout covers it and the exchange.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import struct
 
 from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.errors import MalformedReply
 from blockwatch.probes.model import Target
 from blockwatch.probes.vpnbase import begin
 
@@ -20,10 +22,6 @@ SCCRQ_LENGTH = 156
 MALFORMED = "pptp_malformed_reply"
 RESULT_CODES = {1: "ok", 2: "general_error", 3: "command_channel_exists", 4: "not_authorized",
                 5: "unknown_protocol_version"}
-
-
-class MalformedReply(ValueError):
-    pass
 
 
 def build_sccrq(host_name: bytes = b"blockwatch", vendor: bytes = b"blockwatch") -> bytes:
@@ -49,26 +47,24 @@ def parse_reply(data: bytes) -> tuple[int, str]:
 
 class PPTPProbe:
     name = "pptp"
-    version = "1"
+    version = "2"  # 2: the addresses raced by the one dialer, from the source address,
+    # under our limits (1: the first address only, the kernel's source address)
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         attempt = await begin(target, ctx, "pptp", target.port or 1723, "tcp")
         if isinstance(attempt, ProbeResult):
             return attempt
-        address, port, done = attempt.address, attempt.port, attempt.done
+        done, limit = attempt.done, ctx.timeouts.tcp
         try:
-            async with asyncio.timeout(ctx.timeouts.tcp):
-                reader, writer = await asyncio.open_connection(address, port)
-                try:
-                    writer.write(build_sccrq())
-                    await writer.drain()
-                    head = await reader.readexactly(2)
-                    (length,) = struct.unpack(">H", head)
-                    if not 16 <= length <= 4096:
-                        return done("malformed", MALFORMED, why=f"length {length}")
-                    data = head + await reader.readexactly(length - 2)
-                finally:
-                    writer.close()
+            conn = await attempt.connect(ctx, limit)
+            async with conn.stream() as (reader, writer), asyncio.timeout(conn.left(limit)):
+                writer.write(build_sccrq())
+                await writer.drain()
+                head = await reader.readexactly(2)
+                (length,) = struct.unpack(">H", head)
+                if not 16 <= length <= 4096:
+                    return done("malformed", MALFORMED, why=f"length {length}")
+                data = head + await reader.readexactly(length - 2)
         except Exception as exc:
             return attempt.failed(exc)
         try:

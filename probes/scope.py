@@ -12,6 +12,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from blockwatch.probes.errors import OutOfScopeError as OutOfScopeError  # its home before errors.py
+
 
 @functools.lru_cache(maxsize=65536)
 def is_ip(text: str) -> bool:
@@ -27,14 +29,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 KEYWORDS = ("public", "system-resolvers")
-
-
-class OutOfScopeError(Exception):
-    """A probe was about to send a packet to an address the scope does not admit."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(f"address {address} is outside the configured scope")
-        self.address = address
 
 
 def parse_entry(entry: str) -> IPNetwork | str:
@@ -113,5 +107,6 @@ class Scope:
         return any(ip.version == net.version and ip in net for net in self.networks)
 
     def check(self, address: str) -> None:
+        """Raise ``OutOfScopeError`` unless the scope admits ``address``."""
         if not self.allows(address):
             raise OutOfScopeError(address)

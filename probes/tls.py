@@ -33,10 +33,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.dial import Clock, Dialed, Route, Streams, attempt, close, plan
+from blockwatch.probes.errors import ProbeError
 from blockwatch.probes.failures import classify
 from blockwatch.probes.model import Observation, Target, TLSObservation
-from blockwatch.probes.scope import OutOfScopeError
-from blockwatch.probes.tcp import Clock, Dialed, Route, Streams, close, dial, plan
 
 ALPN = ("h2", "http/1.1")  # what a browser offers; a censor may look at it
 _READ = 16384
@@ -154,14 +154,14 @@ async def _try(
     return session.tls
 
 
-_EXPECTED = (OSError, TimeoutError, ValueError, OutOfScopeError)  # ssl.SSLError is an OSError
+_EXPECTED = (OSError, ValueError, ProbeError)  # ssl.SSLError and TimeoutError are OSErrors
 
 
 async def _unverified_facts(
     ctx: ProbeContext, route: Route, sni: str | None, clock: Clock, base: TLSObservation
 ) -> tuple[Dialed, TLSObservation]:
     """After a rejected certificate: connect again and look at it without verifying."""
-    again = await dial(ctx, route, clock)
+    again = await attempt(ctx, route, clock, streams=True)
     if again.streams is None:
         return again, base
     try:
@@ -173,7 +173,9 @@ async def _unverified_facts(
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class AddressOutcome:
+    """What one address showed: its observations, its connection, its handshake (if any)."""
+
     observations: tuple[Observation, ...]
     tcp: Dialed
     tls: TLSObservation | None
@@ -187,7 +189,7 @@ async def control_sni(ctx: ProbeContext, route: Route, sni: str | None, clock: C
     name = ctx.control_sni
     if not name or (sni or "").lower() == name.lower():
         return ()
-    again = await dial(ctx, route, clock)
+    again = await attempt(ctx, route, clock, streams=True)
     if again.streams is None:
         return (again.observation,)
     base = TLSObservation(address=route.address, port=route.port, sni=name, t0=clock(), t=0.0,
@@ -202,12 +204,13 @@ async def control_sni(ctx: ProbeContext, route: Route, sni: str | None, clock: C
     return (again.observation, observed)
 
 
-async def attempt(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock) -> Attempt:
+async def handshakes(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock
+                     ) -> AddressOutcome:
     """TCP connect, then a verified handshake (and an unverified one if the cert is rejected,
     or one with the control SNI if the handshake itself failed)."""
-    tcp = await dial(ctx, route, clock)
+    tcp = await attempt(ctx, route, clock, streams=True)
     if tcp.streams is None:
-        return Attempt((tcp.observation,), tcp, None)
+        return AddressOutcome((tcp.observation,), tcp, None)
     base = TLSObservation(address=route.address, port=route.port, sni=sni, t0=clock(), t=0.0)
     failed: TLSObservation | None = None
     try:
@@ -218,18 +221,18 @@ async def attempt(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock
         failed = replace(base, t=clock(), failure=classify(exc))
     else:
         observed = facts(replace(base, t=clock(), verified=True), tls)
-        return Attempt((tcp.observation, observed), tcp, observed)
+        return AddressOutcome((tcp.observation, observed), tcp, observed)
     finally:
         await close(tcp)
     if failed is not None:
         extra = await control_sni(ctx, route, sni, clock)
-        return Attempt((tcp.observation, failed, *extra), tcp, failed)
+        return AddressOutcome((tcp.observation, failed, *extra), tcp, failed)
     base = replace(base, t=clock(), verified=False, verify_error=error, failure=error)
     again, observed = await _unverified_facts(ctx, route, sni, clock, base)
-    return Attempt((tcp.observation, again.observation, observed), tcp, observed)
+    return AddressOutcome((tcp.observation, again.observation, observed), tcp, observed)
 
 
-def _outcome(attempts: list[Attempt]) -> tuple[str | None, str | None]:
+def _outcome(attempts: list[AddressOutcome]) -> tuple[str | None, str | None]:
     if any(a.tls is not None and a.tls.verified for a in attempts):
         return None, None
     first = attempts[0]
@@ -250,7 +253,8 @@ class TLSProbe:
         found = await plan(target.host, target.port or 443, ctx)
         if not found.routes:
             return ProbeResult(found.dns, found.failure, found.operation)
-        attempts = list(await asyncio.gather(*(attempt(ctx, r, sni, clock) for r in found.routes)))
+        attempts = list(await asyncio.gather(*(handshakes(ctx, r, sni, clock)
+                                               for r in found.routes)))
         failure, operation = _outcome(attempts)
         observations = (*found.dns, *(o for a in attempts for o in a.observations))
         return ProbeResult(observations, failure, operation)

@@ -60,9 +60,9 @@ from typing import Any
 
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.dial import Clock, plan
 from blockwatch.probes.model import Observation, RawObservation, Target
 from blockwatch.probes.runner import deadline_for
-from blockwatch.probes.tcp import Clock, plan
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +484,9 @@ def _reply_for(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class FullAttempt:
+    """What the kernel's own full-TTL connection met: the trace's reference."""
+
     mode: str
     connected: bool
     reply: str
@@ -501,13 +503,13 @@ class Attempt:
 
 
 async def full_attempt(cap: Capture, ctx: ProbeContext, address: str, port: int, mode: str,
-                       payload: bytes, clock: Clock) -> Attempt:
+                       payload: bytes, clock: Clock) -> FullAttempt:
     """Connect with the kernel at full TTL, send the payload, wait for data; capture meanwhile."""
     loop = asyncio.get_running_loop()
     try:
         sock = _stream_socket(ctx, address)
     except OSError:  # our side: e.g. the configured source address is gone
-        return Attempt(mode, False, "error", None, ())
+        return FullAttempt(mode, False, "error", None, ())
     flow = cap.watch(address, port, sock.getsockname()[1], clock)
     connected = False
     try:
@@ -537,7 +539,7 @@ async def full_attempt(cap: Capture, ctx: ProbeContext, address: str, port: int,
     synack = flow.synack.facts() if flow.synack else None
     resets = tuple({**seg.facts(), "flags": seg.flags, "after": after, "t": t}
                    for seg, after, t in flow.resets)
-    return Attempt(mode, connected, reply, synack, resets)
+    return FullAttempt(mode, connected, reply, synack, resets)
 
 
 # --- the TTL-limited search -------------------------------------------------------------------

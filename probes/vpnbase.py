@@ -1,5 +1,17 @@
 """What every VPN probe does before and after its protocol: find the address, check the scope,
-time the attempt, and turn the outcome into one VPNObservation (after the lookup's DNS facts).
+connect (over TCP: through the dialer), time the attempt, and turn the outcome into one
+VPNObservation (after the lookup's DNS facts).
+
+Guarantees:
+
+- Over UDP the handshake goes to the name's first address; nothing is sent if the scope does
+  not admit it (``not_sent``, ``out_of_scope``).
+- Over TCP (``VPNAttempt.connect``) the name's addresses that the scope admits are raced by the
+  dialer (RFC 8305, ``probes.dial.Dialer.race``) under our limits and from the configured source
+  address; the observation's address is the one that connected (else the first); nothing is
+  sent if the scope admits none of them. VPN probes go direct, never through ``ctx.proxy``.
+- The handshake's time ``t`` counts from the attempt's start (our queue included: the
+  measurement's ``queued_s`` says how much of it was ours); its timeouts never do.
 """
 
 from __future__ import annotations
@@ -9,6 +21,7 @@ from dataclasses import dataclass, field
 
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.dial import Connection, Dialer
 from blockwatch.probes.model import DNSObservation, Target, VPNObservation
 
 OPERATION = "vpn_handshake"
@@ -19,12 +32,15 @@ _RESULTS = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_RESET: "reset",
 
 
 @dataclass
-class Attempt:
+class VPNAttempt:
+    """One handshake attempt of a VPN probe, from the lookup to its observation."""
+
     protocol: str
     address: str
     port: int
     transport: str
     dns: tuple[DNSObservation, ...] = ()
+    addresses: tuple[str, ...] = ()  # the addresses the scope admits (TCP: all may be raced)
     t0: float = field(default_factory=time.time)
     start: float = field(default_factory=time.perf_counter)
 
@@ -44,15 +60,25 @@ class Attempt:
             result = _RESULTS.get(failure, default)
         return self.done(result, failure, **details)
 
+    async def connect(self, ctx: ProbeContext, limit: float) -> Connection:
+        """A TCP connection for the handshake: the admitted addresses raced, the connect under
+        ``limit`` once our limits let it start; ``address`` becomes the one that connected."""
+        conn = await Dialer.of(ctx, via_proxy=False).race(self.addresses, self.port, limit)
+        self.address = conn.address
+        return conn
+
 
 async def begin(target: Target, ctx: ProbeContext, protocol: str, port: int,
-                transport: str) -> Attempt | ProbeResult:
-    """The attempt, or the result that ends it before a packet is sent (no address, or an
-    address outside the scope)."""
+                transport: str) -> VPNAttempt | ProbeResult:
+    """The attempt, or the result that ends it before a packet is sent (no address, or no
+    address inside the scope)."""
     lookup = await ctx.lookup(target.host)
     if not lookup.addresses:
         return ProbeResult(lookup.observations, lookup.failure or F.DNS_NO_ANSWER, "resolve")
-    attempt = Attempt(protocol, lookup.addresses[0], port, transport, lookup.observations)
-    if not ctx.scope.allows(attempt.address):
+    tried = lookup.addresses if transport == "tcp" else lookup.addresses[:1]
+    allowed = tuple(a for a in tried if ctx.scope.allows(a))
+    attempt = VPNAttempt(protocol, (allowed or tried)[0], port, transport, lookup.observations,
+                         allowed)
+    if not allowed:
         return attempt.done("not_sent", F.OUT_OF_SCOPE)
     return attempt

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.errors import MalformedReply
 from blockwatch.probes.model import Target
 from blockwatch.probes.openvpn import _exchange_udp
 from blockwatch.probes.vpnbase import begin
@@ -156,10 +157,6 @@ def build_initiation(peer: PeerConfig, *, sender_index: int | None = None,
     mac1 = _mac(_hash(LABEL_MAC1, peer.server_public_key), body)
     packet = body + mac1 + b"\x00" * 16
     return Initiation(packet, index, c, h, eph, static, peer.preshared_key)
-
-
-class MalformedReply(ValueError):
-    pass
 
 
 def check_reply(init: Initiation, data: bytes) -> str:

@@ -266,7 +266,7 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
               asn=settings.asn, group=settings.group, started_at=dt.datetime.now(dt.UTC),
               software_version=settings.software_version, config_hash=settings.config_hash)
     baseline = await check_baseline(settings.baseline_endpoints, ctx.scope,
-                                    settings.baseline_timeout)
+                                    settings.baseline_timeout, source_address=ctx.source_address)
     run = _replace(run, baseline=baseline.to_dict())
     await asyncio.to_thread(store.start_run, run)
     outcome = SweepOutcome(run=run, baseline=baseline)

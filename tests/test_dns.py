@@ -457,6 +457,26 @@ async def test_system_resolver_is_used_for_no_resolver(
     assert server.count("ok.test") == 2
 
 
+async def test_resolv_conf_is_read_once_per_sweep(
+    server: DNSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+
+    def nameservers() -> tuple[str, ...]:
+        reads.append(1)
+        return ("127.0.0.1",)
+
+    monkeypatch.setattr(dns_probe, "system_nameservers", nameservers)
+    monkeypatch.setattr(dns_probe, "system_resolver",  # port 53 is not the test server's
+                        lambda: ResolverSpec("udp", nameservers()[0], server.port))
+    ctx = context()
+    for name in ("ok.test", "other.test", "third.test"):  # six queries to the system resolver
+        await probe(name, None, ctx)
+    assert len(reads) == 1
+    await probe("ok.test", None, ctx.for_sweep())  # the next sweep reads it again
+    assert len(reads) == 2
+
+
 async def test_system_resolver_outside_scope_gets_nothing(
     server: DNSServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -190,3 +190,34 @@ def test_scrub_keeps_other_text() -> None:
     assert scrub("from 192.0.2.7 to 2001:db8::1 at 12:30") == (
         "from [scrubbed] to [scrubbed] at 12:30"
     )
+
+
+def test_library_errors_are_matched_by_their_classes_not_their_names() -> None:
+    import anyio
+    import httpcore
+
+    class TimeoutException(Exception):  # a look-alike of httpx's name
+        pass
+
+    assert classify(TimeoutException("late")) == "unknown_failure: TimeoutException: late"
+    assert classify(httpcore.ReadTimeout("late")) == "generic_timeout_error"
+    assert classify(httpx.TooManyRedirects("again")) == "http_too_many_redirects"
+    assert classify(httpcore.RemoteProtocolError(
+        "Server disconnected without sending a response.")) == "eof_error"
+    assert classify(anyio.EndOfStream()) == "eof_error"
+
+
+def test_our_own_errors() -> None:
+    from blockwatch.probes.errors import KnownFailure, ProxyConnectError, SocksReplyError
+
+    assert classify(KnownFailure("dns_nxdomain_error")) == "dns_nxdomain_error"
+    try:
+        try:
+            raise ConnectionRefusedError(111, "refused")
+        except ConnectionRefusedError as exc:
+            raise ProxyConnectError(str(exc)) from exc
+    except ProxyConnectError as wrapped:
+        assert classify(wrapped) == "connection_refused"  # a wrapper classifies as its cause
+    assert classify(SocksReplyError(0x04)) == "host_unreachable"
+    assert classify(SocksReplyError(0x01)) == (
+        "unknown_failure: SocksReplyError: SOCKS5 proxy: general SOCKS server failure")
