@@ -16,9 +16,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockwatch.cli import EXIT_OK, EXIT_USAGE, load_config
+
+if TYPE_CHECKING:
+    from blockwatch.probes.model import RawObservation
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,9 +76,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     m = asyncio.run(run_probe(PROBES["trace"], target, ctx, run_id="", vantage=cfg.vantage.name))
     if args.json:
+        from dataclasses import asdict
+
+        from blockwatch.analysis.trace import read
+
         print(json.dumps({"target": target.key, "failure": m.failure,
                           "failed_operation": m.failed_operation,
-                          "observations": [observation_to_dict(o) for o in m.observations]}))
+                          "observations": [observation_to_dict(o) for o in m.observations],
+                          # the analysis's readings of each raw observation's facts
+                          "readings": [asdict(read(o)) for o in m.observations
+                                       if isinstance(o, RawObservation)]}))
     else:
         for o in m.observations:
             if isinstance(o, RawObservation):
@@ -98,9 +108,11 @@ def _facts(packet: dict[str, Any] | None) -> str:
     return text
 
 
-def _print(o: Any) -> None:
+def _print(o: RawObservation) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from blockwatch.analysis.trace import read
 
     console = Console()
     head = Table(title=f"trace {o.address}:{o.port}  mode {o.mode}"
@@ -115,17 +127,18 @@ def _print(o: Any) -> None:
     head.add_row("syn-ack", _facts(o.synack))
     for i, r in enumerate(o.resets):
         head.add_row("rst" if i == 0 else "", _facts(r))
-    head.add_row("forged rst", f"[red]{o.forged_rst}[/red]" if o.forged_rst else "no")
-    if o.rst_fingerprint:
-        head.add_row("rst fingerprint", o.rst_fingerprint)
-    if o.interference:
-        after = f" after hop {o.last_hop}" if o.last_hop else ""
-        head.add_row("interference", f"[red]{o.interference} from TTL {o.interference_ttl}"
-                                     f"{after}[/red]")
+    reading = read(o)  # the analysis's reading of the facts above
+    head.add_row("forged rst", f"[red]{reading.forged_rst}[/red]" if reading.forged_rst else "no")
+    if reading.rst_fingerprint:
+        head.add_row("rst fingerprint", reading.rst_fingerprint)
+    if reading.interference:
+        after = f" after hop {reading.last_hop}" if reading.last_hop else ""
+        head.add_row("interference", f"[red]{reading.interference} from TTL "
+                                     f"{reading.interference_ttl}{after}[/red]")
     elif o.hops:
         head.add_row("interference", "not located")
-    if o.server_ttl:
-        head.add_row("server reached", f"at TTL {o.server_ttl}")
+    if reading.server_ttl:
+        head.add_row("server reached", f"at TTL {reading.server_ttl}")
     console.print(head)
     if o.hops:
         hops = Table(title="TTL-limited search")

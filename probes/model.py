@@ -263,15 +263,12 @@ class RawObservation:
     #                                           "after": "syn"|"data", "t"}
     reply: str | None = None        # full-TTL attempt: "data", "rst", "timeout", "refused",
     #                                 "synack" (mode syn) ...
-    forged_rst: str | None = None   # why a RST is not the server's ("ttl 64 vs syn-ack 63")
-    rst_fingerprint: str | None = None
     hops: tuple[dict[str, Any], ...] = ()     # each {"ttl": n, "result": "time_exceeded"|
     #                                           "synack"|"data"|"rst"|"silent", "from": addr}
-    interference_ttl: int | None = None
-    interference: str | None = None  # "rst" or "drop"
-    last_hop: str | None = None
-    server_ttl: int | None = None
     failure: str | None = None
+    # Facts only: which RST was forged and where interference begins are the analysis's
+    # readings (blockwatch.analysis.trace.read). Rows of trace version 1 also stored those
+    # readings (forged_rst, rst_fingerprint, interference_ttl, ...); they are ignored on load.
 
 
 Observation = (DNSObservation | TCPObservation | TLSObservation | HTTPObservation

@@ -6,16 +6,18 @@ Per resolved IPv4 address of the endpoint:
    ClientHello naming the SNI; ``http``: ``GET /`` with the Host; ``syn``: nothing) and waits for
    data, while raw sockets record the server side's SYN-ACK (IP TTL, IP-ID, DF, window) and every
    RST of the flow (the same, its flags, and whether it came after the SYN or after our data).
-2. Each RST is judged against the SYN-ACK (``judge_rst``): a different IP TTL, a different DF
-   bit, or IP-ID 0 where the server numbers its packets says the RST was not sent by the server
-   (``forged_rst``). GFW Report's injector types are recognised (``rst_fingerprint``).
-3. If that attempt met interference (a RST, no data, or no SYN-ACK) a TTL-limited search runs,
+2. If that attempt met interference (a RST, no data, or no SYN-ACK) a TTL-limited search runs,
    one TTL at a time from 1: crafted SYNs when the handshake itself failed (or in mode ``syn``),
    else a full-TTL handshake followed by the payload sent with IP TTL n. Each step records ICMP
    time-exceeded (and from whom; the quoted header must name our flow), the server's answer,
    a RST, or silence; the search stops at the server, at the first reset, once silence has
    held for ``SILENT_CONFIRM`` more TTLs (a quiet router is not a drop), at ``MAX_HOPS``, or
-   when the probe's time budget runs out.
+   when the probe's time budget runs out (``decisive`` says when a search may stop; a search
+   that ends neither decisively nor at ``MAX_HOPS`` was cut short by the budget).
+
+The observation holds what was seen and nothing concluded from it: which RST was forged, the
+injector's type and where interference begins are the analysis's readings of these facts
+(``blockwatch.analysis.trace.read``), so a better reading corrects old measurements too.
 
 Vocabulary: ``reply`` is ``data``, ``synack`` (mode syn), ``rst``, ``refused`` (RST to the
 SYN), ``timeout`` (no SYN-ACK, or no data: ``synack`` says which), ``closed`` (FIN, no data),
@@ -182,54 +184,6 @@ def parse_icmp(raw: bytes) -> Icmp | None:
                     qid=int(quoted.id))
     except Exception:  # hostile input
         return None
-
-
-# --- judging resets ---------------------------------------------------------------------------
-
-
-def judge_rst(synack: dict[str, Any] | None, rst: dict[str, Any]) -> str | None:
-    """Why ``rst`` was not sent by the host that sent ``synack``, or None if nothing says so.
-
-    The server's own packets leave with one initial TTL over one path, so the IP TTL of its RST
-    equals its SYN-ACK's; so does the DF bit. IP-ID: Linux sends its SYN-ACK with IP-ID 0 and DF
-    and later packets (its own RST too) with a per-connection counter, so a zero SYN-ACK IP-ID
-    says nothing about the RST's; only a server that numbers even its SYN-ACK (non-zero IP-ID)
-    is expected never to send IP-ID 0 without DF (GFW type I's pattern).
-    """
-    if synack is None:
-        return None
-    if rst["ttl"] != synack["ttl"]:
-        return f"ttl {rst['ttl']} vs syn-ack {synack['ttl']}"
-    if bool(rst["df"]) != bool(synack["df"]):
-        return f"df {int(bool(rst['df']))} vs syn-ack df {int(bool(synack['df']))}"
-    if synack["ipid"] != 0 and rst["ipid"] == 0 and not rst["df"]:
-        return f"ip-id 0 without df vs syn-ack ip-id {synack['ipid']}"
-    return None
-
-
-def judge_resets(synack: dict[str, Any] | None, resets: Sequence[dict[str, Any]]) -> str | None:
-    """The reason of the first forged RST (with a count when there were several), or None."""
-    reasons = [r for r in (judge_rst(synack, x) for x in resets) if r]
-    if not reasons:
-        return None
-    return reasons[0] if len(resets) == 1 else f"{reasons[0]} ({len(reasons)} of {len(resets)})"
-
-
-def rst_fingerprint(synack: dict[str, Any] | None,
-                    resets: Sequence[dict[str, Any]]) -> str | None:
-    """GFW Report's RST injector types (FIELD-NOTES section 3): type I sends 1 RST with IP-ID 0
-    and DF 0, type II 3 RST+ACK with DF set, type III 1 RST+ACK with IP TTL 248. Where the
-    SYN-ACK is known, only RSTs judged not to be the server's count."""
-    suspects = [r for r in resets if synack is None or judge_rst(synack, r)]
-    rst_ack = [r for r in suspects if r["flags"] == "RA"]
-    if len(rst_ack) == 1 and rst_ack[0]["ttl"] == 248:
-        return "gfw_type3"
-    if len(rst_ack) == 3 and all(r["df"] for r in rst_ack):
-        return "gfw_type2"
-    rst = [r for r in suspects if r["flags"] == "R"]
-    if len(rst) == 1 and rst[0]["ipid"] == 0 and not rst[0]["df"]:
-        return "gfw_type1"
-    return None
 
 
 # --- capture: raw sockets shared by every trace on one event loop ----------------------------
@@ -655,52 +609,7 @@ async def payload_step(cap: Capture, ctx: ProbeContext, address: str, port: int,
         _abort(sock)
 
 
-@dataclass(frozen=True, slots=True)
-class Search:
-    hops: tuple[dict[str, Any], ...] = ()
-    interference_ttl: int | None = None
-    interference: str | None = None
-    last_hop: str | None = None
-    server_ttl: int | None = None
-
-
-def conclude(hops: Sequence[dict[str, Any]], finished: bool) -> Search:
-    """Where interference begins, from the steps taken (``finished``: the search was not cut
-    short by the time budget, so silence up to the end counts)."""
-    first_silent: int | None = None
-    ttl: int | None = None
-    kind: str | None = None
-    server: int | None = None
-    for hop in hops:
-        result = hop["result"]
-        if result in REACHED:
-            server = hop["ttl"]
-            break
-        if result == "rst":
-            ttl, kind = hop["ttl"], "rst"
-            break
-        if result == "unreachable":  # refused with an ICMP error: the packet went no further
-            ttl, kind = hop["ttl"], "drop"
-            break
-        if result == "silent":
-            first_silent = hop["ttl"] if first_silent is None else first_silent
-            if hop["ttl"] - first_silent >= SILENT_CONFIRM:
-                break
-        else:
-            first_silent = None  # a router answered: the silent ones before it were just quiet
-    if ttl is None and server is None and first_silent is not None:
-        confirmed = hops[-1]["ttl"] - first_silent >= SILENT_CONFIRM
-        if confirmed or (finished and hops[-1]["result"] == "silent"):
-            ttl, kind = first_silent, "drop"
-    last_hop = None
-    if ttl is not None and ttl >= 2:
-        before = next((h for h in hops if h["ttl"] == ttl - 1), None)
-        if before is not None and before["result"] == "time_exceeded":
-            last_hop = before["from"]
-    return Search(tuple(hops), ttl, kind, last_hop, server)
-
-
-def _decisive(hops: Sequence[dict[str, Any]]) -> bool:
+def decisive(hops: Sequence[dict[str, Any]]) -> bool:
     """True once the search can stop: the server, a reset, an unreachable, confirmed silence,
     or a step that could not be made."""
     last = hops[-1]["result"]
@@ -716,13 +625,12 @@ def _decisive(hops: Sequence[dict[str, Any]]) -> bool:
 
 
 async def search(cap: Capture, ctx: ProbeContext, address: str, port: int, *, syn: bool,
-                 payload: bytes, clock: Clock, deadline: float) -> Search:
+                 payload: bytes, clock: Clock, deadline: float) -> tuple[dict[str, Any], ...]:
     """TTL 1, 2, ... until the server answers, interference begins, or time runs out."""
     loop = asyncio.get_running_loop()
     wait = min(1.0, ctx.timeouts.tcp)
     cost = wait if syn else wait + ctx.timeouts.tcp
     hops: list[dict[str, Any]] = []
-    finished = False
     for ttl in range(1, MAX_HOPS + 1):
         if loop.time() + cost > deadline:
             break
@@ -732,12 +640,9 @@ async def search(cap: Capture, ctx: ProbeContext, address: str, port: int, *, sy
             result, source = await payload_step(cap, ctx, address, port, ttl, payload, wait,
                                                 clock)
         hops.append({"ttl": ttl, "result": result, "from": source})
-        if _decisive(hops):
-            finished = True
+        if decisive(hops):
             break
-    else:
-        finished = True
-    return conclude(hops, finished)
+    return tuple(hops)
 
 
 # --- the probe --------------------------------------------------------------------------------
@@ -760,7 +665,7 @@ class TraceProbe:
     """Which RSTs are not the server's, and at which hop do drops or resets begin?"""
 
     name = "trace"
-    version = "1"
+    version = "2"  # 2: facts only (the readings moved to the analysis)
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         if target.port is None:
@@ -810,18 +715,13 @@ class TraceProbe:
             return nothing(F.RAW_UNAVAILABLE)
         try:
             attempt = await full_attempt(cap, ctx, address, port, mode, payload, clock)
-            found = Search()
+            hops: tuple[dict[str, Any], ...] = ()
             if attempt.interfered:
                 syn = mode == "syn" or not attempt.connected
-                found = await search(cap, ctx, address, port, syn=syn, payload=payload,
-                                     clock=clock, deadline=deadline)
+                hops = await search(cap, ctx, address, port, syn=syn, payload=payload,
+                                    clock=clock, deadline=deadline)
         finally:
             release(cap)
         return RawObservation(
             address=address, port=port, mode=mode, sni=sni, t0=t0, t=clock(), capture=True,
-            synack=attempt.synack, resets=attempt.resets, reply=attempt.reply,
-            forged_rst=judge_resets(attempt.synack, attempt.resets),
-            rst_fingerprint=rst_fingerprint(attempt.synack, attempt.resets),
-            hops=found.hops, interference_ttl=found.interference_ttl,
-            interference=found.interference, last_hop=found.last_hop,
-            server_ttl=found.server_ttl)
+            synack=attempt.synack, resets=attempt.resets, reply=attempt.reply, hops=hops)

@@ -29,7 +29,7 @@ from test_verdicts import (
     silence,
     vpn_m,
 )
-from test_verdicts_trace import FORGED, raw, trace
+from test_verdicts_trace import DISTANCE, FORGED, path, raw, trace
 
 from blockwatch.analysis.rules import Finding, Rule, by_id, first
 from blockwatch.analysis.verdicts import RULE_LISTS, RULES, AnalysisInputs
@@ -124,10 +124,10 @@ EXAMPLES: dict[str, Callable[[], list[Verdict]]] = {
                                                     failure=F.RAW_UNAVAILABLE),
                                                 failure=F.RAW_UNAVAILABLE)], {}, ()),
     **{f"raw.forged_rst.{layer}": (lambda mode=mode: _trace(
-        mode, reply="rst", resets=(FORGED,), forged_rst="ttl 64 vs syn-ack 52"))
+        mode, reply="rst", resets=(FORGED,)))
        for mode, layer in (("syn", "tcp"), ("tls", "tls"), ("http", "http"))},
     **{f"raw.before_server.{layer}": (lambda mode=mode: _trace(
-        mode, reply="timeout", interference_ttl=5, interference="drop", server_ttl=12))
+        mode, reply="timeout", hops=path(DISTANCE - 1, "silent", "silent", "silent")))
        for mode, layer in (("syn", "tcp"), ("tls", "tls"), ("http", "http"))},
     "service.network_unavailable": lambda: judge_run(
         [dns("news", "news.test", "system", resp("192.0.3.1"))], {"news": NEWS}, [],

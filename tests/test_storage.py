@@ -160,10 +160,9 @@ def raw_obs() -> RawObservation:
         capture=True, synack={"ttl": 52, "ipid": 0, "df": True, "window": 65160},
         resets=({"ttl": 64, "ipid": 7, "df": False, "window": 0, "flags": "R", "after": "data",
                  "t": 0.1},),
-        reply="rst", forged_rst="ttl 64 vs syn-ack 52", rst_fingerprint="gfw_type2",
+        reply="rst",
         hops=({"ttl": 1, "result": "time_exceeded", "from": "192.0.2.1"},
-              {"ttl": 2, "result": "rst", "from": None}),
-        interference_ttl=2, interference="rst", last_hop="192.0.2.1", server_ttl=9)
+              {"ttl": 2, "result": "rst", "from": None}))
 
 
 def check_round_trip(url: str) -> None:

@@ -30,6 +30,7 @@ from servers import (
     silent,
 )
 
+from blockwatch.analysis.trace import judge_resets, judge_rst, locate, read, rst_fingerprint
 from blockwatch.probes import failures as F
 from blockwatch.probes import trace
 from blockwatch.probes.context import ProbeContext, Timeouts
@@ -41,15 +42,7 @@ from blockwatch.probes.model import (
 )
 from blockwatch.probes.scope import Scope
 from blockwatch.probes.tcp import Clock
-from blockwatch.probes.trace import (
-    TraceProbe,
-    conclude,
-    judge_resets,
-    judge_rst,
-    parse_icmp,
-    parse_tcp,
-    rst_fingerprint,
-)
+from blockwatch.probes.trace import MAX_HOPS, TraceProbe, parse_icmp, parse_tcp
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -179,22 +172,47 @@ def hop(ttl: int, result: str, frm: str | None = None) -> dict[str, object]:
     return {"ttl": ttl, "result": result, "from": frm}
 
 
-def test_conclude_where_interference_begins() -> None:
+def test_locate_where_interference_begins() -> None:
     te = "time_exceeded"
-    drop = conclude([hop(1, te, "10.0.0.1"), hop(2, "silent"), hop(3, "silent"),
-                     hop(4, "silent")], finished=True)
+    drop = locate([hop(1, te, "10.0.0.1"), hop(2, "silent"), hop(3, "silent"),
+                     hop(4, "silent")])
     assert (drop.interference_ttl, drop.interference, drop.last_hop) == (2, "drop", "10.0.0.1")
     # a quiet router at 2, then more routers and a reset at 4
-    reset = conclude([hop(1, te, "10.0.0.1"), hop(2, "silent"), hop(3, te, "10.0.0.3"),
-                      hop(4, "rst", "10.9.9.9")], finished=True)
+    reset = locate([hop(1, te, "10.0.0.1"), hop(2, "silent"), hop(3, te, "10.0.0.3"),
+                      hop(4, "rst", "10.9.9.9")])
     assert (reset.interference_ttl, reset.interference, reset.last_hop) == (4, "rst", "10.0.0.3")
-    reached = conclude([hop(1, te, "10.0.0.1"), hop(2, "synack", "10.9.9.9")], finished=True)
+    reached = locate([hop(1, te, "10.0.0.1"), hop(2, "synack", "10.9.9.9")])
     assert (reached.server_ttl, reached.interference_ttl) == (2, None)
     # cut short by the time budget after one silent step: no claim
-    cut = conclude([hop(1, te, "10.0.0.1"), hop(2, "silent")], finished=False)
+    cut = locate([hop(1, te, "10.0.0.1"), hop(2, "silent")])
     assert (cut.interference_ttl, cut.interference) == (None, None)
-    first = conclude([hop(1, "rst", "10.9.9.9")], finished=True)
+    first = locate([hop(1, "rst", "10.9.9.9")])
     assert (first.interference_ttl, first.last_hop) == (1, None)
+    # silence up to MAX_HOPS (the search's end, not the budget's): a drop where it began
+    far = locate([*(hop(t, te, f"10.0.0.{t}") for t in range(1, MAX_HOPS - 1)),
+                  hop(MAX_HOPS - 1, "silent"), hop(MAX_HOPS, "silent")])
+    assert (far.interference_ttl, far.interference) == (MAX_HOPS - 1, "drop")
+    assert locate([]) == locate([hop(1, te, "10.0.0.1")])  # nothing to locate
+
+
+def test_readings_of_version_1_rows_come_from_their_facts() -> None:
+    """Trace version 1 stored its own readings beside the facts; they are ignored on load and
+    read again from the facts, so a corrected reading corrects old measurements."""
+    row = {"layer": "raw", "address": "10.201.10.10", "port": 443, "mode": "tls",
+           "sni": "www.google.com", "t0": 0.1, "t": 2.5, "capture": True,
+           "synack": {"ttl": 63, "ipid": 0, "df": True, "window": 65160},
+           "resets": [{"ttl": 64, "ipid": 0, "df": True, "window": 0, "flags": "R",
+                       "after": "data", "t": 0.2}],
+           "reply": "rst", "forged_rst": "an old, wrong reading", "rst_fingerprint": "gfw_type3",
+           "hops": [{"ttl": 1, "result": "time_exceeded", "from": "10.201.1.1"},
+                    {"ttl": 2, "result": "rst", "from": "10.201.10.10"}],
+           "interference_ttl": 9, "interference": "drop", "last_hop": None, "server_ttl": None,
+           "failure": None}
+    o = observation_from_dict(row)
+    assert isinstance(o, RawObservation)
+    r = read(o)
+    assert (r.forged_rst, r.rst_fingerprint) == ("ttl 64 vs syn-ack 63", None)
+    assert (r.interference_ttl, r.interference, r.last_hop) == (2, "rst", "10.201.1.1")
 
 
 def test_raw_observation_round_trip() -> None:
@@ -203,10 +221,9 @@ def test_raw_observation_round_trip() -> None:
         capture=True, synack={"ttl": 63, "ipid": 0, "df": True, "window": 65160},
         resets=({"ttl": 64, "ipid": 0, "df": True, "window": 0, "flags": "R", "after": "data",
                  "t": 0.2},),
-        reply="rst", forged_rst="ttl 64 vs syn-ack 63", rst_fingerprint=None,
+        reply="rst",
         hops=({"ttl": 1, "result": "time_exceeded", "from": "10.201.1.1"},
-              {"ttl": 2, "result": "rst", "from": "10.201.10.10"}),
-        interference_ttl=2, interference="rst", last_hop="10.201.1.1", server_ttl=None)
+              {"ttl": 2, "result": "rst", "from": "10.201.10.10"}))
     stored = json.loads(json.dumps(observation_to_dict(obs)))
     assert stored["layer"] == "raw"
     assert observation_from_dict(stored) == obs
@@ -232,8 +249,8 @@ async def test_answering_server_no_interference(tmp_path: Path) -> None:
         o = only_raw(result)
         assert o.capture and o.reply == reply, o
         assert o.synack is not None and o.synack["ttl"] == 64  # loopback: nothing in between
-        assert o.resets == () and o.forged_rst is None and o.rst_fingerprint is None
-        assert o.hops == () and o.interference_ttl is None and o.interference is None
+        assert o.resets == () and read(o).forged_rst is None and read(o).rst_fingerprint is None
+        assert o.hops == () and read(o).interference_ttl is None and read(o).interference is None
     assert tls.sni == ["example.test"]  # the ClientHello was real and named the SNI
     assert web.requests and web.requests[0].headers["host"] == f"127.0.0.1:{web.port}"
     assert not trace._CAPTURES  # the shared raw sockets were closed by the last user
@@ -250,9 +267,10 @@ async def test_server_reset_is_not_called_forged() -> None:
     r = o.resets[0]
     assert "R" in r["flags"] and r["after"] == "data"
     assert (r["ttl"], r["df"]) == (o.synack["ttl"], o.synack["df"])
-    assert o.forged_rst is None and o.rst_fingerprint is None
+    assert read(o).forged_rst is None and read(o).rst_fingerprint is None
     # the search then finds the reset at the first hop: the server itself, one hop away
-    assert o.hops[0]["result"] == "rst" and o.interference_ttl == 1 and o.last_hop is None
+    assert o.hops[0]["result"] == "rst"
+    assert (read(o).interference_ttl, read(o).last_hop) == (1, None)
 
 
 @needs_raw
@@ -282,9 +300,9 @@ async def test_injected_reset_is_called_forged() -> None:
     assert o.reply == "data"  # the forged RST's sequence number missed: the flow lived on
     assert [(r["ttl"], r["df"], r["flags"], r["after"]) for r in o.resets] == \
         [(248, True, "RA", "data")]
-    assert o.forged_rst == "ttl 248 vs syn-ack 64"
-    assert o.rst_fingerprint == "gfw_type3"
-    assert o.interference == "rst"  # every attempt meets a reset: the search stops at once
+    assert read(o).forged_rst == "ttl 248 vs syn-ack 64"
+    assert read(o).rst_fingerprint == "gfw_type3"
+    assert read(o).interference == "rst"  # every attempt meets a reset: the search stops at once
 
 
 @needs_raw
@@ -293,7 +311,7 @@ async def test_silent_port_is_a_drop_from_the_first_hop() -> None:
         o = only_raw(await TraceProbe().observe(target(port, "syn"), ctx_for(0.4)))
     assert o.reply == "timeout" and o.synack is None and o.resets == ()
     assert [h["result"] for h in o.hops] == ["silent"] * 3
-    assert (o.interference_ttl, o.interference, o.last_hop) == (1, "drop", None)
+    assert (read(o).interference_ttl, read(o).interference, read(o).last_hop) == (1, "drop", None)
 
 
 @needs_raw
@@ -302,7 +320,7 @@ async def test_server_that_takes_the_data_but_never_answers_is_not_a_drop() -> N
         o = only_raw(await TraceProbe().observe(target(server.port, "http"), ctx_for(0.4)))
     assert o.reply == "timeout" and o.synack is not None
     assert o.hops == ({"ttl": 1, "result": "acked", "from": "127.0.0.1"},)
-    assert (o.server_ttl, o.interference_ttl, o.interference) == (1, None, None)
+    assert (read(o).server_ttl, read(o).interference_ttl, read(o).interference) == (1, None, None)
 
 
 @needs_raw
@@ -310,9 +328,9 @@ async def test_refused_port_crafted_syn_meets_the_reset() -> None:
     with refusing_port() as port:
         o = only_raw(await TraceProbe().observe(target(port, "tls", sni="x.test"), ctx_for()))
     assert o.reply == "refused" and o.synack is None
-    assert [r["after"] for r in o.resets] == ["syn"] and o.forged_rst is None
+    assert [r["after"] for r in o.resets] == ["syn"] and read(o).forged_rst is None
     assert o.hops == ({"ttl": 1, "result": "rst", "from": "127.0.0.1"},)
-    assert (o.interference_ttl, o.interference) == (1, "rst")
+    assert (read(o).interference_ttl, read(o).interference) == (1, "rst")
 
 
 @needs_raw
@@ -325,8 +343,8 @@ async def test_crafted_syn_search_reaches_a_listening_server() -> None:
                                        deadline=asyncio.get_running_loop().time() + 10)
         finally:
             trace.release(cap)
-    assert found.hops == ({"ttl": 1, "result": "synack", "from": "127.0.0.1"},)
-    assert (found.server_ttl, found.interference_ttl) == (1, None)
+    assert found == ({"ttl": 1, "result": "synack", "from": "127.0.0.1"},)
+    assert (locate(found).server_ttl, locate(found).interference_ttl) == (1, None)
     assert not trace._CAPTURES
 
 
@@ -341,7 +359,7 @@ async def test_many_concurrent_traces_keep_their_flows_apart() -> None:
         if port == ok.port:
             assert (o.reply, o.resets, o.hops) == ("data", (), ()), o
         else:
-            assert o.reply == "rst" and len(o.resets) == 1 and o.forged_rst is None, o
+            assert o.reply == "rst" and len(o.resets) == 1 and read(o).forged_rst is None, o
     assert not trace._CAPTURES
 
 
@@ -485,6 +503,9 @@ def test_trace_command_prints_the_findings_and_stores_nothing(tmp_path: Path) ->
     assert (out["target"], out["failure"]) == (f"127.0.0.1:{port}", None)
     [o] = out["observations"]
     assert (o["mode"], o["reply"], o["hops"]) == ("http", "data", [])
+    [reading] = out["readings"]  # the analysis's reading of those facts, beside them
+    assert (reading["forged_rst"], reading["interference"]) == (None, None)
+    assert reading["server_distance"] == 1  # loopback: the SYN-ACK's IP TTL is 64
     assert table.returncode == 0 and "synack" in table.stdout and "syn-ack" in table.stdout
     # no database, no file at all: only the config the test wrote
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["loopback.toml"]

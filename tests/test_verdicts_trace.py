@@ -48,16 +48,26 @@ def judged(*ms: Measurement) -> dict[str | None, Any]:
 
 FORGED = {"ttl": 64, "ipid": 31337, "df": False, "window": 0, "flags": "R", "after": "data",
           "t": 0.2}
+DISTANCE = 13  # SYNACK's IP TTL 52 from an initial 64: twelve routers, the server at TTL 13
+
+
+def path(routers: int, *ends: str) -> tuple[dict[str, Any], ...]:
+    """A TTL-limited search's facts: time-exceeded from 198.51.100.<ttl> for the first
+    ``routers`` TTLs, then ``ends`` (rst, silent, ...) at the next ones."""
+    hops = [{"ttl": t, "result": "time_exceeded", "from": f"198.51.100.{t}"}
+            for t in range(1, routers + 1)]
+    hops += [{"ttl": routers + i, "result": e, "from": "203.0.113.5" if e == "rst" else None}
+             for i, e in enumerate(ends, 1)]
+    return tuple(hops)
 
 
 @pytest.mark.parametrize(("mode", "verdict"), [("tls", "tls_blocked"), ("http", "http_blocked"),
                                                ("syn", "tcp_blocked")])
 def test_forged_rst_is_blocking_at_the_modes_layer(mode: str, verdict: str) -> None:
-    obs = raw(mode=mode, reply="rst", resets=(FORGED,), forged_rst="ttl 64 vs syn-ack 52",
-              interference_ttl=7, interference="rst", last_hop="198.51.100.1")
+    obs = raw(mode=mode, reply="rst", resets=(FORGED,), hops=path(6, "rst"))
     v = judged(trace(obs))["t1"]
     assert (v.verdict, v.rule_id) == (verdict, f"raw.forged_rst.{_layer(mode)}")
-    assert "ttl 64 vs syn-ack 52" in v.evidence and "after hop 198.51.100.1" in v.evidence
+    assert "ttl 64 vs syn-ack 52" in v.evidence and "after hop 198.51.100.6" in v.evidence
     assert v.details["interference_ttl"] == 7
 
 
@@ -65,21 +75,52 @@ def _layer(mode: str) -> str:
     return {"syn": "tcp"}.get(mode, mode)
 
 
-def test_interference_before_the_server_is_blocking() -> None:
-    obs = raw(reply="timeout", interference_ttl=5, interference="drop", last_hop="198.51.100.4",
-              server_ttl=12)
+SERVERS_RST = {**FORGED, "ttl": 52, "ipid": 0, "df": True}  # agrees with the SYN-ACK
+
+
+def test_a_reset_to_a_packet_that_could_not_reach_the_server_is_blocking() -> None:
+    # the RST agrees with the SYN-ACK (a careful injector), but it answered a ClientHello
+    # whose TTL ran out at hop 5, eight hops short of the server
+    obs = raw(reply="rst", resets=(SERVERS_RST,), hops=path(4, "rst"))
     v = judged(trace(obs))["t1"]
     assert (v.verdict, v.rule_id) == ("tls_blocked", "raw.before_server.tls")
-    assert "drop begins at TTL 5, after hop 198.51.100.4" in v.evidence
+    assert "rst begins at TTL 5, after hop 198.51.100.4" in v.evidence
+    assert f"the server is {DISTANCE} by its SYN-ACK" in v.evidence
+    assert v.details["server_distance"] == DISTANCE
 
 
-def test_interference_at_the_servers_distance_is_only_located() -> None:
-    # the reset begins where the server is: the server itself may be resetting
-    obs = raw(reply="rst", resets=({**FORGED, "ttl": 52, "ipid": 0, "df": True},),
-              interference_ttl=12, interference="rst", last_hop="198.51.100.11", server_ttl=12)
+def test_silence_at_ttls_that_reach_the_server_is_blocking() -> None:
+    # the handshake worked; the ClientHello, sent with TTLs 13..15, was never even acknowledged
+    obs = raw(reply="timeout", hops=path(DISTANCE - 1, "silent", "silent", "silent"))
+    v = judged(trace(obs))["t1"]
+    assert (v.verdict, v.rule_id) == ("tls_blocked", "raw.before_server.tls")
+    assert f"drop begins at TTL {DISTANCE}, after hop 198.51.100.{DISTANCE - 1}" in v.evidence
+
+
+@pytest.mark.parametrize("hops", [
+    path(DISTANCE - 2, "silent", "silent", "silent"),  # silent up to DISTANCE + 1: the margin
+    path(DISTANCE - 3, "rst"),  # a reset within PATH_MARGIN of the server's distance
+    path(DISTANCE - 1, "rst"),  # the reset begins where the server is: it may be the server's
+])
+def test_interference_near_the_servers_distance_is_only_located(
+        hops: tuple[dict[str, Any], ...]) -> None:
+    """The way back may be longer or shorter than the way there: within PATH_MARGIN hops of the
+    SYN-ACK's distance, nothing says the packet did not reach the server."""
+    obs = raw(reply="rst" if hops[-1]["result"] == "rst" else "timeout",
+              resets=(SERVERS_RST,) if hops[-1]["result"] == "rst" else (), hops=hops)
     v = judged(trace(obs))["t1"]
     assert (v.verdict, v.rule_id) == ("inconclusive", "raw.interference")
-    assert "rst begins at TTL 12" in v.evidence
+    assert f"begins at TTL {hops[-1]['ttl'] if hops[-1]['result'] == 'rst' else DISTANCE - 1}" \
+        in v.evidence
+
+
+def test_without_a_syn_ack_no_distance_and_no_claim() -> None:
+    # the SYN itself is dropped (the lab's tcp_syn_drop): the server's distance is unknown
+    obs = raw(mode="syn", reply="timeout", synack=None, hops=path(1, "silent", "silent",
+                                                                    "silent"))
+    v = judged(trace(obs))["t1"]
+    assert (v.verdict, v.rule_id) == ("inconclusive", "raw.interference")
+    assert "drop begins at TTL 2, after hop 198.51.100.1" in v.evidence
 
 
 def test_clean_trace_is_ok_and_unavailable_trace_is_inconclusive() -> None:
@@ -99,7 +140,7 @@ def test_service_verdict_ignores_traces_that_prove_nothing() -> None:
     blind = raw(capture=False, synack=None, reply=None, failure="raw_socket_unavailable")
     out = judged(tcp_ok(), trace(blind, failure="raw_socket_unavailable"))
     assert out[None].rule_id == "service.ok"  # no CAP_NET_RAW does not make it inconclusive
-    forged = raw(reply="rst", resets=(FORGED,), forged_rst="ttl 64 vs syn-ack 52")
+    forged = raw(reply="rst", resets=(FORGED,))
     out = judged(tcp_ok(), trace(forged))
     assert (out[None].verdict, out[None].layer) == ("blocked", "tls")  # tcp below tls works
 

@@ -8,15 +8,20 @@ itself leaves with TTL 64. The control client reaches the server over its own li
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
+
+from blockwatch.analysis.trace import read
+from blockwatch.probes.model import observation_from_dict
 
 ROUTER = "10.201.1.1"
 PROBES = ["tcp", "tls", "trace"]
 
 
 def raw_observations(sweep: Any, service: str) -> list[dict[str, Any]]:
+    """The stored facts of each IPv4 trace, with the analysis's reading of them beside."""
     rows = [r for r in sweep.measurements(service) if r["probe"] == "trace"]
     assert rows, f"no trace measurement of {service}"
     # the evidence is a finding, not a failure of the probe
@@ -28,7 +33,9 @@ def raw_observations(sweep: Any, service: str) -> list[dict[str, Any]]:
         (False, "ipv6_not_supported")}, six
     found = [o for o in raw if ":" not in o["address"]]
     assert found and all(o["capture"] for o in found), found
-    return found
+    readings = [dataclasses.asdict(read(observation_from_dict(o))) for o in found]
+    assert not any(k in o for o in found for k in readings[0]), found  # facts only, stored
+    return [{**o, **r} for o, r in zip(found, readings, strict=True)]
 
 
 @pytest.fixture(scope="module")
