@@ -8,18 +8,21 @@ silent`` address is judged by ``SILENT_RULES`` instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from blockwatch.analysis.evidence import (
     ControlAnswer,
     Evidence,
+    Subject,
     consistent,
     dns_a,
     outside,
 )
 from blockwatch.analysis.fingerprints import FingerprintSet
-from blockwatch.analysis.rules import Finding, Rule
+from blockwatch.analysis.rules import Decision, Finding, Rule, first
 from blockwatch.probes import failures as F
 from blockwatch.probes.model import DNSObservation, Measurement, Service
 
@@ -238,3 +241,17 @@ SILENT_RULES: tuple[Rule[Measurement], ...] = (
          "the silent address did not answer (as it should): no injector on this path for "
          "this name", _silent_quiet, "dns"),
 )
+
+
+def _stage(s: Subject) -> Decision | None:
+    if silent(s.m):
+        return first(SILENT_RULES, s.m)
+    c = case(s.m, s.service, s.controls, s.ev, s.fps)
+    return first(DNS_RULES, c) if c is not None else None
+
+
+# what blockwatch.analysis.verdicts takes from a probe's rules module: its stages (in order, for
+# measurements of the probe of this module's name) and its rule lists
+STAGES: tuple[tuple[str, Callable[[Subject], Decision | None]], ...] = (("dns answers", _stage),)
+RULE_LISTS: dict[str, tuple[Rule[Any], ...]] = {"dns silent address": SILENT_RULES,
+                                                "dns answers": DNS_RULES}

@@ -13,11 +13,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from blockwatch.analysis.fingerprints import FingerprintSet
 from blockwatch.analysis.rules import CERT_FAILURES
 from blockwatch.probes.model import (
     DNSObservation,
     HTTPObservation,
     Measurement,
+    Service,
     TCPObservation,
     TLSObservation,
     VPNObservation,
@@ -80,6 +82,10 @@ class Evidence:
         default_factory=lambda: defaultdict(list))
     http: dict[str, list[HTTPObservation]] = field(default_factory=lambda: defaultdict(list))
     vpn: dict[tuple[str, str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
+    # every control vantage measurement by (probe, target key): what a probe's own rules
+    # compare with when no index above fits (a new probe's)
+    by_target: dict[tuple[str, str], list[Measurement]] = field(
+        default_factory=lambda: defaultdict(list))
     # the tested vantage's own TLS and TCP facts, by server name / address
     verified: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     bad_cert: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -103,6 +109,7 @@ def dns_a(m: Measurement) -> DNSObservation | None:
 
 
 def _add_control(ev: Evidence, m: Measurement) -> None:
+    ev.by_target[(m.probe, m.target.key)].append(m)
     final_a = dns_a(m)  # an unanswered query's confirmation speaks for both
     for o in m.observations:
         if isinstance(o, DNSObservation):
@@ -192,3 +199,15 @@ def consistent(tested: Iterable[str], control: Iterable[str], *,
     if {net(a) for a in tested} & {net(a) for a in control}:
         return True
     return any(in_prefixes(a, prefixes) for a in tested)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One tested measurement with what its probe's rules may read (a probe's rules module,
+    ``blockwatch.analysis.<probe>``, gets it in its ``STAGES``)."""
+
+    m: Measurement
+    service: Service | None
+    controls: list[ControlAnswer]  # the control resolvers' answers for its host
+    ev: Evidence
+    fps: FingerprintSet

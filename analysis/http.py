@@ -8,11 +8,13 @@ is judged here only by a strong block-page fingerprint of a redirect it could no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from blockwatch.analysis.evidence import Evidence
+from blockwatch.analysis.evidence import Evidence, Subject
 from blockwatch.analysis.fingerprints import FingerprintSet, HTTPMatch
-from blockwatch.analysis.rules import Finding, Rule
+from blockwatch.analysis.rules import Decision, Finding, Rule, first
 from blockwatch.probes.model import HTTPObservation, Measurement
 
 _COMMON_HEADERS = frozenset({
@@ -127,3 +129,12 @@ HTTP_RULES: tuple[Rule[HTTPCase], ...] = (
          "the response differs from the control's (status, or body length, headers and title) "
          "without any block-page fingerprint", _diff_vs_control, "http"),
 )
+
+
+def _stage(s: Subject) -> Decision | None:
+    c = case(s.m, s.ev, s.fps)
+    return first(HTTP_RULES, c) if c is not None else None
+
+
+STAGES: tuple[tuple[str, Callable[[Subject], Decision | None]], ...] = (("http content", _stage),)
+RULE_LISTS: dict[str, tuple[Rule[Any], ...]] = {"http content": HTTP_RULES}

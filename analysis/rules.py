@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from blockwatch.probes import failures as F
+from blockwatch.probes import registry
 from blockwatch.probes.model import Measurement, Verdict
 
 ANALYZER_VERSION = "5"  # 5: DNS timeouts count only when confirmed; services judged apart
 
+# blocking at a layer: the four of the web stack and one per layer the registry declares
+# (vpn_blocked, stun_blocked, ...)
 BLOCKED = frozenset({"dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked",
-                     "vpn_blocked"})
+                     *(f"{spec.layer}_blocked" for spec in registry.SPECS)})
 
 # Failures a censor produces. Others (too many redirects, a broken Location, unknown_failure)
 # are the server's or our own doing: a control that succeeds does not make them blocking.

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from blockwatch.analysis.rules import BLOCKED, Finding, Rule, first, verdict
+from blockwatch.probes import registry
 from blockwatch.probes.model import Service, Verdict
-
-_RANK = {"dns": 0, "tcp": 1, "tls": 2, "http": 3}
 
 
 def rank(layer_or_probe: str | None) -> int:
-    return _RANK.get(layer_or_probe or "", 4)  # VPN and other probes: their own top layer
+    """A layer's (or a probe's layer's) place from the bottom, as the registry declares it
+    (dns 0, tcp 1, tls 2, http 3, VPN and raw packets 4); unknown: the top."""
+    return registry.RANK.get(layer_or_probe or "", registry.TOP_RANK)
 
 
 @dataclass(frozen=True, slots=True)

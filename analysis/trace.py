@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from blockwatch.analysis.rules import Finding, Rule
+from blockwatch.analysis.evidence import Subject
+from blockwatch.analysis.rules import Decision, Finding, Rule, first
 from blockwatch.probes import failures as F
 from blockwatch.probes.model import Measurement, RawObservation
 from blockwatch.probes.trace import MAX_HOPS, REACHED, SILENT_CONFIRM, decisive
@@ -298,3 +299,12 @@ TRACE_RULES: tuple[Rule[TraceCase], ...] = (
     Rule("raw.clean", "ok", "the full-TTL attempt got the server's answer, no RST (trace probe)",
          _clean, "raw"),
 )
+
+
+def _stage(s: Subject) -> Decision | None:
+    c = case(s.m)
+    return first(TRACE_RULES, c) if c is not None else None
+
+
+STAGES: tuple[tuple[str, Callable[[Subject], Decision | None]], ...] = (("raw packets", _stage),)
+RULE_LISTS: dict[str, tuple[Rule[Any], ...]] = {"raw packets": TRACE_RULES}

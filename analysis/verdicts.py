@@ -20,22 +20,32 @@ lie outside the service's known networks are CDN answers until something else co
 them (``inconclusive``). A failure the control shares is ``down``; any other failure is
 ``inconclusive`` with the reason; with the local network down nothing is judged at all.
 
-A measurement goes through ``MEASUREMENT_STAGES`` in order: its probe's content rules (DNS
-answers, an HTTP response, raw packets), then the generic ones (no failure, out of scope, our
-bug), then its failure against the controls (a VPN handshake's or a step's). ``RULES`` lists
-every rule in that order, by id, for documentation and tests.
+A measurement goes through its probe's stages first (``PROBE_STAGES``: the ``STAGES`` of
+``blockwatch.analysis.<probe name>``, found through the probe registry: DNS answers, an HTTP
+response, raw packets, ...), then ``COMMON_STAGES``: the generic rules (no failure, out of
+scope, our bug), then its failure against the controls (a VPN handshake's or a step's).
+``RULES`` lists every rule in that order, by id, for documentation and tests.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import ipaddress
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from blockwatch.analysis import dns, failure, http, service, trace, vpn
-from blockwatch.analysis.evidence import ControlAnswer, Evidence, RunFacts, gather, is_control
+from blockwatch.analysis import failure, service, vpn
+from blockwatch.analysis.evidence import (
+    ControlAnswer,
+    Evidence,
+    RunFacts,
+    Subject,
+    gather,
+    is_control,
+)
 from blockwatch.analysis.evidence import unconfirmed_silence as unconfirmed_silence
 from blockwatch.analysis.fingerprints import FingerprintSet
 from blockwatch.analysis.rules import (
@@ -51,21 +61,11 @@ from blockwatch.analysis.rules import (
     verdict,
 )
 from blockwatch.probes import failures as F
+from blockwatch.probes import registry
 from blockwatch.probes.model import Measurement, RunInputs, Service, Verdict
 
 __all__ = ["ANALYZER_VERSION", "BLOCKED", "RULES", "RULE_LISTS", "AnalysisInputs", "Judge",
            "builtin_fingerprints", "judge_measurement", "judge_run"]
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """One tested measurement with what its rules may read."""
-
-    m: Measurement
-    service: Service | None
-    controls: list[ControlAnswer]  # the control resolvers' answers for its host
-    ev: Evidence
-    fps: FingerprintSet
 
 
 def _ok(m: Measurement) -> Finding | None:
@@ -89,23 +89,24 @@ GENERIC_RULES: tuple[Rule[Measurement], ...] = (
 )
 
 
-def _dns_stage(s: Subject) -> Decision | None:
-    if s.m.probe != "dns":
-        return None
-    if dns.silent(s.m):
-        return first(dns.SILENT_RULES, s.m)
-    c = dns.case(s.m, s.service, s.controls, s.ev, s.fps)
-    return first(dns.DNS_RULES, c) if c is not None else None
+Stage = Callable[[Subject], Decision | None]
 
 
-def _http_stage(s: Subject) -> Decision | None:
-    c = http.case(s.m, s.ev, s.fps) if s.m.probe == "http" else None
-    return first(http.HTTP_RULES, c) if c is not None else None
+def _probe_rules() -> dict[str, Any]:
+    """Each registered probe's rules module, ``blockwatch.analysis.<probe name>``, where one
+    exists (a probe may have none: the generic and failure rules judge it)."""
+    found: dict[str, Any] = {}
+    for spec in registry.SPECS:
+        name = f"blockwatch.analysis.{spec.name}"
+        if importlib.util.find_spec(name) is not None:
+            found[spec.name] = importlib.import_module(name)
+    return found
 
 
-def _trace_stage(s: Subject) -> Decision | None:
-    c = trace.case(s.m) if s.m.probe == "trace" else None
-    return first(trace.TRACE_RULES, c) if c is not None else None
+PROBE_RULES = _probe_rules()
+# probe -> its content stages, in order, before the generic ones
+PROBE_STAGES: dict[str, tuple[tuple[str, Stage], ...]] = {
+    probe: tuple(module.STAGES) for probe, module in PROBE_RULES.items()}
 
 
 def _generic_stage(s: Subject) -> Decision | None:
@@ -123,25 +124,22 @@ def _failure_stage(s: Subject) -> Decision | None:
     return first(failure.FAILURE_RULES, c) if c is not None else None
 
 
-# A measurement's path, in order: the first stage that decides gives its verdict.
-MEASUREMENT_STAGES: tuple[tuple[str, Callable[[Subject], Decision | None]], ...] = (
-    ("dns answers", _dns_stage),
-    ("http content", _http_stage),
-    ("raw packets", _trace_stage),
+# A measurement's path, in order: its probe's stages (PROBE_STAGES), then these; the first
+# stage that decides gives its verdict.
+COMMON_STAGES: tuple[tuple[str, Stage], ...] = (
     ("generic", _generic_stage),
     ("vpn handshake", _vpn_stage),
     ("failure vs control", _failure_stage),
 )
+MEASUREMENT_STAGES: tuple[tuple[str, Stage], ...] = (
+    *(stage for stages in PROBE_STAGES.values() for stage in stages), *COMMON_STAGES)
 
 # every list of rules, in the order a measurement meets them, then the service's
 RULE_LISTS: dict[str, tuple[Rule[Any], ...]] = {
     "reserved": (Rule("baseline.network_unavailable", "network_unavailable",
                       "reserved (never given): the local network was down before the sweep; "
                       "the services of such a run get service.network_unavailable"),),
-    "dns silent address": dns.SILENT_RULES,
-    "dns answers": dns.DNS_RULES,
-    "http content": http.HTTP_RULES,
-    "raw packets": trace.TRACE_RULES,
+    **{k: v for module in PROBE_RULES.values() for k, v in module.RULE_LISTS.items()},
     "generic": GENERIC_RULES,
     "vpn handshake": vpn.VPN_RULES,
     "failure vs control": failure.FAILURE_RULES,
@@ -154,7 +152,7 @@ def judge_measurement(m: Measurement, service_: Service | None,
                       controls: list[ControlAnswer], ev: Evidence,
                       fps: FingerprintSet) -> Verdict:
     subject = Subject(m, service_, controls, ev, fps)
-    for _, stage in MEASUREMENT_STAGES:
+    for _, stage in (*PROBE_STAGES.get(m.probe, ()), *COMMON_STAGES):
         decision = stage(subject)
         if decision is not None:
             return decide(decision, m, m.service)
@@ -271,8 +269,9 @@ class Judge:
             return out
         probes = {m.id: m.probe for m in tested}
         keys = {m.id: m.target.key for m in tested}
-        # raw-packet evidence adds blocking; its absence (or no CAP_NET_RAW) takes nothing away
+        # some evidence only adds blocking (raw packets: its absence, or no CAP_NET_RAW, takes
+        # nothing away); the registry says which (Spec.adds_only)
         counted = [v for v in out if v.verdict in BLOCKED
-                   or probes.get(v.measurement_id or "") != "trace"]
+                   or probes.get(v.measurement_id or "") not in registry.ADDS_ONLY]
         return [*out, service.judge_service(name, counted, probes, self.services.get(name),
                                             keys)]

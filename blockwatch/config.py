@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,6 +31,7 @@ from pydantic import (
 )
 
 from blockwatch.errors import ConfigError as ConfigError  # re-exported: callers import it here
+from blockwatch.probes import registry
 from blockwatch.probes.catalogue import (
     CatalogueError,
     load_catalogue,
@@ -43,9 +45,19 @@ from blockwatch.probes.scope import parse_entry
 if TYPE_CHECKING:
     from blockwatch.inputs import InputList
 
-ProbeName = Literal["dns", "tcp", "tls", "http", "vpn", "trace"]
-# the default set; "trace" (raw-packet evidence, needs CAP_NET_RAW) is opt-in
-PROBE_NAMES: tuple[ProbeName, ...] = ("dns", "tcp", "tls", "http", "vpn")
+# the names [probes] probes accepts and its default, from the probe registry (opt-in probes
+# such as "trace", raw-packet evidence that needs CAP_NET_RAW, are not in the default)
+PROBE_NAMES: tuple[str, ...] = registry.DEFAULT_SELECTION
+
+
+def _known_probe(name: str) -> str:
+    if name not in registry.SELECTABLE:
+        raise ValueError(f"unknown probe {name!r}: the probes are "
+                         f"{', '.join(registry.SELECTABLE)}")
+    return name
+
+
+ProbeName = Annotated[str, AfterValidator(_known_probe)]
 DEFAULT_CONTROLS = ["https://1.1.1.1/dns-query", "tls://9.9.9.9#dns.quad9.net"]
 DEFAULT_BASELINE = ["1.1.1.1:443", "9.9.9.9:443", "8.8.8.8:443"]
 

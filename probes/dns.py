@@ -57,9 +57,10 @@ import httpx
 from blockwatch.probes import failures, pacing
 from blockwatch.probes.context import Lookup, ProbeContext, ProbeResult
 from blockwatch.probes.errors import KnownFailure, OutOfScopeError
-from blockwatch.probes.model import DNSAnswer, DNSObservation, DNSResponse, Target
+from blockwatch.probes.model import DNSAnswer, DNSObservation, DNSResponse, Service, Target
 from blockwatch.probes.resolvers import ResolverSpec, parse_resolver
 from blockwatch.probes.scope import is_ip, system_resolver_addresses
+from blockwatch.probes.targets import PlanContext, hosts
 
 # After the first well-formed UDP answer, keep listening this long (or until the timeout, if that
 # comes sooner). Injected answers and the real one arrive within milliseconds of each other (the
@@ -117,7 +118,7 @@ class DNSProbe:
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         spec = parse_resolver(target.resolver or "system")
         queries = ctx.resolutions
-        if ("silent", "yes") in target.options:
+        if SILENT in target.options:
             # an address where no DNS server runs: one A query, sent once, and every response
             # recorded; silence (a timeout) is the expected, healthy outcome. It only listens.
             pacing.background()
@@ -945,3 +946,22 @@ _Transport = Callable[[_Where, Query, ProbeContext, _Exchange, bool],
                       Awaitable[None]]
 _EXCHANGES: dict[str, _Transport] = {"udp": _udp, "tcp": _stream, "tls": _stream,
                                      "https": _https}
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+SILENT = ("silent", "yes")  # the option that marks a query to a silent address
+
+
+def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
+    """Each of the service's names at every resolver and control resolver, and once (over UDP)
+    at each silent address, where any answer is forged on the path."""
+    out: list[Target] = []
+    for host in hosts(service):
+        for resolver in dict.fromkeys([*pc.resolvers, *pc.controls]):
+            out.append(Target(service=service.name, probe="dns", host=host, resolver=resolver))
+        for address in dict.fromkeys(pc.silent):
+            shown = f"[{address}]" if ":" in address else address
+            out.append(Target(service=service.name, probe="dns", host=host,
+                              resolver=f"udp://{shown}", options=(SILENT,)))
+    return out

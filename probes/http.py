@@ -43,8 +43,9 @@ from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, Dialer
 from blockwatch.probes.errors import KnownFailure, ProbeError, ProxyConnectError
 from blockwatch.probes.failures import DNS_NO_ANSWER, TOO_MANY_REDIRECTS, classify
-from blockwatch.probes.model import DNSObservation, HTTPObservation, Target
+from blockwatch.probes.model import DNSObservation, HTTPObservation, Service, Target
 from blockwatch.probes.pacing import NO_SLOT, Slot
+from blockwatch.probes.targets import PlanContext, url_endpoint
 
 MAX_REDIRECTS = 10
 BODY_CAP = 512 * 1024
@@ -422,3 +423,9 @@ class HTTPProbe:
         if failure is not None and operation == "resolve" and got.response is None:
             return ProbeResult(dns, failure, operation)
         return ProbeResult((*dns, observation(url, got, t0, clock(), failure)), failure, operation)
+
+
+def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
+    """Every URL of the service."""
+    return [Target(service=service.name, probe="http", host=url_endpoint(u)[0], url=u)
+            for u in dict.fromkeys(service.urls)]

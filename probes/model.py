@@ -271,8 +271,20 @@ class RawObservation:
     # readings (forged_rst, rst_fingerprint, interference_ttl, ...); they are ignored on load.
 
 
+class ProbeObservation:
+    """The base of an observation type that a probe declares in its own module (its registry
+    line names it, ``Spec.observation``), so that a new probe adds no type here: a frozen
+    dataclass with these attributes (``layer`` a field with ``init=False``), facts only."""
+
+    __slots__ = ()
+    layer: str
+    t0: float
+    t: float
+    failure: str | None
+
+
 Observation = (DNSObservation | TCPObservation | TLSObservation | HTTPObservation
-               | VPNObservation | RawObservation)
+               | VPNObservation | RawObservation | ProbeObservation)
 _LAYERS: dict[str, type[Any]] = {
     "dns": DNSObservation,
     "tcp": TCPObservation,
@@ -314,7 +326,14 @@ def observation_to_dict(obs: Observation) -> dict[str, Any]:
 def observation_from_dict(data: dict[str, Any]) -> Observation:
     """Rebuild an observation stored as JSON (tuples come back as lists)."""
     data = dict(data)
-    cls = _LAYERS[data.pop("layer")]
+    layer = data.pop("layer", None)
+    cls = _LAYERS.get(layer) if isinstance(layer, str) else None
+    if cls is None and isinstance(layer, str):
+        from blockwatch.probes.registry import observation_type
+
+        cls = observation_type(layer)
+    if cls is None:
+        raise ValueError(f"an observation of unknown layer {layer!r}")
     if cls is DNSObservation:
         data["responses"] = tuple(
             DNSResponse(
@@ -364,20 +383,10 @@ class Measurement:
         return self.target.probe
 
 
-VerdictName = Literal[
-    "ok",
-    "dns_blocked",
-    "tcp_blocked",
-    "tls_blocked",
-    "http_blocked",
-    "vpn_blocked",
-    "blocked",
-    "partial",
-    "down",
-    "inconclusive",
-    "network_unavailable",
-    "error",
-]
+# The verdicts: "ok", blocking at a layer ("dns_blocked", "tcp_blocked", "tls_blocked",
+# "http_blocked", and "<layer>_blocked" for every layer the probe registry declares: "vpn_blocked",
+# "stun_blocked", ...), and for a service "blocked", "partial", "down", "inconclusive",
+# "network_unavailable", "error" (analysis.rules.BLOCKED is the set of blocking ones).
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,5 +1,15 @@
 """The probe registry: a new probe is one module plus one line here.
 
+Each line is a ``Spec``: what the rest of blockwatch needs to know about a probe without
+importing it. Everything that used to be a string-keyed list elsewhere is derived from
+``SPECS``: the names ``[probes] probes`` accepts and its default (``SELECTABLE``,
+``DEFAULT_SELECTION``), the planner (``planners``: each selection's ``plan`` function, in the
+probe's own module), the order of layers a service verdict counts from (``RANK``), the probes a
+SOCKS5 control path can carry (``PROXIED``), the probes whose evidence only adds blocking
+(``ADDS_ONLY``), and observation types declared in a probe's own module (``observation_type``).
+The analysis finds a probe's rules by name (``blockwatch.analysis.<name>``, if that module
+exists; see ``blockwatch.analysis.verdicts``).
+
 Probes are imported when a sweep first asks for one, so that a sweep of web targets does not
 load the VPN and raw-packet probes (and their libraries) it never uses.
 """
@@ -7,27 +17,103 @@ load the VPN and raw-packet probes (and their libraries) it never uses.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from blockwatch.probes.context import Probe
+if TYPE_CHECKING:
+    from blockwatch.probes.context import Probe
+    from blockwatch.probes.model import Service, Target
+    from blockwatch.probes.targets import PlanContext
 
-# probe name -> (module, class)
+    Planner = Callable[[Service, PlanContext], list[Target]]
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One probe, as the registry declares it.
+
+    ``name``: ``Target.probe``; ``impl``: ``"module:Class"`` of the probe; ``select``: the name
+    in ``[probes] probes`` that turns it on (several probes may share one: ``vpn``), and
+    the first probe of a selection plans its targets from a service, by ``planner``
+    (``"module:function"``; by default ``plan_targets`` in the probe's own module);
+    ``default``: selected when the config says nothing;
+    ``layer``: the layer its measurements speak for, ``rank`` that layer's place from the bottom
+    (a working layer at or above a blocked one makes blocking partial); ``proxied``: it can run
+    through a SOCKS5 control path; ``adds_only``: its verdicts count in a service verdict only
+    when they say blocking (a probe that may be unable to run, like raw sockets without
+    CAP_NET_RAW); ``observation``: ``"module:Class"`` of an observation type the probe declares
+    in its own module (the built-in types live in ``probes.model``).
+    """
+
+    name: str
+    impl: str
+    select: str
+    layer: str
+    rank: int
+    planner: str | None = None
+    default: bool = True
+    proxied: bool = False
+    adds_only: bool = False
+    observation: str | None = None
+
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("dns", "blockwatch.probes.dns:DNSProbe", "dns", "dns", 0),
+    Spec("tcp", "blockwatch.probes.tcp:TCPProbe", "tcp", "tcp", 1, proxied=True),
+    Spec("tls", "blockwatch.probes.tls:TLSProbe", "tls", "tls", 2, proxied=True),
+    Spec("http", "blockwatch.probes.http:HTTPProbe", "http", "http", 3, proxied=True),
+    Spec("openvpn", "blockwatch.probes.openvpn:OpenVPNProbe", "vpn", "vpn", 4,
+         planner="blockwatch.probes.vpnbase:plan_targets"),
+    Spec("ikev2", "blockwatch.probes.ikev2:IKEv2Probe", "vpn", "vpn", 4),
+    Spec("wireguard", "blockwatch.probes.wireguard:WireGuardProbe", "vpn", "vpn", 4),
+    Spec("pptp", "blockwatch.probes.pptp:PPTPProbe", "vpn", "vpn", 4),
+    Spec("l2tp", "blockwatch.probes.l2tp:L2TPProbe", "vpn", "vpn", 4),
+    Spec("tor", "blockwatch.probes.tor:TorProbe", "vpn", "vpn", 4),
+    Spec("trace", "blockwatch.probes.trace:TraceProbe", "trace", "raw", 4, default=False,
+         adds_only=True),
+)
+
+BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
 REGISTRY: dict[str, tuple[str, str]] = {
-    "dns": ("blockwatch.probes.dns", "DNSProbe"),
-    "tcp": ("blockwatch.probes.tcp", "TCPProbe"),
-    "tls": ("blockwatch.probes.tls", "TLSProbe"),
-    "http": ("blockwatch.probes.http", "HTTPProbe"),
-    "openvpn": ("blockwatch.probes.openvpn", "OpenVPNProbe"),
-    "ikev2": ("blockwatch.probes.ikev2", "IKEv2Probe"),
-    "wireguard": ("blockwatch.probes.wireguard", "WireGuardProbe"),
-    "pptp": ("blockwatch.probes.pptp", "PPTPProbe"),
-    "l2tp": ("blockwatch.probes.l2tp", "L2TPProbe"),
-    "tor": ("blockwatch.probes.tor", "TorProbe"),
-    "trace": ("blockwatch.probes.trace", "TraceProbe"),
-}
+    s.name: (s.impl.partition(":")[0], s.impl.partition(":")[2]) for s in SPECS}
+SELECTABLE: tuple[str, ...] = tuple(dict.fromkeys(s.select for s in SPECS))
+DEFAULT_SELECTION: tuple[str, ...] = tuple(dict.fromkeys(s.select for s in SPECS if s.default))
+RANK: dict[str, int] = {**{s.layer: s.rank for s in SPECS}, **{s.name: s.rank for s in SPECS}}
+# selection -> its planner: the first probe's of the selection
+PLANNERS: dict[str, str] = {}
+for _s in SPECS:
+    PLANNERS.setdefault(_s.select, _s.planner or f"{_s.impl.partition(':')[0]}:plan_targets")
+PROXIED: frozenset[str] = frozenset(s.name for s in SPECS if s.proxied)
+ADDS_ONLY: frozenset[str] = frozenset(s.name for s in SPECS if s.adds_only)
+TOP_RANK = max(s.rank for s in SPECS)
 
 
-class _Probes(Mapping[str, Probe]):
+def load(path: str) -> Any:
+    """The object a ``"module:name"`` path names."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def planners(selected: Iterator[str] | tuple[str, ...] | list[str] | set[str]
+             ) -> list[Planner]:
+    """The planners of the selected names, in registry order (so targets come out dns, tcp,
+    tls, http, vpn, trace, ...)."""
+    wanted = set(selected)
+    return [load(PLANNERS[name]) for name in SELECTABLE if name in wanted]
+
+
+def observation_type(layer: str) -> type[Any] | None:
+    """The observation class a probe declares in its own module for ``layer``, or None."""
+    for s in SPECS:
+        if s.observation and s.layer == layer:
+            found: type[Any] = load(s.observation)
+            return found
+    return None
+
+
+class _Probes(Mapping[str, "Probe"]):
     """Probe instances by name, each made on first use."""
 
     def __init__(self) -> None:
@@ -36,15 +122,14 @@ class _Probes(Mapping[str, Probe]):
     def __getitem__(self, name: str) -> Probe:
         found = self._made.get(name)
         if found is None:
-            module, cls = REGISTRY[name]
-            found = self._made[name] = getattr(importlib.import_module(module), cls)()
+            found = self._made[name] = load(BY_NAME[name].impl)()
         return found
 
     def __iter__(self) -> Iterator[str]:
-        return iter(REGISTRY)
+        return iter(BY_NAME)
 
     def __len__(self) -> int:
-        return len(REGISTRY)
+        return len(BY_NAME)
 
 
 PROBES: Mapping[str, Probe] = _Probes()

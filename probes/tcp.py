@@ -23,7 +23,8 @@ import asyncio
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock as Clock  # its home before probes.dial
 from blockwatch.probes.dial import Dialed, Route, attempt, close, first_failure, plan
-from blockwatch.probes.model import Observation, Target
+from blockwatch.probes.model import Observation, Service, Target
+from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 
 async def connect_only(ctx: ProbeContext, route: Route, clock: Clock) -> Dialed:
@@ -55,3 +56,9 @@ class TCPProbe:
         failure, operation = first_failure(attempts)
         observations: tuple[Observation, ...] = (*found.dns, *(a.observation for a in attempts))
         return ProbeResult(observations, failure, operation)
+
+
+def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
+    """Every TCP endpoint of the service (its URLs' and its extra ones)."""
+    return [Target(service=service.name, probe="tcp", host=h, port=p)
+            for (h, p) in tcp_endpoints(service)]

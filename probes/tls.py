@@ -36,7 +36,8 @@ from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, Dialed, Route, Streams, attempt, close, plan
 from blockwatch.probes.errors import ProbeError
 from blockwatch.probes.failures import classify
-from blockwatch.probes.model import Observation, Target, TLSObservation
+from blockwatch.probes.model import Observation, Service, Target, TLSObservation
+from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 ALPN = ("h2", "http/1.1")  # what a browser offers; a censor may look at it
 _READ = 16384
@@ -258,3 +259,9 @@ class TLSProbe:
         failure, operation = _outcome(attempts)
         observations = (*found.dns, *(o for a in attempts for o in a.observations))
         return ProbeResult(observations, failure, operation)
+
+
+def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
+    """Every TCP endpoint of the service that speaks TLS, with its host as the SNI."""
+    return [Target(service=service.name, probe="tls", host=h, port=p, sni=h)
+            for (h, p), tls in tcp_endpoints(service).items() if tls]

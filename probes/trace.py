@@ -63,8 +63,9 @@ from typing import Any
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, plan
-from blockwatch.probes.model import Observation, RawObservation, Target
+from blockwatch.probes.model import Observation, RawObservation, Service, Target
 from blockwatch.probes.runner import deadline_for
+from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -725,3 +726,10 @@ class TraceProbe:
         return RawObservation(
             address=address, port=port, mode=mode, sni=sni, t0=t0, t=clock(), capture=True,
             synack=attempt.synack, resets=attempt.resets, reply=attempt.reply, hops=hops)
+
+
+def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
+    """Every TLS endpoint (mode tls, its host as the SNI) and port-80 endpoint (mode http)."""
+    return [Target(service=service.name, probe="trace", host=h, port=p,
+                   sni=h if tls else None, options=(("mode", "tls" if tls else "http"),))
+            for (h, p), tls in tcp_endpoints(service).items() if tls or p == 80]

@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Connection, Dialer
-from blockwatch.probes.model import DNSObservation, Target, VPNObservation
+from blockwatch.probes.model import (
+    SILENT_PROTOCOLS,
+    DNSObservation,
+    Service,
+    Target,
+    VPNEndpoint,
+    VPNObservation,
+)
+from blockwatch.probes.targets import PlanContext
 
 OPERATION = "vpn_handshake"
 # what a failure string means for a handshake (on UDP, "refused" is an ICMP port unreachable)
@@ -82,3 +90,21 @@ async def begin(target: Target, ctx: ProbeContext, protocol: str, port: int,
     if not allowed:
         return attempt.done("not_sent", F.OUT_OF_SCOPE)
     return attempt
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def vpn_target(service: str, ep: VPNEndpoint) -> Target:
+    """The target for a VPN endpoint. Protocols that stay silent without their secret (obfs4,
+    Shadowsocks) become TCP reachability targets, labelled so in their options."""
+    if ep.protocol in SILENT_PROTOCOLS:
+        return Target(service=service, probe="tcp", host=ep.host, port=ep.port,
+                      options=(("silent_protocol", ep.protocol), *ep.options))
+    return Target(service=service, probe=ep.protocol, host=ep.host, port=ep.port,
+                  transport=ep.transport, options=ep.options)
+
+
+def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
+    """Every VPN endpoint of the service, each for its protocol's probe."""
+    return [vpn_target(service.name, ep) for ep in service.vpn]

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from blockwatch.analysis.verdicts import AnalysisInputs, Judge, judge_run
+from blockwatch.probes import registry
 from blockwatch.probes.context import ProbeContext
 from blockwatch.probes.model import (
     Endpoint,
@@ -67,7 +68,7 @@ class Store(Protocol):
                              end: dt.datetime) -> list[Measurement]: ...
 
 
-CONTROL_PROBES = frozenset({"tcp", "tls", "http"})  # what a SOCKS5 path can carry
+CONTROL_PROBES = registry.PROXIED  # what a SOCKS5 path can carry (the registry says)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

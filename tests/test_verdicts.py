@@ -11,6 +11,7 @@ from blockwatch.analysis.fingerprints import FingerprintSet, parse_entry
 from blockwatch.analysis.http import http_matches_control
 from blockwatch.analysis.verdicts import ANALYZER_VERSION, RULES
 from blockwatch.probes import failures as F
+from blockwatch.probes import registry
 from blockwatch.probes.model import (
     DNSAnswer,
     DNSObservation,
@@ -182,8 +183,9 @@ def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
 
 def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
     assert ANALYZER_VERSION == "5"
-    known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked", "vpn_blocked",
-             "blocked", "partial", "down", "inconclusive", "network_unavailable", "error"}
+    known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked",
+             "blocked", "partial", "down", "inconclusive", "network_unavailable", "error",
+             *(f"{spec.layer}_blocked" for spec in registry.SPECS)}  # vpn_blocked, stun_blocked
     assert {r.verdict for r in RULES.values()} <= known
     v1 = {"baseline.network_unavailable", "ok.no_failure", "dns.injection.multiple_responses",
           "dns.nxdomain_vs_control", "dns.bogon_vs_control", "dns.outside_expected_prefixes",
