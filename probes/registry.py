@@ -73,6 +73,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("tor", "blockwatch.probes.tor:TorProbe", "vpn", "vpn", 4),
     Spec("trace", "blockwatch.probes.trace:TraceProbe", "trace", "raw", 4, default=False,
          adds_only=True),
+    Spec("stun", "blockwatch.probes.stun:STUNProbe", "stun", "stun", 4, default=False,
+         observation="blockwatch.probes.stun:STUNObservation"),
 )
 
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}

@@ -9,6 +9,7 @@ PACKAGES=(iproute2 nftables iptables dnsmasq-base nginx-light openssl
           libnetfilter-queue-dev build-essential python3-dev
           openvpn strongswan-charon strongswan-swanctl pptpd xl2tpd tor
           microsocks  # the lab's SOCKS5 control path ([analysis] control_proxy)
+          coturn      # a real STUN server (turnserver --stun-only) for the stun probe's tests
           systemd     # systemd-analyze verifies the deploy/ units in the tests
           postgresql) # tests/postgres.py runs its own throwaway server from these binaries
 

@@ -42,7 +42,7 @@ def test_names_are_unique_and_no_probe_shadows_the_analysis() -> None:
 
 def test_config_names_and_defaults_come_from_the_registry() -> None:
     assert config.PROBE_NAMES == registry.DEFAULT_SELECTION
-    assert "trace" not in config.PROBE_NAMES  # opt-in
+    assert "trace" not in config.PROBE_NAMES and "stun" not in config.PROBE_NAMES  # opt-in
     for name in registry.SELECTABLE:
         assert config.Probes(probes=[name]).probes == [name]
     with pytest.raises(ValidationError, match="unknown probe 'smtp'"):
@@ -51,8 +51,8 @@ def test_config_names_and_defaults_come_from_the_registry() -> None:
 
 def test_control_paths_layers_and_adds_only_come_from_the_registry() -> None:
     assert sweep.CONTROL_PROBES == registry.PROXIED == {"tcp", "tls", "http"}
-    assert [service.rank(x) for x in ("dns", "tcp", "tls", "http", "vpn", "openvpn")] \
-        == [0, 1, 2, 3, 4, 4]
+    assert [service.rank(x) for x in ("dns", "tcp", "tls", "http", "vpn", "openvpn", "stun")] \
+        == [0, 1, 2, 3, 4, 4, 4]
     assert service.rank("no such layer") == registry.TOP_RANK
     assert registry.ADDS_ONLY == {"trace"}
 
@@ -61,7 +61,7 @@ def test_the_analysis_finds_each_probes_rules_by_its_name() -> None:
     have = {m.name for m in pkgutil.iter_modules(importlib.import_module(
         "blockwatch.analysis").__path__)}
     expected = {s.name for s in registry.SPECS if s.name in have}
-    assert set(verdicts.PROBE_RULES) == expected == {"dns", "http", "trace"}
+    assert set(verdicts.PROBE_RULES) == expected == {"dns", "http", "trace", "stun"}
     for probe, module in verdicts.PROBE_RULES.items():
         assert verdicts.PROBE_STAGES[probe] and module.RULE_LISTS
         for rules in module.RULE_LISTS.values():

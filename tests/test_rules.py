@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from judging import judge_run
+from test_stun import CALLS
+from test_stun import measured as stun_measured
 from test_verdicts import (
     CONTROL,
     NEWS,
@@ -129,6 +131,13 @@ EXAMPLES: dict[str, Callable[[], list[Verdict]]] = {
     **{f"raw.before_server.{layer}": (lambda mode=mode: _trace(
         mode, reply="timeout", hops=path(DISTANCE - 1, "silent", "silent", "silent")))
        for mode, layer in (("syn", "tcp"), ("tls", "tls"), ("http", "http"))},
+    **{rule: (lambda control=control: judge_run(
+        [stun_measured("home", "no_reply", F.GENERIC_TIMEOUT),
+         *([stun_measured("vps", control, None if control == "binding_success"
+                          else F.GENERIC_TIMEOUT)] if control else [])],
+        {"calls": CALLS}, [], control_vantages=["vps"]))
+       for rule, control in (("stun.failure_vs_control", "binding_success"),
+                             ("stun.same_as_control", "no_reply"), ("stun.no_control", None))},
     "service.network_unavailable": lambda: judge_run(
         [dns("news", "news.test", "system", resp("192.0.3.1"))], {"news": NEWS}, [],
         network_ok=False),

@@ -166,7 +166,8 @@ def _daemon(lab: Lab, role: str, where: str, argv: list[str]) -> None:
 
 
 def _start_vpn(lab: Lab, pki: dict[str, Path]) -> None:
-    """The real OpenVPN servers and the strongSwan responder of service labvpn."""
+    """The real OpenVPN servers, strongSwan responder, Tor relay and STUN server (coturn) of
+    service labvpn."""
     m, d = lab.manifest, lab.directory
     key = d / "vpn-tls-auth.key"
     run(["openvpn", "--genkey", "secret", str(key)])
@@ -188,6 +189,7 @@ def _start_vpn(lab: Lab, pki: dict[str, Path]) -> None:
     torrc = d / "torrc"
     torrc.write_text("", encoding="utf-8")
     _daemon(lab, "tor", "server", vpn.tor_argv(tor_data, torrc, address))
+    _daemon(lab, "turnserver", "server", vpn.turnserver_argv(address, d))
 
 
 def _start_isp(lab: Lab, scenario: Scenario) -> None:

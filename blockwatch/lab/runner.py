@@ -21,7 +21,7 @@ from typing import Any
 from blockwatch.lab.services import Catalogue, opt_in_toml
 from blockwatch.lab.state import LabError, Manifest
 from blockwatch.lab.topology import CENSOR_DOWN, PUBLIC_RESOLVER, ns
-from blockwatch.lab.vpn import LABVPN, toml_entries, vpn_entries
+from blockwatch.lab.vpn import LABVPN, stun_service_toml, toml_entries, vpn_entries
 
 CLIENTS = {"censored": "client", "control": "control"}
 
@@ -62,6 +62,7 @@ def config_text(client: str, cat: Catalogue, ca_bundle: str, db: Path, *,
         lines += ["[[services]]", f'name = "{s.name}"', 'category = "lab"',
                   f"domains = {json.dumps(list(s.domains))}", f"urls = {json.dumps(list(s.urls))}"]
     if LABVPN in cat.address:
+        lines += stun_service_toml(cat.address[LABVPN])
         lines += toml_entries(vpn_entries(cat.address[LABVPN], vpn_key))
     return "\n".join(lines) + "\n" + extra
 

@@ -59,6 +59,7 @@ BINARIES = {  # binary -> Debian package
     "ip": "iproute2", "nft": "nftables", "iptables": "iptables", "dnsmasq": "dnsmasq-base",
     "nginx": "nginx-light", "openvpn": "openvpn", "unshare": "util-linux", "tor": "tor",
     "/usr/lib/ipsec/charon": "strongswan-charon", "microsocks": "microsocks",
+    "turnserver": "coturn",
 }
 SOCKS_PORT = 1080  # microsocks on SERVER_UP: the censored client's SOCKS5 control path
 INSTALL_HINT = "sudo bash scripts/install-lab-deps.sh (or apt-get install {pkgs})"

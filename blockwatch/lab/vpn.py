@@ -8,7 +8,9 @@ They serve the lab-only service ``labvpn`` (one address of its own in the server
   only inside the server namespace, with the lab CA's certificate;
 * a strongSwan IKEv2 responder (charon) on UDP 500 and 4500, in a private mount namespace with
   its own /run (pid file and control sockets never meet another charon). With no connection
-  configured it answers IKE_SA_INIT with NO_PROPOSAL_CHOSEN, an IKE reply like any other.
+  configured it answers IKE_SA_INIT with NO_PROPOSAL_CHOSEN, an IKE reply like any other;
+* coturn as a plain STUN server (``--stun-only``) on UDP 3478, for the opt-in ``stun`` probe
+  (labvpn's ``udp://`` endpoint in the clients' ``[[services]]`` table).
 
 The clients' configs name these endpoints as ``[[vpn]]`` entries of service ``labvpn``
 (:func:`vpn_entries`), so ``blockwatch run`` probes them from either client.
@@ -24,6 +26,7 @@ from pathlib import Path
 LABVPN = "labvpn"
 CHARON = "/usr/lib/ipsec/charon"
 IKE_PORTS = (500, 4500)
+STUN_PORT = 3478  # coturn as a plain STUN server on labvpn's address (the stun probe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,8 @@ OPENVPN_SERVERS = (
     OpenVPNServer("openvpn-tcp", "tcp", 1194),
     OpenVPNServer("openvpn-tls-auth", "udp", 1195, tls_auth=True),
 )
-UDP_PORTS = sorted({*(s.port for s in OPENVPN_SERVERS if s.transport == "udp"), *IKE_PORTS})
+UDP_PORTS = sorted({*(s.port for s in OPENVPN_SERVERS if s.transport == "udp"), *IKE_PORTS,
+                    STUN_PORT})
 
 
 def openvpn_argv(server: OpenVPNServer, index: int, address: str, pki: Mapping[str, Path],
@@ -89,6 +93,22 @@ def charon_argv(conf: Path) -> list[str]:
 
 
 TOR_PORT = 9001
+
+
+def turnserver_argv(address: str, directory: Path) -> list[str]:
+    """coturn answering STUN Binding requests only (no TURN relay, no TLS), its files in the
+    lab's directory."""
+    return ["turnserver", "--stun-only", "--listening-ip", address, "--listening-port",
+            str(STUN_PORT), "--no-tls", "--no-dtls", "--no-cli", "--simple-log",
+            "--log-file", "stdout", "--pidfile", str(directory / "turnserver.pid"),
+            "--userdb", str(directory / "turndb")]
+
+
+def stun_service_toml(address: str) -> list[str]:
+    """The clients' ``[[services]]`` table of labvpn: its STUN endpoint (the [[vpn]] entries
+    join it), swept when the config selects the opt-in ``stun`` probe."""
+    return ["[[services]]", f'name = "{LABVPN}"', 'category = "vpn"',
+            f'endpoints = ["udp://{address}:{STUN_PORT}"]']
 
 
 def tor_argv(data_dir: Path, torrc: Path, address: str) -> list[str]:
