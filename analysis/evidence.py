@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from blockwatch.analysis.bogons import bogon as bogon  # the one list of bogons
 from blockwatch.analysis.fingerprints import FingerprintSet
 from blockwatch.analysis.rules import CERT_FAILURES
 from blockwatch.probes.model import (
@@ -175,13 +176,6 @@ def outside(addresses: Sequence[str], prefixes: Sequence[str]) -> bool:
     return bool(addresses) and not any(in_prefixes(a, prefixes) for a in addresses)
 
 
-def bogon(address: str) -> bool:
-    from blockwatch.probes.dns import is_bogon  # probes.dns imports dnspython: only when needed
-
-    try:
-        return is_bogon(address)
-    except ValueError:
-        return False
 
 
 def net(address: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from blockwatch.analysis import failure, service, vpn
+from blockwatch.analysis import bogons, failure, service, vpn
 from blockwatch.analysis.evidence import (
     ControlAnswer,
     Evidence,
@@ -244,9 +244,13 @@ class Judge:
     def is_control(self, m: Measurement) -> bool:
         return is_control(m, self.resolvers, self.vantages)
 
+    def decided(self, m: Measurement) -> Measurement:
+        """``m`` as the rules read it: with the one bogon decision applied (``bogons``)."""
+        return bogons.decided(m, self.local)
+
     def observe(self, m: Measurement) -> None:
         if not self.is_control(m):
-            self.facts.add(m)
+            self.facts.add(self.decided(m))
 
     def ready(self, measurements: Iterable[Measurement]) -> bool:
         for m in measurements:
@@ -259,6 +263,7 @@ class Judge:
 
     def service(self, name: str, measurements: Sequence[Measurement]) -> list[Verdict]:
         """The measurement verdicts of one service, then its service verdict."""
+        measurements = [self.decided(m) for m in measurements]
         ev = gather(measurements, self.resolvers, self.vantages)
         ev.facts, ev.local = self.facts, self.local
         tested = [m for m in measurements if not self.is_control(m)]

@@ -75,34 +75,6 @@ MAX_RESPONSES = 16
 EDNS_PAYLOAD = 1232  # the DNS flag day size: fits any path MTU, so answers are not fragmented
 MAX_MESSAGE = 65535  # a DNS message never exceeds this (TCP length prefix is 16 bits)
 
-_BOGONS = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        # IANA IPv4 special-purpose registry: not reachable on the public internet
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
-        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        # IANA IPv6 special-purpose registry, plus multicast and deprecated site-local
-        "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001:2::/48", "2001:10::/28",
-        "2001:db8::/32", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
-    )
-)
-
-
-@functools.lru_cache(maxsize=65536)
-def is_bogon(ip: str) -> bool:
-    """True if ``ip`` can never be a public server's address (private, loopback, reserved, ...).
-
-    An explicit list rather than ``ipaddress``'s ``is_private``/``is_global``, whose meaning has
-    changed between Python releases: a stored verdict must not depend on the interpreter.
-    Raises ValueError if ``ip`` is not an IP address.
-    """
-    addr = ipaddress.ip_address(ip.split("%")[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr.version == net.version and addr in net for net in _BOGONS)
-
-
 _Responses = tuple[DNSResponse, ...]
 
 
@@ -113,7 +85,7 @@ class DNSProbe:
     """Resolve ``target.host`` (A and AAAA) at ``target.resolver`` (None means the system's)."""
 
     name = "dns"
-    version = "2"  # 2: shared per sweep, retransmitted with backoff, silence confirmed
+    version = "3"  # 3: bogon answers are facts (the analysis decides); 2: shared per sweep
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         spec = parse_resolver(target.resolver or "system")
@@ -136,9 +108,9 @@ class DNSProbe:
         _credit(qa, qaaaa)
         a, aaaa = a_all[-1], aaaa_all[-1]
         observations = (*a_all, *aaaa_all)
-        # An AAAA query without addresses counts as failed here (its own failure is None, as a
-        # name without IPv6 is normal): otherwise a sinkhole's bogon A answer next to an empty
-        # AAAA answer would leave the measurement without a failure.
+        # The measurement fails when the A query failed and the AAAA query gave no address (its
+        # own failure is None, as a name without IPv6 is normal): a name is resolved if either
+        # family has addresses. (blockwatch.analysis.bogons applies the same to bogon answers.)
         if a.failure is not None and (aaaa.failure is not None or not aaaa.addresses):
             return ProbeResult(observations, a.failure, "resolve")
         return ProbeResult(observations)
@@ -398,10 +370,8 @@ def _failure(rdtype: str, responses: _Responses, ctx: ProbeContext) -> str | Non
         # A name without IPv6 is normal; a name without IPv4 is what a censor's empty answer
         # looks like.
         return failures.DNS_NO_ANSWER if rdtype == "A" else None
-    # The scope admits the lab and loopback addresses the user allowed explicitly: for this
-    # deployment those are real server addresses, not a censor's sinkhole.
-    if all(is_bogon(ip) and not ctx.scope.allows(ip) for ip in addresses):
-        return failures.DNS_BOGON
+    # Addresses are facts: whether they are a sinkhole's bogons (or the user's own local
+    # servers) is the analysis's one decision (blockwatch.analysis.bogons)
     return None
 
 

@@ -8,6 +8,8 @@ the timeout or the injection window ends) costs a quarter of a second.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
 import socket
 import ssl
 import sys
@@ -21,18 +23,18 @@ import pytest
 import trustme
 from dns_server import Behaviour, DNSServer
 
+from blockwatch.analysis.bogons import decided, is_bogon
 from blockwatch.probes import dns as dns_probe
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, ProbeResult, Timeouts
 from blockwatch.probes.dns import (
     INJECTION_WINDOW_S,
     DNSProbe,
-    is_bogon,
     lookup,
     query,
     retransmissions,
 )
-from blockwatch.probes.model import DNSObservation, Target
+from blockwatch.probes.model import DNSObservation, Measurement, Target
 from blockwatch.probes.pacing import Limits
 from blockwatch.probes.resolvers import ResolverSpec, parse_resolver
 from blockwatch.probes.runner import run_probe
@@ -93,7 +95,7 @@ async def probe(host: str, resolver: str | None, ctx: ProbeContext | None = None
     return await DNSProbe().observe(target, ctx or context())
 
 
-def a_and_aaaa(result: ProbeResult) -> tuple[DNSObservation, DNSObservation]:
+def a_and_aaaa(result: ProbeResult | Measurement) -> tuple[DNSObservation, DNSObservation]:
     """The final A and AAAA observations (a query's confirmation, if it was asked again)."""
     found = [o for o in result.observations if isinstance(o, DNSObservation)]
     assert len(found) == len(result.observations)
@@ -204,13 +206,26 @@ async def test_name_without_ipv6_is_ok(server: DNSServer) -> None:
 async def test_bogon_answers(
     server: DNSServer, addresses: tuple[str, ...], failure: str | None
 ) -> None:
+    """The probe records the addresses; the analysis's one bogon decision (with the scope's
+    explicit networks, here loopback, as the local ones) fails the sinkhole answers."""
     server.names["bogon.test"] = Behaviour(addresses=addresses)
     result = await probe("bogon.test", server.udp)
     a, aaaa = a_and_aaaa(result)
+    assert (result.failure, a.failure, aaaa.failure) == (None, None, None)  # facts only
+    m = decided(as_measurement(result), [ipaddress.ip_network("127.0.0.0/8")])
+    a, aaaa = a_and_aaaa(m)
     assert a.failure == failure
-    assert result.failure == failure
+    assert m.failure == failure and m.failed_operation == ("resolve" if failure else None)
     if "fe80::1" in addresses:
         assert aaaa.failure == F.DNS_BOGON
+
+
+def as_measurement(result: ProbeResult) -> Measurement:
+    return Measurement(id="m", run_id="r", vantage="v", probe_version="3",
+                       started_at=dt.datetime(2026, 12, 6, tzinfo=dt.UTC), runtime_s=0.1,
+                       target=Target(service="s", probe="dns", host="bogon.test"),
+                       observations=result.observations, failure=result.failure,
+                       failed_operation=result.operation)
 
 
 # --- lost packets and silence ---------------------------------------------------------------
@@ -269,9 +284,10 @@ async def test_injected_and_real_answers_are_both_recorded(server: DNSServer) ->
     assert forged.id == real.id
     assert forged.answers[0].value == "10.10.34.35" and real.answers[0].value == "127.0.0.2"
     assert forged.t < real.t
-    # the stub's view is the first answer: a bogon outside the scope
-    assert a.addresses == ("10.10.34.35",) and a.failure == F.DNS_BOGON
-    assert result.failure == F.DNS_BOGON
+    # the stub's view is the first answer: a bogon outside the scope, as the analysis decides
+    assert a.addresses == ("10.10.34.35",) and a.failure is None
+    m = decided(as_measurement(result), [ipaddress.ip_network("127.0.0.0/8")])
+    assert m.failure == F.DNS_BOGON
     if LINUX:
         assert (forged.ip_ttl, real.ip_ttl) == (33, server.ip_ttl)
 
@@ -563,7 +579,7 @@ async def test_an_answered_query_gives_its_slot_back_at_the_first_answer(
 async def test_runner_reports_the_resolve_failure(server: DNSServer) -> None:
     target = Target(service="test", probe="dns", host="nx.test", resolver=server.udp)
     m = await run_probe(DNSProbe(), target, context(), run_id="r", vantage="v")
-    assert (m.failure, m.failed_operation, m.probe_version) == (F.DNS_NXDOMAIN, "resolve", "2")
+    assert (m.failure, m.failed_operation, m.probe_version) == (F.DNS_NXDOMAIN, "resolve", "3")
     assert len(m.observations) == 2
 
 

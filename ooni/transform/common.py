@@ -37,7 +37,6 @@ from blockwatch.ooni.models import (
     TLSHandshake,
 )
 from blockwatch.probes import failures as F
-from blockwatch.probes.dns import is_bogon
 from blockwatch.probes.http import body_sample, extract_title
 from blockwatch.probes.model import (
     DNSAnswer,
@@ -167,8 +166,7 @@ def _resolver(q: DNSQuery) -> str:
 
 def dns_obs(resolver: str, engine: str, host: str, qtype: str, addresses: list[str],
             failure: str | None, t: float, tid: int) -> DNSObservation:
-    if failure is None and addresses and all(_is_bogon(a) for a in addresses):
-        failure = F.DNS_BOGON
+    # bogon answers are facts here too: the analysis decides (blockwatch.analysis.bogons)
     if failure is None and not addresses:
         failure = F.DNS_NO_ANSWER
     rcode = "NOERROR" if failure in (None, F.DNS_BOGON) else _RCODE.get(failure or "")
@@ -178,13 +176,6 @@ def dns_obs(resolver: str, engine: str, host: str, qtype: str, addresses: list[s
                                                       rcode=rcode, answers=answers),)
     return DNSObservation(resolver=resolver, transport=engine or "udp", qname=host, qtype=qtype,
                           t0=t, responses=responses, failure=failure)
-
-
-def _is_bogon(address: str) -> bool:
-    try:
-        return is_bogon(address)
-    except ValueError:
-        return False
 
 
 def _answers(q: DNSQuery) -> list[str]:
