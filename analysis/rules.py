@@ -22,7 +22,9 @@ from blockwatch.probes import failures as F
 from blockwatch.probes import registry
 from blockwatch.probes.model import Measurement, Verdict
 
-ANALYZER_VERSION = "5"  # 5: DNS timeouts count only when confirmed; services judged apart
+ANALYZER_VERSION = "6"  # 6: bogons and trace readings decided here, raw.before_server by the
+# SYN-ACK's distance, a probe's rules found through the registry (stun); 5: DNS timeouts count only
+# when confirmed; services judged apart
 
 # blocking at a layer: the four of the web stack and one per layer the registry declares
 # (vpn_blocked, stun_blocked, ...)
