@@ -47,6 +47,7 @@ def probe_context(cfg: Config, *, proxy: str | None = None) -> ProbeContext:
         control_sni=cfg.tls.control_sni or None,
         # the control path carries TCP/TLS/HTTP only: no VPN key is read for it
         secrets=vpn_secrets(cfg) if proxy is None else {},
+        tls_settings={name: s.tls for name, s in cfg.catalogue().items() if s.tls is not None},
     )
 
 

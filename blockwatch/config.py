@@ -339,7 +339,7 @@ class Config(_Strict):
             if not isinstance(name, str):
                 raise ConfigError(f"{self.source}: services[{i}].name: a name is required")
             try:
-                services[name] = service_from_dict(name, body)
+                services[name] = service_from_dict(name, body, self._base())
             except CatalogueError as exc:
                 raise ConfigError(f"{self.source}: services[{i}]: {exc}") from None
         for i, body in enumerate(self.vpn):
@@ -359,14 +359,18 @@ class Config(_Strict):
                                          vpn=(ep,)))
         return services
 
+    def _base(self) -> Path:
+        """Where the config's relative file names live: the config file's directory."""
+        return Path(self.source).parent if self.source not in ("(defaults)", "<config>") \
+            else Path(".")
+
     def input_lists(self, files: Sequence[str | Path] = (), fmt: str | None = None
                     ) -> list[InputList]:
         """The test lists of ``[inputs] files`` (relative to the config file) and ``files``
         (from the command line); ``InputError`` names a bad file and line."""
         from blockwatch.inputs import load_inputs
 
-        base = Path(self.source).parent if self.source not in ("(defaults)", "<config>") \
-            else Path(".")
+        base = self._base()
         paths = [p if p.is_absolute() else base / p for p in self.inputs.files]
         return [load_inputs(p, fmt or self.inputs.format) for p in [*paths, *map(Path, files)]]
 

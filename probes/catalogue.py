@@ -7,9 +7,11 @@ a mistake raises ``CatalogueError`` naming the service and the key.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,11 +22,12 @@ from blockwatch.probes.model import (
     AppRule,
     Endpoint,
     Service,
+    TLSSettings,
     VPNEndpoint,
 )
 
 _KEYS = {"title", "category", "domains", "urls", "endpoints", "asns", "prefixes",
-         "exclusive_prefixes", "cert_names", "source", "name", "vpn", "app"}
+         "exclusive_prefixes", "cert_names", "source", "name", "vpn", "app", "tls"}
 _VPN_KEYS = {"name", "protocol", "host", "port", "transport", "options", "key_file"}
 _DEFAULT_PORTS = {"openvpn": 1194, "ikev2": 500, "wireguard": 51820, "pptp": 1723,
                   "l2tp": 1701, "tor": 443, "obfs4": 443, "shadowsocks": 8388}
@@ -114,7 +117,44 @@ def _str_list(name: str, key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def service_from_dict(name: str, data: Mapping[str, Any]) -> Service:
+_TLS_KEYS = {"ca_file", "alpn"}
+
+
+def _tls(name: str, data: Any, base: Path | None) -> TLSSettings | None:
+    """``tls = { ca_file = "signal-ca.pem", alpn = ["h2"] }``: the CA file (relative to
+    ``base``) must exist and hold at least one PEM certificate that ``ssl`` can load."""
+    if data is None:
+        return None
+    where = f"service {name!r}: tls"
+    if not isinstance(data, dict):
+        raise CatalogueError(f"{where} must be a table (ca_file, alpn)")
+    unknown = set(data) - _TLS_KEYS
+    if unknown:
+        raise CatalogueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    alpn = data.get("alpn", [])
+    if not isinstance(alpn, list) or not all(
+            isinstance(a, str) and 0 < len(a.encode()) < 256 for a in alpn):
+        raise CatalogueError(f"{where}.alpn must be a list of protocol names (1-255 bytes)")
+    ca_file = data.get("ca_file")
+    if ca_file is not None:
+        if not isinstance(ca_file, str) or not ca_file:
+            raise CatalogueError(f"{where}.ca_file must be a path")
+        path = Path(ca_file).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise CatalogueError(f"{where}.ca_file: {path} is not a readable PEM CA bundle "
+                                 f"({exc.__class__.__name__}: {exc})") from None
+        ca_file = str(path)
+    return TLSSettings(ca_file=ca_file, alpn=tuple(alpn))
+
+
+def service_from_dict(name: str, data: Mapping[str, Any],
+                      base: Path | None = None) -> Service:
+    """A service from its catalogue table; ``base``: where relative file names (``tls.ca_file``)
+    live (the catalogue's or the config's directory)."""
     unknown = set(data) - _KEYS
     if unknown:
         raise CatalogueError(f"service {name!r}: unknown key {sorted(unknown)[0]!r}")
@@ -156,6 +196,7 @@ def service_from_dict(name: str, data: Mapping[str, Any]) -> Service:
         raise CatalogueError(f"service {name!r}: exclusive_prefixes must be true or false")
     if exclusive and not prefixes:
         raise CatalogueError(f"service {name!r}: exclusive_prefixes needs prefixes")
+    tls = _tls(name, data.get("tls"), base)
     return Service(
         name=name,
         title=str(data.get("title", name)),
@@ -166,6 +207,7 @@ def service_from_dict(name: str, data: Mapping[str, Any]) -> Service:
         asns=tuple(asns),
         prefixes=prefixes,
         exclusive_prefixes=exclusive,
+        tls=tls,
         cert_names=_str_list(name, "cert_names", data.get("cert_names", [])),
         source=str(data.get("source", "")),
         vpn=vpn,
@@ -175,6 +217,7 @@ def service_from_dict(name: str, data: Mapping[str, Any]) -> Service:
 
 def load_catalogue() -> dict[str, Service]:
     """The built-in catalogue, keyed by service name, in file order."""
-    text = resources.files("blockwatch.probes").joinpath("data/services.toml").read_text("utf-8")
-    data = tomllib.loads(text)
-    return {name: service_from_dict(name, body) for name, body in data["services"].items()}
+    data_dir = resources.files("blockwatch.probes").joinpath("data")
+    data = tomllib.loads(data_dir.joinpath("services.toml").read_text("utf-8"))
+    base = Path(str(data_dir))  # a built-in tls.ca_file ships beside services.toml
+    return {name: service_from_dict(name, body, base) for name, body in data["services"].items()}

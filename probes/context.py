@@ -10,7 +10,7 @@ import ssl
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from blockwatch.probes.model import DNSObservation, Observation, Target
+from blockwatch.probes.model import DNSObservation, Observation, Target, TLSSettings
 from blockwatch.probes.pacing import Limits
 from blockwatch.probes.resolvers import ResolverSpec
 from blockwatch.probes.scope import Scope, is_ip
@@ -57,22 +57,31 @@ class ProbeContext:
     # names whose lookup is given in advance (as curl's --resolve): no query is sent for them
     static_lookups: dict[str, Lookup] = field(default_factory=dict)
     _resolutions: Resolutions | None = None
-    _ssl: dict[tuple[bool, tuple[str, ...]], ssl.SSLContext] = field(default_factory=dict)
+    # per-service TLS settings (a pinned CA, the ALPN offered), by service name
+    tls_settings: dict[str, TLSSettings] = field(default_factory=dict)
+    _ssl: dict[tuple[bool, tuple[str, ...], str | None], ssl.SSLContext] = field(
+        default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # per-sweep facts read once
 
-    def ssl_context(self, verify: bool = True, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    def ssl_context(self, verify: bool = True, alpn: tuple[str, ...] = (),
+                    cafile: str | None = None) -> ssl.SSLContext:
         """Shared per sweep (building one loads the system CA store: milliseconds each time).
+        ``cafile``: a pinned CA bundle, trusted alone (not the system store, not ``ca_bundle``).
 
         Callers must not modify the returned context; ask for ALPN protocols here instead.
         """
-        cached = self._ssl.get((verify, alpn))
+        key = (verify, alpn, cafile)
+        cached = self._ssl.get(key)
         if cached is not None:
             return cached
-        ctx = self._ssl[(verify, alpn)] = ssl.create_default_context()
+        if cafile is not None:
+            ctx = self._ssl[key] = ssl.create_default_context(cafile=cafile)
+        else:
+            ctx = self._ssl[key] = ssl.create_default_context()
+            if self.ca_bundle:
+                ctx.load_verify_locations(cafile=self.ca_bundle)
         if alpn:
             ctx.set_alpn_protocols(list(alpn))
-        if self.ca_bundle:
-            ctx.load_verify_locations(cafile=self.ca_bundle)
         if not verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE

@@ -58,6 +58,17 @@ class AppRule:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    """How a service's TLS is checked, when it is not the default: ``ca_file``, a PEM bundle
+    that alone is trusted for the service's names (a pinned CA, as OONI's Signal test pins
+    Signal's; the system store and ``[tls] ca_bundle`` are not used); ``alpn``, the protocols
+    offered instead of h2 and http/1.1."""
+
+    ca_file: str | None = None
+    alpn: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     """A named thing people use, with its endpoints and the facts expected about it."""
@@ -75,6 +86,7 @@ class Service:
     source: str = ""
     vpn: tuple[VPNEndpoint, ...] = ()
     app: AppRule | None = None
+    tls: TLSSettings | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +216,9 @@ class TLSObservation:
     # a handshake with the control SNI (a harmless name) on the same address, made after the
     # real name failed: unverified, it only asks whether the address answers TLS at all
     control: bool = False
+    # verified against the service's pinned CA (TLSSettings.ca_file): the SHA-256 of that PEM
+    # file's bytes; None: the system store (and [tls] ca_bundle)
+    ca_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,6 +18,9 @@ Guarantees:
   filtered was the name (SNI blocking); if it fails too, the address or the server is the matter.
 - Facts: protocol version, cipher, ALPN, SHA-256 of each certificate the peer sent (the leaf
   alone on Pythons that cannot return the chain), and the leaf's subject CN, SANs and notAfter.
+- Per service (``ProbeContext.tls_settings``, from the catalogue's or the config's ``tls``
+  table): the ALPN offered, and a pinned CA trusted alone for its handshakes (OONI's Signal
+  test pins Signal's); such an observation carries the CA file's SHA-256 (``ca_sha256``).
 """
 
 from __future__ import annotations
@@ -141,14 +144,44 @@ def facts(base: TLSObservation, tls: ssl.SSLObject) -> TLSObservation:
     )
 
 
-def _context(ctx: ProbeContext, verify: bool) -> ssl.SSLContext:
-    return ctx.ssl_context(verify=verify, alpn=tuple(ALPN))
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How one target's handshakes are made: the ALPN offered and the CA trusted (a service's
+    ``TLSSettings``, else h2/http1.1 and the system store); ``ca_sha256`` names a pinned CA."""
+
+    alpn: tuple[str, ...] = ALPN
+    cafile: str | None = None
+    ca_sha256: str | None = None
+
+
+DEFAULT = Profile()
+
+
+def profile(ctx: ProbeContext, target: Target) -> Profile:
+    """The target's service's TLS settings as a handshake profile (read once per sweep)."""
+    settings = ctx.tls_settings.get(target.service)
+    if settings is None:
+        return DEFAULT
+    key = f"tls_profile:{target.service}"
+    found = ctx.cache.get(key)
+    if found is None:
+        digest = None
+        if settings.ca_file:
+            with open(settings.ca_file, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+        found = ctx.cache[key] = Profile(settings.alpn or ALPN, settings.ca_file, digest)
+    return found
+
+
+def _context(ctx: ProbeContext, verify: bool, prof: Profile = DEFAULT) -> ssl.SSLContext:
+    return ctx.ssl_context(verify=verify, alpn=prof.alpn, cafile=prof.cafile if verify else None)
 
 
 async def _try(
-    ctx: ProbeContext, streams: Streams, sni: str | None, verify: bool
+    ctx: ProbeContext, streams: Streams, sni: str | None, verify: bool,
+    prof: Profile = DEFAULT,
 ) -> ssl.SSLObject:
-    session = Session(streams, _context(ctx, verify), sni)
+    session = Session(streams, _context(ctx, verify, prof), sni)
     async with asyncio.timeout(ctx.timeouts.tls):
         await session.handshake()
     session.close_notify()
@@ -159,14 +192,15 @@ _EXPECTED = (OSError, ValueError, ProbeError)  # ssl.SSLError and TimeoutError a
 
 
 async def _unverified_facts(
-    ctx: ProbeContext, route: Route, sni: str | None, clock: Clock, base: TLSObservation
+    ctx: ProbeContext, route: Route, sni: str | None, clock: Clock, base: TLSObservation,
+    prof: Profile = DEFAULT,
 ) -> tuple[Dialed, TLSObservation]:
     """After a rejected certificate: connect again and look at it without verifying."""
     again = await attempt(ctx, route, clock, streams=True)
     if again.streams is None:
         return again, base
     try:
-        return again, facts(base, await _try(ctx, again.streams, sni, verify=False))
+        return again, facts(base, await _try(ctx, again.streams, sni, verify=False, prof=prof))
     except _EXPECTED:
         return again, base
     finally:
@@ -205,17 +239,18 @@ async def control_sni(ctx: ProbeContext, route: Route, sni: str | None, clock: C
     return (again.observation, observed)
 
 
-async def handshakes(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock
-                     ) -> AddressOutcome:
+async def handshakes(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock,
+                     prof: Profile = DEFAULT) -> AddressOutcome:
     """TCP connect, then a verified handshake (and an unverified one if the cert is rejected,
     or one with the control SNI if the handshake itself failed)."""
     tcp = await attempt(ctx, route, clock, streams=True)
     if tcp.streams is None:
         return AddressOutcome((tcp.observation,), tcp, None)
-    base = TLSObservation(address=route.address, port=route.port, sni=sni, t0=clock(), t=0.0)
+    base = TLSObservation(address=route.address, port=route.port, sni=sni, t0=clock(), t=0.0,
+                          ca_sha256=prof.ca_sha256)
     failed: TLSObservation | None = None
     try:
-        tls = await _try(ctx, tcp.streams, sni, verify=True)
+        tls = await _try(ctx, tcp.streams, sni, verify=True, prof=prof)
     except ssl.SSLCertVerificationError as exc:
         error = classify(exc)
     except _EXPECTED as exc:
@@ -229,7 +264,7 @@ async def handshakes(ctx: ProbeContext, route: Route, sni: str | None, clock: Cl
         extra = await control_sni(ctx, route, sni, clock)
         return AddressOutcome((tcp.observation, failed, *extra), tcp, failed)
     base = replace(base, t=clock(), verified=False, verify_error=error, failure=error)
-    again, observed = await _unverified_facts(ctx, route, sni, clock, base)
+    again, observed = await _unverified_facts(ctx, route, sni, clock, base, prof)
     return AddressOutcome((tcp.observation, again.observation, observed), tcp, observed)
 
 
@@ -246,7 +281,7 @@ class TLSProbe:
     """Does each address complete a trusted handshake for the server name?"""
 
     name = "tls"
-    version = "1"
+    version = "2"  # 2: per-service ALPN and pinned CA (TLSSettings)
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         clock = Clock()
@@ -254,7 +289,8 @@ class TLSProbe:
         found = await plan(target.host, target.port or 443, ctx)
         if not found.routes:
             return ProbeResult(found.dns, found.failure, found.operation)
-        attempts = list(await asyncio.gather(*(handshakes(ctx, r, sni, clock)
+        prof = profile(ctx, target)
+        attempts = list(await asyncio.gather(*(handshakes(ctx, r, sni, clock, prof)
                                                for r in found.routes)))
         failure, operation = _outcome(attempts)
         observations = (*found.dns, *(o for a in attempts for o in a.observations))
