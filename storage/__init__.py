@@ -29,7 +29,7 @@ _WHERE = {"open_store": "blockwatch.storage.db", "CONTRACT_FIELDS": "blockwatch.
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'storage' has no attribute {name!r}")
+    raise AttributeError(f"module 'blockwatch.storage' has no attribute {name!r}")
 
 
 __all__ = [

@@ -5,11 +5,13 @@ split between our proxy and the target, and the probes and the baseline that now
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import trustme
@@ -138,29 +140,28 @@ async def _close_after_greeting(_s: LoopbackServer, reader: asyncio.StreamReader
     await writer.drain()
 
 
-@pytest.mark.parametrize("probe", ["tcp", "http"])
-async def test_a_proxy_closing_mid_negotiation_is_eof_on_our_side(probe: str) -> None:
-    from blockwatch.probes.http import HTTPProbe
-
+@contextlib.asynccontextmanager
+async def _closing_proxy() -> AsyncIterator[tuple[int, Timeouts]]:
     async with LoopbackServer(_close_after_greeting) as proxy:
-        ctx = ProbeContext(scope=Scope.loopback(), timeouts=FAST,
-                           proxy=f"socks5://127.0.0.1:{proxy.port}")
-        if probe == "tcp":
-            result = await TCPProbe().observe(
-                Target(service="s", probe="tcp", host="example.test", port=443), ctx)
-        else:
-            result = await HTTPProbe().observe(
-                Target(service="s", probe="http", host="example.test",
-                       url="http://example.test/"), ctx)
-    assert (result.failure, result.operation) == (F.EOF_ERROR, "proxy_connect")
+        yield proxy.port, FAST
+
+
+@contextlib.asynccontextmanager
+async def _silent_proxy() -> AsyncIterator[tuple[int, Timeouts]]:
+    with blackhole_port() as port:
+        yield port, Timeouts(tcp=0.3)
 
 
 @pytest.mark.parametrize("probe", ["tcp", "http"])
-async def test_a_silent_proxy_is_our_side(probe: str) -> None:
+@pytest.mark.parametrize(("proxy", "failure"), [
+    (_closing_proxy, F.EOF_ERROR),  # closes mid-negotiation: EOF on our side
+    (_silent_proxy, F.GENERIC_TIMEOUT),  # never answers: our side too
+])
+async def test_a_broken_proxy_is_our_side(probe: str, proxy: Any, failure: str) -> None:
     from blockwatch.probes.http import HTTPProbe
 
-    with blackhole_port() as port:
-        ctx = ProbeContext(scope=Scope.loopback(), timeouts=Timeouts(tcp=0.3),
+    async with proxy() as (port, timeouts):
+        ctx = ProbeContext(scope=Scope.loopback(), timeouts=timeouts,
                            proxy=f"socks5://127.0.0.1:{port}")
         if probe == "tcp":
             result = await TCPProbe().observe(
@@ -169,7 +170,7 @@ async def test_a_silent_proxy_is_our_side(probe: str) -> None:
             result = await HTTPProbe().observe(
                 Target(service="s", probe="http", host="example.test",
                        url="http://example.test/"), ctx)
-    assert (result.failure, result.operation) == (F.GENERIC_TIMEOUT, "proxy_connect")
+    assert (result.failure, result.operation) == (failure, "proxy_connect")
 
 
 async def test_tcp_probe_measures_every_address_without_racing() -> None:
