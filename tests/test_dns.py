@@ -24,7 +24,7 @@ import trustme
 from dns_server import Behaviour, DNSServer
 
 from blockwatch.analysis.bogons import decided, is_bogon
-from blockwatch.probes import dns as dns_probe
+from blockwatch.probes import dns_transport
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, ProbeResult, Timeouts
 from blockwatch.probes.dns import (
@@ -465,7 +465,7 @@ async def test_system_resolver_is_used_for_no_resolver(
 ) -> None:
     # the real system resolver must never be contacted: point "system" at the test server
     monkeypatch.setattr(
-        dns_probe, "system_resolver", lambda: ResolverSpec("udp", "127.0.0.1", server.port)
+        dns_transport, "system_resolver", lambda: ResolverSpec("udp", "127.0.0.1", server.port)
     )
     result = await probe("ok.test", None)
     a, _ = a_and_aaaa(result)
@@ -482,8 +482,8 @@ async def test_resolv_conf_is_read_once_per_sweep(
         reads.append(1)
         return ("127.0.0.1",)
 
-    monkeypatch.setattr(dns_probe, "system_nameservers", nameservers)
-    monkeypatch.setattr(dns_probe, "system_resolver",  # port 53 is not the test server's
+    monkeypatch.setattr(dns_transport, "system_nameservers", nameservers)
+    monkeypatch.setattr(dns_transport, "system_resolver",  # port 53 is not the test server's
                         lambda: ResolverSpec("udp", nameservers()[0], server.port))
     ctx = context()
     for name in ("ok.test", "other.test", "third.test"):  # six queries to the system resolver
@@ -498,7 +498,7 @@ async def test_system_resolver_outside_scope_gets_nothing(
 ) -> None:
     # a loopback nameserver outside a 127.0.0.2/32 scope: even a broken scope check could only
     # send to loopback (port 53, where nothing listens)
-    monkeypatch.setattr(dns_probe, "system_nameservers", lambda: ("127.0.0.1",))
+    monkeypatch.setattr(dns_transport, "system_nameservers", lambda: ("127.0.0.1",))
     result = await probe("ok.test", "system", context(Scope.from_entries(["127.0.0.2/32"])))
     a, _ = a_and_aaaa(result)
     assert result.failure == F.OUT_OF_SCOPE and a.resolver == "system"
@@ -660,7 +660,7 @@ def test_the_plain_answer_fast_path_reads_what_dnspython_reads() -> None:
     import dns.message as message
     import dns.rrset
 
-    from blockwatch.probes.dns import Query, _plain_answer
+    from blockwatch.probes.dns_wire import Query, _plain_answer
 
     rng = random.Random(11)
     v6 = ["::", "::1", "::ffff:1.2.3.4", "::1.2.3.4", "1:0:0:1:0:0:0:1", "2001:db8::",
@@ -752,7 +752,7 @@ async def test_a_kept_connection_closed_by_the_server_is_replaced(server: DNSSer
 async def test_a_stream_resolver_gets_a_handful_of_connections_however_many_queries(
         server: DNSServer) -> None:
     # dnsmasq serves 20 TCP connections at once: a sweep must not hold them all, idle
-    from blockwatch.probes.dns import STREAM_CONNECTIONS
+    from blockwatch.probes.dns_stream import STREAM_CONNECTIONS
 
     server.keepalive = True
     names = [f"m{i}.test" for i in range(40)]
