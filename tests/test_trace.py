@@ -31,8 +31,9 @@ from servers import (
 )
 
 from blockwatch.analysis.trace import judge_resets, judge_rst, locate, read, rst_fingerprint
+from blockwatch.probes import capture, trace
 from blockwatch.probes import failures as F
-from blockwatch.probes import trace
+from blockwatch.probes.capture import parse_icmp, parse_tcp
 from blockwatch.probes.context import ProbeContext, Timeouts
 from blockwatch.probes.model import (
     RawObservation,
@@ -42,7 +43,7 @@ from blockwatch.probes.model import (
 )
 from blockwatch.probes.scope import Scope
 from blockwatch.probes.tcp import Clock
-from blockwatch.probes.trace import MAX_HOPS, TraceProbe, parse_icmp, parse_tcp
+from blockwatch.probes.trace import MAX_HOPS, TraceProbe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,7 +115,7 @@ def test_malformed_and_truncated_packets_are_ignored() -> None:
         for n in range(len(packet)):  # every truncation
             parse_tcp(packet[:n])
             parse_icmp(packet[:n])
-            trace._tcp_key(packet[:n])
+            capture._tcp_key(packet[:n])
         assert parse_tcp(packet[:39]) is None
     assert parse_icmp(time_exceeded()[:40]) is None  # the quote cut before the ports
     assert parse_icmp(bytes(IP() / ICMP(type=8))) is None  # an echo request quotes nothing
@@ -127,7 +128,7 @@ def test_malformed_and_truncated_packets_are_ignored() -> None:
             junk = bytes([0x45]) + junk[1:]  # looks like IPv4: deeper into the parser
         parse_tcp(junk)
         parse_icmp(junk)
-        trace._tcp_key(junk)
+        capture._tcp_key(junk)
 
 
 # --- judging resets ---------------------------------------------------------------------------
@@ -253,7 +254,7 @@ async def test_answering_server_no_interference(tmp_path: Path) -> None:
         assert o.hops == () and read(o).interference_ttl is None and read(o).interference is None
     assert tls.sni == ["example.test"]  # the ClientHello was real and named the SNI
     assert web.requests and web.requests[0].headers["host"] == f"127.0.0.1:{web.port}"
-    assert not trace._CAPTURES  # the shared raw sockets were closed by the last user
+    assert not capture._CAPTURES  # the shared raw sockets were closed by the last user
 
 
 @needs_raw
@@ -336,16 +337,16 @@ async def test_refused_port_crafted_syn_meets_the_reset() -> None:
 @needs_raw
 async def test_crafted_syn_search_reaches_a_listening_server() -> None:
     async with LoopbackServer(http) as server:
-        cap = trace.acquire()
+        cap = capture.acquire()
         try:
             found = await trace.search(cap, ctx_for(), "127.0.0.1", server.port, syn=True,
                                        payload=b"", clock=Clock(),
                                        deadline=asyncio.get_running_loop().time() + 10)
         finally:
-            trace.release(cap)
+            capture.release(cap)
     assert found == ({"ttl": 1, "result": "synack", "from": "127.0.0.1"},)
     assert (locate(found).server_ttl, locate(found).interference_ttl) == (1, None)
-    assert not trace._CAPTURES
+    assert not capture._CAPTURES
 
 
 @needs_raw
@@ -360,7 +361,7 @@ async def test_many_concurrent_traces_keep_their_flows_apart() -> None:
             assert (o.reply, o.resets, o.hops) == ("data", (), ()), o
         else:
             assert o.reply == "rst" and len(o.resets) == 1 and read(o).forged_rst is None, o
-    assert not trace._CAPTURES
+    assert not capture._CAPTURES
 
 
 async def test_address_outside_scope_sends_nothing() -> None:
