@@ -292,7 +292,7 @@ def _events(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     from blockwatch.storage.errors import hide_password
-    from blockwatch.storage.queries import read_only_engine, read_only_query
+    from blockwatch.storage.readonly import read_only_engine, read_only_query
 
     url = _url(args)
     engine = read_only_engine(url)

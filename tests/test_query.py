@@ -12,7 +12,7 @@ import pytest
 from blockwatch.cli import main
 from blockwatch.reports import synthetic
 from blockwatch.storage import StorageError, open_store
-from blockwatch.storage.queries import read_only_engine, read_only_query
+from blockwatch.storage.readonly import read_only_engine, read_only_query
 
 U = dt.UTC
 
