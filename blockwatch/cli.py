@@ -11,6 +11,12 @@ Exit codes (documented in the README; cron and systemd rely on them):
      the run is "interrupted"
   7  no consent for an unattended run (see ``blockwatch consent``): nothing was measured
   130 interrupted (Ctrl-C / SIGTERM): what was measured is stored, the run is "interrupted"
+
+Size: ``build_parser``, ``main`` and what every ``*_cli`` module imports from here
+(``UsageError``, config loading, opening the store, the exit codes above) are one module with the
+core subcommands (``run``, ``runs``, ``show``, ``export``, ``services``); the other families of
+subcommands are extensions in modules of their own (``EXTENSIONS``), and
+``runs``/``show``/``export`` would be the next to move if this grows.
 """
 
 from __future__ import annotations

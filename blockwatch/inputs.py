@@ -33,6 +33,10 @@ are skipped (reason: their name), as is a ``web_connectivity`` without inputs (a
 ``inputs_extra`` is checked (objects, one per input); an entry's ``category_code`` becomes
 its input's category. ``is_expired`` and the run flags are checked and ignored: the user
 chose this file.
+
+Size: the three formats share one bounded line reader (``_lines``), one error type and one list of
+skipped entries, and a twelfth of the module is this docstring, the exact formats read, which
+belongs beside the code that reads them.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ Guarantees:
   overall deadline of their sum. The failed operation is the layer in progress when the fetch
   failed (``resolve``, ``connect``, ``tls_handshake``, ``http_round_trip``, or ``proxy_connect``
   when the proxy itself failed).
+
+Size: the scope-checked network backend (``ScopedBackend``, ``ScopedStream``) and the requests
+sent over it exist only for this probe's fetches (the other probes dial with ``probes.dial``
+directly), and each guarantee above spans both them and the probe; the probe itself is the last
+third.
 """
 
 from __future__ import annotations

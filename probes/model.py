@@ -3,6 +3,11 @@
 Everything here is a frozen, slotted, keyword-only dataclass with no I/O, so that every other
 package (storage, scheduler, reports, the CLI) can share it without importing each other.
 Observations are facts; verdicts are opinions computed from them by versioned rules.
+
+Size: this is the vocabulary, one small dataclass per record every package shares (services,
+targets, each probe's observation type, measurements, verdicts, runs) and the observations' dict
+round trip; nothing in it acts, and one module keeps every package importing one vocabulary
+instead of several.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ Guarantees:
   censored network, such as Tor's), the TCP, TLS and HTTP targets are also probed through it,
   concurrently, as a run of their own under the control vantage's name; they are stored first,
   then serve as the control of this run's verdicts like any control vantage's measurements.
+
+Size: the engine's parts (``_probe_all``, the batch ``_Writer``, streaming ``_Judging``, the
+control path's run and ``_finish``) share one sweep's state and one cancellation path, and the
+guarantees above hold only for them together, so they are read in one module.
 """
 
 from __future__ import annotations

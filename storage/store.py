@@ -11,6 +11,11 @@ Guarantees:
 - Every database error is a ``StorageError`` naming the database.
 - One ``Store`` may be shared by threads (file SQLite and PostgreSQL: one pooled connection per
   call); iterate a stream to its end, or close it, to give its connection back.
+
+Size: ``Store`` is the storage API, one class whose methods are every write and read the rest of
+blockwatch makes of the database (runs, measurements, verdicts, the streams exports read, schedule
+state), each one transaction on the same engine; splitting the class would scatter that API, and
+the guarantees above, over several modules.
 """
 
 from __future__ import annotations
