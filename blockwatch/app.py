@@ -48,6 +48,7 @@ def probe_context(cfg: Config, *, proxy: str | None = None) -> ProbeContext:
         # the control path carries TCP/TLS/HTTP only: no VPN key is read for it
         secrets=vpn_secrets(cfg) if proxy is None else {},
         tls_settings={name: s.tls for name, s in cfg.catalogue().items() if s.tls is not None},
+        settings=cfg.probe_settings(),
     )
 
 
@@ -58,7 +59,7 @@ def plan(cfg: Config, services: list[Any]) -> list[Any]:
     dns = "dns" in cfg.probes.probes
     return plan_sweep(services, probes=cfg.probes.probes, resolvers=cfg.dns.resolvers,
                       controls=cfg.dns.controls if dns else (),
-                      silent=cfg.dns.silent if dns else ())
+                      silent=cfg.dns.silent if dns else (), settings=cfg.probe_settings())
 
 
 def vpn_secrets(cfg: Config) -> dict[str, bytes]:

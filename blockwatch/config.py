@@ -317,11 +317,43 @@ class Config(_Strict):
     services: list[dict[str, Any]] = Field(default_factory=list)
     vpn: list[dict[str, Any]] = Field(default_factory=list)
     schedules: list[Schedule] = Field(default_factory=list)
+    # [probe.NAME] tables: each probe's own knobs, checked by the model its registry line names
+    # (probes.registry.Spec.settings); validated, they are that model's instances
+    probe: dict[str, Any] = Field(default_factory=dict)
 
     # derived, set by load_config
     source: str = Field(default="(defaults)", exclude=True)
     digest: str = Field(default="", exclude=True)
     _catalogue: dict[str, Service] | None = PrivateAttr(default=None)
+
+    @field_validator("probe")
+    @classmethod
+    def _probe_settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, table in v.items():
+            model = registry.settings_model(name)
+            if model is None:
+                with_knobs = [s.name for s in registry.SPECS if s.settings]
+                raise ValueError(f"[probe.{name}]: no probe {name!r} with settings (those "
+                                 f"with settings: {', '.join(with_knobs) or 'none'})")
+            if not isinstance(table, dict):
+                raise ValueError(f"[probe.{name}] must be a table")
+            try:
+                out[name] = model(**table)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"probe.{name}.{where}: {first['msg']}") from None
+        return out
+
+    def probe_settings(self) -> dict[str, Any]:
+        """Each probe with knobs: its settings (the config's, or the model's defaults)."""
+        out: dict[str, Any] = {}
+        for spec in registry.SPECS:
+            model = registry.settings_model(spec.name) if spec.settings else None
+            if model is not None:
+                out[spec.name] = self.probe.get(spec.name) or model()
+        return out
 
     def storage_url(self) -> str:
         if self.storage.url:

@@ -59,6 +59,8 @@ class ProbeContext:
     _resolutions: Resolutions | None = None
     # per-service TLS settings (a pinned CA, the ALPN offered), by service name
     tls_settings: dict[str, TLSSettings] = field(default_factory=dict)
+    # each probe's own knobs ([probe.NAME], the model its registry line names), by probe name
+    settings: dict[str, Any] = field(default_factory=dict)
     _ssl: dict[tuple[bool, tuple[str, ...], str | None], ssl.SSLContext] = field(
         default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # per-sweep facts read once

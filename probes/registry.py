@@ -43,7 +43,9 @@ class Spec:
     through a SOCKS5 control path; ``adds_only``: its verdicts count in a service verdict only
     when they say blocking (a probe that may be unable to run, like raw sockets without
     CAP_NET_RAW); ``observation``: ``"module:Class"`` of an observation type the probe declares
-    in its own module (the built-in types live in ``probes.model``).
+    in its own module (the built-in types live in ``probes.model``); ``settings``:
+    ``"module:Model"`` of the probe's own config knobs, a pydantic model whose fields all have
+    defaults, read from the config's ``[probe.<name>]`` table (``settings_model``).
     """
 
     name: str
@@ -56,6 +58,7 @@ class Spec:
     proxied: bool = False
     adds_only: bool = False
     observation: str | None = None
+    settings: str | None = None
 
 
 
@@ -74,7 +77,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("trace", "blockwatch.probes.trace:TraceProbe", "trace", "raw", 4, default=False,
          adds_only=True),
     Spec("stun", "blockwatch.probes.stun:STUNProbe", "stun", "stun", 4, default=False,
-         observation="blockwatch.probes.stun:STUNObservation"),
+         observation="blockwatch.probes.stun:STUNObservation",
+         settings="blockwatch.probes.stun:STUNSettings"),
 )
 
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
@@ -104,6 +108,15 @@ def planners(selected: Iterator[str] | tuple[str, ...] | list[str] | set[str]
     tls, http, vpn, trace, ...)."""
     wanted = set(selected)
     return [load(PLANNERS[name]) for name in SELECTABLE if name in wanted]
+
+
+def settings_model(name: str) -> type[Any] | None:
+    """The pydantic model of probe ``name``'s ``[probe.<name>]`` table, or None (no knobs)."""
+    spec = BY_NAME.get(name)
+    if spec is None or spec.settings is None:
+        return None
+    found: type[Any] = load(spec.settings)
+    return found
 
 
 def observation_type(layer: str) -> type[Any] | None:

@@ -4,7 +4,7 @@ Voice and video calls (WhatsApp, Telegram, Signal, Google Meet, ...) first ask a
 over UDP, how the client is seen from outside; a censor that drops UDP to those servers breaks
 calls while text messages still work. This probe sends the plainest Binding request (no
 attributes) to each of a service's STUN endpoints: ``udp://host:port`` endpoints on a STUN port
-(``STUN_PORTS``) in the catalogue or the config.
+(``[probe.stun] ports``, by default ``STUN_PORTS``) in the catalogue or the config.
 
 Guarantees:
 
@@ -30,6 +30,9 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, ProbeResult
@@ -51,6 +54,14 @@ ATTRIBUTES = {0x0001: "MAPPED-ADDRESS", 0x0006: "USERNAME", 0x0008: "MESSAGE-INT
               0x802C: "OTHER-ADDRESS"}
 _RESULTS = {F.GENERIC_TIMEOUT: "no_reply", F.CONNECTION_REFUSED: "icmp_unreachable",
             F.HOST_UNREACHABLE: "icmp_unreachable", F.NETWORK_UNREACHABLE: "icmp_unreachable"}
+
+
+class STUNSettings(BaseModel):
+    """``[probe.stun]``: which of a service's ``udp://`` endpoints are STUN servers, by port."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ports: tuple[Annotated[int, Field(gt=0, lt=65536)], ...] = Field(default=STUN_PORTS,
+                                                                      min_length=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +169,8 @@ class STUNProbe:
 
 
 def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
-    """Every UDP endpoint of the service on a STUN port."""
+    """Every UDP endpoint of the service on a STUN port (``[probe.stun] ports``)."""
+    settings = pc.settings.get("stun") or STUNSettings()
     return [Target(service=service.name, probe="stun", host=ep.host, port=ep.port,
                    transport="udp")
-            for ep in service.endpoints if ep.transport == "udp" and ep.port in STUN_PORTS]
+            for ep in service.endpoints if ep.transport == "udp" and ep.port in settings.ports]

@@ -6,8 +6,9 @@ registry line); these are the pieces they share. Pure, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from blockwatch.probes.model import Service
@@ -16,12 +17,14 @@ from blockwatch.probes.scope import is_ip
 
 @dataclass(frozen=True, slots=True)
 class PlanContext:
-    """The sweep's side of planning: the resolvers to ask, the control resolvers, and
-    ``silent`` addresses where no DNS server runs (any answer from there is forged)."""
+    """The sweep's side of planning: the resolvers to ask, the control resolvers,
+    ``silent`` addresses where no DNS server runs (any answer from there is forged), and each
+    probe's own settings (``[probe.NAME]``)."""
 
     resolvers: Sequence[str] = ("system",)
     controls: Sequence[str] = ()
     silent: Sequence[str] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)  # each probe's knobs, by name
 
 
 def url_endpoint(url: str) -> tuple[str, int, bool]:

@@ -28,6 +28,9 @@ def test_every_line_loads_and_names_its_probe(spec: registry.Spec) -> None:
     assert probe.name == spec.name and probe.version
     assert registry.PROBES[spec.name].name == spec.name
     assert callable(registry.load(registry.PLANNERS[spec.select]))
+    if spec.settings:  # its knobs: a model whose defaults stand alone
+        assert registry.settings_model(spec.name) is registry.load(spec.settings)
+        registry.load(spec.settings)()
     if spec.observation:
         cls = registry.load(spec.observation)
         assert registry.observation_type(spec.layer) is cls

@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import struct
@@ -263,3 +264,25 @@ def test_its_observation_is_stored_and_loaded_through_the_registry() -> None:
     assert stored["layer"] == "stun"
     assert observation_from_dict(stored) == o
     assert dataclasses.asdict(observation_from_dict(stored)) == dataclasses.asdict(o)
+
+
+def test_its_own_knobs_come_from_a_probe_table_of_the_config(tmp_path: Path) -> None:
+    """[probe.stun] is checked by the model the registry line names (STUNSettings) and reaches
+    the planner; no config, planner or context code names the probe."""
+    from blockwatch.app import plan
+    from blockwatch.config import ConfigError, parse_config
+    from blockwatch.probes.stun import STUNSettings
+
+    base = ('[probes]\nprobes = ["stun"]\nservices = []\n[[services]]\nname = "calls"\n'
+            'endpoints = ["udp://stun.calls.test:3478", "udp://media.calls.test:3479"]\n')
+    cfg = parse_config(base, str(tmp_path / "bw.toml"))
+    assert cfg.probe_settings() == {"stun": STUNSettings()}
+    calls = cfg.catalogue()["calls"]
+    assert [t.port for t in plan(cfg, [calls])] == [3478]
+    cfg = parse_config(base + "[probe.stun]\nports = [3479]\n", str(tmp_path / "bw.toml"))
+    assert [t.port for t in plan(cfg, [calls])] == [3479]
+    for bad, says in [("[probe.stun]\nports = [70000]\n", "probe.stun.ports.0"),
+                      ("[probe.stun]\nport = 1\n", "probe.stun.port"),
+                      ("[probe.smtp]\nx = 1\n", "no probe 'smtp' with settings")]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            parse_config(base + bad, str(tmp_path / "bw.toml"))
