@@ -22,7 +22,8 @@ from blockwatch.probes import failures as F
 from blockwatch.probes import registry
 from blockwatch.probes.model import Measurement, Verdict
 
-ANALYZER_VERSION = "6"  # 6: bogons and trace readings decided here, raw.before_server by the
+ANALYZER_VERSION = "7"  # 7: a quiet silent address takes nothing from DNS blocking (#13);
+# VPN silence explained per protocol; 6: bogons and trace readings decided here, raw.before_server by the
 # SYN-ACK's distance, a probe's rules found through the registry (stun); 5: DNS timeouts count only
 # when confirmed; services judged apart
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from blockwatch.analysis import bogons, failure, service, vpn
+from blockwatch.analysis import bogons, dns, failure, service, vpn
 from blockwatch.analysis.evidence import (
     ControlAnswer,
     Evidence,
@@ -274,9 +274,10 @@ class Judge:
             return out
         probes = {m.id: m.probe for m in tested}
         keys = {m.id: m.target.key for m in tested}
-        # some evidence only adds blocking (raw packets: its absence, or no CAP_NET_RAW, takes
-        # nothing away); the registry says which (Spec.adds_only)
-        counted = [v for v in out if v.verdict in BLOCKED
-                   or probes.get(v.measurement_id or "") not in registry.ADDS_ONLY]
+        # some evidence only adds blocking: raw packets (their absence, or no CAP_NET_RAW, takes
+        # nothing away; the registry says which probes, Spec.adds_only), and a query to a
+        # silent address, whose quiet says nothing about whether the service's names resolve
+        adds_only = {m.id for m in tested if m.probe in registry.ADDS_ONLY or dns.silent(m)}
+        counted = [v for v in out if v.verdict in BLOCKED or v.measurement_id not in adds_only]
         return [*out, service.judge_service(name, counted, probes, self.services.get(name),
                                             keys)]

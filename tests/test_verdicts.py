@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
+import pytest
 from judging import judge_run
 
 from blockwatch.analysis.evidence import consistent
@@ -182,7 +184,7 @@ def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
 
 
 def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
-    assert ANALYZER_VERSION == "6"
+    assert ANALYZER_VERSION == "7"
     known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked",
              "blocked", "partial", "down", "inconclusive", "network_unavailable", "error",
              *(f"{spec.layer}_blocked" for spec in registry.SPECS)}  # vpn_blocked, stun_blocked
@@ -505,3 +507,31 @@ def test_every_rule_is_documented_in_docs_verdicts() -> None:
     assert f"analyzer version {ANALYZER_VERSION}" in doc
     missing = sorted(r for r in RULES if f"`{r}`" not in doc)
     assert not missing, f"rules without a line in docs/verdicts.md: {missing}"
+
+
+def test_a_quiet_silent_address_does_not_make_dns_blocking_partial() -> None:
+    """Issue #13 (1): the silent address's quiet answer is ``ok`` for that query, but says
+    nothing about whether the service's names resolve: it only adds blocking evidence."""
+    nx = dns("news", "news.test", "system", resp(rcode="NXDOMAIN"), failure=F.DNS_NXDOMAIN)
+    control = dns("news", "news.test", CONTROL, resp("192.0.3.1"))
+    quiet = dns("news", "news.test", "udp://127.0.0.9", failure=F.GENERIC_TIMEOUT)
+    quiet = dataclasses.replace(quiet, target=dataclasses.replace(
+        quiet.target, options=(("silent", "yes"),)))
+    out = judge_run([nx, control, quiet], {"news": NEWS}, [CONTROL])
+    assert by_measurement(out, quiet).rule_id == "dns.silent.quiet"
+    v = service_verdict(out, "news")
+    assert (v.verdict, v.layer) == ("blocked", "dns"), v
+
+
+@pytest.mark.parametrize(("protocol", "says"), [
+    ("openvpn", "tls-auth or tls-crypt"), ("ikev2", "a dead server is silent too"),
+    ("wireguard", "does not know our key")])
+def test_a_silent_vpn_server_is_explained_in_its_protocols_words(protocol: str,
+                                                                 says: str) -> None:
+    m = vpn_m("home", "no_reply", F.GENERIC_TIMEOUT)
+    obs = dataclasses.replace(m.observations[0], protocol=protocol)  # type: ignore[arg-type]
+    m = dataclasses.replace(m, observations=(obs,),
+                            target=dataclasses.replace(m.target, probe=protocol))
+    v = by_measurement(judge_run([m], {}, []), m)
+    assert v.verdict == "inconclusive" and says in v.evidence
+    assert protocol == "openvpn" or "tls-auth" not in v.evidence

@@ -66,7 +66,7 @@ from typing import Any
 
 from blockwatch.lab.state import LabError
 
-ANALYZER = "6"  # the analysis.rules.ANALYZER_VERSION these expectations were checked against
+ANALYZER = "7"  # the analysis.rules.ANALYZER_VERSION these expectations were checked against
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from blockwatch.lab.scenario import load
+from blockwatch.lab.scenario import DNS_METHODS, expected, load
 from blockwatch.lab.services import lab_catalogue
 from blockwatch.lab.topology import SILENT
 
@@ -80,3 +80,18 @@ def test_control_sni_tells_sni_filtering_from_address_blocking(sweeps) -> None:
     assert all("control SNI example.com failed too" in r["evidence"] for r in rst)
     assert got.services[RST_DATA].verdict == "inconclusive"
     assert {r["verdict"] for r in _tls_rows(got, UNTOUCHED)} == {"ok"}
+
+
+def test_silent_address_leaves_each_dns_method_its_verdict(sweeps) -> None:
+    """Issue #13 (1): with ``[dns] silent`` configured, the quiet answers there (``ok`` for
+    that query) do not make DNS blocking ``partial``: every DNS method keeps the verdict and
+    layer it has without a silent address."""
+    services = [BY_METHOD[m] for m in sorted(DNS_METHODS)]
+    got = sweeps("methods", "censored", "silentall", silent=[SILENT], probes=["dns"],
+                 services=services)
+    for method in sorted(DNS_METHODS):
+        service = BY_METHOD[method]
+        assert _silent_rows(got, service), method  # the silent address was asked
+        exp = expected((method,), CATALOGUE.services[service].exclusive_prefixes)
+        v = got.services[service]
+        assert (v.verdict, v.layer or None) == (exp.verdict, exp.layer), (method, v)
