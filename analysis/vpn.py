@@ -57,8 +57,10 @@ def _same_as_control(c: VPNCase) -> Finding | None:
 def _no_control(c: VPNCase) -> Finding:
     result = c.obs.result if c.obs else ""
     if result == "no_reply":
-        return Finding(f"{result} from {c.where} (a server with tls-auth or a dead one is "
-                       "silent too)")
+        why = {"openvpn": "a server with tls-auth or tls-crypt, or a dead one, is silent too",
+               "wireguard": "a server that does not know our key, or a dead one, is silent too",
+               }.get(c.obs.protocol if c.obs else "", "a dead server is silent too")
+        return Finding(f"{result} from {c.where} ({why})")
     return Finding(f"{result} from {c.where}")
 
 

@@ -41,11 +41,50 @@ APP_RULES = {
 }
 
 
+# the options each protocol reads, and what they may be (true/false are "yes"/"no")
+VPN_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "openvpn": {"tls_auth": ("yes", "no"), "tls_crypt": ("yes", "no"),
+                "key_direction": ("0", "1", "none"), "auth": ("sha1", "sha256", "sha512")},
+    "ikev2": {"natt": ("yes", "no")},
+}
+
+
+def _option_value(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | str):
+        return str(value)
+    return None
+
+
+def _vpn_options(where: str, protocol: str, options: Any) -> dict[str, str]:
+    known = VPN_OPTIONS.get(protocol, {})
+    if not isinstance(options, dict):
+        raise CatalogueError(f"{where}: options must be a table ({_known(protocol)})")
+    out: dict[str, str] = {}
+    for key, raw in options.items():
+        value = _option_value(raw)
+        if key not in known:
+            raise CatalogueError(f"{where}: options.{key} is not an option of {protocol} "
+                                 f"({_known(protocol)})")
+        if value is None or value.lower() not in known[key]:
+            raise CatalogueError(f"{where}: options.{key} must be one of "
+                                 f"{', '.join(known[key])} (true/false for yes/no)")
+        out[key] = value.lower()
+    return out
+
+
+def _known(protocol: str) -> str:
+    known = VPN_OPTIONS.get(protocol, {})
+    return f"{protocol} has {', '.join(sorted(known))}" if known else f"{protocol} has none"
+
+
 def vpn_from_dict(where: str, data: Mapping[str, Any]) -> VPNEndpoint:
     """One VPN endpoint (a catalogue ``vpn`` entry or a config ``[[vpn]]`` table)."""
     unknown = set(data) - _VPN_KEYS
     if unknown:
-        raise CatalogueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        raise CatalogueError(f"{where}: unknown key {sorted(unknown)[0]!r} (the keys are "
+                             f"{', '.join(sorted(_VPN_KEYS))}, and service in a [[vpn]] table)")
     protocol = data.get("protocol")
     if protocol not in VPN_PROTOCOLS:
         raise CatalogueError(f"{where}: protocol must be one of {', '.join(VPN_PROTOCOLS)}")
@@ -59,10 +98,7 @@ def vpn_from_dict(where: str, data: Mapping[str, Any]) -> VPNEndpoint:
     if transport not in ("udp", "tcp") or (protocol in _TRANSPORTS
                                             and transport != _TRANSPORTS[protocol]):
         raise CatalogueError(f"{where}: transport {transport!r} is not possible for {protocol}")
-    options = data.get("options", {})
-    if not isinstance(options, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
-        raise CatalogueError(f"{where}: options must be a table of strings")
+    options = _vpn_options(where, protocol, data.get("options", {}))
     key_file = data.get("key_file")
     if key_file is not None and not isinstance(key_file, str):
         raise CatalogueError(f"{where}: key_file must be a path")

@@ -89,3 +89,37 @@ def test_tls_auth_without_key_is_unverifiable(tmp_path: Path) -> None:
 def test_bad_vpn_config(body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(f"[[vpn]]\nname = \"v\"\n{body}\n", "my.toml")
+
+
+def _readme_vpn_block() -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### VPN endpoints (`[[vpn]]`)"):]
+    return section[section.index("```toml\n") + 8: section.index("```\n", section.index(
+        "```toml\n") + 8)]
+
+
+def test_the_readmes_vpn_examples_load_one_per_protocol(tmp_path: Path) -> None:
+    block = _readme_vpn_block()
+    for name in ("ta.key", "wg-peer.conf"):
+        (tmp_path / name).write_text("key material\n")
+        block = block.replace(f"/etc/blockwatch/{name}", str(tmp_path / name))
+    cfg = parse_config(block, str(tmp_path / "bw.toml"))
+    catalogue = cfg.catalogue()
+    endpoints = [*catalogue["myvpn"].vpn, *catalogue["tor-bridges"].vpn]
+    assert {e.protocol for e in endpoints} == {"openvpn", "ikev2", "wireguard", "pptp", "l2tp",
+                                               "tor", "obfs4"}
+    tcp = next(e for e in endpoints if e.name == "ovpn-tcp-tls-auth")
+    assert dict(tcp.options) == {"tls_auth": "yes", "key_direction": "1", "auth": "sha256"}
+
+
+@pytest.mark.parametrize(("table", "says"), [
+    ('options = { tls_auth = "maybe" }', "vpn[0]: options.tls_auth must be one of yes, no"),
+    ('options = { natt = "yes" }', "options.natt is not an option of openvpn (openvpn has auth, "
+                                   "key_direction, tls_auth, tls_crypt)"),
+    ('secret = "x"', "vpn[0]: unknown key 'secret' (the keys are "),
+])
+def test_a_bad_vpn_table_says_what_is_allowed(table: str, says: str) -> None:
+    text = f'[[vpn]]\nname = "v"\nprotocol = "openvpn"\nhost = "vpn.test"\n{table}\n'
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "bw.toml").catalogue()
+    assert says in str(info.value)
