@@ -155,7 +155,10 @@ def _inconsistent_corroborated(c: DNSCase) -> Finding | None:
     host, tested = c.m.target.host.lower(), set(c.obs.addresses)
     if tested & c.ev.bad_cert.get(host, set()):
         return Finding(f"{found[0]}; invalid certificate for {host} there", dict(found[1]))
-    if tested <= c.ev.tcp_failed and c.control_addresses & c.ev.tcp_ok:
+    # the control resolver's addresses connect: from here (a probe that tried them), or from
+    # a control vantage (issue #13: no probe of ours tries them, the control vantage does)
+    elsewhere = {a for (a, _port), failures in c.ev.tcp.items() if None in failures}
+    if tested <= c.ev.tcp_failed and c.control_addresses & (c.ev.tcp_ok | elsewhere):
         return Finding(f"{found[0]}; no connection there, the control's connect",
                        dict(found[1]))
     return None
@@ -199,7 +202,8 @@ DNS_RULES: tuple[Rule[DNSCase], ...] = (
          "known networks", _inconsistent_in_known_networks, "dns"),
     Rule("dns.inconsistent.corroborated", "dns_blocked",
          "the answers share nothing with the control's, and the returned addresses do not "
-         "serve the name (invalid certificate, or no connection where the control's do)",
+         "serve the name (invalid certificate, or no connection there while the control "
+         "resolver's addresses connect, from here or from a control vantage)",
          _inconsistent_corroborated, "dns"),
     Rule("dns.inconsistent.cdn", "inconclusive",
          "the answers differ from the control's, but the control's lie outside any known "

@@ -90,6 +90,9 @@ class Evidence:
     # the tested vantage's own TLS and TCP facts, by server name / address
     verified: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     bad_cert: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # the addresses this vantage's own lookups gave for each name (any tested measurement's
+    # DNS observations)
+    resolved: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     tcp_ok: set[str] = field(default_factory=set)
     tcp_failed: set[str] = field(default_factory=set)
     facts: RunFacts = field(default_factory=lambda: RunFacts())
@@ -129,7 +132,9 @@ def _add_control(ev: Evidence, m: Measurement) -> None:
 
 def _add_tested(ev: Evidence, m: Measurement) -> None:
     for o in m.observations:
-        if isinstance(o, TLSObservation) and o.control:
+        if isinstance(o, DNSObservation):
+            ev.resolved[o.qname.lower().rstrip(".")].update(o.addresses)
+        elif isinstance(o, TLSObservation) and o.control:
             ev.control_sni[(o.address, o.port)].append((o.sni or "", o.failure))
             # and by the name that failed there, for other probes of that name (an HTTPS
             # fetch does not record the address its handshake failed at)

@@ -24,7 +24,13 @@ from blockwatch.analysis.rules import (
     Rule,
 )
 from blockwatch.probes import failures as F
-from blockwatch.probes.model import HTTPObservation, Measurement, TCPObservation, TLSObservation
+from blockwatch.probes.model import (
+    DNSObservation,
+    HTTPObservation,
+    Measurement,
+    TCPObservation,
+    TLSObservation,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +101,42 @@ def _control_outcome(m: Measurement, ev: Evidence, layer: str, address: str | No
         for c in ev.dns.get(m.target.host.lower(), []):
             ok, failed = ok or bool(c.addresses), failed or c.failure is not None
             what = "resolver"
+    tried = _tried(m, host, address)
     for h in ev.http.get(m.target.url or "", []) if m.target.url else []:
+        if layer in ("tcp", "tls") and not _same_place(ev, host, tried, h.address):
+            continue  # the control fetched the URL elsewhere: nothing about these addresses
         good = h.failure is None and h.status is not None
         ok, failed, what = ok or good, failed or not good, what or "fetch"
     return ok, failed, what
+
+
+def _tried(m: Measurement, host: str, address: str | None) -> set[str]:
+    """The addresses a failed connection or handshake was made to: the one recorded, or, for a
+    fetch that recorded none and followed no redirect, every address its own lookup of the
+    URL's name gave (it raced them all)."""
+    if address is not None:
+        return {address}
+    http = next((o for o in m.observations if isinstance(o, HTTPObservation)), None)
+    if http is None or http.redirects:
+        return set()
+    name = host.lower().rstrip(".")
+    return {a for o in m.observations if isinstance(o, DNSObservation)
+            and o.qname.lower().rstrip(".") == name for a in o.addresses}
+
+
+def _same_place(ev: Evidence, host: str, tried: set[str], control: str | None) -> bool:
+    """Whether a control's fetch of the URL speaks for a connection or handshake that failed
+    at the ``tried`` addresses. Not when this vantage's own lookup of the URL's name gave them
+    and the control resolvers, asked the same name, gave none of them: the failure is at
+    addresses the control never used (a forged DNS answer), which says nothing against the
+    connection or TLS layer (issue #13); the DNS rules judge the answer. Otherwise (the same
+    address, one the controls also give, or one met after a redirect) it does, as before."""
+    if not tried or control in tried:
+        return True
+    name = host.lower().rstrip(".")
+    controls = [c for c in ev.dns.get(name, []) if c.addresses]
+    ours = tried <= ev.resolved.get(name, set())
+    return not (ours and controls and not any(a in c.addresses for c in controls for a in tried))
 
 
 def _control_sni(ev: Evidence, failure: str, address: str | None, port: int | None,

@@ -22,10 +22,12 @@ from blockwatch.probes import failures as F
 from blockwatch.probes import registry
 from blockwatch.probes.model import Measurement, Verdict
 
-ANALYZER_VERSION = "7"  # 7: a quiet silent address takes nothing from DNS blocking (#13);
-# VPN silence explained per protocol; 6: bogons and trace readings decided here, raw.before_server by the
-# SYN-ACK's distance, a probe's rules found through the registry (stun); 5: DNS timeouts count only
-# when confirmed; services judged apart
+ANALYZER_VERSION = "7"
+# 7: a quiet silent address takes nothing from DNS blocking, VPN silence worded per protocol,
+#    a control's fetch elsewhere says nothing about a failed address (#13);
+# 6: bogons and trace readings decided here, raw.before_server by the SYN-ACK's distance, a
+#    probe's rules found through the registry (stun);
+# 5: DNS timeouts count only when confirmed; services judged apart
 
 # blocking at a layer: the four of the web stack and one per layer the registry declares
 # (vpn_blocked, stun_blocked, ...)

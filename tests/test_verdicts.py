@@ -535,3 +535,33 @@ def test_a_silent_vpn_server_is_explained_in_its_protocols_words(protocol: str,
     v = by_measurement(judge_run([m], {}, []), m)
     assert v.verdict == "inconclusive" and says in v.evidence
     assert protocol == "openvpn" or "tls-auth" not in v.evidence
+
+
+def test_a_forged_address_claims_dns_not_tcp_against_a_control_vantage() -> None:
+    """Issue #13 (2, 3): this vantage's resolver gives 45.33.1.2 (where nothing answers), the
+    control resolver 192.0.3.1, where the control vantage connects and fetches. The fetch that
+    timed out at the forged address is not tcp blocking (the control never used it); the DNS
+    answer is blocking, corroborated by the control vantage's connection (the service has no
+    catalogued prefixes, so without that it would look like a CDN's answer)."""
+    url = "https://news.test/"
+    ours = dns("news", "news.test", "system", resp("45.33.1.2"))
+    theirs = dns("news", "news.test", CONTROL, resp("192.0.3.1"))
+    forged = DNSObservation(resolver="system", transport="udp", qname="news.test", qtype="A",
+                            t0=0.0, responses=(resp("45.33.1.2"),))
+    fetch = measured("news", "http", forged, HTTPObservation(url=url, t0=0, t=5.0,
+                                                             failure=F.GENERIC_TIMEOUT),
+                     failure=F.GENERIC_TIMEOUT, op="connect", url=url)
+    connect = measured("news", "tcp", TCPObservation(address="45.33.1.2", port=443, t0=0,
+                                                     t=5.0, failure=F.GENERIC_TIMEOUT),
+                       failure=F.GENERIC_TIMEOUT, op="connect")
+    th = "vps"
+    control_tcp = measured("news", "tcp", TCPObservation(address="192.0.3.1", port=443, t0=0,
+                                                         t=0.1), vantage=th)
+    control_fetch = measured("news", "http", dataclasses.replace(page(url), address="192.0.3.1"),
+                             vantage=th, url=url)
+    out = judge_run([ours, theirs, fetch, connect, control_tcp, control_fetch],
+                    {"news": NEWS}, [CONTROL], control_vantages=[th])
+    assert verdict_of(out, ours) == ("dns_blocked", "dns.inconsistent.corroborated")
+    assert verdict_of(out, fetch) == ("inconclusive", "failure.no_control")
+    v = service_verdict(out, "news")
+    assert (v.verdict, v.layer) == ("blocked", "dns"), v

@@ -46,3 +46,23 @@ def test_control_vantage_verdicts(lab: Lab) -> None:
         assert (v.verdict, v.layer or None) == m.with_control, (method, v)
     untouched = set(CATALOGUE.services) - set(METHODS_SCENARIO.blocks)
     assert {s: got[s].verdict for s in untouched} == dict.fromkeys(untouched, "ok")
+
+
+def test_poisoned_names_are_blocked_at_dns_only_against_the_control(lab: Lab) -> None:
+    """Issue #13 (2, 3), scenario cn-2014: poisoned and injected names, of services with and
+    without catalogued prefixes, are blocked at layer dns against the control vantage: the
+    control connected to the control resolver's addresses (DNS corroborated), and the failures
+    at the forged addresses, which the control never used, claim no tcp layer."""
+    lab.use("cn-2014")
+    db = lab.tmp / "cn2014-shared.db"
+    control = lab.config("control", db)
+    censored = lab.config("censored", db)
+    censored.write_text(censored.read_text()
+                        + '\n[analysis]\ncontrol_vantages = ["lab-control"]\n')
+    _run(lab, "control", control)
+    run_id = _run(lab, "client", censored)
+    got = service_verdicts(db, run_id)
+    poisoned = ["facebook", "instagram", "twitter", "youtube", "google", "kakaotalk", "line"]
+    assert {s: (got[s].verdict, got[s].layer) for s in poisoned} == dict.fromkeys(
+        poisoned, ("blocked", "dns"))
+    assert not [s for s, v in got.items() if "tcp" in (v.layer or "").split(",")]
