@@ -251,6 +251,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.concurrency:
         settings = dataclasses.replace(settings, concurrency=args.concurrency)
     targets = app.plan(cfg, services)
+    for warning in settings.warnings:  # what the scope switches off, said before the sweep
+        print(f"blockwatch: warning: {warning}", file=sys.stderr)
     interactive = sys.stderr.isatty() and not (args.json or args.quiet)
     lock = guard_run(cfg, yes=args.yes, group=settings.group, state=state_dir())
     if isinstance(lock, int):

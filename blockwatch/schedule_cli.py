@@ -146,6 +146,8 @@ def build_groups(cfg: Config) -> list[Any]:
     from blockwatch.scheduler.groups import GroupSpec, SweepPlan
 
     ctx = app.probe_context(cfg)
+    for warning in app.scope_warnings(cfg):  # each run's summary says it too
+        logging.getLogger("blockwatch.schedule").warning("scope: %s", warning)
     inputs = cfg.input_services(cfg.input_lists())  # read once: SIGHUP reads them again
     groups = []
     for g in cfg.schedules:

@@ -103,6 +103,9 @@ class SweepSettings:
     control_path: ControlPath | None = None
     # the scope's explicit prefixes (a lab, a LAN): bogon addresses there are real servers
     local_networks: tuple[str, ...] = ()
+    # what the config switches off without saying so (a baseline or control resolvers outside
+    # the scope), stored in the run's summary
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -403,6 +406,8 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
     summary = summarize(outcome.verdicts, outcome.count)
     if vantages:
         summary["control_measurements"] = len(controls)
+    if settings.warnings:
+        summary["warnings"] = list(settings.warnings)
     finished = dt.datetime.now(dt.UTC)
     # re-analysis judges the run on what it was judged on here (blockwatch reanalyze)
     await asyncio.shield(asyncio.to_thread(

@@ -258,3 +258,28 @@ async def test_runs_group_filter_and_parquet_needs_output(world: World) -> None:
     assert listed.code == 0 and "0 most recent runs" in listed.out
     res = await blockwatch("export", "--config", str(world.config), "--format", "parquet")
     assert res.code == 2 and ("--output" in res.err or "optional package" in res.err)
+
+
+async def test_a_scope_that_switches_off_the_baseline_or_a_control_says_so(
+        world: World) -> None:
+    """Issue #13 (5): baseline endpoints and control resolvers outside the scope are never
+    contacted (the scope is checked first); the run says so on stderr and in its summary."""
+    text = world.config.read_text()
+    baseline = text.split("[baseline]\nendpoints = [")[1].split("]")[0]
+    text = text.replace(f"endpoints = [{baseline}]", 'endpoints = ["9.9.9.9:443"]')
+    text = text.replace('controls = ["', 'controls = ["https://1.1.1.1/dns-query", "')
+    world.config.write_text(text)
+    res = await blockwatch("run", "--config", str(world.config), "--quiet")
+    assert res.code == 0, res.err
+    assert "warning: the baseline endpoints (9.9.9.9:443) are outside [probes] scope" in res.err
+    assert ("warning: the control resolvers (https://1.1.1.1/dns-query) are outside [probes] "
+            "scope: they are not asked, so DNS answers are compared with fewer") in res.err
+    with sqlite3.connect(world.db) as conn:
+        (summary,) = conn.execute("SELECT summary FROM runs").fetchone()
+    warnings = json.loads(summary)["warnings"]
+    assert len(warnings) == 2 and warnings[0].startswith("the baseline endpoints (9.9.9.9:443)")
+    # inside the scope, nothing is said
+    world.config.write_text(text.replace('"9.9.9.9:443"', baseline).replace(
+        '"https://1.1.1.1/dns-query", ', ""))
+    res = await blockwatch("run", "--config", str(world.config), "--quiet")
+    assert res.code == 0 and "warning:" not in res.err, res.err
