@@ -22,6 +22,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import socket
@@ -175,21 +176,33 @@ class _Inbox:
         self._loop = asyncio.get_running_loop()
         self._queue: deque[_Datagram] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        # an ICMP error the socket reported (only a socket with IP_RECVERR hears one); ``get``
+        # returns early once when it arrives
+        self.error: OSError | None = None
+        self._error_told = False
         self._loop.add_reader(sock.fileno(), self._drain)
 
     def _drain(self) -> None:
         while True:
             try:
                 data, anc, _flags, addr = self._sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4))
-            except OSError:  # drained (EAGAIN), or a queued ICMP error: nothing to record
+            except BlockingIOError:  # drained
                 break
+            except OSError as exc:  # an ICMP error (port or host unreachable) for our query
+                if self.error is None:
+                    self.error = exc
+                continue
             self._queue.append(_Datagram(data, (addr[0], addr[1]), self._loop.time(), _ttl(anc)))
-        if self._queue and self._waiter is not None and not self._waiter.done():
+        if ((self._queue or self.error is not None) and self._waiter is not None
+                and not self._waiter.done()):
             self._waiter.set_result(None)
 
     async def get(self, until: float) -> _Datagram | None:
         """The next datagram, or None once ``until`` (loop time) has passed."""
         while not self._queue:
+            if self.error is not None and not self._error_told:
+                self._error_told = True
+                return None
             if self._loop.time() >= until:
                 return None
             self._waiter = self._loop.create_future()
@@ -217,11 +230,23 @@ def _ttl(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
-def _udp_socket(family: int, source_address: str | None) -> socket.socket:
+_IP_RECVERR, _IPV6_RECVERR = 11, 25  # Linux <netinet/in.h>
+
+
+def _udp_socket(family: int, source_address: str | None,
+                icmp_errors: bool = False) -> socket.socket:
+    """A non-blocking UDP socket asking for each datagram's IP TTL; ``icmp_errors``: also told
+    of ICMP errors (IP_RECVERR), which an unconnected socket otherwise never hears."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         _ask_for_ttl(sock, family)
+        if icmp_errors and sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
         if source_address and _family(source_address) == family:
             sock.bind((source_address, 0))
     except BaseException:
@@ -269,7 +294,9 @@ async def _udp(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
     destination = (where.address, where.port)
     socket_slot = await ctx.limits.socket().acquire()
     try:
-        with _udp_socket(_family(where.address), ctx.source_address) as sock:
+        # a silent address hears ICMP: a port or host unreachable is its quiet answer, and
+        # ends the wait after the injection window instead of the whole timeout
+        with _udp_socket(_family(where.address), ctx.source_address, silent) as sock:
             inbox = _Inbox(sock)
             slot = await ctx.limits.resolver(where.key).acquire()
             try:
@@ -281,7 +308,12 @@ async def _udp(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
                 got.transmissions = 1
                 if silent or not resend:  # nobody is meant to answer: nothing to hold
                     slot.release()
+                icmp = False
                 while loop.time() < end:
+                    if inbox.error is not None and not icmp:
+                        icmp = True  # answered by the network: listen for injectors, no more
+                        end = min(end, loop.time() + INJECTION_WINDOW_S)
+                        continue
                     due = resend[0] if resend and not got.responses else end
                     dgram = await inbox.get(min(end, due))
                     if dgram is None:
@@ -298,6 +330,8 @@ async def _udp(where: _Where, q: Query, ctx: ProbeContext, got: _Exchange,
                                      dgram.arrived - sent, dgram.ip_ttl)
                     if got.add(resp):
                         end = min(end, dgram.arrived + INJECTION_WINDOW_S)
+                if inbox.error is not None and not got.responses:
+                    raise inbox.error  # the ICMP error is the query's failure
             finally:
                 slot.release()
                 inbox.close()
