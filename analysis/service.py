@@ -110,7 +110,8 @@ def _inconclusive(c: ServiceCase) -> Finding:
     x = c.failed[0] if c.failed else None
     if x is None:
         return Finding("no measurements", c.counts)
-    return Finding(f"{len(c.failed)}/{len(c.verdicts)} failed: {x.evidence}", c.counts, x.layer)
+    return Finding(f"{len(c.failed)}/{len(c.verdicts)} failed: {x.evidence}",
+                   {**c.counts, "rules": sorted({v.rule_id for v in c.failed})}, x.layer)
 
 
 SERVICE_RULES: tuple[Rule[ServiceCase], ...] = (

@@ -413,6 +413,13 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
             Counter(v.verdict for v in services).items()))
         console.print(Text(f"{len(services)} services ({counts}); the first {len(shown)} not "
                            "ok are shown"))
+    wanting = (run.summary or {}).get("needs_control") or []
+    if wanting:  # service names are data: printed as text
+        console.print(Text(
+            f"{len(wanting)} inconclusive service(s) failed where a dead server fails too "
+            f"({', '.join(wanting[:5])}{', ...' if len(wanting) > 5 else ''}): a control "
+            "vantage ([analysis] control_vantages) or a control path ([analysis] "
+            "control_proxy) would tell blocking from an outage"))
     console.print(f"{outcome.count} measurements stored; "
                   f"details: blockwatch show {run.id[:13]}")
 

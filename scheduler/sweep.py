@@ -426,4 +426,13 @@ def summarize(verdicts: Sequence[Verdict], n_measurements: int) -> dict[str, Any
             counts[v.verdict] = counts.get(v.verdict, 0) + 1
     blocked = sorted(v.service for v in verdicts
                      if v.measurement_id is None and v.verdict in ("blocked", "partial"))
-    return {"measurements": n_measurements, "services": counts, "blocked": blocked}
+    out: dict[str, Any] = {"measurements": n_measurements, "services": counts,
+                           "blocked": blocked}
+    # services left inconclusive only because no control saw the same step: what a control
+    # vantage or a control path would settle (issue #13)
+    wanting = sorted(v.service for v in verdicts if v.measurement_id is None
+                     and v.verdict == "inconclusive"
+                     and any(str(r).endswith("no_control") for r in v.details.get("rules", ())))
+    if wanting:
+        out["needs_control"] = wanting
+    return out

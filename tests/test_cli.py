@@ -283,3 +283,22 @@ async def test_a_scope_that_switches_off_the_baseline_or_a_control_says_so(
         '"https://1.1.1.1/dns-query", ', ""))
     res = await blockwatch("run", "--config", str(world.config), "--quiet")
     assert res.code == 0 and "warning:" not in res.err, res.err
+
+
+async def test_what_a_control_would_settle_is_said(world: World) -> None:
+    """Issue #13 (6): a service inconclusive only because no control saw the same step is
+    named in the summary (needs_control), with what would settle it."""
+    with blackhole_port() as port:
+        text = world.config.read_text().replace(
+            'services = ["good", "nxblocked", "injected"]',
+            'services = ["good", "dead"]')
+        world.config.write_text(text + f'\n[[services]]\nname = "dead"\n'
+                                       f'endpoints = ["127.0.0.1:{port}"]\n')
+        res = await blockwatch("run", "--config", str(world.config))
+    assert res.code == 0, res.err
+    assert service_verdicts(world.db) == {"good": "ok", "dead": "inconclusive"}
+    assert "1 inconclusive service(s) failed where a dead server fails too (dead)" in res.out
+    assert "control_vantages" in res.out
+    with sqlite3.connect(world.db) as conn:
+        (summary,) = conn.execute("SELECT summary FROM runs").fetchone()
+    assert json.loads(summary)["needs_control"] == ["dead"]
