@@ -76,6 +76,33 @@ def _app_chat_blocked(c: ServiceCase) -> Finding | None:
                    ",".join(layers))
 
 
+def _app_chat_degraded(c: ServiceCase) -> Finding | None:
+    """The catalogue's ``any_chat_fail_with_working_control``: the app is degraded (partial)
+    when some of its chat hosts are blocked on every port measured (as OONI's WhatsApp test:
+    an endpoint counts as blocked only if both 443 and 5222 fail) while others work. Only
+    blocking verdicts count, and those already required a control."""
+    s = c.service
+    if s is None or s.app is None or s.app.rule != "any_chat_fail_with_working_control":
+        return None
+    probes = c.probes or {}
+    chat = set(s.app.chat_endpoints)
+    by_host: dict[str, list[Verdict]] = {}
+    for v in c.verdicts:
+        key = c.keys.get(v.measurement_id or "")
+        if v.measurement_id and probes.get(v.measurement_id) in ("tcp", "tls") and key in chat:
+            by_host.setdefault(key.rpartition(":")[0], []).append(v)
+    blocked = sorted(h for h, vs in by_host.items() if all(v.verdict in BLOCKED for v in vs))
+    working = [h for h, vs in by_host.items() if any(v.verdict == "ok" for v in vs)]
+    if not blocked or not working:
+        return None
+    layers = sorted({v.layer for h in blocked for v in by_host[h] if v.layer})
+    return Finding(f"chat blocked at {', '.join(blocked)}, working at {len(working)} other "
+                   f"host(s): {s.app.text}",
+                   {"blocked_hosts": blocked, "rules": sorted({v.rule_id for h in blocked
+                                                               for v in by_host[h]})},
+                   ",".join(layers))
+
+
 def _blocking(c: ServiceCase) -> Finding:
     layers = sorted({v.layer for v in c.blocked if v.layer})
     return Finding(c.blocked[0].evidence,
@@ -118,6 +145,9 @@ SERVICE_RULES: tuple[Rule[ServiceCase], ...] = (
     Rule("service.app_chat_blocked", "blocked",
          "the catalogue's app rule: every chat endpoint is blocked (against a control), so the "
          "app cannot work even if its web pages load", _app_chat_blocked),
+    Rule("service.app_chat_degraded", "partial",
+         "the catalogue's app rule any_chat_fail_with_working_control: some chat hosts are "
+         "blocked on every port (against a control) while others work", _app_chat_degraded),
     Rule("service.partial", "partial", "blocking evidence on some measurements, others work",
          _partial),
     Rule("service.blocked", "blocked", "blocking evidence and no working measurement", _blocked),

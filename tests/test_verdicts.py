@@ -565,3 +565,43 @@ def test_a_forged_address_claims_dns_not_tcp_against_a_control_vantage() -> None
     assert verdict_of(out, fetch) == ("inconclusive", "failure.no_control")
     v = service_verdict(out, "news")
     assert (v.verdict, v.layer) == ("blocked", "dns"), v
+
+
+ANY_CHAT = ["a.chat.example:443", "a.chat.example:5222", "b.chat.example:443"]
+
+
+def any_chat_run(home: list[str | None]) -> list:
+    """A run of an app with the any_chat rule: this vantage's failures at ``ANY_CHAT``'s
+    endpoints (None: connected), a control vantage connecting to every one."""
+    from blockwatch.probes.catalogue import service_from_dict
+    from blockwatch.probes.model import TCPObservation
+
+    app = service_from_dict("im", {"endpoints": ANY_CHAT, "app": {
+        "chat_endpoints": ANY_CHAT, "rule": "any_chat_fail_with_working_control"}})
+
+    def tcp(vantage: str, endpoint: str, failure: str | None) -> Measurement:
+        host, _, port = endpoint.rpartition(":")
+        obs = TCPObservation(address="203.0.113.9" if host.startswith("a") else "203.0.113.10",
+                             port=int(port), t0=0.0, t=0.1, failure=failure)
+        return Measurement(id=new_id(), run_id="r", vantage=vantage,
+                           target=Target(service="im", probe="tcp", host=host, port=int(port)),
+                           probe_version="1", started_at=dt.datetime.now(dt.UTC),
+                           runtime_s=0.1, observations=(obs,), failure=failure,
+                           failed_operation="connect" if failure else None)
+
+    ms = [*(tcp("home", e, f) for e, f in zip(ANY_CHAT, home, strict=True)),
+          *(tcp("vps", e, None) for e in ANY_CHAT)]
+    return judge_run(ms, {"im": app}, [], control_vantages=["vps"])
+
+
+def test_the_any_chat_app_rule_is_applied_host_by_host() -> None:
+    """Issue #13 (8): any_chat_fail_with_working_control is no longer ignored. A chat host
+    counts as blocked only if every port measured there is (OONI's WhatsApp: 443 and 5222);
+    some hosts blocked while others work is the app degraded (partial)."""
+    reset = F.CONNECTION_RESET
+    v = service_verdict(any_chat_run([reset, reset, None]), "im")
+    assert (v.verdict, v.rule_id) == ("partial", "service.app_chat_degraded"), v
+    assert v.details["blocked_hosts"] == ["a.chat.example"]
+    # one port of a host still works: that host is not blocked; the generic rule speaks
+    v = service_verdict(any_chat_run([reset, None, None]), "im")
+    assert v.rule_id == "service.partial"
