@@ -605,3 +605,16 @@ def test_the_any_chat_app_rule_is_applied_host_by_host() -> None:
     # one port of a host still works: that host is not blocked; the generic rule speaks
     v = service_verdict(any_chat_run([reset, None, None]), "im")
     assert v.rule_id == "service.partial"
+
+
+def test_every_lab_method_has_its_row_in_docs_verdicts() -> None:
+    """Issue #13: docs/verdicts.md says, for each lab method, what one vantage and a control
+    vantage tell; a new method must add its row."""
+    from pathlib import Path
+
+    from blockwatch.lab.scenario import ALL_METHODS
+
+    doc = (Path(__file__).parents[1] / "docs" / "verdicts.md").read_text(encoding="utf-8")
+    table = doc[doc.index("## What one vantage can tell"):doc.index("## Limits")]
+    missing = sorted(m for m in ALL_METHODS if f"`{m}`" not in table)
+    assert not missing, f"lab methods without a row: {missing}"
