@@ -67,7 +67,8 @@ def failed_step(m: Measurement) -> tuple[str, str | None, int | None, str | None
         if (isinstance(o, TLSObservation) and layer == "tls" and o.failure is not None
                 and not o.control):
             return layer, o.address, o.port, o.sni
-        if isinstance(o, TCPObservation) and layer == "tcp" and o.failure is not None:
+        if (isinstance(o, TCPObservation) and layer == "tcp" and o.failure is not None
+                and o.answer_of is None):  # a control resolver's address: only compared
             return layer, o.address, o.port, None
     port = m.target.port
     if m.target.url and port is None:

@@ -48,6 +48,10 @@ def probe_context(cfg: Config, *, proxy: str | None = None) -> ProbeContext:
         # the control path carries TCP/TLS/HTTP only: no VPN key is read for it
         secrets=vpn_secrets(cfg) if proxy is None else {},
         tls_settings={name: s.tls for name, s in cfg.catalogue().items() if s.tls is not None},
+        # the dns probe asks them anyway; without it, no control query is sent for the TCP
+        # probe either
+        control_resolvers=tuple(parse_resolver(c) for c in cfg.dns.controls)
+        if "dns" in cfg.probes.probes and proxy is None else (),
         settings=cfg.probe_settings(),
     )
 

@@ -43,7 +43,8 @@ def _test_keys(row: Mapping[str, Any]) -> dict[str, Any]:
         elif layer == "tcp":
             tk["tcp_connect"].append({"ip": o.get("address"), "port": o.get("port"),
                                       "status": {"success": o.get("failure") is None,
-                                                 "failure": o.get("failure")}, "t": o.get("t")})
+                                                 "failure": o.get("failure")}, "t": o.get("t"),
+                                      "x_answer_of": o.get("answer_of")})
         elif layer == "tls":
             tk["tls_handshakes"].append({
                 "address": f"{o.get('address')}:{o.get('port')}", "server_name": o.get("sni"),

@@ -57,6 +57,9 @@ class ProbeContext:
     # names whose lookup is given in advance (as curl's --resolve): no query is sent for them
     static_lookups: dict[str, Lookup] = field(default_factory=dict)
     _resolutions: Resolutions | None = None
+    # the control resolvers ([dns] controls, when the dns probe runs): their answers are asked
+    # anyway, and the TCP probe tries them where every address of our own answer failed
+    control_resolvers: tuple[ResolverSpec, ...] = ()
     # per-service TLS settings (a pinned CA, the ALPN offered), by service name
     tls_settings: dict[str, TLSSettings] = field(default_factory=dict)
     # each probe's own knobs ([probe.NAME], the model its registry line names), by probe name

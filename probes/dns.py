@@ -256,6 +256,17 @@ def _unanswered(obs: DNSObservation) -> bool:
     return not obs.responses and obs.failure == failures.GENERIC_TIMEOUT
 
 
+async def lookup_at(spec: ResolverSpec, host: str, ctx: ProbeContext) -> tuple[str, ...]:
+    """The addresses ``spec`` gives for ``host`` (A then AAAA, the first answers), from the
+    sweep's shared queries: the ones the dns probe asks that resolver anyway."""
+    qa = ctx.resolutions.get(spec, host, "A")
+    qaaaa = ctx.resolutions.get(spec, host, "AAAA")
+    with pacing.waiting(record=False):
+        found = (await _first(qa), await _first(qaaaa))
+    _credit(qa, qaaaa)
+    return tuple(dict.fromkeys(a for o in found for a in o.addresses))
+
+
 async def query(spec: ResolverSpec, qname: str, rdtype: str, ctx: ProbeContext) -> DNSObservation:
     """One query, not shared, without confirmation: what one exchange with the resolver saw.
     Never raises for anything on the network."""

@@ -198,6 +198,9 @@ class TCPObservation:
     t0: float
     t: float
     failure: str | None = None
+    # set when the address is not from this vantage's own lookup but from a control
+    # resolver's answer (the resolver), tried only to compare: it never decides the outcome
+    answer_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,6 +12,9 @@ Guarantees:
   address is the name itself. A proxy that cannot be reached or misbehaves fails with operation
   ``proxy_connect`` (our side, not the target); a target the proxy cannot reach fails with
   ``connect``, like a direct connection would.
+- Where every address failed to connect, the control resolvers' addresses for the name that
+  our answer did not give are tried too (``control_answers``), recorded with ``answer_of``:
+  evidence for the DNS rules, never the measurement's outcome.
 - Times (``t0``, ``t``) are seconds since the probe started observing the target; a connection
   first takes its share of our limits, then starts its timeout (``probes.dial``).
 """
@@ -19,7 +22,9 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
+from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock as Clock  # its home before probes.dial
 from blockwatch.probes.dial import Dialed, Route, attempt, close, first_failure, plan
@@ -55,7 +60,34 @@ class TCPProbe:
                                                    for r in found.routes)))
         failure, operation = first_failure(attempts)
         observations: tuple[Observation, ...] = (*found.dns, *(a.observation for a in attempts))
+        # our answer's addresses were tried and failed on the network (not refused by the
+        # scope: then nothing was sent, and there is nothing to compare)
+        if (failure is not None and failure != F.OUT_OF_SCOPE and operation == "connect"
+                and not ctx.proxy):
+            observations += await control_answers(ctx, target.host, target.port,
+                                                  {r.address for r in found.routes}, clock)
         return ProbeResult(observations, failure, operation)
+
+
+CONTROL_ANSWERS = 2  # addresses of a control resolver's answer tried, at most, per resolver
+
+
+async def control_answers(ctx: ProbeContext, host: str, port: int, ours: set[str],
+                          clock: Clock) -> tuple[Observation, ...]:
+    """When every address of our own answer failed: connect to the control resolvers'
+    addresses for the name (asked anyway by the dns probe: shared queries, nothing more is
+    sent to them) that our answer did not give, as OONI's web_connectivity does. If they
+    connect from here while ours do not, the DNS answer is the problem, not the network
+    (``dns.inconsistent.corroborated``). Recorded with ``answer_of``; never the outcome."""
+    from blockwatch.probes.dns import lookup_at
+
+    out: list[Observation] = []
+    for spec in ctx.control_resolvers:
+        found = await lookup_at(spec, host, ctx)
+        extra = [a for a in found if a not in ours and ctx.scope.allows(a)][:CONTROL_ANSWERS]
+        dialed = await asyncio.gather(*(connect_only(ctx, Route(a, port), clock) for a in extra))
+        out += [replace(d.observation, answer_of=str(spec)) for d in dialed]
+    return tuple(out)
 
 
 def plan_targets(service: Service, pc: PlanContext) -> list[Target]:

@@ -91,8 +91,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # that a bogon outside the scope is a sinkhole (analysis/bogons.py)
     Method("dns_bogon", "the ISP resolver answers a private (bogon) address", "blocked", "dns",
            None, ("blocked", "dns")),
-    # Only services with exclusive prefixes (Meta's) are called blocked: elsewhere an answer
-    # unlike the control's may be a CDN's, so it stays inconclusive (see expected()).
+    # Services with exclusive prefixes (Meta's) are blocked by the answer alone; elsewhere an
+    # answer unlike the control's may be a CDN's, until the control resolver's addresses
+    # connect from here where the forged one does not (see expected()).
     # With a control vantage: blocked at dns only. The fetches and connections to the forged
     # address fail, but the control never used that address: no tcp layer is claimed (#13).
     Method("dns_poison", "the ISP resolver answers a fixed lab address that goes nowhere",
@@ -292,8 +293,10 @@ def expected(methods: tuple[str, ...], exclusive_prefixes: bool) -> Expectation:
     if "dns_poison" in methods:
         if exclusive_prefixes:
             return Expectation("blocked", "dns", None, "dns_poison (outside exclusive prefixes)")
-        # unlike the control's answer, but a service without known prefixes may use a CDN
-        return Expectation("inconclusive", "dns", None, "dns_poison (could be a CDN answer)")
+        # unlike the control resolver's answer, which a CDN could explain; but the TCP probe
+        # also tries the control resolver's addresses, which connect from here while the
+        # forged one does not (issue #13): corroborated, from one vantage
+        return Expectation("blocked", "dns", None, "dns_poison (corroborated from here)")
     first = min(methods, key=_LAYER_ORDER.index)
     e = ALL_METHODS[first]
     return Expectation(e.verdict, e.layer, e.failure, first)
