@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 from blockwatch.lab.runner import service_verdicts
 from blockwatch.lab.scenario import METHODS, load
@@ -26,16 +27,21 @@ def _run(lab: Lab, role: str, cfg: object) -> str:
     return str(json.loads(done.stdout.splitlines()[0])["run_id"])
 
 
-def test_control_vantage_verdicts(lab: Lab) -> None:
-    lab.use("methods")
-    db = lab.tmp / "shared.db"
+def _against_the_control(lab: Lab, scenario: str) -> dict[str, Any]:
+    """The control client sweeps, then the censored client with it as a control vantage, in
+    one database: the censored client's service verdicts."""
+    lab.use(scenario)
+    db = lab.tmp / f"{scenario}-shared.db"
     control = lab.config("control", db)
     censored = lab.config("censored", db)
     censored.write_text(censored.read_text()
                         + '\n[analysis]\ncontrol_vantages = ["lab-control"]\n')
     _run(lab, "control", control)
-    run_id = _run(lab, "client", censored)
-    got = service_verdicts(db, run_id)
+    return service_verdicts(db, _run(lab, "client", censored))
+
+
+def test_control_vantage_verdicts(lab: Lab) -> None:
+    got = _against_the_control(lab, "methods")
     for method, m in METHODS.items():
         v = got[BY_METHOD[method]]
         if method == "packet_loss":
@@ -53,15 +59,7 @@ def test_poisoned_names_are_blocked_at_dns_only_against_the_control(lab: Lab) ->
     without catalogued prefixes, are blocked at layer dns against the control vantage: the
     control connected to the control resolver's addresses (DNS corroborated), and the failures
     at the forged addresses, which the control never used, claim no tcp layer."""
-    lab.use("cn-2014")
-    db = lab.tmp / "cn2014-shared.db"
-    control = lab.config("control", db)
-    censored = lab.config("censored", db)
-    censored.write_text(censored.read_text()
-                        + '\n[analysis]\ncontrol_vantages = ["lab-control"]\n')
-    _run(lab, "control", control)
-    run_id = _run(lab, "client", censored)
-    got = service_verdicts(db, run_id)
+    got = _against_the_control(lab, "cn-2014")
     poisoned = ["facebook", "instagram", "twitter", "youtube", "google", "kakaotalk", "line"]
     assert {s: (got[s].verdict, got[s].layer) for s in poisoned} == dict.fromkeys(
         poisoned, ("blocked", "dns"))
