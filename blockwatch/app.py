@@ -133,15 +133,17 @@ def scope_warnings(cfg: Config) -> tuple[str, ...]:
     as addresses) that ``[probes] scope`` does not admit are never contacted, so the sweep runs
     without a network check or without a DNS control. Said on stderr and in the summary."""
     scope = Scope.from_entries(list(cfg.probes.scope))
+
+    def outside(address: str) -> bool:  # a name is looked up first: it cannot be told here
+        return is_ip(address) and not scope.allows(address)
+
     out = []
-    baseline = [e for e in cfg.baseline.endpoints if is_ip(parse_endpoint(e).host)
-                and not scope.allows(parse_endpoint(e).host)]
+    baseline = [e for e in cfg.baseline.endpoints if outside(parse_endpoint(e).host)]
     if baseline and len(baseline) == len(cfg.baseline.endpoints):
         out.append(f"the baseline endpoints ({', '.join(baseline)}) are outside [probes] scope: "
                    "the local network is not checked before the sweep, and a network that is "
                    "down cannot be told from blocking (set [baseline] endpoints in the scope)")
-    controls = [c for c in cfg.dns.controls if is_ip(parse_resolver(c).address)
-                and not scope.allows(parse_resolver(c).address)]
+    controls = [c for c in cfg.dns.controls if outside(parse_resolver(c).address)]
     if controls and "dns" in cfg.probes.probes:
         out.append(f"the control resolvers ({', '.join(controls)}) are outside [probes] scope: "
                    "they are not asked, so DNS answers are compared with "

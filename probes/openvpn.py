@@ -196,7 +196,7 @@ async def _exchange_udp(address: str, port: int, packet: bytes, limit: float,
             # pass for a silent (or blocked) server; the first reply ends the exchange
             times = udp_send_times(limit)
             start = loop.time()
-            for i, _at in enumerate(times):
+            for i in range(len(times)):
                 transport.sendto(packet)
                 wait = times[i + 1] - (loop.time() - start) if i + 1 < len(times) else None
                 try:

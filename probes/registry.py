@@ -16,8 +16,9 @@ load the VPN and raw-packet probes (and their libraries) it never uses.
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +83,6 @@ SPECS: tuple[Spec, ...] = (
 )
 
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
-REGISTRY: dict[str, tuple[str, str]] = {
-    s.name: (s.impl.partition(":")[0], s.impl.partition(":")[2]) for s in SPECS}
 SELECTABLE: tuple[str, ...] = tuple(dict.fromkeys(s.select for s in SPECS))
 DEFAULT_SELECTION: tuple[str, ...] = tuple(dict.fromkeys(s.select for s in SPECS if s.default))
 RANK: dict[str, int] = {**{s.layer: s.rank for s in SPECS}, **{s.name: s.rank for s in SPECS}}
@@ -102,8 +101,7 @@ def load(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def planners(selected: Iterator[str] | tuple[str, ...] | list[str] | set[str]
-             ) -> list[Planner]:
+def planners(selected: Iterable[str]) -> list[Planner]:
     """The planners of the selected names, in registry order (so targets come out dns, tcp,
     tls, http, vpn, trace, ...)."""
     wanted = set(selected)
@@ -119,6 +117,7 @@ def settings_model(name: str) -> type[Any] | None:
     return found
 
 
+@functools.cache
 def observation_type(layer: str) -> type[Any] | None:
     """The observation class a probe declares in its own module for ``layer``, or None."""
     for s in SPECS:
