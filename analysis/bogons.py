@@ -74,22 +74,20 @@ def sinkhole(addresses: Sequence[str], networks: Sequence[Network]) -> bool:
     return bool(addresses) and all(bogon(a) and not local(a, networks) for a in addresses)
 
 
-def _query(o: DNSObservation, networks: Sequence[Network]) -> DNSObservation:
-    if o.failure is None and sinkhole(o.addresses, networks):
-        return dataclasses.replace(o, failure=F.DNS_BOGON)
-    return o
-
-
 def decided(m: Measurement, networks: Sequence[Network]) -> Measurement:
     """``m`` with the bogon decision applied to its DNS queries (and, as the DNS probe fails a
     measurement, to the measurement); other measurements unchanged."""
-    if not any(isinstance(o, DNSObservation) and o.failure is None and o.addresses
-               for o in m.observations):
+    changed = False
+    out = []
+    for o in m.observations:
+        if (isinstance(o, DNSObservation) and o.failure is None
+                and sinkhole(o.addresses, networks)):
+            o = dataclasses.replace(o, failure=F.DNS_BOGON)
+            changed = True
+        out.append(o)
+    if not changed:
         return m
-    observations = tuple(_query(o, networks) if isinstance(o, DNSObservation) else o
-                         for o in m.observations)
-    if observations == m.observations:
-        return m
+    observations = tuple(out)
     failure, operation = m.failure, m.failed_operation
     if m.probe == "dns" and failure is None:
         a = [o for o in observations if isinstance(o, DNSObservation) and o.qtype == "A"]

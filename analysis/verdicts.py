@@ -250,7 +250,7 @@ class Judge:
 
     def observe(self, m: Measurement) -> None:
         if not self.is_control(m):
-            self.facts.add(self.decided(m))
+            self.facts.add(m)  # which resolvers answered: the bogon decision changes nothing
 
     def ready(self, measurements: Iterable[Measurement]) -> bool:
         for m in measurements:
