@@ -364,6 +364,7 @@ def _run_sweep(store: Any, services: Any, targets: Any, ctx: Any, settings: Any,
 async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any,
                                settings: Any) -> Any:
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -381,7 +382,9 @@ async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any
         tid = bar.add_task("", total=len(targets))
 
         def progress(done: int, total: int, m: Any) -> None:
-            bar.update(tid, completed=done, description=f"{m.service} {m.probe}")
+            # total grows by the follow-ups; a service name (a URL of a test list) is no markup
+            bar.update(tid, completed=done, total=total,
+                       description=escape(f"{m.service} {m.probe}"))
 
         return await sweep(store, services, targets, ctx, settings, progress=progress)
 
@@ -420,6 +423,10 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
             f"({', '.join(wanting[:5])}{', ...' if len(wanting) > 5 else ''}): a control "
             "vantage ([analysis] control_vantages) or a control path ([analysis] "
             "control_proxy) would tell blocking from an outage"))
+    raw = (run.summary or {}).get("raw_evidence") or {}
+    if raw.get("untraced"):
+        console.print(Text(f"{raw['untraced']} reset or unanswered handshake(s) were not traced "
+                           f"for raw-packet evidence: {raw.get('why', '')}"))
     console.print(f"{outcome.count} measurements stored; "
                   f"details: blockwatch show {run.id[:13]}")
 

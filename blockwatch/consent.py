@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TextIO
 
 # Bump when the notice says something new: earlier answers then no longer count.
-NOTICE_VERSION = 2  # 2: the trace probe, the control SNI and the control proxy
+NOTICE_VERSION = 3  # 2: the trace probe, the control SNI and the control proxy; 3: follow-up
+# traces by default where raw sockets are available
 
 NOTICE = """\
 blockwatch: before the first run, please read this.
@@ -31,11 +32,13 @@ from this machine to the services it tests (social networks, messengers, news si
 servers, ...), now and, if you schedule it, regularly and unattended.
 
 When a TLS handshake fails, it is tried once more with a harmless server name (example.com) to
-tell name filtering from address blocking. Only if you turn them on: the `trace` probe sends
-packets with small TTLs, as traceroute does (routers on the way see them, and they look
-unusual), `[dns] silent` asks the tested names at an address where no DNS server runs, and
-`control_proxy` sends the same tests through a proxy whose operator sees which services you
-test.
+tell name filtering from address blocking. When blockwatch may open raw sockets (run as root,
+or with CAP_NET_RAW) and a handshake or request was reset or went unanswered, that endpoint is
+traced once: the same packets with small TTLs, as traceroute does (routers on the way see them,
+and they look unusual); `[probe.trace] follow_up = false` turns that off. Only if you turn them
+on: the `trace` probe does so for every endpoint, `[dns] silent` asks the tested names at an
+address where no DNS server runs, and `control_proxy` sends the same tests through a proxy
+whose operator sees which services you test.
 
 What is stored: every observation (answers, addresses, errors, timings, certificates, page
 hashes) goes into a database on this machine (or the one your config names), labelled with

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from blockwatch.probes.context import Probe
+    from blockwatch.probes.context import Probe, ProbeContext
     from blockwatch.probes.model import Service, Target
     from blockwatch.probes.targets import PlanContext
 
@@ -46,7 +46,11 @@ class Spec:
     CAP_NET_RAW); ``observation``: ``"module:Class"`` of an observation type the probe declares
     in its own module (the built-in types live in ``probes.model``); ``settings``:
     ``"module:Model"`` of the probe's own config knobs, a pydantic model whose fields all have
-    defaults, read from the config's ``[probe.<name>]`` table (``settings_model``).
+    defaults, read from the config's ``[probe.<name>]`` table (``settings_model``);
+    ``follow``: ``"module:function"`` making a sweep's follower (``followers``): given the
+    sweep's targets and context it returns None or a callable that looks at each finished
+    measurement and may return one more target of this probe to run at once (the trace probe
+    follows failed TLS/HTTP endpoints: ``probes.trace_follow``).
     """
 
     name: str
@@ -60,8 +64,7 @@ class Spec:
     adds_only: bool = False
     observation: str | None = None
     settings: str | None = None
-
-
+    follow: str | None = None
 
 SPECS: tuple[Spec, ...] = (
     Spec("dns", "blockwatch.probes.dns:DNSProbe", "dns", "dns", 0),
@@ -76,7 +79,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("l2tp", "blockwatch.probes.l2tp:L2TPProbe", "vpn", "vpn", 4),
     Spec("tor", "blockwatch.probes.tor:TorProbe", "vpn", "vpn", 4),
     Spec("trace", "blockwatch.probes.trace:TraceProbe", "trace", "raw", 4, default=False,
-         adds_only=True),
+         adds_only=True, settings="blockwatch.probes.trace_follow:TraceSettings",
+         follow="blockwatch.probes.trace_follow:follower"),
     Spec("stun", "blockwatch.probes.stun:STUNProbe", "stun", "stun", 4, default=False,
          observation="blockwatch.probes.stun:STUNObservation",
          settings="blockwatch.probes.stun:STUNSettings"),
@@ -106,6 +110,12 @@ def planners(selected: Iterable[str]) -> list[Planner]:
     tls, http, vpn, trace, ...)."""
     wanted = set(selected)
     return [load(PLANNERS[name]) for name in SELECTABLE if name in wanted]
+
+
+def followers(targets: Sequence[Target], ctx: ProbeContext) -> list[Any]:
+    """The sweep's followers (``Spec.follow``) that have something to follow."""
+    made = (load(s.follow)(targets, ctx) for s in SPECS if s.follow)
+    return [f for f in made if f is not None]
 
 
 def settings_model(name: str) -> type[Any] | None:

@@ -194,6 +194,10 @@ class _Judging:
         self.open: dict[str, list[Measurement]] = defaultdict(list)
         self.deferred: dict[str, list[Measurement]] = {}
 
+    def expect(self, target: Target) -> None:
+        """One more measurement of ``target.service`` is coming (a follow-up)."""
+        self.pending[target.service] += 1
+
     def add(self, m: Measurement) -> None:
         self.judge.observe(m)
         self.open[m.service].append(m)
@@ -221,8 +225,13 @@ class _Judging:
 
 
 async def _probe_all(targets: Sequence[Target], ctx: ProbeContext, settings: SweepSettings,
-                     run_id: str, sink: Callable[[Measurement], None]) -> None:
-    """Every name's targets together, ``settings.concurrency`` names at once."""
+                     run_id: str, sink: Callable[[Measurement], None],
+                     follow: Callable[[Measurement], Target | None] | None = None,
+                     expect: Callable[[Target], None] | None = None) -> None:
+    """Every name's targets together, ``settings.concurrency`` names at once. ``follow`` may
+    answer a finished measurement with one more target (a follow-up, ``registry.followers``):
+    it is announced to ``expect`` before the measurement goes to ``sink`` (so its service is not
+    judged without it) and runs at once in the same name's slot."""
     units: dict[str, list[Target]] = {}
     for t in targets:
         units.setdefault(t.host.lower(), []).append(t)
@@ -230,6 +239,7 @@ async def _probe_all(targets: Sequence[Target], ctx: ProbeContext, settings: Swe
 
     async def unit(host: str, group: list[Target]) -> None:
         active = len(group)
+        tg: asyncio.TaskGroup
 
         def step() -> None:  # a measurement finished, or only listens now
             nonlocal active
@@ -238,7 +248,9 @@ async def _probe_all(targets: Sequence[Target], ctx: ProbeContext, settings: Swe
                 names.release()
 
         async def one(target: Target) -> None:
+            nonlocal active
             listening = False
+            extra: Target | None = None
 
             def background() -> None:
                 nonlocal listening
@@ -248,10 +260,19 @@ async def _probe_all(targets: Sequence[Target], ctx: ProbeContext, settings: Swe
             try:
                 m = await run_probe(PROBES[target.probe], target, ctx, run_id=run_id,
                                     vantage=settings.vantage, on_background=background)
+                # a follow-up keeps the slot: only a measurement still holding it asks
+                if follow is not None and not listening:
+                    extra = follow(m)
+                    if extra is not None:
+                        active += 1
+                        if expect is not None:
+                            expect(extra)
             finally:
                 if not listening:
                     step()
             sink(m)
+            if extra is not None:
+                tg.create_task(one(extra))
 
         try:
             async with asyncio.TaskGroup() as tg:
@@ -288,20 +309,31 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
     vantages = _control_vantages(settings)
     judge = Judge(catalogue, _inputs(settings), fingerprints=settings.fingerprints)
     judging = _Judging(targets, judge, not vantages, writer, outcome)
+    followers = registry.followers(targets, ctx)
+    total = len(targets)
+
+    def follow(m: Measurement) -> Target | None:
+        return next((t for f in followers if (t := f(m)) is not None), None)
+
+    def expect(t: Target) -> None:
+        nonlocal total
+        total += 1
+        judging.expect(t)
 
     def sink(m: Measurement) -> None:
         outcome.count += 1
         writer.put(m)
         judging.add(m)
         if progress is not None:
-            progress(outcome.count, len(targets), m)
+            progress(outcome.count, total, m)
 
     control = None
     if settings.control_path is not None:
         control = asyncio.create_task(_control_run(store, targets, settings, run))
     status = "complete"
     try:
-        await _probe_all(targets, ctx, settings, run.id, sink)
+        await _probe_all(targets, ctx, settings, run.id, sink,
+                         follow if followers else None, expect)
         if control is not None:
             await control
     except asyncio.CancelledError:
@@ -313,7 +345,8 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
             with contextlib.suppress(asyncio.CancelledError):
                 await control
         await asyncio.shield(ctx.aclose())
-        await _finish(store, outcome, catalogue, settings, status, judging, writer)
+        await _finish(store, outcome, catalogue, settings, status, judging, writer,
+                      {f.key: s for f in followers if (s := f.summary())})
     return outcome
 
 
@@ -374,7 +407,8 @@ def _replace(run: Run, **changes: Any) -> Run:
 
 async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Service],
                   settings: SweepSettings, status: str, judging: _Judging | None,
-                  writer: _Writer | None) -> SweepOutcome:
+                  writer: _Writer | None,
+                  follow_ups: dict[str, Any] | None = None) -> SweepOutcome:
     """Judge what is left (deferred services, with the controls stored by now), store the
     last verdicts and the run's summary."""
     vantages = _control_vantages(settings)
@@ -408,6 +442,8 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
         summary["control_measurements"] = len(controls)
     if settings.warnings:
         summary["warnings"] = list(settings.warnings)
+    # the follow-ups, by their key (the traces': how many, and why a failure was not traced)
+    summary.update(follow_ups or {})
     finished = dt.datetime.now(dt.UTC)
     # re-analysis judges the run on what it was judged on here (blockwatch reanalyze)
     await asyncio.shield(asyncio.to_thread(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from dns_server import Behaviour, DNSServer
-from servers import LoopbackServer, blackhole_port, http, make_pki
+from servers import LoopbackServer, blackhole_port, http, make_pki, reset_on_data
 
 from blockwatch.storage import open_store
 
@@ -302,3 +302,24 @@ async def test_what_a_control_would_settle_is_said(world: World) -> None:
     with sqlite3.connect(world.db) as conn:
         (summary,) = conn.execute("SELECT summary FROM runs").fetchone()
     assert json.loads(summary)["needs_control"] == ["dead"]
+
+
+async def test_a_reset_handshake_not_traced_is_said(world: World) -> None:
+    """Issue #13 (6): a handshake reset after the TCP handshake is what the follow-up trace is
+    for; where it is not traced (here the bound is 0; elsewhere no CAP_NET_RAW) the summary and
+    the terminal say so, and why."""
+    async with LoopbackServer(reset_on_data) as server:
+        text = world.config.read_text().replace(
+            'services = ["good", "nxblocked", "injected"]', 'services = ["good", "resets"]')
+        world.config.write_text(text + f'\n[probe.trace]\nmax_follow_ups = 0\n'
+                                       f'\n[[services]]\nname = "resets"\n'
+                                       f'urls = ["https://127.0.0.1:{server.port}/"]\n')
+        res = await blockwatch("run", "--config", str(world.config))
+    assert res.code == 0, res.err
+    assert ("1 reset or unanswered handshake(s) were not traced for raw-packet evidence: over "
+            "[probe.trace] max_follow_ups = 0") in " ".join(res.out.split())
+    with sqlite3.connect(world.db) as conn:
+        (summary,) = conn.execute("SELECT summary FROM runs").fetchone()
+        probes = {p for (p,) in conn.execute("SELECT probe FROM measurements")}
+    assert json.loads(summary)["raw_evidence"]["untraced"] == 1
+    assert "trace" not in probes

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pty
+import select
 import subprocess
 from pathlib import Path
 
@@ -72,6 +73,17 @@ def _terminal_answer(answer: str) -> tuple[int, io.TextIOWrapper, io.TextIOWrapp
     return master, tty_in, tty_err
 
 
+def _read_all(fd: int) -> str:
+    """Everything written to the terminal so far (a pty hands it out in chunks)."""
+    chunks = []
+    while select.select([fd], [], [], 0.2)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
 @pytest.mark.parametrize(("answer", "agreed"), [("yes\n", True), ("no\n", False), ("\n", False)])
 def test_a_terminal_is_asked_once(tmp_path: Path, answer: str, agreed: bool) -> None:
     master, tty_in, tty_err = _terminal_answer(answer)
@@ -81,7 +93,7 @@ def test_a_terminal_is_asked_once(tmp_path: Path, answer: str, agreed: bool) -> 
         else:
             with pytest.raises(ConsentRefused, match="you did not agree"):
                 _ensure(tmp_path, tty_in, tty_err)
-        shown = os.read(master, 65536).decode()
+        shown = _read_all(master)
     finally:
         tty_in.close()
         tty_err.close()
