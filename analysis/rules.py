@@ -22,7 +22,7 @@ from blockwatch.probes import failures as F
 from blockwatch.probes import registry
 from blockwatch.probes.model import Measurement, Verdict
 
-ANALYZER_VERSION = "7"
+ANALYZER_VERSION = "8"
 # 7: a quiet silent address takes nothing from DNS blocking, VPN silence worded per protocol,
 #    a control's fetch elsewhere says nothing about a failed address (#13);
 # 6: bogons and trace readings decided here, raw.before_server by the SYN-ACK's distance, a

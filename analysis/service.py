@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from blockwatch.analysis.rules import BLOCKED, Finding, Rule, first, verdict
 from blockwatch.probes import registry
-from blockwatch.probes.model import Service, Verdict
+from blockwatch.probes.model import AppPart, Service, Verdict
 
 
 def rank(layer_or_probe: str | None) -> int:
@@ -55,52 +56,121 @@ def case(name: str, verdicts: Sequence[Verdict], probes: Mapping[str, str] | Non
     return ServiceCase(name, service, verdicts, probes, keys or {}, blocked, ok, failed)
 
 
-def _app_chat_blocked(c: ServiceCase) -> Finding | None:
-    """The catalogue's app-level rule (``all_chat_fail_with_working_control``): the app is
-    blocked when every connection to its chat endpoints was judged blocked, whatever its web
-    pages do. Only blocking verdicts count, and those already required a control."""
-    s = c.service
-    if s is None or s.app is None or s.app.rule != "all_chat_fail_with_working_control":
-        return None
-    probes = c.probes or {}
-    chat = set(s.app.chat_endpoints)
-    on_chat = [v for v in c.verdicts if v.measurement_id is not None
-               and probes.get(v.measurement_id) in ("tcp", "tls")
-               and c.keys.get(v.measurement_id) in chat]
-    reached = {c.keys[v.measurement_id] for v in on_chat if v.measurement_id}
-    if not on_chat or reached != chat or any(v.verdict not in BLOCKED for v in on_chat):
-        return None
-    layers = sorted({v.layer for v in c.verdicts if v.verdict in BLOCKED and v.layer})
-    return Finding(f"all {len(chat)} chat endpoints blocked: {s.app.text}",
-                   {"chat_endpoints": sorted(chat), "rules": sorted({v.rule_id for v in on_chat})},
-                   ",".join(layers))
+# --- the catalogue's app rules (OONI's whatsapp 0.11, telegram 0.3, signal 0.2, fbmessenger) --
 
 
-def _app_chat_degraded(c: ServiceCase) -> Finding | None:
-    """The catalogue's ``any_chat_fail_with_working_control``: the app is degraded (partial)
-    when some of its chat hosts are blocked on every port measured (as OONI's WhatsApp test:
-    an endpoint counts as blocked only if both 443 and 5222 fail) while others work. Only
-    blocking verdicts count, and those already required a control."""
+@dataclass(frozen=True, slots=True)
+class PartState:
+    """What this run says of one part of an app: ``blocked``, ``degraded`` (some hosts blocked,
+    others working: a part the app tries host by host), ``ok`` or ``unknown`` (failures
+    without evidence, or nothing measured)."""
+
+    part: AppPart
+    state: str
+    blocked: tuple[str, ...]  # hosts
+    working: tuple[str, ...]
+    hosts: int
+    layers: frozenset[str]
+    rules: frozenset[str]
+
+    def says(self) -> str:
+        if self.state == "blocked" and self.part.blocked_when == "any" and self.hosts > 1:
+            return f"{self.part.name} blocked at {_few(self.blocked)}"
+        if self.state == "degraded":
+            return (f"{self.part.name} blocked at {len(self.blocked)} of {self.hosts} hosts "
+                    f"({_few(self.blocked)})")
+        return f"{self.part.name} {self.state}"
+
+
+def _few(hosts: Sequence[str]) -> str:
+    return ", ".join(hosts[:3]) + (", ..." if len(hosts) > 3 else "")
+
+
+def _host_of(endpoint: str) -> str:
+    if "://" in endpoint:
+        return (urlsplit(endpoint).hostname or "").lower()
+    return endpoint.rpartition(":")[0].strip("[]").lower()
+
+
+def app_parts(c: ServiceCase) -> list[PartState]:
+    """Each part of the service's app rule, judged from the verdicts at its endpoints: an
+    endpoint is blocked if a measurement there is (or its host's DNS is), working if every
+    measurement there is ok; a host is blocked if every endpoint of it is, working if one is.
+    Blocking verdicts already required a control (or a strong signature)."""
     s = c.service
-    if s is None or s.app is None or s.app.rule != "any_chat_fail_with_working_control":
-        return None
+    if s is None or s.app is None:
+        return []
     probes = c.probes or {}
-    chat = set(s.app.chat_endpoints)
-    by_host: dict[str, list[Verdict]] = {}
+    at: dict[str, list[Verdict]] = {}
+    dns_blocked: dict[str, list[Verdict]] = {}
     for v in c.verdicts:
         key = c.keys.get(v.measurement_id or "")
-        if v.measurement_id and probes.get(v.measurement_id) in ("tcp", "tls") and key in chat:
-            by_host.setdefault(key.rpartition(":")[0], []).append(v)
-    blocked = sorted(h for h, vs in by_host.items() if all(v.verdict in BLOCKED for v in vs))
-    working = [h for h, vs in by_host.items() if any(v.verdict == "ok" for v in vs)]
-    if not blocked or not working:
+        probe = probes.get(v.measurement_id or "")
+        if key is None:
+            continue
+        if probe == "dns":  # a name's DNS only adds blocking (a quiet silent address is ok)
+            if v.verdict in BLOCKED:
+                dns_blocked.setdefault(key.rpartition("@")[0].lower(), []).append(v)
+        elif v.verdict in BLOCKED or probe not in registry.ADDS_ONLY:
+            at.setdefault(key, []).append(v)
+    out = []
+    for part in s.app.parts:
+        hosts: dict[str, list[str]] = {}
+        evidence: dict[str, list[Verdict]] = {}
+        for e in part.endpoints:
+            host = _host_of(e)
+            vs = [*at.get(e, ()), *dns_blocked.get(host, ())]
+            blocked = [v for v in vs if v.verdict in BLOCKED]
+            evidence.setdefault(host, []).extend(blocked)
+            state = ("blocked" if blocked else
+                     "ok" if vs and all(v.verdict == "ok" for v in vs) else "unknown")
+            hosts.setdefault(host, []).append(state)
+        by_host = {h: ("blocked" if all(x == "blocked" for x in xs) else
+                       "ok" if "ok" in xs else "unknown") for h, xs in hosts.items()}
+        b = tuple(h for h, x in by_host.items() if x == "blocked")
+        w = tuple(h for h, x in by_host.items() if x == "ok")
+        if part.blocked_when == "any":
+            state = "blocked" if b else "ok" if len(w) == len(by_host) else "unknown"
+        else:
+            state = ("blocked" if len(b) == len(by_host) else "degraded" if b and w else
+                     "ok" if w and not b else "unknown")
+        counted = [v for h in b for v in evidence[h]]
+        out.append(PartState(part, state, b, w, len(by_host),
+                             frozenset(v.layer for v in counted if v.layer),
+                             frozenset(v.rule_id for v in counted)))
+    return out
+
+
+def _app_finding(c: ServiceCase, states: list[PartState], hit: list[PartState],
+                 blocked: bool) -> Finding:
+    text = c.service.app.text if c.service is not None and c.service.app is not None else ""
+    says = "; ".join(st.says() for st in states)
+    return Finding(f"{says}{': ' + text if text and blocked else ''}",
+                   {**c.counts, "parts": {st.part.name: {"state": st.state,
+                                                         "blocked_hosts": list(st.blocked)}
+                                          for st in states},
+                    "rules": sorted({r for st in hit for r in st.rules})},
+                   ",".join(sorted({layer for st in hit for layer in st.layers})))
+
+
+def _app_blocked(c: ServiceCase) -> Finding | None:
+    """Every core part of the app is blocked: the app cannot work, whatever its web pages do."""
+    states = app_parts(c)
+    core = [st for st in states if st.part.core]
+    if not core or any(st.state != "blocked" for st in core):
         return None
-    layers = sorted({v.layer for h in blocked for v in by_host[h] if v.layer})
-    return Finding(f"chat blocked at {', '.join(blocked)}, working at {len(working)} other "
-                   f"host(s): {s.app.text}",
-                   {"blocked_hosts": blocked, "rules": sorted({v.rule_id for h in blocked
-                                                               for v in by_host[h]})},
-                   ",".join(layers))
+    return _app_finding(c, states, core, blocked=True)
+
+
+def _app_degraded(c: ServiceCase) -> Finding | None:
+    """Some part of the app is blocked (or some of its hosts are) while some of it works:
+    the app is partly blocked (Telegram's web client blocked while its data centres answer;
+    WhatsApp blocked at some of its chat hosts)."""
+    states = app_parts(c)
+    hit = [st for st in states if st.state in ("blocked", "degraded")]
+    if not hit or not any(st.state in ("ok", "degraded") for st in states):
+        return None
+    return _app_finding(c, states, hit, blocked=False)
 
 
 def _blocking(c: ServiceCase) -> Finding:
@@ -142,12 +212,12 @@ def _inconclusive(c: ServiceCase) -> Finding:
 
 
 SERVICE_RULES: tuple[Rule[ServiceCase], ...] = (
-    Rule("service.app_chat_blocked", "blocked",
-         "the catalogue's app rule: every chat endpoint is blocked (against a control), so the "
-         "app cannot work even if its web pages load", _app_chat_blocked),
-    Rule("service.app_chat_degraded", "partial",
-         "the catalogue's app rule any_chat_fail_with_working_control: some chat hosts are "
-         "blocked on every port (against a control) while others work", _app_chat_degraded),
+    Rule("service.app_blocked", "blocked",
+         "the catalogue's app rule: every core part of the app is blocked, so the app cannot "
+         "work even if its web pages load", _app_blocked),
+    Rule("service.app_degraded", "partial",
+         "the catalogue's app rule: a part of the app is blocked (or some of its hosts are) "
+         "while another part works", _app_degraded),
     Rule("service.partial", "partial", "blocking evidence on some measurements, others work",
          _partial),
     Rule("service.blocked", "blocked", "blocking evidence and no working measurement", _blocked),

@@ -19,6 +19,7 @@ from blockwatch.probes.errors import CatalogueError as CatalogueError  # its hom
 from blockwatch.probes.model import (
     SILENT_PROTOCOLS,
     VPN_PROTOCOLS,
+    AppPart,
     AppRule,
     Endpoint,
     Service,
@@ -33,6 +34,7 @@ _DEFAULT_PORTS = {"openvpn": 1194, "ikev2": 500, "wireguard": 51820, "pptp": 172
                   "l2tp": 1701, "tor": 443, "obfs4": 443, "shadowsocks": 8388}
 _TRANSPORTS = {"ikev2": "udp", "wireguard": "udp", "l2tp": "udp", "pptp": "tcp", "tor": "tcp",
                "obfs4": "tcp", "shadowsocks": "tcp"}
+_PART_KEYS = {"name", "endpoints", "blocked_when", "core"}
 APP_RULES = {
     "all_chat_fail_with_working_control":
         "blocked if every chat endpoint fails (on every port) while the control succeeds",
@@ -112,17 +114,53 @@ def vpn_from_dict(where: str, data: Mapping[str, Any]) -> VPNEndpoint:
 
 
 def _app(name: str, data: Any) -> AppRule | None:
+    """``app = { parts = [{ name, endpoints, blocked_when = "all"|"any", core = true }, ...],
+    text = "..." }``, or the older ``{ chat_endpoints, rule }`` (one core part, "chat")."""
     if data is None:
         return None
-    if not isinstance(data, dict) or set(data) - {"chat_endpoints", "rule"}:
-        raise CatalogueError(f"service {name!r}: app must be a table of chat_endpoints, rule")
-    rule = data.get("rule", "all_chat_fail_with_working_control")
-    if rule not in APP_RULES:
-        raise CatalogueError(f"service {name!r}: app.rule must be one of {', '.join(APP_RULES)}")
-    chat = _str_list(name, "app.chat_endpoints", data.get("chat_endpoints", []))
-    if not chat:
-        raise CatalogueError(f"service {name!r}: app.chat_endpoints is empty")
-    return AppRule(chat_endpoints=chat, rule=rule, text=APP_RULES[rule])
+    where = f"service {name!r}: app"
+    if not isinstance(data, dict):
+        raise CatalogueError(f"{where} must be a table of parts (or chat_endpoints, rule)")
+    if "chat_endpoints" in data or "rule" in data:
+        if set(data) - {"chat_endpoints", "rule"}:
+            raise CatalogueError(f"{where}: chat_endpoints and rule go without other keys")
+        rule = data.get("rule", "all_chat_fail_with_working_control")
+        if rule not in APP_RULES:
+            raise CatalogueError(f"{where}.rule must be one of {', '.join(APP_RULES)}")
+        chat = _str_list(name, "app.chat_endpoints", data.get("chat_endpoints", []))
+        if not chat:
+            raise CatalogueError(f"{where}.chat_endpoints is empty")
+        return AppRule(parts=(AppPart("chat", chat),), text=APP_RULES[rule])
+    if set(data) - {"parts", "text"}:
+        raise CatalogueError(f"{where}: unknown key {sorted(set(data) - {'parts', 'text'})[0]!r} "
+                             "(parts, text)")
+    raw = data.get("parts")
+    if not isinstance(raw, list) or not raw:
+        raise CatalogueError(f"{where}.parts must be a non-empty list of tables")
+    parts: list[AppPart] = []
+    for i, part in enumerate(raw):
+        at = f"{where}.parts[{i}]"
+        if not isinstance(part, dict) or set(part) - _PART_KEYS:
+            raise CatalogueError(f"{at} must be a table of {', '.join(sorted(_PART_KEYS))}")
+        pname = part.get("name")
+        if not isinstance(pname, str) or not pname.strip():
+            raise CatalogueError(f"{at}.name must be a non-empty string")
+        if any(p.name == pname for p in parts):
+            raise CatalogueError(f"{at}: a second part named {pname!r}")
+        endpoints = _str_list(name, f"app.parts[{i}].endpoints", part.get("endpoints", []))
+        if not endpoints:
+            raise CatalogueError(f"{at}.endpoints is empty")
+        when = part.get("blocked_when", "all")
+        if when not in ("all", "any"):
+            raise CatalogueError(f"{at}.blocked_when must be \"all\" or \"any\"")
+        core = part.get("core", True)
+        if not isinstance(core, bool):
+            raise CatalogueError(f"{at}.core must be true or false")
+        parts.append(AppPart(pname, endpoints, when, core))
+    text = data.get("text", "")
+    if not isinstance(text, str):
+        raise CatalogueError(f"{where}.text must be a string")
+    return AppRule(parts=tuple(parts), text=text)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -220,11 +258,11 @@ def service_from_dict(name: str, data: Mapping[str, Any],
                 for i, v in enumerate(vpn_list))
     app = _app(name, data.get("app"))
     if app:
-        known = {str(e) for e in endpoints}
-        missing = [e for e in app.chat_endpoints if e not in known]
+        known = {*(str(e) for e in endpoints), *urls}
+        missing = [e for e in app.endpoints if e not in known]
         if missing:
-            raise CatalogueError(f"service {name!r}: app chat endpoint {missing[0]!r} is not "
-                                 "among its endpoints")
+            raise CatalogueError(f"service {name!r}: app endpoint {missing[0]!r} is not among "
+                                 "its endpoints or urls")
     if not (domains or urls or endpoints or vpn):
         raise CatalogueError(f"service {name!r}: needs at least one of domains, urls, endpoints")
     exclusive = data.get("exclusive_prefixes", False)

@@ -53,14 +53,36 @@ class VPNEndpoint:
     key_file: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AppRule:
-    """An app-level verdict rule from the catalogue: which endpoints carry the app's core
-    function (``chat``) and what failing them means."""
+@dataclass(frozen=True, slots=True)
+class AppPart:
+    """One function of an app, measured at its endpoints, as OONI's experiment for the app
+    measures it (WhatsApp's chat endpoints, registration server and web client; Telegram's data
+    centres and web client; Signal's backend; Messenger's endpoints).
 
-    chat_endpoints: tuple[str, ...]
-    rule: str  # e.g. "all_chat_fail_with_working_control"
-    text: str
+    ``endpoints``: target keys, ``host:port`` (the tcp/tls measurements there) or a URL (the
+    http measurement of it). A host counts as blocked only when every endpoint of it is (OONI's
+    WhatsApp: 443 and 5222), as working when one of them works. ``blocked_when``: ``"all"``,
+    the part is blocked when every host is (the app tries them in turn: Telegram's data
+    centres), degraded when some are and others work; ``"any"``, blocked when one host is (the
+    app needs them all: Signal's backend). ``core``: the app cannot work without it (a web
+    client is not core)."""
+
+    name: str
+    endpoints: tuple[str, ...]
+    blocked_when: str = "all"
+    core: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AppRule:
+    """An app-level verdict rule from the catalogue: the app's parts (``AppPart``)."""
+
+    parts: tuple[AppPart, ...]
+    text: str = ""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(e for p in self.parts for e in p.endpoints))
 
 
 @dataclass(frozen=True, slots=True)

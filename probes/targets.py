@@ -35,10 +35,11 @@ def url_endpoint(url: str) -> tuple[str, int, bool]:
 
 
 def hosts(service: Service) -> list[str]:
-    """The service's names: its domains, then its URLs' hosts (IP literals left out)."""
+    """The service's names: its domains, then its URLs' hosts, then its endpoints' hosts (an
+    app's chat servers: their DNS is evidence of their own; IP literals left out)."""
     out = list(service.domains)
-    for url in service.urls:
-        host, _, _ = url_endpoint(url)
+    for host in [*(url_endpoint(u)[0] for u in service.urls),
+                 *(e.host for e in service.endpoints)]:
         if host not in out and not is_ip(host):
             out.append(host)
     return out

@@ -10,9 +10,9 @@ def test_plan_yields_each_probe_once_per_target() -> None:
                            controls=["https://1.1.1.1/dns-query"])
     keys = [(t.probe, t.key) for t in targets]
     assert len(keys) == len(set(keys))
-    assert ("tcp", "g.whatsapp.net:5222") in keys
-    assert ("tls", "g.whatsapp.net:443") in keys
-    assert ("tls", "g.whatsapp.net:5222") not in keys
+    assert ("tcp", "e1.whatsapp.net:5222") in keys
+    assert ("tls", "e16.whatsapp.net:443") in keys
+    assert ("tls", "e1.whatsapp.net:5222") not in keys
     assert ("http", "https://web.whatsapp.com/") in keys
     assert ("dns", "whatsapp.com@https://1.1.1.1/dns-query") in keys
     assert {t.probe for t in targets} == {"dns", "tcp", "tls", "http"}

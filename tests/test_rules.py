@@ -121,8 +121,10 @@ EXAMPLES: dict[str, Callable[[], list[Verdict]]] = {
     "http.blockpage_weak_vs_control": lambda: _weak_page(True),
     "http.failure_vs_control": _http_failure_vs_control,
     "probe.bug": _bug,
-    "service.app_chat_degraded": lambda: any_chat_run([F.CONNECTION_RESET,
-                                                        F.CONNECTION_RESET, None]),
+    "service.app_degraded": lambda: any_chat_run([F.CONNECTION_RESET,
+                                                   F.CONNECTION_RESET, None]),
+    # one chat port of a host still works: no part is blocked, the generic rule speaks
+    "service.partial": lambda: any_chat_run([F.CONNECTION_RESET, None, None]),
     "vpn.unverifiable": lambda: judge_run(
         [vpn_m("home", "unverifiable", "vpn_unverifiable_without_key")], {}, []),
     "raw.unavailable": lambda: judge_run([trace(raw(capture=False, synack=None, reply=None,

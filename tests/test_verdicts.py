@@ -184,7 +184,7 @@ def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
 
 
 def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
-    assert ANALYZER_VERSION == "7"
+    assert ANALYZER_VERSION == "8"
     known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked",
              "blocked", "partial", "down", "inconclusive", "network_unavailable", "error",
              *(f"{spec.layer}_blocked" for spec in registry.SPECS)}  # vpn_blocked, stun_blocked
@@ -490,7 +490,7 @@ def test_app_rule_blocks_the_app_when_every_chat_endpoint_is_blocked() -> None:
     both = [tcp("home", 443, F.CONNECTION_RESET), tcp("home", 5222, F.GENERIC_TIMEOUT)]
     out = judge_run([web, *both, *controls], {"wa": wa}, [], control_vantages=["vps"])
     v = service_verdict(out, "wa")
-    assert (v.verdict, v.rule_id) == ("blocked", "service.app_chat_blocked"), v
+    assert (v.verdict, v.rule_id) == ("blocked", "service.app_blocked"), v
     # one chat port still works: the app rule does not apply; web + one chat ok = partial
     one = [tcp("home", 443, F.CONNECTION_RESET), tcp("home", 5222, None)]
     out = judge_run([web, *one, *controls], {"wa": wa}, [], control_vantages=["vps"])
@@ -600,8 +600,8 @@ def test_the_any_chat_app_rule_is_applied_host_by_host() -> None:
     some hosts blocked while others work is the app degraded (partial)."""
     reset = F.CONNECTION_RESET
     v = service_verdict(any_chat_run([reset, reset, None]), "im")
-    assert (v.verdict, v.rule_id) == ("partial", "service.app_chat_degraded"), v
-    assert v.details["blocked_hosts"] == ["a.chat.example"]
+    assert (v.verdict, v.rule_id) == ("partial", "service.app_degraded"), v
+    assert v.details["parts"]["chat"] == {"state": "degraded", "blocked_hosts": ["a.chat.example"]}
     # one port of a host still works: that host is not blocked; the generic rule speaks
     v = service_verdict(any_chat_run([reset, None, None]), "im")
     assert v.rule_id == "service.partial"

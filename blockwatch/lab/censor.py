@@ -54,13 +54,13 @@ def dnsmasq_isp_conf(scenario: Scenario, cat: Catalogue) -> str:
              f"server={PUBLIC_RESOLVER}", "cache-size=0", "user=root", "group=root"]
     for service in scenario.services_with("dns_nxdomain"):
         # an empty server= makes the names "local": nothing to answer with, so NXDOMAIN
-        lines += [f"server=/{h}/" for h in cat.hosts_of(service)]
+        lines += [f"server=/{h}/" for h in scenario.hosts(cat, service)]
     # dnsmasq answers a type it was given an address= for and forwards the others (since
     # 2.86): ``local=`` beside it makes them an empty answer (NOERROR, no records) instead
     for method, answers in (("dns_bogon", (BOGON, BOGON6)), ("dns_poison", (SINKHOLE, SINKHOLE6)),
                             ("dns_poison_known", (KNOWN_FORGED,))):
         for service in scenario.services_with(method):
-            for h in cat.hosts_of(service):
+            for h in scenario.hosts(cat, service):
                 lines += [*(f"address=/{h}/{a}" for a in answers), f"local=/{h}/"]
     return "\n".join(lines) + "\n"
 
@@ -77,8 +77,8 @@ def _sets(pairs: Iterable[tuple[str, str]], scenario: Scenario, cat: Catalogue) 
     out = []
     for name, method in pairs:
         services = scenario.services_with(method)
-        out.append(_set(name, [a for s in services for a in cat.addresses_of(s)]))
-        out.append(_set(f"{name}6", [a for s in services for a in cat.addresses6_of(s)],
+        out.append(_set(name, [a for s in services for a in scenario.addresses(cat, s)]))
+        out.append(_set(f"{name}6", [a for s in services for a in scenario.addresses6(cat, s)],
                         "ipv6_addr"))
     return "".join(out)
 
@@ -141,7 +141,7 @@ def server_ruleset(scenario: Scenario, cat: Catalogue) -> str:
     broken AAAA: silence), while its IPv4 addresses answer."""
     sets = _sets((("down", "server_down"),), scenario, cat)
     sets += _set("v6_broken", [a for s in scenario.services_with("ipv6_broken")
-                               for a in cat.addresses6_of(s)], "ipv6_addr")
+                               for a in scenario.addresses6(cat, s)], "ipv6_addr")
     rules = "".join(f"    {r}\n" for r in [
         *_both("ip daddr @down reject with icmpx type host-unreachable"),
         "ip6 daddr @v6_broken drop"])
@@ -169,12 +169,13 @@ def iptables_rules(scenario: Scenario, cat: Catalogue, family: int = 4) -> list[
     ip6tables (6). The DNS injector is IPv4 only: the lab's resolvers listen on IPv4."""
     rules: list[list[str]] = []
     for service in scenario.services_with("tls_sni_rst"):
-        for h in cat.hosts_of(service):
+        for h in scenario.hosts(cat, service):
             rules.append(["-A", "bw-fwd", "-i", "down0", "-p", "tcp", *_sni_match(h),
                           "-j", "REJECT", "--reject-with", "tcp-reset"])
     delayed = ["-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE), "--queue-bypass"]
     for service in scenario.services_with("delay"):
-        for a in cat.addresses_of(service) if family == 4 else cat.addresses6_of(service):
+        for a in (scenario.addresses(cat, service) if family == 4
+                  else scenario.addresses6(cat, service)):
             rules.append(["-A", "bw-fwd", "-i", "down0", "-d", a, *delayed])
             rules.append(["-A", "bw-fwd", "-o", "down0", "-s", a, *delayed])
     if family == 4 and scenario.services_with("dns_injection"):
@@ -185,7 +186,7 @@ def iptables_rules(scenario: Scenario, cat: Catalogue, family: int = 4) -> list[
 
 
 def injected_names(scenario: Scenario, cat: Catalogue) -> dict[str, object]:
-    names = [h for s in scenario.services_with("dns_injection") for h in cat.hosts_of(s)]
+    names = [h for s in scenario.services_with("dns_injection") for h in scenario.hosts(cat, s)]
     return {"answer": SINKHOLE, "answer6": SINKHOLE6, "names": sorted(set(names))}
 
 

@@ -12,8 +12,10 @@ A scenario is a TOML file (the shipped ones are in ``blockwatch/lab/scenarios/``
     udp_ports = [1194, 51820]  # for udp_drop
     delay_ms = 200             # for delay
 
-    [expect]                   # optional: collateral damage the censor causes elsewhere
-    messenger = "partial dns"  # e.g. it shares names under a poisoned facebook.com
+    [only]                     # optional: a service's methods hit only these names/addresses
+    telegram = ["web.telegram.org", "149.154.175.50"]
+    [expect]                   # optional: collateral damage, or what [only] leaves working
+    messenger = "blocked dns"  # e.g. it shares names under a poisoned facebook.com
 
 Each method also carries, as data, what the analyzer (``blockwatch.analysis``, version
 ``ANALYZER``) must say about the affected service from the censored client of a single
@@ -62,11 +64,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockwatch.lab.state import LabError
 
-ANALYZER = "7"  # the analysis.rules.ANALYZER_VERSION these expectations were checked against
+if TYPE_CHECKING:
+    from blockwatch.lab.services import Catalogue
+
+ANALYZER = "8"  # the analysis.rules.ANALYZER_VERSION these expectations were checked against
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +169,27 @@ class Scenario:
     blocks: Mapping[str, tuple[str, ...]]  # service -> methods
     options: Mapping[str, Any] = field(default_factory=dict)
     expect: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+    # service -> the host names and IP literals its methods are limited to (``[only]``)
+    only: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def services_with(self, method: str) -> list[str]:
         return [s for s, ms in self.blocks.items() if method in ms]
+
+    def hosts(self, cat: Catalogue, service: str) -> list[str]:
+        """The names the name-based methods (DNS, SNI) hit for ``service``."""
+        hosts = cat.hosts_of(service)
+        only = self.only.get(service)
+        return hosts if only is None else [h for h in hosts if h in only]
+
+    def addresses(self, cat: Catalogue, service: str) -> list[str]:
+        """The IPv4 addresses the address-based methods hit for ``service``: with ``[only]``,
+        just the IP literals listed there (its own address serves every name)."""
+        only = self.only.get(service)
+        addresses = cat.addresses_of(service)
+        return addresses if only is None else [a for a in addresses if a in only]
+
+    def addresses6(self, cat: Catalogue, service: str) -> list[str]:
+        return cat.addresses6_of(service) if service not in self.only else []
 
     def option(self, key: str) -> Any:
         return self.options.get(key, _OPTIONS[key][1])
@@ -202,10 +225,10 @@ def parse(text: str, source: str, name: str, known: Mapping[str, object]) -> Sce
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise LabError(f"{source}: not valid TOML: {exc}") from None
-    unknown = set(raw) - {"description", "services", "options", "expect"}
+    unknown = set(raw) - {"description", "services", "options", "expect", "only"}
     if unknown:
         raise LabError(f"{source}: unknown key {sorted(unknown)[0]!r} (expected description, "
-                       "services, options, expect)")
+                       "services, options, expect, only)")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise LabError(f"{source}: description must be a string")
@@ -228,7 +251,33 @@ def parse(text: str, source: str, name: str, known: Mapping[str, object]) -> Sce
         blocks[service] = tuple(dict.fromkeys(methods))
     return Scenario(name=name, description=description, blocks=blocks,
                     options=_options(raw.get("options", {}), source),
-                    expect=_expect(raw.get("expect", {}), source, known))
+                    expect=_expect(raw.get("expect", {}), source, known),
+                    only=_only(raw.get("only", {}), source, known, blocks))
+
+
+def _only(raw: Any, source: str, known: Mapping[str, object],
+          blocks: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """``[only]``: service = [names and IP literals of it]: its methods hit those alone (a
+    partly blocked app)."""
+    if not isinstance(raw, dict):
+        raise LabError(f"{source}: [only] must be a table of service = [hosts]")
+    out: dict[str, tuple[str, ...]] = {}
+    for service, value in raw.items():
+        if service not in blocks:
+            raise LabError(f"{source}: only.{service}: not a service of [services]")
+        if not isinstance(value, list) or not value or not all(
+                isinstance(h, str) for h in value):
+            raise LabError(f"{source}: only.{service}: a list of its host names or addresses")
+        from blockwatch.lab.services import service_hosts
+
+        svc: Any = known[service]
+        mine = {*service_hosts(svc), *(e.host for e in svc.endpoints)}
+        for h in value:
+            if h.lower() not in mine:
+                raise LabError(f"{source}: only.{service}: {h!r} is not one of its names or "
+                               "addresses")
+        out[service] = tuple(h.lower() for h in value)
+    return out
 
 
 def _expect(raw: Any, source: str, known: Mapping[str, object]
