@@ -32,25 +32,23 @@ def test_every_service_as_the_scenario_expects_from_one_vantage(alone: Any) -> N
 def test_the_parts_are_named(alone: Any) -> None:
     tg = alone.services["telegram"]
     assert tg.rule_id == "service.app_degraded" and tg.evidence == "data centres ok; web blocked"
-    wa = alone.services["whatsapp"]
-    assert wa.rule_id == "service.app_degraded", wa
-    assert wa.details["parts"]["chat endpoints"] == {
-        "state": "degraded", "blocked_hosts": [f"e{i}.whatsapp.net" for i in range(1, 9)]}
-    assert {p: d["state"] for p, d in wa.details["parts"].items()} == {
-        "chat endpoints": "degraded", "registration": "ok", "web": "ok"}
+    fbm = alone.services["messenger"]
+    assert fbm.rule_id == "service.app_blocked", fbm
+    assert fbm.details["parts"]["endpoints"] == {"state": "blocked",
+                                                 "blocked_hosts": ["edge-mqtt.facebook.com"]}
     sig = alone.services["signal"]
     assert sig.rule_id == "service.app_blocked", sig
     assert sig.evidence.startswith("backend blocked at storage.signal.org")
 
 
 def test_nothing_but_the_listed_hosts_is_touched(alone: Any) -> None:
-    """[only] limits each method: the other data centres and chat hosts connect."""
+    """[only] limits each method: the other data centres and Messenger hosts connect."""
     tcp = [r for r in alone.measurements("telegram") if r["probe"] == "tcp"]
     failed = {r["target"].rpartition(":")[0] for r in tcp if r["failure"]}
     assert failed == set(DROPPED), tcp
-    wa = [r for r in alone.measurements("whatsapp") if r["probe"] in ("tcp", "tls")]
-    bad = {r["target"].rpartition(":")[0] for r in wa if r["failure"]}
-    assert bad == {f"e{i}.whatsapp.net" for i in range(1, 9)}
+    fbm = [r for r in alone.measurements("messenger") if r["probe"] in ("tcp", "tls")]
+    bad = {r["target"].rpartition(":")[0] for r in fbm if r["failure"]}
+    assert bad == {"edge-mqtt.facebook.com"}, fbm
 
 
 def test_dropped_data_centres_are_named_against_the_control(lab: Lab) -> None:
