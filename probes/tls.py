@@ -32,9 +32,6 @@ import hashlib
 import ssl
 from dataclasses import dataclass, replace
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, Dialed, Route, Streams, attempt, close, plan
 from blockwatch.probes.errors import ProbeError
@@ -113,7 +110,12 @@ class Leaf:
 
 
 def describe(der: bytes) -> Leaf:
-    """Subject CN (or the whole subject without one), SANs and notAfter of a certificate."""
+    """Subject CN (or the whole subject without one), SANs and notAfter of a certificate.
+    (cryptography is imported here, at the first certificate: planning a sweep imports this
+    module, and a sweep of plain-HTTP URLs never parses one.)"""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:

@@ -6,6 +6,10 @@ Guarantees of ``upgrade``:
   advisory lock on PostgreSQL), so two processes opening a fresh database at once do not race:
   the second waits, then finds the schema at head;
 - it is idempotent: at head, it changes nothing;
+- a database without any of blockwatch's tables (a new file, an empty PostgreSQL database) gets
+  today's schema from the ORM classes and is stamped HEAD, in the same locked transaction,
+  without importing Alembic (about 13 MiB and 0.2 s of a first run); tests check that this
+  schema is the migrations' own, table by table, column by column, index by index;
 - it refuses, with ``StorageError``, a database stamped with a revision this software does not
   know (written by a newer blockwatch) and one that has blockwatch's tables but no revision;
 - on SQLite, foreign keys are off while migrating (batch migrations drop and recreate tables,
@@ -20,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import inspect
+from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -86,8 +90,6 @@ def upgrade(engine: Engine, where: str) -> None:
     """Migrate the database behind ``engine`` to head (``where`` names it in errors)."""
     if _at_head(engine):
         return
-    from alembic import command
-
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as conn:
         if sqlite:
@@ -97,13 +99,36 @@ def upgrade(engine: Engine, where: str) -> None:
             with conn.begin():
                 if engine.dialect.name == "postgresql":
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
-                _check(conn, where)
-                command.upgrade(alembic_config(connection=conn), "head")
+                if _fresh(conn):
+                    create_at_head(conn)
+                else:
+                    from alembic import command
+
+                    _check(conn, where)
+                    command.upgrade(alembic_config(connection=conn), "head")
                 if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
                     raise StorageError(where, "migration left rows with dangling references")
         finally:
             if sqlite:
                 _raw(conn, "PRAGMA foreign_keys = ON")
+
+
+_VERSION = Table("alembic_version", MetaData(),  # as Alembic makes it
+                 Column("version_num", String(32), nullable=False),
+                 PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))
+
+
+def _fresh(conn: Connection) -> bool:
+    """No table of blockwatch's and no schema revision: a new database."""
+    names = set(inspect(conn).get_table_names())
+    return not names & {*Base.metadata.tables, _VERSION.name}
+
+
+def create_at_head(conn: Connection) -> None:
+    """Today's schema from the ORM classes, stamped HEAD (inside the caller's transaction)."""
+    Base.metadata.create_all(conn)
+    _VERSION.create(conn)
+    conn.execute(_VERSION.insert().values(version_num=HEAD))
 
 
 def _check(conn: Connection, where: str) -> None:

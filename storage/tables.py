@@ -90,19 +90,21 @@ class MeasurementRow(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     vantage: Mapped[str]
     service: Mapped[str]
-    # the service's category (a test list's category code): migration 0003
-    category: Mapped[str | None]
     probe: Mapped[str]
     probe_version: Mapped[str]
     target: Mapped[str]
     target_json: Mapped[dict[str, Any]]
     started_at: Mapped[dt.datetime]
     runtime_s: Mapped[float] = mapped_column(Double)  # DOUBLE PRECISION on PostgreSQL
-    # the part of runtime_s spent waiting for our own limits (migration 0003)
-    queued_s: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
     failure: Mapped[str | None]
     failed_operation: Mapped[str | None]
     observations: Mapped[list[dict[str, Any]]]
+    # columns added by migrations come last, in their order, so that a new database (built from
+    # these classes) has the migrated one's column order: migration 0003's two
+    # the part of runtime_s spent waiting for our own limits
+    queued_s: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
+    # the service's category (a test list's category code)
+    category: Mapped[str | None]
 
     __table_args__ = (
         Index("ix_measurements_run_id", "run_id"),

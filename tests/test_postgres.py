@@ -265,3 +265,37 @@ def test_reanalyze(postgres_url: str, tmp_path: Path) -> None:
     history = _sql(postgres_url, "SELECT analyzer_version, verdict FROM verdicts WHERE "
                                  "measurement_id = 'run-1-system' ORDER BY id")
     assert history == [("1", "inconclusive"), (ANALYZER_VERSION, "dns_blocked")]
+
+
+PG_SCHEMA = {
+    "columns": "SELECT table_name, ordinal_position, column_name, data_type, is_nullable, "
+               "column_default FROM information_schema.columns WHERE table_schema = 'public' "
+               "ORDER BY table_name, ordinal_position",
+    "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes "
+               "WHERE schemaname = 'public' ORDER BY tablename, indexname",
+    "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+                   "FROM pg_constraint WHERE connamespace = 'public'::regnamespace "
+                   "ORDER BY 1, 2",
+    "revision": "SELECT version_num FROM alembic_version",
+}
+
+
+def test_a_new_database_gets_the_migrations_schema(postgres_server: PostgresServer) -> None:
+    """A new PostgreSQL database is built from the ORM classes and stamped HEAD (no Alembic):
+    its columns (in order, with types, defaults, nullability), indexes and constraints are the
+    ones the migrations build, revision by revision."""
+    from alembic import command
+
+    from blockwatch.storage.db import create_engine_for
+    from blockwatch.storage.migrate import alembic_config
+
+    new, old = postgres_server.create_database(), postgres_server.create_database()
+    with open_store(new):
+        pass
+    engine = create_engine_for(old)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(connection=conn), "head")
+    engine.dispose()
+    for what, sql in PG_SCHEMA.items():
+        assert _sql(new, sql) == _sql(old, sql), what
+    assert _sql(new, PG_SCHEMA["revision"]) == [(head(),)]

@@ -314,10 +314,63 @@ def test_head_names_the_newest_migration() -> None:
     assert head() == HEAD  # a database at HEAD opens without Alembic: the two must agree
 
 
-def test_migrations_match_the_orm(store: Store) -> None:
-    with store.engine.connect() as conn:
+def migrated(path: Path) -> Path:
+    """A database built by the migrations themselves, every revision in turn (Alembic)."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from blockwatch.storage.migrate import alembic_config
+
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(connection=conn), "head")
+    engine.dispose()
+    return path
+
+
+def sqlite_schema(path: Path) -> dict[str, object]:
+    """Every table's columns, indexes (with their columns) and foreign keys, and the revision."""
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        out: dict[str, object] = {}
+        for t in tables:
+            indexes = {}
+            for _, name, unique, origin, partial in conn.execute(f"PRAGMA index_list('{t}')"):
+                cols = [r[2] for r in conn.execute(f"PRAGMA index_info('{name}')")]
+                indexes[name if origin == "c" else f"({origin}){cols}"] = (unique, partial, cols)
+            out[t] = (list(conn.execute(f"PRAGMA table_info('{t}')")), indexes,
+                      sorted(r[2:] for r in conn.execute(f"PRAGMA foreign_key_list('{t}')")))
+        out["revision"] = list(conn.execute("SELECT version_num FROM alembic_version"))
+    return out
+
+
+def test_migrations_match_the_orm(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{migrated(tmp_path / 'm.db')}")
+    with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
+    engine.dispose()
+
+
+def test_a_new_database_gets_the_migrations_schema_without_alembic(tmp_path: Path) -> None:
+    """open_store builds a new database from the ORM classes and stamps it HEAD (no Alembic
+    import): table by table, column by column, index by index, it is what the migrations
+    build; and Alembic then finds it at head."""
+    with open_store(f"sqlite:///{tmp_path / 'new.db'}") as store:
+        store.start_run(make_run())
+        with store.engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_heads() == (head(),)
+    new = sqlite_schema(tmp_path / "new.db")
+    assert new == sqlite_schema(migrated(tmp_path / "m.db"))
+    assert set(new) >= {"runs", "measurements", "verdicts", "schedule_state", "revision"}
+    probe = "import sys, blockwatch.storage as s; s.open_store(sys.argv[1]).close(); " \
+            "print('alembic' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe, f"sqlite:///{tmp_path / 'x.db'}"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_reopening_is_idempotent(url: str) -> None:
