@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ``register(subparsers, common) -> {command: handler}``; adding one is one line here.
 EXTENSIONS: tuple[str, ...] = ("blockwatch.schedule_cli", "blockwatch.lab.cli",
                                "blockwatch.report_cli", "blockwatch.ooni_cli",
-                               "blockwatch.trace_cli")
+                               "blockwatch.trace_cli", "blockwatch.collector.cli")
 
 
 def _extensions() -> list[Any]:

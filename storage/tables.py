@@ -156,3 +156,18 @@ class ScheduleStateRow(Base):
     daemon_pid: Mapped[int | None]
     daemon_host: Mapped[str | None]
     updated_at: Mapped[dt.datetime]
+
+
+class CollectorTokenRow(Base):
+    """A vantage the collector accepts submissions from (migration 0005): the SHA-256 of its
+    token, never the token; the vantage's name, country and ASN fix what it may write."""
+
+    __tablename__ = "collector_tokens"
+
+    vantage: Mapped[str] = mapped_column(primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(unique=True)
+    country: Mapped[str | None]
+    asn: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+

@@ -1,0 +1,168 @@
+"""The collector's HTTP service (Starlette, served by uvicorn).
+
+Endpoints (JSON answers; an error is ``{"error": "..."}`` with the status that says whether to
+retry: 4xx never, 5xx later):
+
+- ``POST /api/v1/submit``: a batch (``blockwatch.collector.batch``) with ``Authorization:
+  Bearer <token>``; 200 ``{"runs", "measurements", "verdicts", "duplicates"}`` once committed;
+  401 no or unknown token, 403 revoked or another vantage's data, 400 bad compression, 413 too
+  large (on the wire, decompressed, or too many records), 415 unknown encoding, 422 invalid
+  records, 429 over the token's rate (``Retry-After``), 503 the database is unavailable;
+- ``GET /api/v1/token``: the token's vantage (a client checks its token);
+- ``GET /healthz``: 200 when the database answers, else 503.
+
+No address of a client is stored, logged or answered with: uvicorn runs without its access log
+and without proxy headers, and this module's log lines name the vantage only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from blockwatch.collector import tokens
+from blockwatch.collector.batch import MAX_BODY, BatchError, decompress, parse
+from blockwatch.collector.ingest import store_batch
+from blockwatch.storage.errors import StorageError
+
+log = logging.getLogger("blockwatch.collector")
+
+
+@dataclass(slots=True)
+class Bucket:
+    """A token bucket: ``rate`` submissions a second on average, ``burst`` at once."""
+
+    rate: float
+    burst: float
+    level: float = 0.0
+    at: float = field(default_factory=time.monotonic)
+
+    def take(self) -> float:
+        """0 if a submission may go now, else the seconds until one may."""
+        now = time.monotonic()
+        self.level = max(0.0, self.level - (now - self.at) * self.rate)
+        self.at = now
+        if self.level + 1 > self.burst:
+            return (self.level + 1 - self.burst) / self.rate
+        self.level += 1
+        return 0.0
+
+
+def _error(message: str, status: int, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlette:
+    buckets: dict[str, Bucket] = {}
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def vantage_of(request: Request) -> tokens.Vantage | JSONResponse:
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error("no token: send Authorization: Bearer <token>", 401,
+                          **{"WWW-Authenticate": "Bearer"})
+        try:
+            found: tokens.Vantage | None = await run(tokens.check, store, token.strip())
+        except StorageError:
+            return _error("the database is unavailable; try again later", 503)
+        if found is None:
+            return _error("unknown token", 401, **{"WWW-Authenticate": "Bearer"})
+        if found.revoked_at is not None:
+            return _error(f"the token of vantage {found.name!r} was revoked", 403)
+        return found
+
+    async def submit(request: Request) -> JSONResponse:
+        vantage = await vantage_of(request)
+        if isinstance(vantage, JSONResponse):
+            return vantage
+        wait = buckets.setdefault(vantage.name, Bucket(rate, burst)).take()
+        if wait > 0:
+            return _error(f"over {rate:g} submissions a second", 429,
+                          **{"Retry-After": str(max(1, round(wait)))})
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+            return _error(f"batch of {declared} bytes: at most {MAX_BODY}", 413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return _error(f"batch larger than {MAX_BODY} bytes", 413)
+        try:
+            batch = await run(lambda: parse(decompress(
+                bytes(body), request.headers.get("content-encoding", ""))))
+            stored = await run(store_batch, store, batch, vantage)
+        except BatchError as exc:
+            log.info("vantage %s: batch refused (%d): %s", vantage.name, exc.status, exc)
+            return _error(str(exc), exc.status)
+        except StorageError as exc:
+            log.warning("vantage %s: database error: %s", vantage.name, exc)
+            return _error("the database is unavailable; nothing was stored, try again later",
+                          503)
+        log.info("vantage %s: stored %s", vantage.name, stored.to_dict())
+        return JSONResponse(stored.to_dict())
+
+    async def whoami(request: Request) -> JSONResponse:
+        vantage = await vantage_of(request)
+        if isinstance(vantage, JSONResponse):
+            return vantage
+        return JSONResponse({"vantage": vantage.name, "country": vantage.country,
+                             "asn": vantage.asn})
+
+    async def health(_request: Request) -> JSONResponse:
+        try:
+            await run(tokens.listed, store)
+        except StorageError:
+            return _error("the database is unavailable", 503)
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[Route("/api/v1/submit", submit, methods=["POST"]),
+                             Route("/api/v1/token", whoami, methods=["GET"]),
+                             Route("/healthz", health, methods=["GET"])])
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's own logging configuration, without its access log (which names the client's
+    address and port): that logger drops everything below CRITICAL, whatever handlers a
+    deployment attaches to it."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg["handlers"].pop("access", None)
+    cfg["formatters"].pop("access", None)
+    cfg["loggers"]["uvicorn.access"] = {"handlers": [], "level": "CRITICAL",
+                                        "propagate": False}
+    cfg["loggers"]["uvicorn.error"] = {"level": "INFO"}
+    return cfg
+
+
+def make_server(store: Any, host: str, port: int, *, certfile: str | None = None,
+                keyfile: str | None = None, rate: float = 20.0,
+                burst: float = 60.0) -> Any:
+    """The uvicorn server of ``make_app``: no access log, no proxy headers, no Server header."""
+    import uvicorn
+
+    log.setLevel(logging.INFO)  # one line per submission: the vantage and what was stored
+    return uvicorn.Server(uvicorn.Config(
+        make_app(store, rate=rate, burst=burst), host=host, port=port, access_log=False,
+        proxy_headers=False, server_header=False, ssl_certfile=certfile,
+        # log_level None: uvicorn would set the access logger's level back to it
+        ssl_keyfile=keyfile, log_level=None, log_config=log_config(),
+        timeout_graceful_shutdown=10))
+
+
+def serve(store: Any, host: str, port: int, **kw: Any) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn's own handling: requests in flight finish)."""
+    make_server(store, host, port, **kw).run()

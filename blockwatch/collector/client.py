@@ -1,0 +1,53 @@
+"""The vantage's side: a stored run as submission batches, and one submission.
+
+``batches(store, run_id)`` reads a run back from the local database (the run, its measurements
+with their observations, its verdicts) and cuts it into batches of at most ``PER_BATCH``
+measurements: the first carries the run, each carries the verdicts of its measurements, the
+last the service verdicts. Each batch is complete in itself, so the collector stores any of
+them alone (idempotently) and they may arrive in any order after the first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+from blockwatch.collector.batch import encode
+from blockwatch.storage.convert import measurement_to_row, run_to_row, verdict_to_row
+
+PER_BATCH = 2000
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items()}
+
+
+def batches(store: Any, run_id: str) -> Iterator[bytes]:
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(run_id)
+    run_row = _json_row(run_to_row(run))
+    by_measurement: dict[str | None, list[dict[str, Any]]] = {}
+    for v in store.verdicts(run_id=run.id):
+        row = verdict_to_row(v, run_id=run.id, created_at=dt.datetime.now(dt.UTC))
+        row.pop("created_at", None)
+        by_measurement.setdefault(v.measurement_id, []).append(row)
+    chunk: list[dict[str, Any]] = []
+    first = True
+
+    def cut(last: bool) -> bytes:
+        nonlocal first
+        verdicts = [v for m in chunk for v in by_measurement.get(m["id"], ())]
+        if last:
+            verdicts += by_measurement.get(None, [])
+        body = encode(run.vantage, [run_row] if first else [], chunk, verdicts)
+        first = False
+        return body
+
+    for m in store.measurements(run_id=run.id):
+        chunk.append(_json_row(measurement_to_row(m)))
+        if len(chunk) >= PER_BATCH:
+            yield cut(last=False)
+            chunk = []
+    yield cut(last=True)
