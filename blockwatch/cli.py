@@ -254,6 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in settings.warnings:  # what the scope switches off, said before the sweep
         print(f"blockwatch: warning: {warning}", file=sys.stderr)
     interactive = sys.stderr.isatty() and not (args.json or args.quiet)
+    sending = _sending(cfg)  # an unreadable token is a config error before anything is probed
     lock = guard_run(cfg, yes=args.yes, group=settings.group, state=state_dir())
     if isinstance(lock, int):
         return lock
@@ -264,7 +265,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome, stop = _run_sweep(store, services, targets, ctx, settings, interactive,
                                    max_runtime)
         if outcome is None:
-            return _stopped(store, settings.group, stop, max_runtime)
+            code = _stopped(store, settings.group, stop, max_runtime)
+            if sending is not None:
+                latest = store.runs(limit=1, group=settings.group)
+                if latest:
+                    _submit(store, sending, latest[0].id, cfg, quiet=args.quiet)
+            return code
         _log_done(outcome.run)
         if args.json:
             from blockwatch.storage.export import write_jsonl
@@ -272,11 +278,43 @@ def cmd_run(args: argparse.Namespace) -> int:
             write_jsonl(store.export_rows(run_id=outcome.run.id), sys.stdout)
         elif not args.quiet:
             _print_summary(outcome, sys.stdout)
+        if sending is not None:
+            _submit(store, sending, outcome.run.id, cfg, quiet=args.quiet)
     if outcome.run.status == "network_unavailable":
         print("blockwatch: network unavailable: no baseline endpoint answered, nothing was "
               "probed (run stored as network_unavailable)", file=sys.stderr)
         return EXIT_NETWORK
     return EXIT_OK
+
+
+def _sending(cfg: Any) -> Any:
+    from blockwatch.collector.outbox import sending_of
+
+    try:
+        return sending_of(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: collector: {exc}") from None
+
+
+def _submit(store: Any, sending: Any, run_id: str, cfg: Any, *, quiet: bool) -> None:
+    """The run into the outbox, and what is due to the collector; never the run's exit code."""
+    from blockwatch.collector.outbox import after_run
+    from blockwatch.scheduler.logfmt import fields
+
+    report = after_run(store, sending, run_id, budget_s=cfg.collector.flush_budget_s)
+    log.info("collector.flush", extra=fields(sent=len(report.sent), batches=report.batches,
+                                             pending=report.pending,
+                                             rejected=len(report.rejected)))
+    if quiet or not (report.retry or report.rejected):
+        return
+    if report.retry:
+        why = next(iter(report.retry.values()))
+        print(f"blockwatch: {len(report.retry)} run(s) wait in the outbox for the collector "
+              f"({why}); they are sent after the next run, or by `blockwatch submit`",
+              file=sys.stderr)
+    for run, why in report.rejected.items():
+        print(f"blockwatch: the collector refused run {run[:13]}: {why} (set aside: "
+              "`blockwatch outbox`)", file=sys.stderr)
 
 
 def _report_inputs(lists: Sequence[Any], *, quiet: bool) -> None:

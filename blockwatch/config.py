@@ -114,6 +114,40 @@ class Storage(_Strict):
 PositiveSeconds = Annotated[float, Field(gt=0, le=300)]
 
 
+class Collector(_Strict):
+    """``[collector]``: where this vantage submits its runs (blockwatch/collector/outbox.py)."""
+
+    url: str | None = Field(default=None, max_length=2048)
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    # at most this long is spent submitting at the end of a run (the rest waits for the next)
+    flush_budget_s: float = Field(default=60.0, ge=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be https://HOST[:PORT] (or http:// on a trusted link)")
+        return v
+
+    @field_validator("ca_file", "token_file")
+    @classmethod
+    def _file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"file {v} does not exist")
+        return v
+
+    @model_validator(mode="after")
+    def _token(self) -> Collector:
+        if self.url is not None and self.token_file is None:
+            raise ValueError("url needs token_file (blockwatch collector token add prints the "
+                             "token to put in it)")
+        return self
+
+
 class Timeouts(_Strict):
     dns: PositiveSeconds = 4.0
     tcp: PositiveSeconds = 10.0
@@ -306,6 +340,7 @@ class Config(_Strict):
     consent: bool = False
     vantage: Vantage = Field(default_factory=Vantage)
     storage: Storage = Field(default_factory=Storage)
+    collector: Collector = Field(default_factory=Collector)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     concurrency: Concurrency = Field(default_factory=Concurrency)
     dns: DNS = Field(default_factory=DNS)

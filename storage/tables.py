@@ -171,3 +171,21 @@ class CollectorTokenRow(Base):
     created_at: Mapped[dt.datetime]
     revoked_at: Mapped[dt.datetime | None]
 
+
+
+class OutboxRow(Base):
+    """A run waiting to reach the collector (migration 0006): ``state`` pending (retried with
+    backoff from ``next_attempt_at``) or rejected (the collector refused a batch for good:
+    ``last_error`` says why); ``batches_sent`` batches of it are stored there already."""
+
+    __tablename__ = "outbox"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    collector: Mapped[str]
+    queued_at: Mapped[dt.datetime]
+    state: Mapped[str]
+    batches_sent: Mapped[int]
+    attempts: Mapped[int]
+    next_attempt_at: Mapped[dt.datetime]
+    last_error: Mapped[str | None]

@@ -74,11 +74,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(db: str) -> Iterator[Collector]:
+def running(db: str, port: int | None = None) -> Iterator[Collector]:
     from blockwatch.collector.app import make_server
 
     store = open_store(db)
-    port = _free_port()
+    port = port or _free_port()
     logs: list[str] = []
     handler = _Logs(logs)
     server = make_server(store, "127.0.0.1", port, rate=1000, burst=1000)

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from blockwatch.collector import tokens
 from blockwatch.collector.batch import MAX_BODY, BatchError, decompress, parse
 from blockwatch.collector.ingest import store_batch
+from blockwatch.storage.collector import ping
 from blockwatch.storage.errors import StorageError
 
 log = logging.getLogger("blockwatch.collector")
@@ -123,7 +124,7 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
 
     async def health(_request: Request) -> JSONResponse:
         try:
-            await run(tokens.listed, store)
+            await run(ping, store)
         except StorageError:
             return _error("the database is unavailable", 503)
         return JSONResponse({"status": "ok"})

@@ -44,7 +44,79 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     rev = tsub.add_parser("revoke", help="refuse a vantage's token from now on")
     db(rev)
     rev.add_argument("name")
-    return {"collector": cmd_collector}
+    sub_ = sub.add_parser("submit", help="send the outbox to the collector now")
+    common(sub_)
+    sub_.add_argument("--retry-rejected", action="store_true",
+                      help="also send again the runs the collector refused (e.g. after a new "
+                           "token)")
+    box = sub.add_parser("outbox", help="the runs waiting for the collector, and those it "
+                         "refused")
+    common(box)
+    return {"collector": cmd_collector, "submit": cmd_submit, "outbox": cmd_outbox}
+
+
+def _vantage_store(args: argparse.Namespace) -> tuple[Any, Any]:
+    from blockwatch.cli import UsageError
+    from blockwatch.config import ConfigError, load_config
+    from blockwatch.storage import open_store
+
+    cfg = load_config(args.config)
+    from blockwatch.collector.outbox import sending_of
+
+    try:
+        sending = sending_of(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: collector: {exc}") from None
+    if sending is None:
+        raise UsageError("no collector: set [collector] url and token_file in the config")
+    return sending, open_store(cfg.storage_url())
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Send everything now; exit 0 when the outbox is empty, 8 when some wait or were
+    refused."""
+    from blockwatch.collector.outbox import entries, flush
+
+    sending, store = _vantage_store(args)
+    try:
+        report = flush(store, sending, force=True, retry_rejected=args.retry_rejected)
+        aside = [e for e in entries(store) if e.state == "rejected"]
+    finally:
+        store.close()
+    print(f"{len(report.sent)} run(s) sent ({report.batches} batches); {report.pending} "
+          f"waiting; {len(report.rejected)} refused now; {len(aside)} set aside in all")
+    for run, why in report.retry.items():
+        print(f"  waiting {run[:13]}: {why}")
+    for run, why in report.rejected.items():
+        print(f"  refused {run[:13]}: {why}")
+    if aside and not report.rejected:
+        print("  `blockwatch outbox` lists the runs set aside; --retry-rejected sends them again")
+    return 0 if not (report.retry or aside) else 8
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from blockwatch.collector.outbox import entries, printable
+    from blockwatch.config import load_config
+    from blockwatch.storage import open_store
+
+    cfg = load_config(args.config)
+    store = open_store(cfg.storage_url())
+    try:
+        rows = entries(store)
+    finally:
+        store.close()
+    if not rows:
+        print("the outbox is empty")
+        return 0
+    for e in rows:
+        line = (f"{e.run_id[:13]}  {e.state:8}  queued {e.queued_at:%Y-%m-%d %H:%M}  "
+                f"{e.batches_sent} batch(es) sent, {e.attempts} failed tries")
+        if e.state == "pending":
+            line += f", next {e.next_attempt_at:%Y-%m-%d %H:%M}"
+        if e.last_error:
+            line += f"  ({printable(e.last_error)})"
+        print(line)
+    return 0
 
 
 def _open(args: argparse.Namespace) -> Any:

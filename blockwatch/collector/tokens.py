@@ -15,11 +15,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-
-from blockwatch.storage.errors import StorageError
-from blockwatch.storage.tables import CollectorTokenRow
+from blockwatch.storage import collector as db
 
 PREFIX = "bwc_"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -45,7 +41,7 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _vantage(row: CollectorTokenRow) -> Vantage:
+def _vantage(row: Any) -> Vantage:
     return Vantage(row.vantage, row.country, row.asn, row.created_at, row.revoked_at)
 
 
@@ -59,40 +55,26 @@ def add(store: Any, name: str, *, country: str | None = None, asn: int | None = 
     if asn is not None and not 0 < asn < 2**32:
         raise TokenError(f"asn {asn}: a number from 1 to 4294967295")
     token = PREFIX + secrets.token_urlsafe(32)
-    row = CollectorTokenRow(vantage=name, secret_sha256=digest(token), country=country,
-                            asn=asn, created_at=dt.datetime.now(dt.UTC), revoked_at=None)
     try:
-        with store._transaction(write=True) as s:
-            s.add(row)
-    except StorageError as exc:
-        if isinstance(exc.__cause__, IntegrityError):
-            raise TokenError(f"vantage {name!r} has a token already (revoke it first, or "
-                             "choose another name)") from None
-        raise
+        db.add_token(store, name, digest(token), country, asn)
+    except db.Exists:
+        raise TokenError(f"vantage {name!r} has a token already (revoke it first, or choose "
+                         "another name)") from None
     return token
 
 
 def listed(store: Any) -> list[Vantage]:
-    with store._transaction() as s:
-        rows = s.scalars(select(CollectorTokenRow).order_by(CollectorTokenRow.vantage)).all()
-        return [_vantage(r) for r in rows]
+    return [_vantage(r) for r in db.tokens(store)]
 
 
 def revoke(store: Any, name: str) -> None:
-    with store._transaction(write=True) as s:
-        done = s.execute(update(CollectorTokenRow)
-                         .where(CollectorTokenRow.vantage == name,
-                                CollectorTokenRow.revoked_at.is_(None))
-                         .values(revoked_at=dt.datetime.now(dt.UTC)))
-        if done.rowcount != 1:
-            raise TokenError(f"no vantage {name!r} with a valid token")
+    if not db.revoke_token(store, name):
+        raise TokenError(f"no vantage {name!r} with a valid token")
 
 
 def check(store: Any, token: str) -> Vantage | None:
     """The vantage of ``token`` (revoked ones too: the caller tells 401 from 403), or None."""
     if not token.startswith(PREFIX) or len(token) > 128:
         return None
-    with store._transaction() as s:
-        row = s.scalars(select(CollectorTokenRow)
-                        .where(CollectorTokenRow.secret_sha256 == digest(token))).first()
-        return None if row is None else _vantage(row)
+    row = db.token_by_hash(store, digest(token))
+    return None if row is None else _vantage(row)

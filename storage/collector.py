@@ -1,0 +1,176 @@
+"""The collector's and the outbox's SQL (issue #14): the tables ``collector_tokens`` and
+``outbox``, and a submitted batch inserted idempotently. The collector's logic (what a token
+may write, the HTTP answers, when to retry) lives in ``blockwatch.collector``; here only the
+statements, each in one transaction of the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from blockwatch.storage.errors import StorageError
+from blockwatch.storage.tables import (
+    CollectorTokenRow,
+    MeasurementRow,
+    OutboxRow,
+    RunRow,
+    VerdictRow,
+)
+
+CHUNK = 500  # rows per INSERT statement
+
+
+class Refused(ValueError):
+    """A batch the database must not take: ``forbidden`` (another vantage's) or not."""
+
+    def __init__(self, message: str, *, forbidden: bool = False) -> None:
+        super().__init__(message)
+        self.forbidden = forbidden
+
+
+class Exists(ValueError):
+    """A row that is there already (a vantage's second token)."""
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+def add_token(store: Any, vantage: str, secret_sha256: str, country: str | None,
+              asn: int | None) -> None:
+    row = CollectorTokenRow(vantage=vantage, secret_sha256=secret_sha256, country=country,
+                            asn=asn, created_at=dt.datetime.now(dt.UTC), revoked_at=None)
+    try:
+        with store._transaction(write=True) as s:
+            s.add(row)
+    except StorageError as exc:
+        if isinstance(exc.__cause__, IntegrityError):
+            raise Exists(vantage) from None
+        raise
+
+
+def tokens(store: Any) -> list[CollectorTokenRow]:
+    with store._transaction() as s:
+        return list(s.scalars(select(CollectorTokenRow).order_by(CollectorTokenRow.vantage)))
+
+
+def revoke_token(store: Any, vantage: str) -> bool:
+    """False when there is no valid token of ``vantage``."""
+    with store._transaction(write=True) as s:
+        done = s.execute(update(CollectorTokenRow)
+                         .where(CollectorTokenRow.vantage == vantage,
+                                CollectorTokenRow.revoked_at.is_(None))
+                         .values(revoked_at=dt.datetime.now(dt.UTC)))
+        return bool(done.rowcount == 1)
+
+
+def token_by_hash(store: Any, secret_sha256: str) -> CollectorTokenRow | None:
+    with store._transaction() as s:
+        row: CollectorTokenRow | None = s.scalars(
+            select(CollectorTokenRow)
+            .where(CollectorTokenRow.secret_sha256 == secret_sha256)).first()
+        return row
+
+
+def ping(store: Any) -> None:
+    """One round trip to the database (StorageError when it does not answer)."""
+    with store._transaction() as s:
+        s.execute(select(1))
+
+
+# --- a submitted batch -------------------------------------------------------------------------
+
+
+def _insert(dialect: str, table: Any, rows: list[dict[str, Any]]) -> Any:
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return ins.values(rows).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+
+
+def _key(row: Sequence[Any]) -> tuple[Any, ...]:
+    run_id, measurement_id, *rest = row
+    return (run_id, measurement_id or "", *rest)
+
+
+VERDICT_KEY = ("run_id", "measurement_id", "service", "verdict", "rule_id", "analyzer_version")
+
+
+def insert_batch(store: Any, vantage: str, runs: list[dict[str, Any]],
+                 measurements: list[dict[str, Any]],
+                 verdicts: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """Rows of one vantage in one transaction: runs and measurements ``ON CONFLICT (id) DO
+    NOTHING``, verdicts unless the same (``VERDICT_KEY``) is stored; (new runs, new
+    measurements, new verdicts). ``Refused``: a run id that is another vantage's, a
+    measurement of a run neither sent nor stored, a verdict of another vantage's measurement;
+    nothing is stored then."""
+    run_ids = {r["id"] for r in runs} | {m["run_id"] for m in measurements} | {
+        v["run_id"] for v in verdicts}
+    now = dt.datetime.now(dt.UTC)
+    with store._transaction(write=True) as s:
+        dialect = s.get_bind().dialect.name
+        owners = dict(s.execute(select(RunRow.id, RunRow.vantage)
+                                .where(RunRow.id.in_(run_ids))).all()) if run_ids else {}
+        foreign = sorted(i for i, v in owners.items() if v != vantage)
+        if foreign:
+            raise Refused(f"run {foreign[0]} belongs to another vantage", forbidden=True)
+        missing = sorted(run_ids - owners.keys() - {r["id"] for r in runs})
+        if missing:
+            raise Refused(f"run {missing[0]} is neither in this batch nor stored: send the run "
+                          "with its first measurements")
+        wanted = {v["measurement_id"] for v in verdicts if v["measurement_id"]} - {
+            m["id"] for m in measurements}
+        if wanted:
+            found = set(s.scalars(select(MeasurementRow.id).where(
+                MeasurementRow.id.in_(wanted), MeasurementRow.vantage == vantage)).all())
+            if wanted - found:
+                raise Refused(f"a verdict of measurement {sorted(wanted - found)[0]}, which "
+                              "is neither in this batch nor this vantage's")
+        new_runs = sum(len(s.scalars(_insert(dialect, RunRow.__table__,
+                                             runs[i:i + CHUNK])).all())
+                       for i in range(0, len(runs), CHUNK))
+        new_ms = sum(len(s.scalars(_insert(dialect, MeasurementRow.__table__,
+                                           measurements[i:i + CHUNK])).all())
+                     for i in range(0, len(measurements), CHUNK))
+        fresh: list[dict[str, Any]] = []
+        if verdicts:
+            cols = [getattr(VerdictRow, c) for c in VERDICT_KEY]
+            stored = {_key(r) for r in s.execute(select(*cols).where(
+                VerdictRow.run_id.in_({v["run_id"] for v in verdicts}))).all()}
+            for v in verdicts:
+                key = _key([v[c] for c in VERDICT_KEY])
+                if key not in stored:
+                    stored.add(key)
+                    fresh.append({**v, "created_at": now})
+            if fresh:
+                s.execute(insert(VerdictRow), fresh)
+    return new_runs, new_ms, len(fresh)
+
+
+# --- the outbox --------------------------------------------------------------------------------
+
+
+def enqueue(store: Any, run_id: str, collector: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    with store._transaction(write=True) as s:
+        if s.get(OutboxRow, run_id) is None:
+            s.add(OutboxRow(run_id=run_id, collector=collector, queued_at=now, state="pending",
+                            batches_sent=0, attempts=0, next_attempt_at=now, last_error=None))
+
+
+def outbox(store: Any) -> list[OutboxRow]:
+    with store._transaction() as s:
+        return list(s.scalars(select(OutboxRow).order_by(OutboxRow.queued_at)))
+
+
+def update_outbox(store: Any, run_id: str, **values: Any) -> None:
+    with store._transaction(write=True) as s:
+        s.execute(update(OutboxRow).where(OutboxRow.run_id == run_id).values(**values))
+
+
+def drop_from_outbox(store: Any, run_id: str) -> None:
+    with store._transaction(write=True) as s:
+        s.execute(delete(OutboxRow).where(OutboxRow.run_id == run_id))
