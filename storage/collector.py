@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -42,9 +42,10 @@ class Exists(ValueError):
 
 
 def add_token(store: Any, vantage: str, secret_sha256: str, country: str | None,
-              asn: int | None) -> None:
+              asn: int | None, control: bool = False) -> None:
     row = CollectorTokenRow(vantage=vantage, secret_sha256=secret_sha256, country=country,
-                            asn=asn, created_at=dt.datetime.now(dt.UTC), revoked_at=None)
+                            asn=asn, control=control, created_at=dt.datetime.now(dt.UTC),
+                            revoked_at=None)
     try:
         with store._transaction(write=True) as s:
             s.add(row)
@@ -75,6 +76,35 @@ def token_by_hash(store: Any, secret_sha256: str) -> CollectorTokenRow | None:
             select(CollectorTokenRow)
             .where(CollectorTokenRow.secret_sha256 == secret_sha256)).first()
         return row
+
+
+def control_vantages(store: Any) -> list[str]:
+    """The vantages whose tokens say they are controls (revoked ones too: their measurements
+    stay what they were)."""
+    with store._transaction() as s:
+        return list(s.scalars(select(CollectorTokenRow.vantage)
+                              .where(CollectorTokenRow.control.is_(True))
+                              .order_by(CollectorTokenRow.vantage)))
+
+
+def complete_runs(store: Any, run_ids: Sequence[str]) -> list[str]:
+    """Of ``run_ids``, the runs that ended and whose measurements are all stored (as many as
+    their summary counts)."""
+    if not run_ids:
+        return []
+    with store._transaction() as s:
+        rows = s.execute(select(RunRow.id, RunRow.status, RunRow.summary)
+                         .where(RunRow.id.in_(set(run_ids)))).all()
+        out = []
+        for run_id, status, summary in rows:
+            if status == "running":
+                continue
+            want = (summary or {}).get("measurements", 0)
+            have = s.scalar(select(func.count()).select_from(MeasurementRow)
+                            .where(MeasurementRow.run_id == run_id))
+            if isinstance(want, int) and (have or 0) >= want:
+                out.append(run_id)
+        return sorted(out)
 
 
 def ping(store: Any) -> None:

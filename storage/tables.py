@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, MetaData
+from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, MetaData, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from blockwatch.storage.types import JSONType, UTCDateTime
@@ -168,6 +168,8 @@ class CollectorTokenRow(Base):
     secret_sha256: Mapped[str] = mapped_column(unique=True)
     country: Mapped[str | None]
     asn: Mapped[int | None] = mapped_column(BigInteger)
+    # a control vantage (outside the censored networks): its measurements judge the others'
+    control: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[dt.datetime]
     revoked_at: Mapped[dt.datetime | None]
 

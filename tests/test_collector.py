@@ -51,6 +51,10 @@ class Collector:
         return httpx.post(f"{self.url}/api/v1/submit", content=body, headers=headers,
                           timeout=30)
 
+    def sent_verdicts(self) -> int:
+        """The verdicts the vantages sent (not the collector's own judgement)."""
+        return sum(v.details.get("judged_by") != "collector" for v in self.store.verdicts())
+
     def count(self, table: str) -> int:
         from sqlalchemy import text
 
@@ -164,7 +168,7 @@ def test_a_run_is_stored_once_however_often_it_is_sent(collector: Collector,
     assert again.status_code == 200 and again.json() == {
         "runs": 0, "measurements": 0, "verdicts": 0, "duplicates": 14}
     assert (collector.count("runs"), collector.count("measurements"),
-            collector.count("verdicts")) == (1, 5, 8)
+            collector.sent_verdicts()) == (1, 5, 8)
     run = collector.store.get_run(run_id)
     # the token, not the volunteer's config, says where the vantage is
     assert (run.vantage, run.country, run.asn, run.status) == ("home-pi", "IR", 58224,
@@ -194,7 +198,12 @@ def test_a_long_run_in_several_batches_in_any_order(collector: Collector, tmp_pa
     assert collector.count("measurements") == 0
     for body in (parts[0], parts[2], parts[1], parts[1]):
         assert collector.post(body, token).status_code == 200
-    assert (collector.count("measurements"), collector.count("verdicts")) == (10, 13)
+    assert (collector.count("measurements"), collector.sent_verdicts()) == (10, 13)
+    # all of the run is here: the collector judged it (10 measurements, 3 services)
+    collector_verdicts(collector, run_id)
+    own = [v for v in collector.store.verdicts(run_id=run_id)
+           if v.details.get("judged_by") == "collector"]
+    assert len(own) == 13
 
 
 def test_no_token_a_wrong_one_or_a_revoked_one_stores_nothing(collector: Collector,
@@ -319,3 +328,55 @@ def test_encode_writes_what_parse_reads() -> None:
     run = {"id": new_id(), "vantage": "v", "started_at": T0.isoformat(), "status": "complete"}
     batch = parse(decompress(encode("v", [run], [], []), "gzip"))
     assert batch.vantage == "v" and batch.runs[0].id == run["id"]
+
+
+def one_run(tmp_path: Path, vantage: str, failure: str | None) -> tuple[str, str]:
+    """A vantage's database with one run: a TCP connection to 192.0.2.10:443 for service
+    ``news``, failing with ``failure`` (None: connected)."""
+    url = f"sqlite:///{tmp_path / f'{vantage}.db'}"
+    run = Run(id=new_id(), vantage=vantage, started_at=T0)
+    obs = TCPObservation(address="192.0.2.10", port=443, t0=0.0, t=0.05, failure=failure)
+    m = Measurement(id=new_id(), run_id=run.id, vantage=vantage,
+                    target=Target(service="news", probe="tcp", host="192.0.2.10", port=443),
+                    probe_version="1", started_at=T0, runtime_s=0.05, observations=(obs,),
+                    failure=failure, failed_operation="connect" if failure else None)
+    with open_store(url) as store:
+        store.start_run(run)
+        store.add_measurements([m], run_id=run.id)
+        store.finish_run(run.id, status="complete", finished_at=T0 + dt.timedelta(seconds=5),
+                         summary={"measurements": 1})
+    return url, run.id
+
+
+def collector_verdicts(collector: Collector, run_id: str) -> dict[str | None, Verdict]:
+    """The collector's own current verdicts of a run (waiting for it to judge)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        mine = [v for v in collector.store.verdicts(run_id=run_id)
+                if v.details.get("judged_by") == "collector"]
+        if mine:
+            return {v.measurement_id: v for v in mine}
+        time.sleep(0.1)
+    raise AssertionError(f"the collector did not judge run {run_id}")
+
+
+def test_a_failure_is_blocking_against_a_control_vantage_that_came_through_the_collector(
+        collector: Collector, tmp_path: Path) -> None:
+    """Issue #14: a censored vantage's reset is inconclusive alone; the collector judges it
+    against the control vantage's connection, which arrived through the collector too."""
+    vps = tokens.add(collector.store, "vps", control=True)
+    home = tokens.add(collector.store, "home", country="IR")
+    vps_url, vps_run = one_run(tmp_path, "vps", None)
+    home_url, home_run = one_run(tmp_path, "home", "connection_reset")
+    for url, run_id, token in ((vps_url, vps_run, vps), (home_url, home_run, home)):
+        [body] = all_batches(url, run_id)
+        assert collector.post(body, token).status_code == 200
+    judged = collector_verdicts(collector, home_run)
+    measurement = next(v for k, v in judged.items() if k is not None)
+    assert (measurement.verdict, measurement.rule_id) == ("tcp_blocked",
+                                                          "tcp.failure_vs_control")
+    assert (judged[None].verdict, judged[None].layer) == ("blocked", "tcp")
+    run = collector.store.get_run(home_run)
+    assert run.inputs is not None and run.inputs.control_vantages == ("vps",)
+    # the control's own run is judged too, against no one but itself: ok
+    assert collector_verdicts(collector, vps_run)[None].verdict == "ok"

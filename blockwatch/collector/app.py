@@ -18,10 +18,11 @@ and without proxy headers, and this module's log lines name the vantage only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,8 @@ from starlette.routing import Route
 from blockwatch.collector import tokens
 from blockwatch.collector.batch import MAX_BODY, BatchError, decompress, parse
 from blockwatch.collector.ingest import store_batch
-from blockwatch.storage.collector import ping
+from blockwatch.collector.judge import judge
+from blockwatch.storage.collector import complete_runs, ping
 from blockwatch.storage.errors import StorageError
 
 log = logging.getLogger("blockwatch.collector")
@@ -65,6 +67,25 @@ def _error(message: str, status: int, **headers: str) -> JSONResponse:
 
 def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlette:
     buckets: dict[str, Bucket] = {}
+    judging: set[asyncio.Task[None]] = set()
+
+    async def judge_later(run_id: str) -> None:
+        """The collector's own verdicts of a run that is all here, after the answer."""
+        try:
+            added = await asyncio.to_thread(judge, store, run_id)
+            log.info("run %s judged against the control vantages: %d verdicts", run_id, added)
+        except Exception:  # logged, not raised: the batch is stored; reanalyze judges it
+            log.exception("run %s: judging failed (blockwatch reanalyze judges it again)",
+                          run_id)
+
+    def after(batch_runs: set[str]) -> None:
+        async def go() -> None:
+            for run_id in await asyncio.to_thread(complete_runs, store, sorted(batch_runs)):
+                await judge_later(run_id)
+
+        task = asyncio.create_task(go())
+        judging.add(task)
+        task.add_done_callback(judging.discard)
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -113,6 +134,8 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
             return _error("the database is unavailable; nothing was stored, try again later",
                           503)
         log.info("vantage %s: stored %s", vantage.name, stored.to_dict())
+        if stored.runs or stored.measurements or stored.verdicts:
+            after({r.id for r in batch.runs} | {m.run_id for m in batch.measurements})
         return JSONResponse(stored.to_dict())
 
     async def whoami(request: Request) -> JSONResponse:
@@ -129,9 +152,16 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
             return _error("the database is unavailable", 503)
         return JSONResponse({"status": "ok"})
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        if judging:  # at shutdown, the runs being judged finish first (a kill leaves them to
+            # blockwatch reanalyze: their batches are stored)
+            await asyncio.wait(set(judging), timeout=30)
+
     return Starlette(routes=[Route("/api/v1/submit", submit, methods=["POST"]),
                              Route("/api/v1/token", whoami, methods=["GET"]),
-                             Route("/healthz", health, methods=["GET"])])
+                             Route("/healthz", health, methods=["GET"])], lifespan=lifespan)
 
 
 def log_config() -> dict[str, Any]:

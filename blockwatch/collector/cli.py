@@ -39,6 +39,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     add.add_argument("name", help="the vantage's name (what its runs are stored under)")
     add.add_argument("--country", help="ISO country code (e.g. IR); replaces the runs' own")
     add.add_argument("--asn", type=int, help="autonomous system number; replaces the runs' own")
+    add.add_argument("--control", action="store_true",
+                     help="a control vantage (outside the censored networks, e.g. a VPS "
+                          "abroad): its measurements judge the other vantages' runs")
     lst = tsub.add_parser("list", help="every vantage and whether its token is valid")
     db(lst)
     rev = tsub.add_parser("revoke", help="refuse a vantage's token from now on")
@@ -152,7 +155,8 @@ def cmd_collector(args: argparse.Namespace) -> int:
     try:
         if args.token_command == "add":
             try:
-                token = tokens.add(store, args.name, country=args.country, asn=args.asn)
+                token = tokens.add(store, args.name, country=args.country, asn=args.asn,
+                                   control=args.control)
             except tokens.TokenError as exc:
                 raise UsageError(str(exc)) from None
             print(f"vantage {args.name}: token (shown once, keep it in the vantage's "
@@ -161,6 +165,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
             for v in tokens.listed(store):
                 state = "valid" if v.revoked_at is None else f"revoked {v.revoked_at:%Y-%m-%d}"
                 print(f"{v.name}\t{v.country or '-'}\t{v.asn or '-'}\t"
+                      f"{'control' if v.control else 'vantage'}\t"
                       f"added {v.created_at:%Y-%m-%d}\t{state}")
         else:
             try:

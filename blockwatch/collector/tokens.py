@@ -35,6 +35,8 @@ class Vantage:
     asn: int | None
     created_at: dt.datetime
     revoked_at: dt.datetime | None = None
+    control: bool = False  # outside the censored networks: its measurements judge the others'
+
 
 
 def digest(token: str) -> str:
@@ -42,10 +44,12 @@ def digest(token: str) -> str:
 
 
 def _vantage(row: Any) -> Vantage:
-    return Vantage(row.vantage, row.country, row.asn, row.created_at, row.revoked_at)
+    return Vantage(row.vantage, row.country, row.asn, row.created_at, row.revoked_at,
+                   bool(row.control))
 
 
-def add(store: Any, name: str, *, country: str | None = None, asn: int | None = None) -> str:
+def add(store: Any, name: str, *, country: str | None = None, asn: int | None = None,
+        control: bool = False) -> str:
     """A new vantage and its token (returned once, never stored)."""
     if not NAME.match(name):
         raise TokenError(f"vantage name {name!r}: 1-64 letters, digits, '.', '_' or '-', "
@@ -56,7 +60,7 @@ def add(store: Any, name: str, *, country: str | None = None, asn: int | None = 
         raise TokenError(f"asn {asn}: a number from 1 to 4294967295")
     token = PREFIX + secrets.token_urlsafe(32)
     try:
-        db.add_token(store, name, digest(token), country, asn)
+        db.add_token(store, name, digest(token), country, asn, control)
     except db.Exists:
         raise TokenError(f"vantage {name!r} has a token already (revoke it first, or choose "
                          "another name)") from None

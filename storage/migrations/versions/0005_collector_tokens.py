@@ -1,7 +1,8 @@
 """The collector's vantages: one row per submission token (issue #14).
 
 A token is a random 256-bit secret shown once; only its SHA-256 is stored. The row fixes the
-vantage (name, country, ASN) every submission made with it is stored under.
+vantage (name, country, ASN) every submission made with it is stored under, and whether the
+vantage is a control (outside the censored networks: its measurements judge the others').
 
 Revision ID: 0005
 Revises: 0004
@@ -30,6 +31,7 @@ def upgrade() -> None:
         sa.Column("secret_sha256", sa.String(), nullable=False),
         sa.Column("country", sa.String(), nullable=True),
         sa.Column("asn", sa.BigInteger(), nullable=True),
+        sa.Column("control", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("revoked_at", UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("vantage", name="pk_collector_tokens"),
