@@ -78,14 +78,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(db: str, port: int | None = None) -> Iterator[Collector]:
+def running(db: str, port: int | None = None, **tls: str) -> Iterator[Collector]:
     from blockwatch.collector.app import make_server
 
     store = open_store(db)
     port = port or _free_port()
     logs: list[str] = []
     handler = _Logs(logs)
-    server = make_server(store, "127.0.0.1", port, rate=1000, burst=1000)
+    server = make_server(store, "127.0.0.1", port, rate=1000, burst=1000, **tls)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -380,3 +380,44 @@ def test_a_failure_is_blocking_against_a_control_vantage_that_came_through_the_c
     assert run.inputs is not None and run.inputs.control_vantages == ("vps",)
     # the control's own run is judged too, against no one but itself: ok
     assert collector_verdicts(collector, vps_run)[None].verdict == "ok"
+
+
+def test_https_with_the_collectors_own_certificate(tmp_path: Path) -> None:
+    """uvicorn serves TLS itself (--certfile/--keyfile, a trustme CA here); a vantage trusts it
+    through [collector] ca_file, and without it the certificate is refused and nothing sent."""
+    import trustme
+
+    from blockwatch.collector import outbox
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile, cafile = (tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem")
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    db = f"sqlite:///{tmp_path / 'collector.db'}"
+    with running(db, certfile=str(certfile), keyfile=str(keyfile)) as collector:
+        token = tokens.add(collector.store, "v")
+        url, run_id = vantage_db(tmp_path, "v")
+        https = collector.url.replace("http://", "https://")
+        with open_store(url) as local:
+            outbox.enqueue(local, run_id, https)
+            untrusted = outbox.flush(local, outbox.Sending(url=https, token=token, timeout=5))
+            assert list(untrusted.retry) == [run_id]
+            assert "CERTIFICATE_VERIFY_FAILED" in untrusted.retry[run_id]
+            trusted = outbox.flush(local, outbox.Sending(url=https, token=token, timeout=5,
+                                                         ca_file=str(cafile)), force=True)
+            assert trusted.sent == [run_id] and outbox.entries(local) == []
+        assert collector.count("measurements") == 5
+
+
+def test_the_deploy_units_command_line_is_real() -> None:
+    import shlex
+
+    from blockwatch.cli import build_parser
+
+    unit = (Path(__file__).parents[1] / "deploy" / "blockwatch-collector.service").read_text()
+    line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+    args = build_parser().parse_args(shlex.split(line.partition("=")[2])[1:])
+    assert (args.command, args.collector_command, args.host, args.port) == (
+        "collector", "serve", "127.0.0.1", 8471)

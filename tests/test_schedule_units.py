@@ -41,7 +41,8 @@ def _installed_copy(tmp_path: Path, name: str) -> Path:
 @needs_systemd
 def test_systemd_accepts_the_deploy_units(tmp_path: Path) -> None:
     units = [_installed_copy(tmp_path, n) for n in
-             ("blockwatch.service", "blockwatch.timer", "blockwatch-daemon.service")]
+             ("blockwatch.service", "blockwatch.timer", "blockwatch-daemon.service",
+              "blockwatch-collector.service")]
     res = verify(*units)
     assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
 
