@@ -215,15 +215,44 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submitter(store: Any, cfg: Config) -> tuple[Callable[[str | None], Any],
+                                                 Callable[[str], Any]] | None:
+    """The daemon's flush of the outbox and its queueing of a run, when the config names a
+    collector."""
+    from blockwatch.collector import outbox
+    from blockwatch.config import ConfigError
+
+    try:
+        sending = outbox.sending_of(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: collector: {exc}") from None
+    if sending is None:
+        return None
+    budget = cfg.collector.flush_budget_s
+
+    def submit(run_id: str | None) -> Any:
+        if run_id is None:
+            return outbox.flush(store, sending, budget_s=budget)
+        return outbox.after_run(store, sending, run_id, budget_s=budget)
+
+    def queue(run_id: str) -> None:
+        outbox.enqueue(store, run_id, sending.url)
+
+    return submit, queue
+
+
 def asyncio_run_daemon(store: Any, groups: list[Any], cfg: Config,
                        reload: Callable[[], list[Any]]) -> None:
     import asyncio
 
     from blockwatch.scheduler.daemon import Daemon
 
+    hooks = _submitter(store, cfg)  # an unreadable token: a config error before the daemon
+
     async def main() -> None:
         daemon = Daemon(store, groups, lock_url=cfg.storage_url(), state_dir=state_dir(),
-                        reload=reload)
+                        reload=reload, submit=hooks[0] if hooks else None,
+                        queue=hooks[1] if hooks else None)
         runner = asyncio.create_task(daemon.run())
         await daemon.ready.wait()
         _print_next(daemon)

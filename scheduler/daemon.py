@@ -17,6 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -59,9 +60,18 @@ class Daemon:
     """
 
     def __init__(self, store: Store, groups: Sequence[GroupSpec], *, lock_url: str,
-                 state_dir: Path, reload: Callable[[], Sequence[GroupSpec]] | None = None
-                 ) -> None:
+                 state_dir: Path, reload: Callable[[], Sequence[GroupSpec]] | None = None,
+                 submit: Callable[[str | None], Any] | None = None,
+                 queue: Callable[[str], Any] | None = None,
+                 submit_every_s: float = 900.0) -> None:
+        """``queue``: put a run that just ended in the outbox (a vantage with a collector),
+        even while stopping; ``submit``: the outbox's flush, called in a thread with that run,
+        and with None when the daemon starts and every ``submit_every_s`` seconds (what waits
+        for a collector that was away)."""
         loop = asyncio.get_running_loop()
+        self._submit_fn, self._queue_fn, self.submit_every_s = submit, queue, submit_every_s
+        self._submitting = asyncio.Lock()
+        self._submits: set[asyncio.Task[None]] = set()
         self.store, self.lock_url, self.state_dir, self._reload = store, lock_url, state_dir, reload
         self.groups: dict[str, GroupSpec] = {}
         self._planned: dict[str, dt.datetime] = {}
@@ -86,6 +96,8 @@ class Daemon:
         try:
             await self._apply(self._initial)
             self.ready.set()
+            if self._submit_fn is not None:
+                self._spawn(self._submit_loop())
             await self._stopped.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -104,6 +116,8 @@ class Daemon:
             task.cancel()
         # each sweep stores what it measured and marks its run interrupted before it ends
         await asyncio.gather(*self._running.values(), return_exceptions=True)
+        if self._submits:  # a submission in flight finishes (its thread cannot be cancelled)
+            await asyncio.wait(set(self._submits), timeout=30)
         await asyncio.to_thread(self.store.put_schedule_state,
                                 [self._state(name, running=False) for name in self.groups])
         log.info("daemon.stopped")
@@ -182,6 +196,27 @@ class Daemon:
         reason = "still_running" if event.code == EVENT_JOB_MAX_INSTANCES else "missed"
         log.warning("run.skipped", extra=fields(group=name, reason=reason))
 
+    # --- the collector ----------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._submits.add(task)
+        task.add_done_callback(self._submits.discard)
+
+    async def _submit(self, run_id: str | None) -> None:
+        assert self._submit_fn is not None
+        async with self._submitting:  # one flush at a time: they share the outbox
+            try:
+                await asyncio.to_thread(self._submit_fn, run_id)
+            except Exception:  # the outbox keeps the runs: the next flush sends them
+                log.exception("collector.flush_failed", extra=fields(run=run_id))
+
+    async def _submit_loop(self) -> None:
+        while not self._stopped.is_set():
+            await self._submit(None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self.submit_every_s)
+
     # --- one firing -------------------------------------------------------------------------
 
     async def _fire(self, name: str) -> None:
@@ -246,6 +281,13 @@ class Daemon:
             latest = []
         run = latest[0] if latest and latest[0].started_at >= started else None
         self._last[name] = (run.id if run else None, started, run.status if run else status)
+        if run is not None and self._queue_fn is not None:
+            try:  # queued even while stopping: the next start sends it
+                await asyncio.shield(asyncio.to_thread(self._queue_fn, run.id))
+            except Exception:
+                log.exception("collector.queue_failed", extra=fields(run=run.id))
+        if run is not None and self._submit_fn is not None and not self._stopped.is_set():
+            self._spawn(self._submit(run.id))
         duration = None
         if run is not None and run.finished_at is not None:
             duration = round((run.finished_at - run.started_at).total_seconds(), 1)

@@ -326,3 +326,39 @@ async def test_status_tells_a_killed_daemon_from_a_running_one(lab: Lab, daemon:
     assert f"running (pid {daemon.proc.pid})" in revived.out
     code, _, err = await daemon.stop()
     assert code == 0, err
+
+
+async def test_the_daemon_submits_its_runs_to_the_collector(lab: Lab, daemon: Daemon,
+                                                            tmp_path: Path) -> None:
+    """Issue #14: the daemon flushes the outbox when it starts and after each run; runs made
+    while the collector was away reach it after the next run once it is back."""
+    from test_collector import _free_port, running
+
+    from blockwatch.collector import tokens
+    from blockwatch.storage import open_store
+
+    port = _free_port()
+    collector_db = f"sqlite:///{tmp_path / 'collector.db'}"
+    with open_store(collector_db) as store:
+        token = tokens.add(store, "loop")
+    (tmp_path / "token").write_text(token)
+    lab.write(FAST.format(every="1s", spread="0s")
+              + f'\n[collector]\nurl = "http://127.0.0.1:{port}"\n'
+              f'token_file = "{tmp_path / "token"}"\ntimeout = 2\n')
+    await daemon.start()
+    await daemon.wait_for("run.done", 2, limit=30)  # the collector is away
+    await daemon.wait_for("collector.flush_failed", 0)
+    waiting = lab.rows("SELECT count(*) FROM outbox WHERE state = 'pending'")[0][0]
+    assert waiting >= 2
+    with running(collector_db, port) as collector:
+        done = len(daemon.events("run.done"))
+        await daemon.wait_for("run.done", done + 2, limit=30)
+        await asyncio.sleep(1.0)  # the last run's submission
+        code, _, err = await daemon.stop()
+        assert code == 0, err
+        stored = {r[0] for r in runs(lab, "fast")}
+        at_collector = {str(r.id) for r in collector.store.runs(limit=1000)}
+        left = {str(r[0]) for r in lab.rows("SELECT run_id FROM outbox")}
+        # every run is at the collector or waits in the outbox (the one the stop interrupted)
+        assert stored == at_collector | left, (stored, at_collector, left)
+        assert len(left) <= 1 and len(at_collector) >= waiting + 1
