@@ -421,3 +421,40 @@ def test_the_deploy_units_command_line_is_real() -> None:
     args = build_parser().parse_args(shlex.split(line.partition("=")[2])[1:])
     assert (args.command, args.collector_command, args.host, args.port) == (
         "collector", "serve", "127.0.0.1", 8471)
+
+
+def test_researchers_read_every_vantage_with_a_read_only_role(postgres_url: str,
+                                                              tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    """The README's role (pg_read_all_data) reads every vantage that came through the
+    collector, with `blockwatch query` and `report`, and cannot write."""
+    from sqlalchemy import create_engine, text
+
+    from blockwatch.cli import main
+
+    with running(postgres_url) as collector:
+        for name in ("home", "vps"):
+            token = tokens.add(collector.store, name, control=name == "vps")
+            url, run_id = one_run(tmp_path, name, "connection_reset" if name == "home"
+                                  else None)
+            [body] = all_batches(url, run_id)
+            assert collector.post(body, token).status_code == 200
+    admin = create_engine(postgres_url)
+    role = f"researcher_{new_id()[-8:]}"
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT pg_read_all_data TO {role}"))
+    admin.dispose()
+    reader = postgres_url.replace("://postgres@", f"://{role}@")
+    assert reader != postgres_url
+    code = main(["query", "--db", reader, "-f", "json",
+                 "SELECT vantage, count(*) AS n FROM runs GROUP BY vantage ORDER BY vantage"])
+    out = capsys.readouterr().out
+    assert code == 0 and [r["vantage"] for r in json.loads(out)] == ["home", "vps"]
+    engine = create_engine(reader)
+    with pytest.raises(Exception, match="permission denied"), engine.begin() as conn:
+        conn.execute(text("DELETE FROM runs"))
+    engine.dispose()
+    assert main(["report", "timeline", "--db", reader]) == 0
+    assert "home" in capsys.readouterr().out
