@@ -62,6 +62,9 @@ def create_engine_for(url: str) -> Engine:
             kwargs |= {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         else:
             _make_parent(Path(parsed.database or ""), where)
+    else:  # a long-lived process (a collector, the daemon) outlives a server restart: a pooled
+        # connection is checked before use instead of failing the request that draws it
+        kwargs["pool_pre_ping"] = True
     try:
         engine = create_engine(parsed, **kwargs)
     except NoSuchModuleError as exc:

@@ -34,6 +34,11 @@ class PostgresServer:
     host: str
     port: int
     user: str
+    # how to restart it (pg_ctl restart: a clean shutdown, then the same options)
+    restart_argv: tuple[str, ...] = ()
+
+    def restart(self) -> None:
+        subprocess.run(list(self.restart_argv), check=True, capture_output=True, timeout=90)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
@@ -115,8 +120,10 @@ def postgres_server() -> Iterator[PostgresServer]:
         _stop(bindir, run_as, data, tmp, started)
         pytest.fail(f"cannot start PostgreSQL: {exc}\n{detail.decode(errors='replace')}\n"
                     f"{server_log}", pytrace=False)
+    restart = _as_user(run_as, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o",
+                                options, "-m", "fast", "-w", "-t", "60", "restart"])
     try:
-        yield PostgresServer("127.0.0.1", port, owner.pw_name)
+        yield PostgresServer("127.0.0.1", port, owner.pw_name, tuple(restart))
     finally:
         _stop(bindir, run_as, data, tmp, True)
 
