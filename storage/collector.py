@@ -23,8 +23,6 @@ from blockwatch.storage.tables import (
     VerdictRow,
 )
 
-CHUNK = 500  # rows per INSERT statement
-
 
 class Refused(ValueError):
     """A batch the database must not take: ``forbidden`` (another vantage's) or not."""
@@ -116,9 +114,12 @@ def ping(store: Any) -> None:
 # --- a submitted batch -------------------------------------------------------------------------
 
 
-def _insert(dialect: str, table: Any, rows: list[dict[str, Any]]) -> Any:
+def _insert(dialect: str, table: Any) -> Any:
+    """INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id, executed with many rows at once:
+    one compiled statement (cached), sent in batches by SQLAlchemy's "insertmanyvalues"."""
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    return ins.values(rows).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+    return ins.on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id,
+                                                                        sort_by_parameter_order=True)
 
 
 def _key(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -159,12 +160,10 @@ def insert_batch(store: Any, vantage: str, runs: list[dict[str, Any]],
             if wanted - found:
                 raise Refused(f"a verdict of measurement {sorted(wanted - found)[0]}, which "
                               "is neither in this batch nor this vantage's")
-        new_runs = sum(len(s.scalars(_insert(dialect, RunRow.__table__,
-                                             runs[i:i + CHUNK])).all())
-                       for i in range(0, len(runs), CHUNK))
-        new_ms = sum(len(s.scalars(_insert(dialect, MeasurementRow.__table__,
-                                           measurements[i:i + CHUNK])).all())
-                     for i in range(0, len(measurements), CHUNK))
+        new_runs = len(s.scalars(_insert(dialect, RunRow.__table__), runs).all()) \
+            if runs else 0
+        new_ms = len(s.scalars(_insert(dialect, MeasurementRow.__table__), measurements).all()) \
+            if measurements else 0
         fresh: list[dict[str, Any]] = []
         if verdicts:
             cols = [getattr(VerdictRow, c) for c in VERDICT_KEY]

@@ -1,0 +1,238 @@
+"""Benchmark the collector's ingestion into PostgreSQL: concurrent submitters, sustained rate and
+submission latency.
+
+Starts a throwaway PostgreSQL (Debian's binaries; as root it runs as the ``postgres`` user) with
+its default durability (fsync and synchronous_commit on: a 2xx is a commit on disk), and the real
+``blockwatch collector serve`` in front of it. ``--submitters`` threads, each a vantage with its
+own token, send pre-built batches (``--per-batch`` measurements of realistic runs: DNS, TCP,
+TLS and HTTP observations, with their verdicts) as fast as the answers come, for
+``--seconds``. Prints the stored measurements a second, the latency percentiles of the
+submissions, and checks in PostgreSQL that every measurement sent is stored once.
+
+    .venv/bin/python benchmarks/collector.py                      # 50 submitters, 15 s
+    .venv/bin/python benchmarks/collector.py --submitters 10 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import os
+import pwd
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from blockwatch.collector import tokens
+from blockwatch.collector.batch import encode
+from blockwatch.probes.model import (
+    DNSAnswer,
+    DNSObservation,
+    DNSResponse,
+    HTTPObservation,
+    Measurement,
+    Run,
+    Target,
+    TCPObservation,
+    TLSObservation,
+    Verdict,
+)
+from blockwatch.probes.runner import new_id
+from blockwatch.storage import open_store
+from blockwatch.storage.convert import measurement_to_row, run_to_row, verdict_to_row
+
+BLOCKWATCH = str(Path(sys.executable).with_name("blockwatch"))
+T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Postgres:
+    def __init__(self, extra: str = "") -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            sys.exit("PostgreSQL server binaries not found (scripts/install-lab-deps.sh)")
+        self.bindir = Path(found[-1]).parent
+        self.tmp = Path(tempfile.mkdtemp(prefix="bw-bench-pg-"))
+        self.user = pwd.getpwuid(os.getuid()).pw_name
+        self.run_as: list[str] = []
+        if os.getuid() == 0:
+            self.user = "postgres"
+            self.run_as = ["runuser", "-u", "postgres", "--"]
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.tmp, owner.pw_uid, owner.pw_gid)
+        self.port = free_port()
+        data = self.tmp / "data"
+        subprocess.run([*self.run_as, str(self.bindir / "initdb"), "-D", str(data), "-U",
+                        self.user, "--auth=trust", "-E", "UTF8", "--locale=C"],
+                       check=True, capture_output=True)
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                f"-c unix_socket_directories={self.tmp} -c max_connections=200 {extra}")
+        subprocess.run([*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(data), "-l",
+                        str(self.tmp / "log"), "-o", opts, "-w", "start"], check=True,
+                       capture_output=True)
+        self.data = data
+
+    def url(self) -> str:
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        subprocess.run([*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m",
+                        "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def batch(vantage: str, n: int) -> tuple[bytes, int]:
+    """One run of ``n`` measurements (a quarter each DNS, TCP, TLS, HTTP) with a verdict each
+    and a service verdict, gzip-encoded as a vantage sends it."""
+    run = Run(id=new_id(), vantage=vantage, started_at=T0, status="complete", finished_at=T0,
+              summary={"measurements": n})
+    rows, verdicts = [], []
+    for i in range(n):
+        kind = ("dns", "tcp", "tls", "http")[i % 4]
+        host = f"site{i}.example"
+        if kind == "dns":
+            obs: Any = DNSObservation(resolver="udp://192.0.2.53:53", transport="udp", qname=host,
+                                      qtype="A", t0=0.0, responses=(DNSResponse(
+                                          t=0.02, source="192.0.2.53:53", id=i, flags=0x8180,
+                                          rcode="NOERROR", answers=(DNSAnswer(
+                                              rtype="A", value="198.51.100.7", ttl=300),)),))
+            target = Target(service=host, probe="dns", host=host, resolver="udp://192.0.2.53")
+        elif kind == "tcp":
+            obs = TCPObservation(address="198.51.100.7", port=443, t0=0.0, t=0.03)
+            target = Target(service=host, probe="tcp", host=host, port=443)
+        elif kind == "tls":
+            obs = TLSObservation(address="198.51.100.7", port=443, sni=host, t0=0.0, t=0.08,
+                                 verified=True, version="TLSv1.3",
+                                 cipher="TLS_AES_128_GCM_SHA256", cert_subject=host,
+                                 cert_sans=(host, f"www.{host}"),
+                                 peer_chain_sha256=("ab" * 32, "cd" * 32))
+            target = Target(service=host, probe="tls", host=host, port=443)
+        else:
+            obs = HTTPObservation(url=f"https://{host}/", t0=0.0, t=0.2, status=200,
+                                  body_length=12345, title="A page")
+            target = Target(service=host, probe="http", host=host, url=f"https://{host}/")
+        m = Measurement(id=new_id(), run_id=run.id, vantage=vantage, target=target,
+                        probe_version="1", started_at=T0, runtime_s=0.2, observations=(obs,))
+        rows.append({k: (v.isoformat() if isinstance(v, dt.datetime) else v)
+                     for k, v in measurement_to_row(m).items()})
+        v = verdict_to_row(Verdict(verdict="ok", rule_id="ok.no_failure", analyzer_version="8",
+                                   service=host, measurement_id=m.id), run_id=run.id,
+                           created_at=T0)
+        v.pop("created_at")
+        verdicts.append(v)
+    run_row = {k: (v.isoformat() if isinstance(v, dt.datetime) else v)
+               for k, v in run_to_row(run).items()}
+    return encode(vantage, [run_row], rows, verdicts), n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--submitters", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--per-batch", type=int, default=200)
+    ap.add_argument("--profile", metavar="SVG", help="record the collector with py-spy")
+    ap.add_argument("--pg-options", default="", metavar="OPTS",
+                    help="extra postgres options, e.g. '-c synchronous_commit=off' (then a 2xx "
+                         "is no longer a commit on disk: for finding bottlenecks only)")
+    args = ap.parse_args()
+    pg = Postgres(args.pg_options)
+    try:
+        with open_store(pg.url()) as store:
+            names = [f"vantage{i:02d}" for i in range(args.submitters)]
+            secrets = {n: tokens.add(store, n) for n in names}
+        # enough batches for the duration at 8,000 measurements a second (above the goal)
+        per = max(4, int(8_000 * args.seconds / args.per_batch / args.submitters) + 1)
+        print(f"building {per * args.submitters} batches of {args.per_batch} measurements...",
+              flush=True)
+        bodies = {n: [batch(n, args.per_batch) for _ in range(per)] for n in names}
+        port = free_port()
+        server = subprocess.Popen([BLOCKWATCH, "collector", "serve", "--db", pg.url(),
+                                   "--port", str(port), "--rate", "10000"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).is_success:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record",
+                                    "-o", args.profile, "-f", "raw", "-p", str(server.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        latencies: list[float] = []
+        sent = [0]
+        errors: list[str] = []
+        lock = threading.Lock()
+        stop = time.monotonic() + args.seconds
+
+        def submitter(name: str) -> None:
+            with httpx.Client(base_url=base, timeout=60, headers={
+                    "Authorization": f"Bearer {secrets[name]}",
+                    "Content-Encoding": "gzip"}) as client:
+                for body, n in bodies[name]:
+                    if time.monotonic() >= stop:
+                        return
+                    t0 = time.monotonic()
+                    answer = client.post("/api/v1/submit", content=body)
+                    dt_s = time.monotonic() - t0
+                    with lock:
+                        if answer.is_success:
+                            latencies.append(dt_s)
+                            sent[0] += n
+                        else:
+                            errors.append(f"{answer.status_code} {answer.text[:100]}")
+
+        threads = [threading.Thread(target=submitter, args=(n,)) for n in names]
+        started = time.monotonic()
+        cpu0 = os.times()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - started
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+        server.terminate()
+        server.wait(60)
+        with open_store(pg.url()) as store, store.engine.connect() as conn:
+            from sqlalchemy import text
+
+            stored = conn.execute(text("SELECT count(*), count(DISTINCT id) FROM measurements")
+                                  ).one()
+        q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
+        print(f"\n{args.submitters} submitters, {args.per_batch} measurements a batch, "
+              f"{wall:.1f} s, PostgreSQL with fsync and synchronous_commit on")
+        print(f"stored {stored[0]} measurements ({stored[1]} distinct; {sent[0]} acknowledged):"
+              f" {stored[0] / wall:,.0f} measurements/s sustained")
+        print(f"submission latency: p50 {q[49] * 1000:.0f} ms, p90 {q[89] * 1000:.0f} ms, "
+              f"p99 {q[98] * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms "
+              f"({len(latencies)} batches)")
+        print(f"errors: {len(errors)}{' (first: ' + errors[0] + ')' if errors else ''}")
+        cpu = os.times()
+        print(f"this process (the submitters) used {cpu.user - cpu0.user:.1f} s of CPU; "
+              f"2 cores shared with the collector and PostgreSQL")
+    finally:
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()
