@@ -142,3 +142,39 @@ def test_an_unusable_token_file_is_a_config_error(world: World, tmp_path: Path, 
     (tmp_path / "collector.token").write_text(content)
     res = asyncio.run(blockwatch("run", "--config", str(world.config)))
     assert res.code == 2 and "collector.token" in res.err and "Traceback" not in res.err
+
+
+async def test_a_hostile_collectors_answer_is_read_bounded_and_printed_as_text(
+        tmp_path: Path) -> None:
+    """A 'collector' that refuses with an endless answer full of terminal escapes: the vantage
+    reads 64 KiB of it, sets the run aside, and keeps a printable reason."""
+    import asyncio
+
+    from servers import LoopbackServer, read_request
+    from test_collector import vantage_db
+
+    from blockwatch.storage import open_store
+
+    async def endless(_s: LoopbackServer, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 422 No\r\nContent-Length: 1000000000\r\n\r\n"
+                     b'{"error": "\x1b[31m\x1b]0;owned\x07 ' + b"A" * 65536)
+        for _ in range(2000):  # 128 MiB if it were all read
+            writer.write(b"A" * 65536)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                return
+
+    url, run_id = vantage_db(tmp_path, "v")
+    async with LoopbackServer(endless) as server:
+        def go() -> outbox.FlushReport:
+            with open_store(url) as store:
+                outbox.enqueue(store, run_id, "x")
+                return outbox.flush(store, outbox.Sending(
+                    url=f"http://127.0.0.1:{server.port}", token="bwc_x", timeout=5))
+        report = await asyncio.to_thread(go)
+    assert list(report.rejected) == [run_id]
+    reason = report.rejected[run_id]
+    assert reason.startswith("422: ") and reason.isprintable() and len(reason) < 600

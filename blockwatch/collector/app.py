@@ -65,8 +65,12 @@ def _error(message: str, status: int, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+DECODING = 4  # batches decoded and stored at once: each at most 16 MiB sent, 32 MiB decoded
+
+
 def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlette:
     buckets: dict[str, Bucket] = {}
+    decoding = asyncio.Semaphore(DECODING)
     judging: set[asyncio.Task[None]] = set()
 
     async def judge_later(run_id: str) -> None:
@@ -117,22 +121,23 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
             return _error(f"batch of {declared} bytes: at most {MAX_BODY}", 413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return _error(f"batch larger than {MAX_BODY} bytes", 413)
-        try:
-            batch = await run(lambda: parse(decompress(
-                bytes(body), request.headers.get("content-encoding", ""))))
-            stored = await run(store_batch, store, batch, vantage)
-        except BatchError as exc:
-            log.info("vantage %s: batch refused (%d): %s", vantage.name, exc.status, exc)
-            return _error(str(exc), exc.status)
-        except StorageError as exc:
-            log.warning("vantage %s: database error: %s", vantage.name, exc)
-            return _error("the database is unavailable; nothing was stored, try again later",
-                          503)
+        async with decoding:  # however many vantages send at once, memory stays bounded
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return _error(f"batch larger than {MAX_BODY} bytes", 413)
+            try:
+                batch = await run(lambda: parse(decompress(
+                    bytes(body), request.headers.get("content-encoding", ""))))
+                stored = await run(store_batch, store, batch, vantage)
+            except BatchError as exc:
+                log.info("vantage %s: batch refused (%d): %s", vantage.name, exc.status, exc)
+                return _error(str(exc), exc.status)
+            except StorageError as exc:
+                log.warning("vantage %s: database error: %s", vantage.name, exc)
+                return _error("the database is unavailable; nothing was stored, try again "
+                              "later", 503)
         log.info("vantage %s: stored %s", vantage.name, stored.to_dict())
         if stored.runs or stored.measurements or stored.verdicts:
             after({r.id for r in batch.runs} | {m.run_id for m in batch.measurements})

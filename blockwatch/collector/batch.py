@@ -32,9 +32,9 @@ from blockwatch.probes.model import observation_from_dict
 
 FORMAT = 1
 MAX_BODY = 16 * 2**20
-MAX_DECODED = 128 * 2**20
+MAX_DECODED = 32 * 2**20  # a client batch of 2,000 measurements is a few MiB
 MAX_LINE = 8 * 2**20
-MAX_RECORDS = 200_000
+MAX_RECORDS = 50_000
 
 
 class BatchError(ValueError):

@@ -91,11 +91,27 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _error_of(response: Any) -> str:
+ANSWER_MAX = 64 * 1024  # what is read of the collector's answer, whatever it sends
+
+
+def _post(client: Any, body: bytes) -> tuple[int, bytes]:
+    """POST a batch; the status and at most ``ANSWER_MAX`` bytes of the answer."""
+    with client.stream("POST", "/api/v1/submit", content=body) as answer:
+        head = b""
+        for chunk in answer.iter_bytes():
+            head += chunk
+            if len(head) >= ANSWER_MAX:
+                break
+        return answer.status_code, head[:ANSWER_MAX]
+
+
+def _error_of(status: int, head: bytes) -> str:
+    import orjson
+
     try:
-        return printable(str(response.json()["error"])[:500])
+        return printable(str(orjson.loads(head)["error"])[:500])
     except Exception:
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
 
 
 def flush(store: Any, sending: Sending, *, force: bool = False, retry_rejected: bool = False,
@@ -125,17 +141,16 @@ def flush(store: Any, sending: Sending, *, force: bool = False, retry_rejected: 
                 if i < sent:
                     continue
                 try:
-                    answer = client.post("/api/v1/submit", content=body)
+                    status, head = _post(client, body)
                 except httpx.HTTPError as exc:
                     outcome = ("retry", printable(f"{type(exc).__name__}: {exc}"[:500]))
                     break
-                if answer.is_success:
+                if 200 <= status < 300:
                     sent, report.batches = i + 1, report.batches + 1
                     _progress(store, entry.run_id, sent)
                     continue
-                kind = ("retry" if answer.status_code >= 500 or answer.status_code in RETRY
-                        else "rejected")
-                outcome = (kind, f"{answer.status_code}: {_error_of(answer)}")
+                kind = "retry" if status >= 500 or status in RETRY else "rejected"
+                outcome = (kind, f"{status}: {_error_of(status, head)}")
                 break
             if outcome is None:
                 _done(store, entry.run_id)
