@@ -218,6 +218,10 @@ def main() -> None:
 
             stored = conn.execute(text("SELECT count(*), count(DISTINCT id) FROM measurements")
                                   ).one()
+            runs = conn.execute(text("SELECT count(*) FROM runs")).scalar_one()
+            judged = conn.execute(text(
+                "SELECT count(DISTINCT run_id) FROM verdicts "
+                "WHERE details->>'judged_by' = 'collector'")).scalar_one()
         q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
         print(f"\n{args.submitters} submitters, {args.per_batch} measurements a batch, "
               f"{wall:.1f} s, PostgreSQL with fsync and synchronous_commit on")
@@ -227,6 +231,8 @@ def main() -> None:
               f"p99 {q[98] * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms "
               f"({len(latencies)} batches)")
         print(f"errors: {len(errors)}{' (first: ' + errors[0] + ')' if errors else ''}")
+        print(f"judged by the collector's worker by the end (it stops after at most 30 s more): "
+              f"{judged} of {runs} runs")
         cpu = os.times()
         print(f"this process (the submitters) used {cpu.user - cpu0.user:.1f} s of CPU; "
               f"2 cores shared with the collector and PostgreSQL")

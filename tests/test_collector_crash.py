@@ -31,6 +31,16 @@ BLOCKWATCH = str(Path(sys.executable).with_name("blockwatch"))
 T0 = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
 
 
+def _parent_is_init(pid: int) -> bool:
+    """An orphan: its parent died and it was handed to init (or a subreaper)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ppid = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+    return ppid == 1 or (ppid != os.getpid() and not Path(f"/proc/{ppid}/cmdline").exists())
+
+
 def make_vantage(path: Path, name: str) -> set[str]:
     """RUNS complete runs of PER_RUN measurements, each queued in the outbox; their ids."""
     ids: set[str] = set()
@@ -149,6 +159,11 @@ def test_every_measurement_arrives_exactly_once_through_kills_and_a_database_res
     for name, path in paths.items():
         with open_store(f"sqlite:///{path}") as store:
             assert outbox.entries(store) == [], name
+    # the killed collectors left no process behind (their judging workers died with them)
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True,
+                          text=True, check=False).stdout.split()
+    assert not [p for p in left if _parent_is_init(int(p))], left
     print(f"\n{VANTAGES} vantages x {RUNS} runs ({len(expected)} measurements) in "
           f"{elapsed:.1f} s through {collector.kills} SIGKILLs and a PostgreSQL restart: "
           "every measurement stored once, every outbox empty")

@@ -34,7 +34,7 @@ from starlette.routing import Route
 from blockwatch.collector import tokens
 from blockwatch.collector.batch import MAX_BODY, BatchError, decompress, parse
 from blockwatch.collector.ingest import store_batch
-from blockwatch.collector.judge import judge
+from blockwatch.collector.judge import Judges
 from blockwatch.storage.collector import complete_runs, ping
 from blockwatch.storage.errors import StorageError
 
@@ -71,12 +71,13 @@ DECODING = 4  # batches decoded and stored at once: each at most 16 MiB sent, 32
 def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlette:
     buckets: dict[str, Bucket] = {}
     decoding = asyncio.Semaphore(DECODING)
+    judges = Judges(store.engine.url.render_as_string(hide_password=False))
     judging: set[asyncio.Task[None]] = set()
 
     async def judge_later(run_id: str) -> None:
         """The collector's own verdicts of a run that is all here, after the answer."""
         try:
-            added = await asyncio.to_thread(judge, store, run_id)
+            added = await judges.judge(run_id)
             log.info("run %s judged against the control vantages: %d verdicts", run_id, added)
         except Exception:  # logged, not raised: the batch is stored; reanalyze judges it
             log.exception("run %s: judging failed (blockwatch reanalyze judges it again)",
@@ -163,6 +164,7 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
         if judging:  # at shutdown, the runs being judged finish first (a kill leaves them to
             # blockwatch reanalyze: their batches are stored)
             await asyncio.wait(set(judging), timeout=30)
+        await asyncio.to_thread(judges.close)
 
     return Starlette(routes=[Route("/api/v1/submit", submit, methods=["POST"]),
                              Route("/api/v1/token", whoami, methods=["GET"]),

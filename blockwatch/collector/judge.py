@@ -44,3 +44,69 @@ def judge(store: Any, run_id: str) -> int:
     store.set_run_inputs(run.id, inputs)
     store.add_verdicts(run.id, marked)
     return len(marked)
+
+
+# --- in a process of its own -------------------------------------------------------------------
+# Judging is CPU work (the analysis of every measurement of a run): in the service's process it
+# would hold the GIL the requests need. A worker process judges instead, on its own connection.
+
+_store: Any = None
+
+
+def _open(url: str, parent: int) -> None:
+    """The worker's start: die with the service (a SIGKILL leaves no orphan holding database
+    connections: Linux's PR_SET_PDEATHSIG), then open the database."""
+    global _store
+    import contextlib
+    import ctypes
+    import os
+    import signal
+
+    from blockwatch.storage import open_store
+
+    # not Linux (no prctl): the worker ends when its queue closes
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the service died before the line above
+        os._exit(0)
+    _store = open_store(url)
+
+
+def _judge(run_id: str) -> int:
+    return judge(_store, run_id)
+
+
+class Judges:
+    """One worker process that judges runs by id (started at the first run, and again if it
+    died)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: Any = None
+
+    def _executor(self) -> Any:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_open, initargs=(self.url, os.getpid()))
+        return self._pool
+
+    async def judge(self, run_id: str) -> int:
+        import asyncio
+        from concurrent.futures.process import BrokenProcessPool
+
+        loop = asyncio.get_running_loop()
+        try:
+            return int(await loop.run_in_executor(self._executor(), _judge, run_id))
+        except BrokenProcessPool:  # the worker died (killed, out of memory): a new one
+            self._pool = None
+            return int(await loop.run_in_executor(self._executor(), _judge, run_id))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=False)
+            self._pool = None
