@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from servers import (
     reset_on_data,
     silent,
 )
+from unprivileged import without_net_raw
 
 from blockwatch.analysis.trace import judge_resets, judge_rst, locate, read, rst_fingerprint
 from blockwatch.probes import capture, trace
@@ -441,13 +440,7 @@ NO_RAW_SCRIPT = textwrap.dedent("""
 
 
 def test_without_cap_net_raw_the_probe_says_so_and_sends_nothing() -> None:
-    argv = [sys.executable, "-c", NO_RAW_SCRIPT]
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("setpriv (util-linux) is needed to drop CAP_NET_RAW")
-        argv = [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-net_raw",
-                *argv]
+    argv = without_net_raw([sys.executable, "-c", NO_RAW_SCRIPT])
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO,
                           check=False)
     assert done.returncode == 0, done.stderr

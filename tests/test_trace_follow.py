@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +19,7 @@ from typing import Any
 
 import pytest
 from servers import LoopbackServer, blackhole_port, reset_on_data
+from unprivileged import without_net_raw
 
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, Timeouts
@@ -210,13 +209,7 @@ NO_RAW_SCRIPT = textwrap.dedent("""
 
 
 def test_without_cap_net_raw_the_summary_says_what_was_not_traced() -> None:
-    argv = [sys.executable, "-c", NO_RAW_SCRIPT]
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("setpriv (util-linux) is needed to drop CAP_NET_RAW")
-        argv = [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-net_raw",
-                *argv]
+    argv = without_net_raw([sys.executable, "-c", NO_RAW_SCRIPT])
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO,
                           check=False)
     assert done.returncode == 0, done.stderr

@@ -49,3 +49,19 @@ def as_unprivileged(check: Callable[[], None]) -> None:
         message = pipe.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, f"as nobody:\n{message}"
+
+
+def without_net_raw(argv: list[str]) -> list[str]:
+    """``argv`` run without CAP_NET_RAW even as root (util-linux's setpriv drops it from the
+    bounding set); pytest.skip without setpriv."""
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to drop CAP_NET_RAW")
+    return [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-net_raw", *argv]
+

@@ -8,6 +8,7 @@ rebuilding the namespaces; each (scenario, client) sweep runs once and is shared
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -111,6 +112,21 @@ class Lab:
                                UDP_PROBE, address, str(port)], capture_output=True, text=True,
                               timeout=30, check=True)
         return int(done.stdout)
+
+    @contextlib.contextmanager
+    def link_down(self) -> Iterator[None]:
+        """The censored client's link down (no route out at all), then back with its routes."""
+        from blockwatch.lab.topology import CENSOR_DOWN, v6
+
+        client = self.ns("client")
+        subprocess.run(["ip", "-n", client, "link", "set", "c0", "down"], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["ip", "-n", client, "link", "set", "c0", "up"], check=True)
+            for gateway in (CENSOR_DOWN, v6(CENSOR_DOWN)):
+                subprocess.run(["ip", "-n", client, "route", "replace", "default", "via",
+                                gateway], check=True)
 
     def sweep(self, client: str, scenario: str, *, label: str = "", **kw: Any) -> Sweep:
         """`blockwatch run` inside the client's namespace, then the stored results."""

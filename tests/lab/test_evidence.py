@@ -23,7 +23,7 @@ from blockwatch.lab.censor import KNOWN_FORGED
 from blockwatch.lab.runner import service_verdicts
 from blockwatch.lab.scenario import ALL_METHODS, EVIDENCE, expected, expected_control, load, shipped
 from blockwatch.lab.services import NATIONAL_BLOCK_PAGE, lab_catalogue, opt_in_toml
-from blockwatch.lab.topology import CENSOR_DOWN, LAB_NET, LAB_NET6, v6
+from blockwatch.lab.topology import LAB_NET, LAB_NET6
 
 from .conftest import BLOCKWATCH, Lab, Sweep
 
@@ -220,8 +220,7 @@ def test_dead_local_network_is_network_unavailable(lab: Lab) -> None:
     client = lab.ns("client")
     db = lab.tmp / "dead-network.db"
     cfg = lab.config("censored", db, extra=OPT_IN)  # every service: none is probed
-    subprocess.run(["ip", "-n", client, "link", "set", "c0", "down"], check=True)
-    try:
+    with lab.link_down():
         routes = subprocess.run(["ip", "-n", client, "route"], capture_output=True, text=True,
                                 check=True).stdout
         assert routes.strip() == "", routes  # no way out: the link and its routes are gone
@@ -235,12 +234,6 @@ def test_dead_local_network_is_network_unavailable(lab: Lab) -> None:
         assert {(v.verdict, v.rule_id) for v in got.values()} == {
             ("network_unavailable", "service.network_unavailable")}
         assert not [s for s, v in got.items() if v.verdict == "blocked"]
-    finally:
-        subprocess.run(["ip", "-n", client, "link", "set", "c0", "up"], check=True)
-        subprocess.run(["ip", "-n", client, "route", "replace", "default", "via", CENSOR_DOWN],
-                       check=True)
-        subprocess.run(["ip", "-n", client, "route", "replace", "default", "via",
-                        v6(CENSOR_DOWN)], check=True)
     # the network is back: a normal sweep works and sees the censor again
     again = lab.sweep("censored", "evidence", label="-after-outage", services=SERVICES,
                       extra=OPT_IN)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -24,10 +23,10 @@ from blockwatch.analysis.verdicts import judge_run
 from blockwatch.judging import run_inputs, stored_inputs
 from blockwatch.lab.runner import service_verdicts
 from blockwatch.lab.services import lab_catalogue
-from blockwatch.lab.topology import CENSOR_DOWN, v6
 from blockwatch.storage import open_store
 
 from .conftest import BLOCKWATCH, Lab
+from .test_control_vantage import _run
 
 REPEAT = 3
 CATALOGUE = lab_catalogue()
@@ -37,14 +36,6 @@ ALLOWED = {"none": ({}, {}),
            "outages": ({"whatsapp": "inconclusive"}, {"whatsapp": "down"}),
            # random loss breaks a connection now and then: inconclusive, never blocking
            "loss": ({"*": "inconclusive"}, {"*": "inconclusive"})}
-
-
-def _run(lab: Lab, role: str, cfg: Path) -> str:
-    done = subprocess.run(["ip", "netns", "exec", lab.ns(role), BLOCKWATCH, "run", "--config",
-                           str(cfg), "--json"], capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stderr
-    return str(json.loads(done.stdout.splitlines()[0])["run_id"])
 
 
 def _alone(db: Path, run_id: str) -> dict[str, str]:
@@ -96,8 +87,7 @@ def test_a_dead_local_network_is_never_blocking(lab: Lab) -> None:
     lab.use("methods")  # a censor is there, but nothing gets out to meet it
     client = lab.ns("client")
     verdicts: Counter[str] = Counter()
-    subprocess.run(["ip", "-n", client, "link", "set", "c0", "down"], check=True)
-    try:
+    with lab.link_down():
         for i in range(REPEAT):
             db = lab.tmp / f"offline-{i}.db"
             done = subprocess.run(["ip", "netns", "exec", client, BLOCKWATCH, "run",
@@ -109,12 +99,6 @@ def test_a_dead_local_network_is_never_blocking(lab: Lab) -> None:
                 assert run.status == "network_unavailable"
                 verdicts.update(v.verdict for v in store.verdicts(run_id=run.id)
                                 if v.measurement_id is None)
-    finally:
-        subprocess.run(["ip", "-n", client, "link", "set", "c0", "up"], check=True)
-        subprocess.run(["ip", "-n", client, "route", "replace", "default", "via", CENSOR_DOWN],
-                       check=True)
-        subprocess.run(["ip", "-n", client, "route", "replace", "default", "via",
-                        v6(CENSOR_DOWN)], check=True)
     print(f"\noffline: {REPEAT} runs: {dict(verdicts)}")
     assert set(verdicts) == {"network_unavailable"}, verdicts
 
