@@ -16,7 +16,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 from servers import (
     LoopbackServer,
@@ -27,7 +26,7 @@ from servers import (
     reset_on_data,
     silent,
 )
-from unprivileged import without_net_raw
+from unprivileged import needs_raw, raw_sockets_allowed, without_net_raw
 
 from blockwatch.analysis.trace import judge_resets, judge_rst, locate, read, rst_fingerprint
 from blockwatch.probes import capture, trace
@@ -47,16 +46,6 @@ from blockwatch.probes.trace import MAX_HOPS, TraceProbe
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _raw_sockets_allowed() -> bool:
-    try:
-        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).close()
-    except OSError:
-        return False
-    return True
-
-
-needs_raw = pytest.mark.skipif(not _raw_sockets_allowed(),
-                               reason="needs raw sockets (root or CAP_NET_RAW)")
 
 
 def ctx_for(t: float = 1.0, scope: Scope | None = None, **kw: object) -> ProbeContext:
@@ -365,7 +354,7 @@ async def test_many_concurrent_traces_keep_their_flows_apart() -> None:
 
 async def test_address_outside_scope_sends_nothing() -> None:
     sniff = None
-    if _raw_sockets_allowed():
+    if raw_sockets_allowed():
         sniff = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
         sniff.setblocking(False)
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 from servers import LoopbackServer, blackhole_port, reset_on_data
-from unprivileged import without_net_raw
+from unprivileged import needs_raw, without_net_raw
 
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, Timeouts
@@ -33,16 +32,6 @@ from blockwatch.storage import open_store
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _raw_sockets_allowed() -> bool:
-    try:
-        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).close()
-    except OSError:
-        return False
-    return True
-
-
-needs_raw = pytest.mark.skipif(not _raw_sockets_allowed(),
-                               reason="needs raw sockets (root or CAP_NET_RAW)")
 
 
 def measured(probe: str, failure: str | None, operation: str | None, *, host: str = "a.test",

@@ -65,3 +65,23 @@ def without_net_raw(argv: list[str]) -> list[str]:
         pytest.skip("setpriv (util-linux) is needed to drop CAP_NET_RAW")
     return [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-net_raw", *argv]
 
+
+def raw_sockets_allowed() -> bool:
+    import socket
+
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).close()
+    except OSError:
+        return False
+    return True
+
+
+def _needs_raw() -> object:
+    import pytest
+
+    return pytest.mark.skipif(not raw_sockets_allowed(),
+                              reason="needs raw sockets (root or CAP_NET_RAW)")
+
+
+needs_raw = _needs_raw()  # a test marker: skipped without raw sockets
+
