@@ -215,30 +215,16 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def _submitter(store: Any, cfg: Config) -> tuple[Callable[[str | None], Any],
-                                                 Callable[[str], Any]] | None:
-    """The daemon's flush of the outbox and its queueing of a run, when the config names a
-    collector."""
-    from blockwatch.collector import outbox
+def _submitter(store: Any, cfg: Config) -> Any:
+    """The daemon's outbox hooks (submit, queue) when the config names a collector."""
+    from blockwatch.collector.outbox import daemon_hooks, sending_of
     from blockwatch.config import ConfigError
 
     try:
-        sending = outbox.sending_of(cfg)
+        sending = sending_of(cfg)
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: collector: {exc}") from None
-    if sending is None:
-        return None
-    budget = cfg.collector.flush_budget_s
-
-    def submit(run_id: str | None) -> Any:
-        if run_id is None:
-            return outbox.flush(store, sending, budget_s=budget)
-        return outbox.after_run(store, sending, run_id, budget_s=budget)
-
-    def queue(run_id: str) -> None:
-        outbox.enqueue(store, run_id, sending.url)
-
-    return submit, queue
+    return daemon_hooks(store, sending, cfg.collector.flush_budget_s) if sending else None
 
 
 def asyncio_run_daemon(store: Any, groups: list[Any], cfg: Config,

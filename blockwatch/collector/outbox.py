@@ -221,3 +221,21 @@ def after_run(store: Any, sending: Sending, run_id: str, *, budget_s: float) -> 
         report.retry.update({r: report.retry.get(r, "not tried: the collector did not take "
                                                      "this run's batches") for r in waiting})
     return report
+
+
+def daemon_hooks(store: Any, sending: Sending, budget_s: float
+                 ) -> tuple[Callable[[str | None], Any], Callable[[str], None]]:
+    """What the scheduling daemon calls: ``submit(run_id)`` after a run (``after_run``) or
+    ``submit(None)`` at start and periodically (``flush`` of what is due), and ``queue(run_id)``
+    (a run that a stop interrupted is queued all the same)."""
+
+    def submit(run_id: str | None) -> Any:
+        if run_id is None:
+            return flush(store, sending, budget_s=budget_s)
+        return after_run(store, sending, run_id, budget_s=budget_s)
+
+    def queue(run_id: str) -> None:
+        enqueue(store, run_id, sending.url)
+
+    return submit, queue
+
