@@ -7,8 +7,9 @@ answer is dropped) does not make the blocking partial; a working one at or above
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ class ServiceCase:
     blocked: list[Verdict]
     ok: list[Verdict]  # ok measurements (at or above the lowest blocked layer, if any)
     failed: list[Verdict]  # neither ok nor blocked
+    parts: list[PartState] = field(default_factory=list)  # the app rule's, judged once
 
     @property
     def counts(self) -> dict[str, int]:
@@ -53,7 +55,8 @@ def case(name: str, verdicts: Sequence[Verdict], probes: Mapping[str, str] | Non
         lowest = min(rank(v.layer) for v in blocked)
         ok = [v for v in ok if rank(probes.get(v.measurement_id or "")) >= lowest]
     failed = [v for v in verdicts if v.verdict not in ("ok", *BLOCKED)]
-    return ServiceCase(name, service, verdicts, probes, keys or {}, blocked, ok, failed)
+    c = ServiceCase(name, service, verdicts, probes, keys or {}, blocked, ok, failed)
+    return dataclasses.replace(c, parts=app_parts(c)) if service and service.app else c
 
 
 # --- the catalogue's app rules (OONI's whatsapp 0.11, telegram 0.3, signal 0.2, fbmessenger) --
@@ -155,7 +158,7 @@ def _app_finding(c: ServiceCase, states: list[PartState], hit: list[PartState],
 
 def _app_blocked(c: ServiceCase) -> Finding | None:
     """Every core part of the app is blocked: the app cannot work, whatever its web pages do."""
-    states = app_parts(c)
+    states = c.parts
     core = [st for st in states if st.part.core]
     if not core or any(st.state != "blocked" for st in core):
         return None
@@ -166,7 +169,7 @@ def _app_degraded(c: ServiceCase) -> Finding | None:
     """Some part of the app is blocked (or some of its hosts are) while some of it works:
     the app is partly blocked (Telegram's web client blocked while its data centres answer;
     WhatsApp blocked at some of its chat hosts)."""
-    states = app_parts(c)
+    states = c.parts
     hit = [st for st in states if st.state in ("blocked", "degraded")]
     if not hit or not any(st.state in ("ok", "degraded") for st in states):
         return None

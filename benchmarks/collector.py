@@ -35,6 +35,7 @@ import httpx
 
 from blockwatch.collector import tokens
 from blockwatch.collector.batch import encode
+from blockwatch.collector.client import _json_row as json_row
 from blockwatch.probes.model import (
     DNSAnswer,
     DNSObservation,
@@ -128,16 +129,13 @@ def batch(vantage: str, n: int) -> tuple[bytes, int]:
             target = Target(service=host, probe="http", host=host, url=f"https://{host}/")
         m = Measurement(id=new_id(), run_id=run.id, vantage=vantage, target=target,
                         probe_version="1", started_at=T0, runtime_s=0.2, observations=(obs,))
-        rows.append({k: (v.isoformat() if isinstance(v, dt.datetime) else v)
-                     for k, v in measurement_to_row(m).items()})
+        rows.append(json_row(measurement_to_row(m)))
         v = verdict_to_row(Verdict(verdict="ok", rule_id="ok.no_failure", analyzer_version="8",
                                    service=host, measurement_id=m.id), run_id=run.id,
                            created_at=T0)
         v.pop("created_at")
         verdicts.append(v)
-    run_row = {k: (v.isoformat() if isinstance(v, dt.datetime) else v)
-               for k, v in run_to_row(run).items()}
-    return encode(vantage, [run_row], rows, verdicts), n
+    return encode(vantage, [json_row(run_to_row(run))], rows, verdicts), n
 
 
 def main() -> None:

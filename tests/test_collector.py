@@ -458,3 +458,16 @@ def test_researchers_read_every_vantage_with_a_read_only_role(postgres_url: str,
     engine.dispose()
     assert main(["report", "timeline", "--db", reader]) == 0
     assert "home" in capsys.readouterr().out
+
+
+def test_a_resumed_submission_starts_after_the_batches_sent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blockwatch.collector import client
+
+    monkeypatch.setattr(client, "PER_BATCH", 4)
+    url, run_id = vantage_db(tmp_path, "v", n=10)
+    with open_store(url) as store:
+        whole = [lines(b) for b in batches(store, run_id)]
+        assert [lines(b) for b in batches(store, run_id, start=1)] == whole[1:]
+        assert list(batches(store, run_id, start=3)) == []  # all sent already
+    assert "run" in whole[0][1] and not any("run" in r for r in whole[1][1:])

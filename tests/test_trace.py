@@ -26,7 +26,7 @@ from servers import (
     reset_on_data,
     silent,
 )
-from unprivileged import needs_raw, raw_sockets_allowed, without_net_raw
+from unprivileged import needs_raw, raw_sockets_allowed, run_without_net_raw
 
 from blockwatch.analysis.trace import judge_resets, judge_rst, locate, read, rst_fingerprint
 from blockwatch.probes import capture, trace
@@ -429,9 +429,7 @@ NO_RAW_SCRIPT = textwrap.dedent("""
 
 
 def test_without_cap_net_raw_the_probe_says_so_and_sends_nothing() -> None:
-    argv = without_net_raw([sys.executable, "-c", NO_RAW_SCRIPT])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO,
-                          check=False)
+    done = run_without_net_raw(NO_RAW_SCRIPT, REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "CAP_NET_RAW" in done.stderr  # the warning says what is missing

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from servers import LoopbackServer, blackhole_port, reset_on_data
-from unprivileged import needs_raw, without_net_raw
+from unprivileged import needs_raw, run_without_net_raw
 
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext, Timeouts
@@ -198,9 +196,7 @@ NO_RAW_SCRIPT = textwrap.dedent("""
 
 
 def test_without_cap_net_raw_the_summary_says_what_was_not_traced() -> None:
-    argv = without_net_raw([sys.executable, "-c", NO_RAW_SCRIPT])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO,
-                          check=False)
+    done = run_without_net_raw(NO_RAW_SCRIPT, REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["probes"] == ["tcp", "tls"]  # nothing traced, nothing sent raw

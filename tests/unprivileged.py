@@ -14,6 +14,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 NOBODY = 65534
 
@@ -64,6 +65,15 @@ def without_net_raw(argv: list[str]) -> list[str]:
     if setpriv is None:
         pytest.skip("setpriv (util-linux) is needed to drop CAP_NET_RAW")
     return [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-net_raw", *argv]
+
+
+def run_without_net_raw(script: str, cwd: Path, timeout: float = 120) -> Any:
+    """``python -c script`` without CAP_NET_RAW (``without_net_raw``), its output captured."""
+    import subprocess
+    import sys
+
+    return subprocess.run(without_net_raw([sys.executable, "-c", script]), capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, check=False)
 
 
 def raw_sockets_allowed() -> bool:

@@ -23,7 +23,9 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items()}
 
 
-def batches(store: Any, run_id: str) -> Iterator[bytes]:
+def batches(store: Any, run_id: str, start: int = 0) -> Iterator[bytes]:
+    """The run's batches from the ``start``-th on (the earlier ones are not encoded: the
+    collector has them)."""
     run = store.get_run(run_id)
     if run is None:
         raise KeyError(run_id)
@@ -33,21 +35,21 @@ def batches(store: Any, run_id: str) -> Iterator[bytes]:
         row = verdict_to_row(v, run_id=run.id, created_at=dt.datetime.now(dt.UTC))
         row.pop("created_at", None)
         by_measurement.setdefault(v.measurement_id, []).append(row)
-    chunk: list[dict[str, Any]] = []
-    first = True
+    chunk: list[Any] = []
+    index = 0
 
     def cut(last: bool) -> bytes:
-        nonlocal first
-        verdicts = [v for m in chunk for v in by_measurement.get(m["id"], ())]
+        rows = [_json_row(measurement_to_row(m)) for m in chunk]
+        verdicts = [v for m in chunk for v in by_measurement.get(m.id, ())]
         if last:
             verdicts += by_measurement.get(None, [])
-        body = encode(run.vantage, [run_row] if first else [], chunk, verdicts)
-        first = False
-        return body
+        return encode(run.vantage, [run_row] if index == 0 else [], rows, verdicts)
 
     for m in store.measurements(run_id=run.id):
-        chunk.append(_json_row(measurement_to_row(m)))
+        chunk.append(m)
         if len(chunk) >= PER_BATCH:
-            yield cut(last=False)
-            chunk = []
-    yield cut(last=True)
+            if index >= start:
+                yield cut(last=False)
+            chunk, index = [], index + 1
+    if index >= start:
+        yield cut(last=True)

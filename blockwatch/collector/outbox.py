@@ -123,13 +123,14 @@ def flush(store: Any, sending: Sending, *, force: bool = False, retry_rejected: 
     from blockwatch.collector.client import batches
 
     report = FlushReport()
-    now = dt.datetime.now(dt.UTC)
     started = dt.datetime.now(dt.UTC)
     due = [e for e in entries(store)
-           if (e.state == "pending" and (force or e.next_attempt_at <= now))
+           if (e.state == "pending" and (force or e.next_attempt_at <= started))
            or (retry_rejected and e.state == "rejected")]
     if only is not None:
         due = [e for e in due if e.run_id == only]
+    if not due:
+        return report
     with _client(sending) as client:
         for entry in due:
             if budget_s is not None and (dt.datetime.now(dt.UTC) - started).total_seconds() \
@@ -137,17 +138,15 @@ def flush(store: Any, sending: Sending, *, force: bool = False, retry_rejected: 
                 report.retry[entry.run_id] = "left for the next flush (time budget)"
                 continue
             sent, outcome = entry.batches_sent, None
-            for i, body in enumerate(batches(store, entry.run_id)):
-                if i < sent:
-                    continue
+            for body in batches(store, entry.run_id, start=sent):
                 try:
                     status, head = _post(client, body)
                 except httpx.HTTPError as exc:
                     outcome = ("retry", printable(f"{type(exc).__name__}: {exc}"[:500]))
                     break
                 if 200 <= status < 300:
-                    sent, report.batches = i + 1, report.batches + 1
-                    _progress(store, entry.run_id, sent)
+                    sent, report.batches = sent + 1, report.batches + 1
+                    _set(store, entry.run_id, batches_sent=sent)
                     continue
                 kind = "retry" if status >= 500 or status in RETRY else "rejected"
                 outcome = (kind, f"{status}: {_error_of(status, head)}")
@@ -165,10 +164,6 @@ def flush(store: Any, sending: Sending, *, force: bool = False, retry_rejected: 
                      + dt.timedelta(seconds=backoff(attempts)))
                 report.retry[entry.run_id] = outcome[1]
     return report
-
-
-def _progress(store: Any, run_id: str, sent: int) -> None:
-    db.update_outbox(store, run_id, batches_sent=sent)
 
 
 def _set(store: Any, run_id: str, **values: Any) -> None:
