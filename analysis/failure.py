@@ -74,7 +74,8 @@ def failed_step(m: Measurement) -> tuple[str, str | None, int | None, str | None
     if m.target.url and port is None:
         parts = urlsplit(m.target.url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    http = next((o for o in m.observations if isinstance(o, HTTPObservation)), None)
+    http = next((o for o in reversed(m.observations) if isinstance(o, HTTPObservation)),
+                None)  # a fetch made again after a timeout: the second counts
     if http is not None:
         return layer, http.address, port, host
     return layer, None, port, host or m.target.sni or m.target.host
@@ -117,7 +118,8 @@ def _tried(m: Measurement, host: str, address: str | None) -> set[str]:
     URL's name gave (it raced them all)."""
     if address is not None:
         return {address}
-    http = next((o for o in m.observations if isinstance(o, HTTPObservation)), None)
+    http = next((o for o in reversed(m.observations) if isinstance(o, HTTPObservation)),
+                None)  # a fetch made again after a timeout: the second counts
     if http is None or http.redirects:
         return set()
     name = host.lower().rstrip(".")

@@ -19,6 +19,9 @@ Guarantees:
   overall deadline of their sum. The failed operation is the layer in progress when the fetch
   failed (``resolve``, ``connect``, ``tls_handshake``, ``http_round_trip``, or ``proxy_connect``
   when the proxy itself failed).
+- A fetch that timed out once connected (at ``tls_handshake`` or ``http_round_trip``) is made
+  once more, on new connections: one segment lost and retransmitted late is not a censor. Both
+  ``HTTPObservation`` are recorded, in order; the second decides the measurement.
 
 Size: the scope-checked network backend (``ScopedBackend``, ``ScopedStream``) and the requests
 sent over it exist only for this probe's fetches (the other probes dial with ``probes.dial``
@@ -47,7 +50,12 @@ from blockwatch.probes import pacing
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, Dialer
 from blockwatch.probes.errors import KnownFailure, ProbeError, ProxyConnectError
-from blockwatch.probes.failures import DNS_NO_ANSWER, TOO_MANY_REDIRECTS, classify
+from blockwatch.probes.failures import (
+    DNS_NO_ANSWER,
+    GENERIC_TIMEOUT,
+    TOO_MANY_REDIRECTS,
+    classify,
+)
 from blockwatch.probes.model import DNSObservation, HTTPObservation, Service, Target
 from blockwatch.probes.pacing import NO_SLOT, Slot
 from blockwatch.probes.targets import PlanContext, url_endpoint
@@ -406,28 +414,50 @@ class HTTPProbe:
     """What does the URL answer, and where do its redirects lead?"""
 
     name = "http"
-    version = "4"  # 2: body_sample; 3: addresses raced (Happy Eyeballs); 4: families
-    # interleaved (RFC 8305), through the one dialer
+    version = "5"  # 2: body_sample; 3: addresses raced (Happy Eyeballs); 4: families
+    # interleaved (RFC 8305), through the one dialer; 5: a timeout once connected is fetched again
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         url = target.url or f"https://{target.host}/"
-        clock, progress, got = Clock(), Progress(), Fetch()
-        failure = operation = None
-        t = ctx.timeouts
-        t0 = clock()
-        try:
-            async with pacing.deadline(t.tcp + t.tls + t.http):
-                await fetch(ctx, progress, url, got)
-        except KnownFailure as exc:
-            failure, operation = exc.failure, exc.operation
-        except _EXPECTED as exc:
-            failure, operation = classify(exc), progress.stage
-        if got.failure is not None:
-            failure, operation = got.failure, "http_round_trip"
+        clock, progress = Clock(), Progress()
+        first = await _attempt(ctx, progress, url, clock)
+        tries = [first]
+        if first.failure == GENERIC_TIMEOUT and first.operation in _AFTER_CONNECT:
+            tries.append(await _attempt(ctx, Progress(dns=progress.dns), url, clock))
+        last = tries[-1]
         dns = tuple(o for observations in progress.dns.values() for o in observations)
-        if failure is not None and operation == "resolve" and got.response is None:
-            return ProbeResult(dns, failure, operation)
-        return ProbeResult((*dns, observation(url, got, t0, clock(), failure)), failure, operation)
+        if last.failure is not None and last.operation == "resolve" and last.got.response is None:
+            return ProbeResult(dns, last.failure, last.operation)
+        return ProbeResult((*dns, *(a.observation for a in tries)), last.failure, last.operation)
+
+
+# a timeout once connected may be one segment retransmitted too late (3 s, then 6 s after a
+# retransmitted SYN): the fetch is made once more, and the second one counts (both recorded)
+_AFTER_CONNECT = frozenset({"tls_handshake", "http_round_trip"})
+
+
+@dataclass(slots=True)
+class _Try:
+    got: Fetch
+    observation: HTTPObservation
+    failure: str | None
+    operation: str | None
+
+
+async def _attempt(ctx: ProbeContext, progress: Progress, url: str, clock: Clock) -> _Try:
+    got, failure, operation = Fetch(), None, None
+    t = ctx.timeouts
+    t0 = clock()
+    try:
+        async with pacing.deadline(t.tcp + t.tls + t.http):
+            await fetch(ctx, progress, url, got)
+    except KnownFailure as exc:
+        failure, operation = exc.failure, exc.operation
+    except _EXPECTED as exc:
+        failure, operation = classify(exc), progress.stage
+    if got.failure is not None:
+        failure, operation = got.failure, "http_round_trip"
+    return _Try(got, observation(url, got, t0, clock(), failure), failure, operation)
 
 
 def plan_targets(service: Service, pc: PlanContext) -> list[Target]:

@@ -16,6 +16,11 @@ Guarantees:
   tried once more with the control SNI (``ctx.control_sni``, default ``example.com``) on a new
   connection, unverified: a ``TLSObservation`` with ``control=True``. If it completes, what was
   filtered was the name (SNI blocking); if it fails too, the address or the server is the matter.
+- A handshake that timed out is also made again with the real name, on a new connection, at the
+  same time as the control SNI's: under packet loss one segment retransmitted too late (3 s,
+  then 6 s after a retransmitted SYN) times a handshake out, and that is not a censor. When the
+  second handshake completes, the address counts as working (both are recorded, in order); a
+  censor that drops the handshake drops it twice. No time is added: the two run together.
 - Facts: protocol version, cipher, ALPN, SHA-256 of each certificate the peer sent (the leaf
   alone on Pythons that cannot return the chain), and the leaf's subject CN, SANs and notAfter.
 - Per service (``ProbeContext.tls_settings``, from the catalogue's or the config's ``tls``
@@ -35,7 +40,7 @@ from dataclasses import dataclass, replace
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, Dialed, Route, Streams, attempt, close, plan
 from blockwatch.probes.errors import ProbeError
-from blockwatch.probes.failures import classify
+from blockwatch.probes.failures import GENERIC_TIMEOUT, classify
 from blockwatch.probes.model import Observation, Service, Target, TLSObservation
 from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
@@ -241,33 +246,56 @@ async def control_sni(ctx: ProbeContext, route: Route, sni: str | None, clock: C
     return (again.observation, observed)
 
 
-async def handshakes(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock,
-                     prof: Profile = DEFAULT) -> AddressOutcome:
-    """TCP connect, then a verified handshake (and an unverified one if the cert is rejected,
-    or one with the control SNI if the handshake itself failed)."""
+async def _verified(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock,
+                    prof: Profile) -> tuple[Dialed, TLSObservation | None, str | None]:
+    """One TCP connect and one verified handshake: (the connection, the handshake's observation
+    if it got that far, the certificate error if the certificate was rejected)."""
     tcp = await attempt(ctx, route, clock, streams=True)
     if tcp.streams is None:
-        return AddressOutcome((tcp.observation,), tcp, None)
+        return tcp, None, None
     base = TLSObservation(address=route.address, port=route.port, sni=sni, t0=clock(), t=0.0,
                           ca_sha256=prof.ca_sha256)
-    failed: TLSObservation | None = None
     try:
         tls = await _try(ctx, tcp.streams, sni, verify=True, prof=prof)
     except ssl.SSLCertVerificationError as exc:
         error = classify(exc)
+        return tcp, replace(base, t=clock(), verified=False, verify_error=error,
+                            failure=error), error
     except _EXPECTED as exc:
-        failed = replace(base, t=clock(), failure=classify(exc))
+        return tcp, replace(base, t=clock(), failure=classify(exc)), None
     else:
-        observed = facts(replace(base, t=clock(), verified=True), tls)
-        return AddressOutcome((tcp.observation, observed), tcp, observed)
+        return tcp, facts(replace(base, t=clock(), verified=True), tls), None
     finally:
         await close(tcp)
-    if failed is not None:
-        extra = await control_sni(ctx, route, sni, clock)
-        return AddressOutcome((tcp.observation, failed, *extra), tcp, failed)
-    base = replace(base, t=clock(), verified=False, verify_error=error, failure=error)
-    again, observed = await _unverified_facts(ctx, route, sni, clock, base, prof)
-    return AddressOutcome((tcp.observation, again.observation, observed), tcp, observed)
+
+
+async def _confirm(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock,
+                   prof: Profile) -> tuple[Observation, ...]:
+    """A handshake that timed out, made once more on a new connection: a lost segment whose
+    retransmission came too late (after a retransmitted SYN the kernel waits 3 s, then 6 s)
+    is not a censor. Its observations follow the first attempt's."""
+    tcp, observed, _ = await _verified(ctx, route, sni, clock, prof)
+    return (tcp.observation,) if observed is None else (tcp.observation, observed)
+
+
+async def handshakes(ctx: ProbeContext, route: Route, sni: str | None, clock: Clock,
+                     prof: Profile = DEFAULT) -> AddressOutcome:
+    """TCP connect, then a verified handshake (and an unverified one if the cert is rejected,
+    or one with the control SNI if the handshake itself failed; a timed-out one is also made
+    again with the real name, at the same time as the control SNI's)."""
+    tcp, observed, error = await _verified(ctx, route, sni, clock, prof)
+    if observed is None or observed.failure is None:
+        return AddressOutcome(tuple(o for o in (tcp.observation, observed) if o), tcp, observed)
+    if error is None:
+        if observed.failure != GENERIC_TIMEOUT:
+            extra = await control_sni(ctx, route, sni, clock)
+            return AddressOutcome((tcp.observation, observed, *extra), tcp, observed)
+        again, extra = await asyncio.gather(_confirm(ctx, route, sni, clock, prof),
+                                            control_sni(ctx, route, sni, clock))
+        counted = again[-1] if isinstance(again[-1], TLSObservation) else observed
+        return AddressOutcome((tcp.observation, observed, *again, *extra), tcp, counted)
+    retry, observed = await _unverified_facts(ctx, route, sni, clock, observed, prof)
+    return AddressOutcome((tcp.observation, retry.observation, observed), tcp, observed)
 
 
 def _outcome(attempts: list[AddressOutcome]) -> tuple[str | None, str | None]:
@@ -283,7 +311,8 @@ class TLSProbe:
     """Does each address complete a trusted handshake for the server name?"""
 
     name = "tls"
-    version = "2"  # 2: per-service ALPN and pinned CA (TLSSettings)
+    version = "3"  # 2: per-service ALPN and pinned CA (TLSSettings); 3: a timed-out handshake
+    # is made again (packet loss is not a censor)
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         clock = Clock()

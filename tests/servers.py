@@ -158,6 +158,22 @@ async def silent(_s: LoopbackServer, reader: asyncio.StreamReader,
         pass
 
 
+def silent_once(context: ssl.SSLContext, then: Handler) -> Handler:
+    """Packet loss, as a client sees it: the first connection hears nothing after its handshake
+    (segments lost until the client gives up), every later one is served (TLS with ``context``,
+    then ``then``)."""
+
+    async def handler(server: LoopbackServer, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        if server.accepted == 1:
+            await silent(server, reader, writer)
+            return
+        await writer.start_tls(context)
+        await then(server, reader, writer)
+
+    return handler
+
+
 # --- HTTP ---------------------------------------------------------------------------------------
 
 TITLE_PAGE = (b"<!doctype html><html><head><TITLE lang=en>\n  Hello,   blocked\tWorld &amp; co\n"

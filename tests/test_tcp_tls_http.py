@@ -32,6 +32,7 @@ from servers import (
     refusing_port,
     reset_on_data,
     silent,
+    silent_once,
     sni_filter,
     socks5,
 )
@@ -362,13 +363,32 @@ async def test_tls_handshake_interference(handler: object, failure: str) -> None
     async with LoopbackServer(handler) as server:  # type: ignore[arg-type]
         result = await tls_probe(server, context("127.0.0.1"))
     assert (result.failure, result.operation) == (failure, "tls_handshake")
-    tcp, again = of(TCPObservation, result.observations)
-    tls, control = of(TLSObservation, result.observations)
-    assert tcp.failure is None and again.failure is None
-    assert (tls.failure, tls.verified, tls.version, tls.control) == (failure, None, None, False)
+    timed_out = failure == "generic_timeout_error"
+    # a timeout is made again with the real name (packet loss is not a censor), beside the
+    # control SNI's handshake
+    tcps = of(TCPObservation, result.observations)
+    *tls, control = sorted(of(TLSObservation, result.observations), key=lambda o: o.control)
+    assert len(tcps) == len(tls) + 1 == (3 if timed_out else 2)
+    assert all(t.failure is None for t in tcps)
+    assert all((o.failure, o.verified, o.version, o.control, o.sni) ==
+               (failure, None, None, False, HOST) for o in tls)
     # the same address with the control SNI fails the same way: not the name
     assert (control.sni, control.control, control.failure) == ("example.com", True, failure)
-    assert server.accepted == 2
+    assert server.accepted == len(tcps)
+
+
+async def test_a_handshake_lost_once_is_made_again_and_counts(pki: PKI) -> None:
+    async with LoopbackServer(silent_once(pki.server_context(pki.valid), http)) as server:
+        target = Target(service="s", probe="tls", host=HOST, port=server.port)
+        result = await TLSProbe().observe(target, context("127.0.0.1", ca_bundle=pki.ca_bundle))
+    assert (result.failure, result.operation) == (None, None)
+    lost, *rest = of(TLSObservation, result.observations)
+    assert (lost.failure, lost.control) == ("generic_timeout_error", False)
+    again = next(o for o in rest if not o.control)
+    assert (again.failure, again.verified, again.sni) == (None, True, HOST)
+    assert server.accepted == 3  # the first, the second, the control SNI's
+    verdict = _judged(result, target)
+    assert verdict.verdict == "ok", verdict  # not tls.sni_vs_control_sni: the name got through
 
 
 def _judged(result: object, target: Target) -> Verdict:
@@ -505,6 +525,31 @@ async def test_redirect_to_a_block_page_that_cannot_load_is_still_a_block_page()
     verdict = _judged(result, target)
     assert (verdict.verdict, verdict.rule_id) == ("http_blocked", "http.blockpage_fingerprint")
     assert "bw.http.kr_warning_location" in verdict.evidence
+
+
+async def test_a_fetch_lost_once_is_made_again_and_counts(pki: PKI) -> None:
+    async with LoopbackServer(silent_once(pki.server_context(pki.valid), http)) as server:
+        ctx = context("127.0.0.1", ca_bundle=pki.ca_bundle)
+        url = f"https://{HOST}:{server.port}/"
+        result = await HTTPProbe().observe(Target(service="s", probe="http", host=HOST,
+                                                  url=url), ctx)
+    assert (result.failure, result.operation) == (None, None)
+    lost, again = of(HTTPObservation, result.observations)
+    assert (lost.failure, lost.status) == ("generic_timeout_error", None)
+    assert (again.failure, again.status, again.title) == (None, 200, "Hello, blocked World & co")
+    assert lost.t <= again.t0 and server.accepted == 2
+    assert of(DNSObservation, result.observations) == [DNS_FACT]  # the lookup, once
+
+
+async def test_a_fetch_that_times_out_twice_fails_with_both_recorded() -> None:
+    async with LoopbackServer(silent) as server:
+        url = f"https://{HOST}:{server.port}/"
+        result = await HTTPProbe().observe(Target(service="s", probe="http", host=HOST,
+                                                  url=url), context("127.0.0.1"))
+    assert (result.failure, result.operation) == ("generic_timeout_error", "tls_handshake")
+    assert [o.failure for o in of(HTTPObservation, result.observations)] == [
+        "generic_timeout_error"] * 2
+    assert server.accepted == 2
 
 
 async def test_http_redirect_chain() -> None:
