@@ -9,8 +9,14 @@ TLS and HTTP observations, with their verdicts) as fast as the answers come, for
 ``--seconds``. Prints the stored measurements a second, the latency percentiles of the
 submissions, and checks in PostgreSQL that every measurement sent is stored once.
 
-    .venv/bin/python benchmarks/collector.py                      # 50 submitters, 15 s
-    .venv/bin/python benchmarks/collector.py --submitters 10 --seconds 10
+Two phases: a closed loop (each submitter sends its next batch as soon as the last is
+answered) measures the capacity; an open loop (each submitter on a fixed schedule, together
+``--rate`` measurements a second) measures the latency a volunteer sees at that load. In a
+closed loop latency is set by Little's law (50 batches in flight / batches a second), so it
+says nothing about a collector's responsiveness below its capacity.
+
+    .venv/bin/python benchmarks/collector.py                      # 50 submitters, 2 x 15 s
+    .venv/bin/python benchmarks/collector.py --submitters 10 --seconds 10 --rate 0
 """
 
 from __future__ import annotations
@@ -138,11 +144,78 @@ def batch(vantage: str, n: int) -> tuple[bytes, int]:
     return encode(vantage, [json_row(run_to_row(run))], rows, verdicts), n
 
 
+class Load:
+    """Submitters sending pre-built batches to the collector; what they saw."""
+
+    def __init__(self, base: str, secrets: dict[str, str],
+                 bodies: dict[str, list[tuple[bytes, int]]]) -> None:
+        self.base, self.secrets, self.bodies = base, secrets, bodies
+        self.latencies: list[float] = []
+        self.sent = 0
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+
+    def drive(self, seconds: float, rate: float | None) -> float:
+        """Every submitter at once for ``seconds``: as fast as the answers come (``rate``
+        None: a closed loop, the collector's capacity), or each on a fixed schedule so that
+        all together offer ``rate`` measurements a second (an open loop: the latency a
+        volunteer sees at that load). Latency is from the moment a batch was due, not sent,
+        so a collector that falls behind is not flattered (no coordinated omission)."""
+        names = list(self.bodies)
+        stop = time.monotonic() + seconds
+
+        def submitter(i: int, name: str) -> None:
+            queue = self.bodies[name]
+            per = queue[0][1]
+            every = len(names) * per / rate if rate else 0.0
+            due = time.monotonic() + every * i / len(names)  # spread the phases
+            with httpx.Client(base_url=self.base, timeout=60, headers={
+                    "Authorization": f"Bearer {self.secrets[name]}",
+                    "Content-Encoding": "gzip"}) as client:
+                while queue:
+                    if rate:
+                        time.sleep(max(0.0, due - time.monotonic()))
+                    else:
+                        due = time.monotonic()
+                    if due >= stop:
+                        return
+                    body, n = queue.pop()
+                    answer = client.post("/api/v1/submit", content=body)
+                    took = time.monotonic() - due
+                    due += every
+                    with self.lock:
+                        if answer.is_success:
+                            self.latencies.append(took)
+                            self.sent += n
+                        else:
+                            self.errors.append(f"{answer.status_code} {answer.text[:100]}")
+
+        threads = [threading.Thread(target=submitter, args=(i, n)) for i, n in enumerate(names)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.monotonic() - started
+
+    def report(self, title: str, wall: float) -> None:
+        lat = self.latencies
+        q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [0.0] * 99
+        print(f"\n{title}: {self.sent:,} measurements acknowledged in {wall:.1f} s = "
+              f"{self.sent / wall:,.0f} measurements/s")
+        print(f"  submission latency: p50 {q[49] * 1000:.0f} ms, p90 {q[89] * 1000:.0f} ms, "
+              f"p99 {q[98] * 1000:.0f} ms, max {max(lat, default=0) * 1000:.0f} ms "
+              f"({len(lat)} batches); errors: {len(self.errors)}"
+              f"{' (first: ' + self.errors[0] + ')' if self.errors else ''}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--submitters", type=int, default=50)
-    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--seconds", type=float, default=15.0, help="of each phase")
     ap.add_argument("--per-batch", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=5000.0, metavar="N",
+                    help="the open loop's offered load, measurements a second (0: skip it)")
     ap.add_argument("--profile", metavar="SVG", help="record the collector with py-spy")
     ap.add_argument("--pg-options", default="", metavar="OPTS",
                     help="extra postgres options, e.g. '-c synchronous_commit=off' (then a 2xx "
@@ -153,11 +226,15 @@ def main() -> None:
         with open_store(pg.url()) as store:
             names = [f"vantage{i:02d}" for i in range(args.submitters)]
             secrets = {n: tokens.add(store, n) for n in names}
-        # enough batches for the duration at 8,000 measurements a second (above the goal)
-        per = max(4, int(8_000 * args.seconds / args.per_batch / args.submitters) + 1)
-        print(f"building {per * args.submitters} batches of {args.per_batch} measurements...",
-              flush=True)
-        bodies = {n: [batch(n, args.per_batch) for _ in range(per)] for n in names}
+        # enough batches for each phase at 10,000 measurements a second (twice the goal)
+        per = max(4, int(10_000 * args.seconds / args.per_batch / args.submitters) + 1)
+        print(f"building {2 * per * args.submitters} batches of {args.per_batch} "
+              "measurements...", flush=True)
+        # the open loop first: the steady state, with the judging worker keeping up, before the
+        # closed loop saturates everything (and leaves the worker a backlog)
+        phases = [args.rate, None] if args.rate else [None]
+        loads = {rate: Load("", secrets, {n: [batch(n, args.per_batch) for _ in range(per)]
+                                          for n in names}) for rate in phases}
         port = free_port()
         server = subprocess.Popen([BLOCKWATCH, "collector", "serve", "--db", pg.url(),
                                    "--port", str(port), "--rate", "10000"],
@@ -175,37 +252,23 @@ def main() -> None:
                                     "-o", args.profile, "-f", "raw", "-p", str(server.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
-        latencies: list[float] = []
-        sent = [0]
-        errors: list[str] = []
-        lock = threading.Lock()
-        stop = time.monotonic() + args.seconds
-
-        def submitter(name: str) -> None:
-            with httpx.Client(base_url=base, timeout=60, headers={
-                    "Authorization": f"Bearer {secrets[name]}",
-                    "Content-Encoding": "gzip"}) as client:
-                for body, n in bodies[name]:
-                    if time.monotonic() >= stop:
-                        return
-                    t0 = time.monotonic()
-                    answer = client.post("/api/v1/submit", content=body)
-                    dt_s = time.monotonic() - t0
-                    with lock:
-                        if answer.is_success:
-                            latencies.append(dt_s)
-                            sent[0] += n
-                        else:
-                            errors.append(f"{answer.status_code} {answer.text[:100]}")
-
-        threads = [threading.Thread(target=submitter, args=(n,)) for n in names]
-        started = time.monotonic()
+        print(f"{args.submitters} submitters, {args.per_batch} measurements a batch, "
+              f"{args.seconds:g} s a phase, PostgreSQL with fsync and synchronous_commit on "
+              "(a 2xx is a commit on disk)")
         cpu0 = os.times()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.monotonic() - started
+        sent = 0
+        for rate, load in loads.items():
+            load.base = base
+            wall = load.drive(args.seconds, rate)
+            if rate:  # the schedule's window: the ramp of phases and the last answers are not
+                wall = args.seconds  # in it (every batch due in it was answered, see errors)
+            load.report("closed loop (each submitter sends its next batch when the last is "
+                        "answered: the collector's capacity)" if rate is None else
+                        f"open loop at {rate:,.0f} measurements/s offered (each submitter on "
+                        "a schedule)", wall)
+            sent += load.sent
+            time.sleep(2)
+        cpu = os.times()
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
@@ -220,18 +283,10 @@ def main() -> None:
             judged = conn.execute(text(
                 "SELECT count(DISTINCT run_id) FROM verdicts "
                 "WHERE details->>'judged_by' = 'collector'")).scalar_one()
-        q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
-        print(f"\n{args.submitters} submitters, {args.per_batch} measurements a batch, "
-              f"{wall:.1f} s, PostgreSQL with fsync and synchronous_commit on")
-        print(f"stored {stored[0]} measurements ({stored[1]} distinct; {sent[0]} acknowledged):"
-              f" {stored[0] / wall:,.0f} measurements/s sustained")
-        print(f"submission latency: p50 {q[49] * 1000:.0f} ms, p90 {q[89] * 1000:.0f} ms, "
-              f"p99 {q[98] * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms "
-              f"({len(latencies)} batches)")
-        print(f"errors: {len(errors)}{' (first: ' + errors[0] + ')' if errors else ''}")
+        print(f"\nin PostgreSQL: {stored[0]:,} measurements ({stored[1]:,} distinct; "
+              f"{sent:,} acknowledged)")
         print(f"judged by the collector's worker by the end (it stops after at most 30 s more): "
               f"{judged} of {runs} runs")
-        cpu = os.times()
         print(f"this process (the submitters) used {cpu.user - cpu0.user:.1f} s of CPU; "
               f"2 cores shared with the collector and PostgreSQL")
     finally:

@@ -37,10 +37,12 @@ from blockwatch.storage.types import json_text
 BUSY_TIMEOUT_MS = 5000
 
 # Compact JSON keeps observation columns small; UTF-8 stays readable in the sqlite3 shell.
-def open_store(url: str) -> Store:
-    """Open (creating or upgrading as needed) the database at ``url``."""
+def open_store(url: str, *, pre_ping: bool = True) -> Store:
+    """Open (creating or upgrading as needed) the database at ``url``. ``pre_ping=False``: a
+    server's pooled connection is not checked before each use (a round trip each time); a
+    caller that says so tries again itself on ``StorageError.disconnected``."""
     where = hide_password(url)
-    engine = create_engine_for(url)
+    engine = create_engine_for(url, pre_ping=pre_ping)
     try:
         migrate.upgrade(engine, where)
     except StorageError:
@@ -52,7 +54,7 @@ def open_store(url: str) -> Store:
     return Store(engine, where)
 
 
-def create_engine_for(url: str) -> Engine:
+def create_engine_for(url: str, *, pre_ping: bool = True) -> Engine:
     """An engine for ``url`` with blockwatch's connection settings (no connection made yet)."""
     where = hide_password(url)
     parsed = parse_url(url)
@@ -64,7 +66,7 @@ def create_engine_for(url: str) -> Engine:
             _make_parent(Path(parsed.database or ""), where)
     else:  # a long-lived process (a collector, the daemon) outlives a server restart: a pooled
         # connection is checked before use instead of failing the request that draws it
-        kwargs["pool_pre_ping"] = True
+        kwargs["pool_pre_ping"] = pre_ping
     try:
         engine = create_engine(parsed, **kwargs)
     except NoSuchModuleError as exc:

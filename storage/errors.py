@@ -30,9 +30,12 @@ _HINTS = {
 class StorageError(Exception):
     """A database could not be opened, read or written. ``where`` names it, password hidden."""
 
-    def __init__(self, where: str, problem: str) -> None:
+    def __init__(self, where: str, problem: str, *, disconnected: bool = False) -> None:
         self.where = where
         self.problem = problem
+        # the connection was lost (a server restart): the transaction rolled back, the pool
+        # dropped the connection, and the same work may be tried again on a new one
+        self.disconnected = disconnected
         super().__init__(f"{where}: {problem}")
 
 

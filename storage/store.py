@@ -54,14 +54,20 @@ from blockwatch.storage.convert import (
     verdict_from_row,
     verdict_to_row,
 )
+from blockwatch.storage.copy import copy_rows
 from blockwatch.storage.errors import StorageError, describe
 from blockwatch.storage.migrate import IMMEDIATE
-from blockwatch.storage.tables import MeasurementRow, RunRow, ScheduleStateRow, VerdictRow
+from blockwatch.storage.tables import (
+    MEASUREMENTS,
+    VERDICTS,
+    MeasurementRow,
+    RunRow,
+    ScheduleStateRow,
+    VerdictRow,
+)
 from blockwatch.storage.types import UTCDateTime, ensure_utc, format_utc, json_text
 
 YIELD_PER = 500
-MEASUREMENTS = cast(Table, MeasurementRow.__table__)
-VERDICTS = cast(Table, VerdictRow.__table__)
 
 
 def _sqlite_binds() -> dict[tuple[str, str], Callable[[Any], Any]]:
@@ -197,8 +203,13 @@ class Store:
         """Insert rows (all with the same keys). On SQLite, to the driver directly, values
         converted as the column types would (UTC text, JSON text): SQLAlchemy's per-row
         parameter processing costs more than SQLite's insert, and a sweep writes thousands of
-        rows a second. Elsewhere a Core executemany (the ORM's bulk path costs more still)."""
-        if self._engine.dialect.name != "sqlite":
+        rows a second. On PostgreSQL by COPY (``storage.copy``); elsewhere a Core executemany
+        (the ORM's bulk path costs more still)."""
+        dialect = self._engine.dialect.name
+        if dialect == "postgresql":
+            copy_rows(s, table, rows)
+            return
+        if dialect != "sqlite":
             s.execute(table.insert(), rows)
             return
         columns = list(rows[0])
@@ -371,7 +382,8 @@ class Store:
             with maker() as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            raise StorageError(self.url, describe(exc)) from exc
+            raise StorageError(self.url, describe(exc), disconnected=bool(
+                getattr(exc, "connection_invalidated", False))) from exc
 
     def _stream(self, stmt: Select[Any]) -> Iterator[Mapping[str, Any]]:
         with self._transaction() as s:

@@ -20,9 +20,9 @@ Design notes:
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, MetaData, false
+from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, MetaData, Table, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from blockwatch.storage.types import JSONType, UTCDateTime
@@ -191,3 +191,8 @@ class OutboxRow(Base):
     attempts: Mapped[int]
     next_attempt_at: Mapped[dt.datetime]
     last_error: Mapped[str | None]
+
+
+# the Core tables, typed as such (``__table__`` is typed as any FromClause)
+MEASUREMENTS = cast(Table, MeasurementRow.__table__)
+VERDICTS = cast(Table, VerdictRow.__table__)

@@ -299,3 +299,32 @@ def test_a_new_database_gets_the_migrations_schema(postgres_server: PostgresServ
     for what, sql in PG_SCHEMA.items():
         assert _sql(new, sql) == _sql(old, sql), what
     assert _sql(new, PG_SCHEMA["revision"]) == [(head(),)]
+
+
+def test_copy_failures_are_storage_errors_and_store_nothing(postgres_url: str) -> None:
+    """Rows go to PostgreSQL by COPY (storage/copy.py), past SQLAlchemy's error handling: a
+    constraint it breaks is still a StorageError naming the problem, the transaction rolls back
+    whole, and a connection killed under it is reported as lost and dropped from the pool, so
+    that the next transaction works."""
+    from blockwatch.probes.model import Verdict
+
+    verdict = Verdict(verdict="ok", rule_id="ok.no_failure", analyzer_version="8",
+                      service="s", measurement_id=None)
+    # the collector's way: no check of a pooled connection before each use (it tries again)
+    with open_store(postgres_url, pre_ping=False) as store:
+        store.start_run(Run(id="copy-run", vantage="v", started_at=T0))
+        with pytest.raises(StorageError, match="foreign key") as caught:
+            store.add_verdicts("no-such-run", [verdict])
+        assert not caught.value.disconnected
+        store.add_verdicts("copy-run", [verdict])
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM verdicts")).scalar_one() == 1
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        # the pooled connection the next COPY draws is killed by the server: a lost connection
+        _sql(postgres_url, f"SELECT pg_terminate_backend({pid})")
+        with pytest.raises(StorageError) as caught:
+            store.add_verdicts("copy-run", [verdict])
+        assert caught.value.disconnected
+        store.add_verdicts("copy-run", [verdict])  # a new connection
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM verdicts")).scalar_one() == 2

@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from blockwatch.collector import tokens
 from blockwatch.collector.batch import MAX_BODY, BatchError, decompress, parse
-from blockwatch.collector.ingest import store_batch
+from blockwatch.collector.ingest import Stored, store_batch
 from blockwatch.collector.judge import Judges
 from blockwatch.storage.collector import complete_runs, ping
 from blockwatch.storage.errors import StorageError
@@ -65,6 +65,7 @@ def _error(message: str, status: int, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+MAX_JUDGING = 10_000  # batches whose runs wait for the judging worker
 DECODING = 4  # batches decoded and stored at once: each at most 16 MiB sent, 32 MiB decoded
 
 
@@ -83,9 +84,24 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
             log.exception("run %s: judging failed (blockwatch reanalyze judges it again)",
                           run_id)
 
-    def after(batch_runs: set[str]) -> None:
+    def after(touched: set[str]) -> None:
+        """After the answer: judge the runs of ``touched`` that are now all here."""
+        if not touched:
+            return
+        if len(judging) >= MAX_JUDGING:  # bounded memory under a flood; the data is stored
+            log.warning("%d batches wait to be judged: runs %s are not judged now (blockwatch "
+                        "reanalyze --later-controls judges them)", len(judging),
+                        ", ".join(sorted(touched)))
+            return
+
         async def go() -> None:
-            for run_id in await asyncio.to_thread(complete_runs, store, sorted(batch_runs)):
+            try:
+                complete = await run(complete_runs, store, sorted(touched))
+            except StorageError as exc:
+                log.warning("runs %s: not judged now, the database failed (%s); blockwatch "
+                            "reanalyze judges them", ", ".join(sorted(touched)), exc)
+                return
+            for run_id in complete:
                 await judge_later(run_id)
 
         task = asyncio.create_task(go())
@@ -93,7 +109,16 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
         task.add_done_callback(judging.discard)
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
+        """``fn(*args)`` in a thread; once more if the database connection it drew had been
+        lost (PostgreSQL restarted): the pool does not check a connection before each use,
+        which cost a round trip a transaction, three a submission."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except StorageError as exc:
+            if not exc.disconnected:
+                raise
+            log.info("the database connection was lost; trying again on a new one")
+            return await asyncio.to_thread(fn, *args)
 
     async def vantage_of(request: Request) -> tokens.Vantage | JSONResponse:
         auth = request.headers.get("authorization", "")
@@ -128,10 +153,19 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
                 body += chunk
                 if len(body) > MAX_BODY:
                     return _error(f"batch larger than {MAX_BODY} bytes", 413)
+            encoding = request.headers.get("content-encoding", "")
+
+            def ingest() -> tuple[Stored, set[str]]:
+                """Decode and store (one trip to a thread): what was stored, and the runs it
+                touched."""
+                batch = parse(decompress(bytes(body), encoding))
+                stored = store_batch(store, batch, vantage)
+                if not (stored.runs or stored.measurements or stored.verdicts):
+                    return stored, set()
+                return stored, {r.id for r in batch.runs} | {m.run_id for m in batch.measurements}
+
             try:
-                batch = await run(lambda: parse(decompress(
-                    bytes(body), request.headers.get("content-encoding", ""))))
-                stored = await run(store_batch, store, batch, vantage)
+                stored, touched = await run(ingest)
             except BatchError as exc:
                 log.info("vantage %s: batch refused (%d): %s", vantage.name, exc.status, exc)
                 return _error(str(exc), exc.status)
@@ -140,8 +174,7 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
                 return _error("the database is unavailable; nothing was stored, try again "
                               "later", 503)
         log.info("vantage %s: stored %s", vantage.name, stored.to_dict())
-        if stored.runs or stored.measurements or stored.verdicts:
-            after({r.id for r in batch.runs} | {m.run_id for m in batch.measurements})
+        after(touched)
         return JSONResponse(stored.to_dict())
 
     async def whoami(request: Request) -> JSONResponse:

@@ -122,12 +122,12 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace) -> Any:
+def _open(args: argparse.Namespace, *, pre_ping: bool = True) -> Any:
     from blockwatch.config import load_config
     from blockwatch.storage import open_store
 
     url = args.db or load_config(args.config).storage_url()
-    return open_store(url)
+    return open_store(url, pre_ping=pre_ping)
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
@@ -144,7 +144,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise UsageError(f"the collector needs its extra packages ({exc.name}): "
                              "pip install 'blockwatch[collector]'") from None
-        store = _open(args)
+        store = _open(args, pre_ping=False)  # the service tries again itself (app.run)
         try:
             serve(store, args.host, args.port, certfile=args.certfile, keyfile=args.keyfile,
                   rate=args.rate, burst=max(3 * args.rate, 10))
