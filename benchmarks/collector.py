@@ -41,7 +41,7 @@ import httpx
 
 from blockwatch.collector import tokens
 from blockwatch.collector.batch import encode
-from blockwatch.collector.client import _json_row as json_row
+from blockwatch.collector.client import json_row
 from blockwatch.probes.model import (
     DNSAnswer,
     DNSObservation,

@@ -262,6 +262,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        services=len(services), targets=len(targets),
                                        max_runtime_s=max_runtime))
     with lock, _store(cfg) as store:
+        if sending is not None and cfg.collector.controls:
+            settings = _controls(store, sending, services, settings, quiet=args.quiet)
         outcome, stop = _run_sweep(store, services, targets, ctx, settings, interactive,
                                    max_runtime)
         if outcome is None:
@@ -294,6 +296,22 @@ def _sending(cfg: Any) -> Any:
         return sending_of(cfg)
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: collector: {exc}") from None
+
+
+def _controls(store: Any, sending: Any, services: Any, settings: Any, *, quiet: bool) -> Any:
+    """The control vantages' recent measurements from the collector, into the local database;
+    the settings with them as control vantages (a collector away: the settings as they were)."""
+    from blockwatch.collector.controls import with_controls
+    from blockwatch.scheduler.logfmt import fields
+
+    settings, got = with_controls(store, sending, [s.name for s in services], settings)
+    log.info("collector.controls", extra=fields(vantages=len(got.vantages),
+                                                measurements=got.measurements,
+                                                problems=len(got.problems)))
+    if not quiet:
+        for problem in got.problems:
+            print(f"blockwatch: controls: {problem}", file=sys.stderr)
+    return settings
 
 
 def _submit(store: Any, sending: Any, run_id: str, cfg: Any, *, quiet: bool) -> None:

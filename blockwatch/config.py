@@ -123,6 +123,9 @@ class Collector(_Strict):
     timeout: float = Field(default=30.0, gt=0, le=600)
     # at most this long is spent submitting at the end of a run (the rest waits for the next)
     flush_budget_s: float = Field(default=60.0, ge=0, le=3600)
+    # before each run, fetch the control vantages' recent measurements from the collector and
+    # judge this run against them (blockwatch/collector/controls.py)
+    controls: bool = True
 
     @field_validator("url")
     @classmethod

@@ -224,7 +224,8 @@ def _submitter(store: Any, cfg: Config) -> Any:
         sending = sending_of(cfg)
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: collector: {exc}") from None
-    return daemon_hooks(store, sending, cfg.collector.flush_budget_s) if sending else None
+    return daemon_hooks(store, sending, cfg.collector.flush_budget_s,
+                        controls=cfg.collector.controls) if sending else None
 
 
 def asyncio_run_daemon(store: Any, groups: list[Any], cfg: Config,
@@ -238,7 +239,7 @@ def asyncio_run_daemon(store: Any, groups: list[Any], cfg: Config,
     async def main() -> None:
         daemon = Daemon(store, groups, lock_url=cfg.storage_url(), state_dir=state_dir(),
                         reload=reload, submit=hooks[0] if hooks else None,
-                        queue=hooks[1] if hooks else None)
+                        queue=hooks[1] if hooks else None, prepare=hooks[2] if hooks else None)
         runner = asyncio.create_task(daemon.run())
         await daemon.ready.wait()
         _print_next(daemon)

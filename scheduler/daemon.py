@@ -39,7 +39,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from blockwatch.scheduler.groups import GroupSpec
 from blockwatch.scheduler.lock import LockBusy, acquire_run_lock
 from blockwatch.scheduler.logfmt import fields
-from blockwatch.scheduler.sweep import sweep
+from blockwatch.scheduler.sweep import SweepSettings, sweep
 from blockwatch.storage.errors import StorageError
 from blockwatch.storage.store import ScheduleState, Store
 
@@ -63,13 +63,16 @@ class Daemon:
                  state_dir: Path, reload: Callable[[], Sequence[GroupSpec]] | None = None,
                  submit: Callable[[str | None], Any] | None = None,
                  queue: Callable[[str], Any] | None = None,
-                 submit_every_s: float = 900.0) -> None:
+                 submit_every_s: float = 900.0,
+                 prepare: Callable[[Any], SweepSettings] | None = None) -> None:
         """``queue``: put a run that just ended in the outbox (a vantage with a collector),
         even while stopping; ``submit``: the outbox's flush, called in a thread with that run,
         and with None when the daemon starts and every ``submit_every_s`` seconds (what waits
-        for a collector that was away)."""
+        for a collector that was away); ``prepare``: a group's plan to the settings of its
+        next sweep, in a thread (the collector's controls added; a failure: the plan's own)."""
         loop = asyncio.get_running_loop()
         self._submit_fn, self._queue_fn, self.submit_every_s = submit, queue, submit_every_s
+        self._prepare_fn = prepare
         self._submitting = asyncio.Lock()
         self._submits: set[asyncio.Task[None]] = set()
         self.store, self.lock_url, self.state_dir, self._reload = store, lock_url, state_dir, reload
@@ -255,10 +258,16 @@ class Daemon:
             planned=_iso(planned),
             late_s=None if planned is None else round((started - planned).total_seconds(), 3)))
         status = "interrupted"
+        settings = plan.settings
+        if self._prepare_fn is not None:
+            try:
+                settings = await asyncio.to_thread(self._prepare_fn, plan)
+            except Exception:  # the sweep goes on without what the hook would have added
+                log.exception("run.prepare_failed", extra=fields(group=name))
         try:
             async with asyncio.timeout(spec.max_runtime_s):
                 outcome = await sweep(self.store, plan.services, plan.targets, plan.ctx,
-                                      plan.settings)
+                                      settings)
             status = outcome.run.status
         except TimeoutError:
             status = "interrupted"

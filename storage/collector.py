@@ -25,6 +25,7 @@ from blockwatch.storage.tables import (
     RunRow,
     VerdictRow,
 )
+from blockwatch.storage.types import ensure_utc
 
 
 class Refused(ValueError):
@@ -106,6 +107,30 @@ def complete_runs(store: Any, run_ids: Sequence[str]) -> list[str]:
             if isinstance(want, int) and (have or 0) >= want:
                 out.append(run_id)
         return sorted(out)
+
+
+def control_rows(store: Any, vantage: str, since: dt.datetime, until: dt.datetime,
+                 services: Sequence[str], limit: int) -> tuple[list[Any], list[Any]]:
+    """The runs and measurements of ``vantage`` started from ``since`` to ``until``, of the
+    ``services`` (all when empty), at most ``limit`` measurements (the newest first kept),
+    in start order: what a vantage asks the collector for to judge its own run."""
+    from blockwatch.storage.convert import measurement_from_row, run_from_row
+
+    m = MeasurementRow
+    stmt = (select(m.__table__).where(m.vantage == vantage)
+            .where(m.started_at >= ensure_utc(since, "since"))
+            .where(m.started_at <= ensure_utc(until, "until")))
+    if services:
+        stmt = stmt.where(m.service.in_(sorted(set(services))))
+    stmt = stmt.order_by(m.started_at.desc(), m.id).limit(limit)
+    with store._transaction() as s:
+        measurements = [measurement_from_row(r._mapping) for r in s.execute(stmt)]
+        measurements.reverse()
+        run_ids = sorted({x.run_id for x in measurements})
+        runs = [run_from_row(r) for r in s.scalars(select(RunRow).where(RunRow.id.in_(run_ids))
+                                                   .order_by(RunRow.started_at))] \
+            if run_ids else []
+    return runs, measurements
 
 
 def ping(store: Any) -> None:

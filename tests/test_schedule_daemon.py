@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import json
 import signal
 import sqlite3
 import time
@@ -17,6 +18,9 @@ import pytest
 from test_cli import BLOCKWATCH, blockwatch
 from test_lock_run import Lab
 from test_lock_run import lab as lab  # the fixture
+
+from blockwatch.probes.model import Measurement, Run, Target, TCPObservation
+from blockwatch.probes.runner import new_id
 
 # Real schedules in real time (seconds per test): `-m "not slow"` skips them in a quick loop.
 pytestmark = pytest.mark.slow
@@ -341,6 +345,18 @@ async def test_the_daemon_submits_its_runs_to_the_collector(lab: Lab, daemon: Da
     collector_db = f"sqlite:///{tmp_path / 'collector.db'}"
     with open_store(collector_db) as store:
         token = tokens.add(store, "loop")
+        # a control vantage's run, there already: each sweep fetches it first (controls)
+        tokens.add(store, "vps", control=True)
+        now = dt.datetime.now(dt.UTC)
+        vps = Run(id=new_id(), vantage="vps", started_at=now, status="running")
+        store.start_run(vps)
+        store.add_measurements([Measurement(
+            id=new_id(), run_id=vps.id, vantage="vps", probe_version="1", started_at=now,
+            target=Target(service="good", probe="tcp", host="127.0.0.1", port=9),
+            runtime_s=0.01, observations=(TCPObservation(address="127.0.0.1", port=9, t0=0,
+                                                         t=0.01),))], run_id=vps.id)
+        store.finish_run(vps.id, status="complete", finished_at=now,
+                         summary={"measurements": 1})
     (tmp_path / "token").write_text(token)
     lab.write(FAST.format(every="1s", spread="0s")
               + f'\n[collector]\nurl = "http://127.0.0.1:{port}"\n'
@@ -357,8 +373,15 @@ async def test_the_daemon_submits_its_runs_to_the_collector(lab: Lab, daemon: Da
         code, _, err = await daemon.stop()
         assert code == 0, err
         stored = {r[0] for r in runs(lab, "fast")}
-        at_collector = {str(r.id) for r in collector.store.runs(limit=1000)}
+        at_collector = {str(r.id) for r in collector.store.runs(limit=1000)
+                        if r.vantage == "loop"}
         left = {str(r[0]) for r in lab.rows("SELECT run_id FROM outbox")}
         # every run is at the collector or waits in the outbox (the one the stop interrupted)
         assert stored == at_collector | left, (stored, at_collector, left)
         assert len(left) <= 1 and len(at_collector) >= waiting + 1
+    # the runs made while the collector was there were judged against its control vantage
+    judged = [json.loads(v) for (v,) in lab.rows(
+        "SELECT control_vantages FROM runs WHERE vantage = 'loop' AND control_vantages "
+        "IS NOT NULL")]
+    assert ["vps"] in judged, judged
+    assert lab.rows("SELECT count(*) FROM measurements WHERE vantage = 'vps'")[0][0] == 1

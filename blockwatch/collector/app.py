@@ -9,6 +9,13 @@ retry: 4xx never, 5xx later):
   large (on the wire, decompressed, or too many records), 415 unknown encoding, 422 invalid
   records, 429 over the token's rate (``Retry-After``), 503 the database is unavailable;
 - ``GET /api/v1/token``: the token's vantage (a client checks its token);
+- ``GET /api/v1/controls``: ``{"vantages": [...]}``, the control vantages (other than the
+  asker);
+- ``POST /api/v1/controls/{vantage}`` with ``{"since", "until", "services"}``: that control
+  vantage's runs and measurements in the window (at most 31 days), of those services (all if
+  none named), as a batch (``application/gzip``, the submission format), at most
+  ``MAX_CONTROLS`` measurements (the newest; ``X-Blockwatch-Truncated: 1`` when more were
+  there): what a vantage judges its own run against (``blockwatch.collector.controls``);
 - ``GET /healthz``: 200 when the database answers, else 503.
 
 No address of a client is stored, logged or answered with: uvicorn runs without its access log
@@ -26,16 +33,24 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from blockwatch.collector import tokens
-from blockwatch.collector.batch import MAX_BODY, BatchError, decompress, parse
+from blockwatch.collector.batch import (
+    MAX_BODY,
+    BatchError,
+    ControlsQuery,
+    decompress,
+    encode,
+    parse,
+)
 from blockwatch.collector.ingest import Stored, store_batch
 from blockwatch.collector.judge import Judges
-from blockwatch.storage.collector import complete_runs, ping
+from blockwatch.storage.collector import complete_runs, control_rows, control_vantages, ping
 from blockwatch.storage.errors import StorageError
 
 log = logging.getLogger("blockwatch.collector")
@@ -65,6 +80,8 @@ def _error(message: str, status: int, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+MAX_CONTROLS = 20_000  # measurements in one answer to a controls query (the newest kept)
+MAX_QUERY = 256 * 1024  # a controls query's body: a window and at most 5,000 service names
 MAX_JUDGING = 10_000  # batches whose runs wait for the judging worker
 DECODING = 4  # batches decoded and stored at once: each at most 16 MiB sent, 32 MiB decoded
 
@@ -177,6 +194,52 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
         after(touched)
         return JSONResponse(stored.to_dict())
 
+    async def controls(request: Request) -> JSONResponse:
+        vantage = await vantage_of(request)
+        if isinstance(vantage, JSONResponse):
+            return vantage
+        try:
+            names = await run(control_vantages, store)
+        except StorageError:
+            return _error("the database is unavailable; try again later", 503)
+        return JSONResponse({"vantages": [n for n in names if n != vantage.name]})
+
+    async def controls_of(request: Request) -> Response:
+        vantage = await vantage_of(request)
+        if isinstance(vantage, JSONResponse):
+            return vantage
+        wait = buckets.setdefault(vantage.name, Bucket(rate, burst)).take()
+        if wait > 0:
+            return _error(f"over {rate:g} requests a second", 429,
+                          **{"Retry-After": str(max(1, round(wait)))})
+        name = request.path_params["vantage"]
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_QUERY:
+                return _error(f"a controls query larger than {MAX_QUERY} bytes", 413)
+        try:
+            asked = ControlsQuery.model_validate_json(body)
+        except ValidationError as exc:
+            return _error(f"not a controls query: {exc.errors()[0]['msg']} at "
+                          f"{'.'.join(str(p) for p in exc.errors()[0]['loc'])}", 422)
+        try:
+            if name == vantage.name or name not in await run(control_vantages, store):
+                return _error(f"{name!r} is not another vantage's control", 404)
+            runs, found = await run(control_rows, store, name, asked.since, asked.until,
+                                    asked.services, MAX_CONTROLS)
+        except StorageError:
+            return _error("the database is unavailable; try again later", 503)
+        from blockwatch.collector.client import json_row
+        from blockwatch.storage.convert import measurement_to_row, run_to_row
+
+        encoded = await asyncio.to_thread(
+            encode, name, [json_row(run_to_row(r)) for r in runs],
+            [json_row(measurement_to_row(m)) for m in found], [])
+        return Response(encoded, media_type="application/gzip",
+                        headers={"X-Blockwatch-Truncated": "1" if len(found) >= MAX_CONTROLS
+                                 else "0"})
+
     async def whoami(request: Request) -> JSONResponse:
         vantage = await vantage_of(request)
         if isinstance(vantage, JSONResponse):
@@ -201,6 +264,9 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
 
     return Starlette(routes=[Route("/api/v1/submit", submit, methods=["POST"]),
                              Route("/api/v1/token", whoami, methods=["GET"]),
+                             Route("/api/v1/controls", controls, methods=["GET"]),
+                             Route("/api/v1/controls/{vantage}", controls_of,
+                                   methods=["POST"]),
                              Route("/healthz", health, methods=["GET"])], lifespan=lifespan)
 
 

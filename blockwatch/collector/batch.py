@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from blockwatch.probes.model import observation_from_dict
 
@@ -118,6 +125,24 @@ class VerdictIn(_Strict):
     analyzer_version: Short
     evidence: Annotated[str, Field(max_length=65_536)] = ""
     details: dict[str, Any] = {}
+
+
+def _window(q: ControlsQuery) -> ControlsQuery:
+    if not q.since <= q.until <= q.since + dt.timedelta(days=31):
+        raise ValueError("since must come before until, at most 31 days before")
+    return q
+
+
+class ControlsQuery(_Strict):
+    """What a vantage asks the collector for: a control vantage's measurements of a window."""
+
+    since: Time
+    until: Time
+    services: Annotated[list[Text], Field(max_length=5000)] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> ControlsQuery:
+        return _window(self)
 
 
 MODELS: dict[str, type[_Strict]] = {"run": RunIn, "measurement": MeasurementIn,

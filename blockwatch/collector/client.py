@@ -19,7 +19,7 @@ from blockwatch.storage.convert import measurement_to_row, run_to_row, verdict_t
 PER_BATCH = 2000
 
 
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items()}
 
 
@@ -29,7 +29,7 @@ def batches(store: Any, run_id: str, start: int = 0) -> Iterator[bytes]:
     run = store.get_run(run_id)
     if run is None:
         raise KeyError(run_id)
-    run_row = _json_row(run_to_row(run))
+    run_row = json_row(run_to_row(run))
     by_measurement: dict[str | None, list[dict[str, Any]]] = {}
     for v in store.verdicts(run_id=run.id):
         row = verdict_to_row(v, run_id=run.id, created_at=dt.datetime.now(dt.UTC))
@@ -39,7 +39,7 @@ def batches(store: Any, run_id: str, start: int = 0) -> Iterator[bytes]:
     index = 0
 
     def cut(last: bool) -> bytes:
-        rows = [_json_row(measurement_to_row(m)) for m in chunk]
+        rows = [json_row(measurement_to_row(m)) for m in chunk]
         verdicts = [v for m in chunk for v in by_measurement.get(m.id, ())]
         if last:
             verdicts += by_measurement.get(None, [])

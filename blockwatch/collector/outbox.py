@@ -218,11 +218,13 @@ def after_run(store: Any, sending: Sending, run_id: str, *, budget_s: float) -> 
     return report
 
 
-def daemon_hooks(store: Any, sending: Sending, budget_s: float
-                 ) -> tuple[Callable[[str | None], Any], Callable[[str], None]]:
+def daemon_hooks(store: Any, sending: Sending, budget_s: float, *, controls: bool = True
+                 ) -> tuple[Callable[[str | None], Any], Callable[[str], None], Any]:
     """What the scheduling daemon calls: ``submit(run_id)`` after a run (``after_run``) or
-    ``submit(None)`` at start and periodically (``flush`` of what is due), and ``queue(run_id)``
-    (a run that a stop interrupted is queued all the same)."""
+    ``submit(None)`` at start and periodically (``flush`` of what is due), ``queue(run_id)``
+    (a run that a stop interrupted is queued all the same), and ``prepare(plan)`` before a
+    sweep (the collector's controls, ``controls.daemon_hook``; None with ``controls`` off)."""
+    from blockwatch.collector.controls import daemon_hook
 
     def submit(run_id: str | None) -> Any:
         if run_id is None:
@@ -232,5 +234,5 @@ def daemon_hooks(store: Any, sending: Sending, budget_s: float
     def queue(run_id: str) -> None:
         enqueue(store, run_id, sending.url)
 
-    return submit, queue
+    return submit, queue, daemon_hook(store, sending) if controls else None
 
