@@ -24,6 +24,7 @@ import httpx
 
 from blockwatch.probes import pacing
 from blockwatch.probes.context import ProbeContext
+from blockwatch.probes.decoding import read_decoded
 from blockwatch.probes.dns_transport import _endpoint, _Exchange, _Where
 from blockwatch.probes.dns_wire import MAX_MESSAGE, Query, _response
 from blockwatch.probes.scope import is_ip
@@ -201,10 +202,8 @@ def _doh_client(ctx: ProbeContext, where: _Where) -> tuple[httpx.AsyncClient, pa
 
 
 async def _read_capped(resp: httpx.Response) -> bytes:
-    """The body, up to one DNS message's maximum size: a hostile server may send gigabytes."""
-    body = bytearray()
-    async for chunk in resp.aiter_bytes():
-        body += chunk
-        if len(body) > MAX_MESSAGE:
-            break
-    return bytes(body)
+    """The body, up to one DNS message's maximum size: a hostile server may send gigabytes,
+    or a compression bomb (decoded with bounded output, ``probes.decoding``)."""
+    body, _ = await read_decoded(resp.aiter_raw(), resp.headers.get("content-encoding"),
+                                 MAX_MESSAGE + 1)
+    return body

@@ -12,7 +12,9 @@ Guarantees:
   the previous fails or has not connected within 0.25 s; the first to connect is used
   (``address``), and if none does, the first address's error is the failure.
 - At most 10 redirects are followed, each recorded; the 11th is ``http_too_many_redirects``.
-- At most 512 KiB of the (decoded) body is read; its SHA-256 and length describe what was read,
+- At most 512 KiB of the (decoded) body is read, decoded with bounded output at every layer
+  of stacked codings (``probes.decoding``: a compression bomb of any ratio stops at the
+  cap); its SHA-256 and length describe what was read,
   and ``body_truncated`` says more was sent. Its first 8 KiB are kept as text
   (``body_sample``) for block-page fingerprints.
 - Timeouts per layer (connect: ``tcp``, handshake: ``tls``, read/write/pool: ``http``) under an
@@ -48,6 +50,7 @@ from httpcore._backends.anyio import AnyIOStream  # what httpcore.AnyIOBackend r
 
 from blockwatch.probes import pacing
 from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.decoding import read_decoded
 from blockwatch.probes.dial import Clock, Dialer
 from blockwatch.probes.errors import KnownFailure, ProbeError, ProxyConnectError
 from blockwatch.probes.failures import (
@@ -306,15 +309,10 @@ def redirect(request: httpx.Request, response: httpx.Response) -> httpx.Request 
 
 
 async def read_capped(response: httpx.Response, cap: int = BODY_CAP) -> tuple[bytes, bool]:
-    """At most ``cap`` bytes of the decoded body, and whether the server sent more."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > cap:
-            return b"".join(chunks)[:cap], True
-    return b"".join(chunks), False
+    """At most ``cap`` bytes of the decoded body, and whether the server sent more; decoded
+    with bounded output (``probes.decoding``: a compression bomb stops at the cap)."""
+    return await read_decoded(response.aiter_raw(), response.headers.get("content-encoding"),
+                              cap)
 
 
 def extract_title(body: bytes, encoding: str | None = None) -> str | None:
