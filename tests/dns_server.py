@@ -51,6 +51,7 @@ class Behaviour:
     forged_other_port: bool = False  # the forged answer comes from another port of 127.0.0.1
     delay: float = 0.0  # seconds before the (real) answer
     http_status: int = 200  # DoH only
+    flood: int = 0  # UDP: send the reply this many extra times (a resolver answering a flood)
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,9 @@ class DNSServer:
         reply = self.reply(query, behaviour)
         # the raw socket, because asyncio's transport silently drops an empty datagram
         self._loop.call_later(behaviour.delay, self._udp_sock.sendto, reply, addr)
+        for _ in range(behaviour.flood):
+            with contextlib.suppress(OSError):  # the client's buffer full: that is the point
+                self._udp_sock.sendto(reply, addr)
 
     def _send_forged(self, wire: bytes, addr: tuple[str, int], behaviour: Behaviour) -> None:
         assert self._udp_sock is not None and self._other is not None

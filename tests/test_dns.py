@@ -768,3 +768,23 @@ async def test_a_stream_resolver_gets_a_handful_of_connections_however_many_quer
     assert all(r.failure is None for r in results)
     assert server.connections["tcp"] <= STREAM_CONNECTIONS
     await ctx.aclose()
+
+
+async def test_a_flood_of_responses_is_kept_bounded_and_counted() -> None:
+    """Issue #15: a resolver answering one query 5,000 times: at most MAX_RESPONSES are kept
+    (the rest counted in ``dropped``), the measurement stays small, and the exchange ends
+    within its window, not after reading the flood."""
+    from blockwatch.probes.dns_transport import MAX_RESPONSES
+    from blockwatch.probes.model import observation_to_dict
+    from blockwatch.storage.types import json_text
+
+    with DNSServer({"flood.test": Behaviour(addresses=("192.0.2.1",), flood=5000)}) as server:
+        started = time.monotonic()
+        result = await probe("flood.test", server.udp)
+        took = time.monotonic() - started
+    a, _ = a_and_aaaa(result)
+    assert len(a.responses) == MAX_RESPONSES and a.dropped > 0
+    assert a.addresses == ("192.0.2.1",) and result.failure is None
+    stored = sum(len(json_text(observation_to_dict(o))) for o in result.observations)
+    assert stored < 64 * 1024, stored
+    assert took < TIMEOUT + 1.0
