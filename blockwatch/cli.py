@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from blockwatch.errors import ConfigError
+from blockwatch.probes.textsafe import cell
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_STORAGE, EXIT_NETWORK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_LOCKED, EXIT_MAX_RUNTIME, EXIT_NO_CONSENT = 5, 6, 7
@@ -458,14 +459,14 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
         order = {"blocked": 0, "partial": 1, "down": 2, "inconclusive": 3, "error": 4}
         shown = sorted((v for v in services if v.verdict != "ok"),
                        key=lambda v: order.get(v.verdict, 5))[:SUMMARY_ROWS]
-    table = Table(title=Text(f"run {run.id}  vantage {run.vantage}  {run.status}"))
+    table = Table(title=cell(f"run {run.id}  vantage {run.vantage}  {run.status}"))
     for col in ("service", "verdict", "layer", "evidence"):
         table.add_column(col)
     style = {"ok": "green", "blocked": "bold red", "partial": "red", "down": "yellow",
              "inconclusive": "yellow", "network_unavailable": "magenta"}
     for v in shown:  # names (URLs of a test list) and evidence are data, never markup
-        table.add_row(Text(v.service), Text(v.verdict, style=style.get(v.verdict, "")),
-                      Text(v.layer or ""), Text(v.evidence[:70]))
+        table.add_row(cell(v.service), Text(v.verdict, style=style.get(v.verdict, "")),
+                      cell(v.layer or ""), cell(v.evidence[:70]))
     console.print(table)
     if len(shown) < len(services):
         counts = ", ".join(f"{n} {k}" for k, n in sorted(
@@ -474,14 +475,14 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
                            "ok are shown"))
     wanting = (run.summary or {}).get("needs_control") or []
     if wanting:  # service names are data: printed as text
-        console.print(Text(
+        console.print(cell(
             f"{len(wanting)} inconclusive service(s) failed where a dead server fails too "
             f"({', '.join(wanting[:5])}{', ...' if len(wanting) > 5 else ''}): a control "
             "vantage ([analysis] control_vantages) or a control path ([analysis] "
             "control_proxy) would tell blocking from an outage"))
     raw = (run.summary or {}).get("raw_evidence") or {}
     if raw.get("untraced"):
-        console.print(Text(f"{raw['untraced']} reset or unanswered handshake(s) were not traced "
+        console.print(cell(f"{raw['untraced']} reset or unanswered handshake(s) were not traced "
                            f"for raw-packet evidence: {raw.get('why', '')}"))
     console.print(f"{outcome.count} measurements stored; "
                   f"details: blockwatch show {run.id[:13]}")
@@ -493,7 +494,6 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
     cfg = load_config(args.config)
     with _store(cfg) as store:
@@ -503,7 +503,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in runs:  # stored text (names, summaries of test-list URLs) is data, never markup
         dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
-        table.add_row(*(Text(c) for c in (
+        table.add_row(*(cell(c) for c in (
             r.id[:13], r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.vantage, r.group or "",
             r.status, dur, _one_line(r.summary))))
     Console(width=140).print(table)
@@ -532,24 +532,24 @@ def cmd_show(args: argparse.Namespace) -> int:
         verdicts = store.verdicts(run_id=run.id)
         rows = list(store.export_rows(run_id=run.id))
     console = Console(width=160)
-    console.print(Text(f"run {run.id}", style="bold") + Text(
+    console.print(Text(f"run {run.id}", style="bold") + cell(
         f"  vantage {run.vantage}{' (' + run.country + ')' if run.country else ''}  "
         f"status {run.status}"))
-    console.print(Text(f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
+    console.print(cell(f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
                        f"  baseline {run.baseline.get('status', '?')}  {_one_line(run.summary)}"))
     services = Table(title="services")
     for col in ("service", "verdict", "layer", "rule", "evidence"):
         services.add_column(col)
     for v in verdicts:
         if v.measurement_id is None:
-            services.add_row(*(Text(c) for c in (v.service, v.verdict, v.layer or "",
+            services.add_row(*(cell(c) for c in (v.service, v.verdict, v.layer or "",
                                                  v.rule_id, v.evidence[:60])))
     console.print(services)
     ms = Table(title="measurements")
     for col in ("service", "probe", "target", "time", "failure", "verdict", "rule"):
         ms.add_column(col)
     for r in rows:
-        ms.add_row(*(Text(c) for c in (r["service"], r["probe"], r["target"][:50],
+        ms.add_row(*(cell(c) for c in (r["service"], r["probe"], r["target"][:50],
                                        f"{r['runtime_s']:.2f}s", (r["failure"] or "")[:40],
                                        r["verdict"] or "", r["rule_id"] or "")))
     console.print(ms)
@@ -600,8 +600,8 @@ def cmd_services(args: argparse.Namespace) -> int:
     for col in ("name", "title", "category", "domains", "urls", "endpoints"):
         table.add_column(col)
     for s in cfg.catalogue().values():
-        table.add_row(s.name, s.title, s.category, str(len(s.domains)), str(len(s.urls)),
-                      str(len(s.endpoints)))
+        table.add_row(cell(s.name), cell(s.title), cell(s.category), str(len(s.domains)),
+                      str(len(s.urls)), str(len(s.endpoints)))
     Console(width=120).print(table)
     return EXIT_OK
 

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from blockwatch.cli import EXIT_OK, UsageError, _parse_since, load_config
+from blockwatch.probes.textsafe import cell as text_cell
+from blockwatch.probes.textsafe import csv_cell, json_safe
 
 FORMATS = ("table", "csv", "json")
 TABLE_LIMIT = 200
@@ -142,17 +144,17 @@ def _out(args: argparse.Namespace) -> Iterator[TextIO]:
 def _emit(args: argparse.Namespace, title: str, columns: Sequence[str],
           rows: Iterable[Sequence[Any]], limit: int | None = None) -> None:
     with _out(args) as fh:
-        if args.format == "csv":
+        if args.format == "csv":  # text from the network: printable, never a formula
             w = csv.writer(fh)
-            w.writerow(columns)
+            w.writerow([csv_cell(c) for c in columns])
             for row in rows:
-                w.writerow(["" if v is None else v for v in row])
+                w.writerow(["" if v is None else csv_cell(v) for v in row])
         elif args.format == "json":
             fh.write("[")
             for i, row in enumerate(rows):
                 fh.write(",\n" if i else "\n")
-                fh.write(json.dumps(dict(zip(columns, row, strict=True)), default=str,
-                                    ensure_ascii=False))
+                fh.write(json_safe(json.dumps(dict(zip(columns, row, strict=True)),
+                                              default=str, ensure_ascii=False)))
             fh.write("\n]\n")
         else:
             _table(fh, title, columns, rows, limit)
@@ -163,15 +165,15 @@ def _table(fh: TextIO, title: str, columns: Sequence[str], rows: Iterable[Sequen
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=text_cell(title))
     for c in columns:
-        table.add_column(str(c))
+        table.add_column(text_cell(c))
     shown = more = 0
     for row in rows:
         if limit is not None and shown >= limit:
             more += 1
             continue
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(text_cell(v) for v in row))  # data, never markup or an escape
         shown += 1
     console = Console(file=fh, width=None if fh.isatty() else 200)
     console.print(table)

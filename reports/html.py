@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from blockwatch.probes.textsafe import mathtext, printable
 from blockwatch.reports.analysis import change_points, comparison
 from blockwatch.reports.changes import DEFAULT_MIN_SWEEPS, SeriesResult
 from blockwatch.reports.compare import Comparison
@@ -82,7 +83,8 @@ def render(r: ReportInput) -> str:
 
 
 def _e(value: object) -> str:
-    return html.escape("" if value is None else str(value))
+    """Text for the page: no markup (HTML-escaped), no control character (``printable``)."""
+    return html.escape(printable("" if value is None else str(value)))
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[str]], num: Sequence[int] = ()) -> str:
@@ -208,7 +210,7 @@ def chart(series: Sequence[Series], tl: Timeline, changes: Sequence[object],
                 ys.append(ys[-1])
                 top = [b + y for b, y in zip(bottom, ys, strict=True)]
                 ax.fill_between(x, bottom, top, step="post", linewidth=0,
-                                color=COLOURS.get(verdict, "#000"), label=verdict)
+                                color=COLOURS.get(verdict, "#000"), label=mathtext(verdict))
                 bottom = top
         for c in changes:
             if getattr(c, "vantage", None) == s.vantage:
@@ -217,7 +219,7 @@ def chart(series: Sequence[Series], tl: Timeline, changes: Sequence[object],
             start, _ = e.interval()
             if start is not None and x and x[0] <= start <= x[-1] + dt.timedelta(days=1):
                 ax.axvline(start, color="#1565c0", linestyle="--", linewidth=1.2)
-        ax.set_ylabel(s.vantage, rotation=0, ha="right", va="center", fontsize=11)
+        ax.set_ylabel(mathtext(s.vantage), rotation=0, ha="right", va="center", fontsize=11)
         ax.set_yticks([])
         ax.spines[["top", "right", "left"]].set_visible(False)
     handles: dict[str, Any] = {}

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from blockwatch.probes.textsafe import csv_cell, json_safe
 from blockwatch.storage.errors import StorageError
 
 CONTRACT_FIELDS = (
@@ -48,7 +49,7 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], fh: TextIO) -> int:
     count = 0
     for row in rows:
         record = {name: row.get(name) for name in EXPORT_FIELDS}
-        fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        fh.write(json_safe(json.dumps(record, ensure_ascii=False, separators=(",", ":"))))
         fh.write("\n")
         count += 1
     return count
@@ -65,10 +66,11 @@ def write_csv(rows: Iterable[Mapping[str, Any]], fh: TextIO) -> int:
 
 
 def _cell(name: str, value: Any) -> Any:
+    """A CSV cell: text from the network printable and never a formula (``csv_cell``)."""
     if name == "observations":
-        return json.dumps(value if value is not None else [], ensure_ascii=False,
-                          separators=(",", ":"))
-    return "" if value is None else value
+        return csv_cell(json_safe(json.dumps(value if value is not None else [],
+                                             ensure_ascii=False, separators=(",", ":"))))
+    return "" if value is None else csv_cell(value)
 
 
 PARQUET_BATCH = 10_000
