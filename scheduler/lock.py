@@ -64,7 +64,8 @@ def lock_base(url: str, state_dir: Path) -> Path:
     database = parsed.database or ""
     if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") and \
             parsed.query.get("mode") != "memory":
-        return Path(database).expanduser().absolute()
+        # resolved: a symlink to the database (or a path through one) is the same database
+        return Path(database).expanduser().resolve()
     digest = hashlib.sha256(hide_password(url).encode()).hexdigest()[:16]
     return state_dir / "locks" / f"db-{digest}"
 

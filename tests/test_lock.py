@@ -95,6 +95,23 @@ def test_lock_files_sit_next_to_the_sqlite_file(url: str, tmp_path: Path) -> Non
     assert lock_base(str(tmp_path / "plain.db"), tmp_path) == tmp_path / "plain.db"
 
 
+def test_a_symlink_to_the_database_takes_the_same_lock(url: str, tmp_path: Path) -> None:
+    """Issue #15: a run through a symlink to the database (or through a linked directory) is
+    locked out by a run through the real path, and the other way round."""
+    real = tmp_path / "data" / "results.db"
+    real.parent.mkdir(parents=True, exist_ok=True)
+    real.touch()
+    (tmp_path / "link.db").symlink_to(real)
+    (tmp_path / "linkdir").symlink_to(real.parent)
+    with acquire_run_lock(url, None, tmp_path):
+        for other in (tmp_path / "link.db", tmp_path / "linkdir" / "results.db"):
+            with pytest.raises(LockBusy):
+                acquire_run_lock(f"sqlite:///{other}", None, tmp_path)
+    with acquire_run_lock(f"sqlite:///{tmp_path / 'link.db'}", None, tmp_path):
+        with pytest.raises(LockBusy):
+            acquire_run_lock(url, None, tmp_path)
+
+
 def test_other_urls_lock_in_the_state_dir_by_hash(tmp_path: Path) -> None:
     a = lock_base("postgresql+psycopg://me:secret@db.example/bw", tmp_path)
     b = lock_base("postgresql+psycopg://me:other@db.example/bw", tmp_path)
