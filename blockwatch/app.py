@@ -69,6 +69,7 @@ def plan(cfg: Config, services: list[Any]) -> list[Any]:
 def vpn_secrets(cfg: Config) -> dict[str, bytes]:
     """Key material of the VPN endpoints that name a ``key_file``, by target key. Read here,
     held in memory for the sweep, never logged or stored."""
+    from blockwatch.probes.context import secret_key
     from blockwatch.scheduler.plan import vpn_target
 
     out: dict[str, bytes] = {}
@@ -84,7 +85,7 @@ def vpn_secrets(cfg: Config) -> dict[str, bytes]:
             if len(data) > 64 * 1024:
                 raise ConfigError(f"{cfg.source}: vpn {ep.name}: key_file {ep.key_file} is "
                                   "too large to be a key")
-            out[vpn_target(service.name, ep).key] = data
+            out[secret_key(vpn_target(service.name, ep))] = data
     return out
 
 

@@ -52,7 +52,8 @@ class ProbeContext:
     limits: Limits = field(default_factory=Limits)
     # the harmless server name tried on an address after the real one failed (None: never)
     control_sni: str | None = "example.com"
-    # key material for VPN probes by Target.key; held in memory only, never stored or logged
+    # key material for VPN probes by ``secret_key(target)``; in memory only, never stored or
+    # logged
     secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
     # names whose lookup is given in advance (as curl's --resolve): no query is sent for them
     static_lookups: dict[str, Lookup] = field(default_factory=dict)
@@ -147,3 +148,10 @@ class Probe(Protocol):
     version: str
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult: ...
+
+
+def secret_key(target: Target) -> str:
+    """Whose key material ``ProbeContext.secrets`` holds: the probe (the protocol), the service
+    and the endpoint. Not the endpoint alone: two ``[[vpn]]`` entries on one address and port
+    (WireGuard and OpenVPN over UDP) each get their own key, never the other's."""
+    return f"{target.probe} {target.service} {target.key}"

@@ -28,7 +28,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.context import ProbeContext, ProbeResult, secret_key
 from blockwatch.probes.errors import MalformedReply
 from blockwatch.probes.model import Target
 from blockwatch.probes.vpnbase import VPNAttempt, begin
@@ -234,7 +234,7 @@ class OpenVPNProbe:
         if isinstance(attempt, ProbeResult):
             return attempt
         done = attempt.done
-        secret = ctx.secrets.get(target.key)
+        secret = ctx.secrets.get(secret_key(target))
         if options.get("tls_crypt") == "yes":
             return done("unverifiable", UNVERIFIABLE, why="tls-crypt encrypts the handshake; "
                         "blockwatch cannot complete it, and silence would prove nothing")

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from blockwatch.probes.context import ProbeContext, ProbeResult
+from blockwatch.probes.context import ProbeContext, ProbeResult, secret_key
 from blockwatch.probes.errors import MalformedReply
 from blockwatch.probes.model import Target
 from blockwatch.probes.openvpn import _exchange_udp
@@ -207,7 +207,7 @@ class WireGuardProbe:
         if isinstance(attempt, ProbeResult):
             return attempt
         done = attempt.done
-        secret = ctx.secrets.get(target.key)
+        secret = ctx.secrets.get(secret_key(target))
         if secret is None:
             return done("unverifiable", UNVERIFIABLE, why="a WireGuard server answers only a "
                         "peer it knows: give the peer config to test it")

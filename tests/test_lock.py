@@ -107,9 +107,9 @@ def test_a_symlink_to_the_database_takes_the_same_lock(url: str, tmp_path: Path)
         for other in (tmp_path / "link.db", tmp_path / "linkdir" / "results.db"):
             with pytest.raises(LockBusy):
                 acquire_run_lock(f"sqlite:///{other}", None, tmp_path)
-    with acquire_run_lock(f"sqlite:///{tmp_path / 'link.db'}", None, tmp_path):
-        with pytest.raises(LockBusy):
-            acquire_run_lock(url, None, tmp_path)
+    with acquire_run_lock(f"sqlite:///{tmp_path / 'link.db'}", None, tmp_path), \
+            pytest.raises(LockBusy):
+        acquire_run_lock(url, None, tmp_path)
 
 
 def test_other_urls_lock_in_the_state_dir_by_hash(tmp_path: Path) -> None:

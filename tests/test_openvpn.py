@@ -14,7 +14,7 @@ import pytest
 from openvpn_server import OPENVPN, make_static_key, openvpn_server
 
 from blockwatch.probes import failures as F
-from blockwatch.probes.context import ProbeContext, Timeouts
+from blockwatch.probes.context import ProbeContext, Timeouts, secret_key
 from blockwatch.probes.model import Target, VPNObservation
 from blockwatch.probes.openvpn import (
     UNVERIFIABLE,
@@ -143,7 +143,7 @@ async def test_tls_auth_with_key_completes_the_reset(tmp_path: Path, proto: str)
     with openvpn_server(tmp_path, proto=proto, tls_auth=True) as server:
         assert server.tls_auth_key is not None
         t = target(server.port, proto, tls_auth="yes", key_direction="1")
-        result = await OpenVPNProbe().observe(t, ctx(**{t.key: server.tls_auth_key.read_bytes()}))
+        result = await OpenVPNProbe().observe(t, ctx(**{secret_key(t): server.tls_auth_key.read_bytes()}))
     o = vpn_obs(result)
     assert (o.result, result.failure) == ("reachable", None)
     assert ("tls_auth", "yes") in o.details
@@ -154,7 +154,7 @@ async def test_wrong_key_gets_silence(tmp_path: Path) -> None:
     other = make_static_key(tmp_path / "..")
     with openvpn_server(tmp_path, tls_auth=True) as server:
         t = target(server.port, tls_auth="yes")
-        result = await OpenVPNProbe().observe(t, ctx(**{t.key: other.read_bytes()}))
+        result = await OpenVPNProbe().observe(t, ctx(**{secret_key(t): other.read_bytes()}))
     assert (vpn_obs(result).result, result.failure) == ("no_reply", F.GENERIC_TIMEOUT)
 
 
@@ -229,6 +229,6 @@ async def test_runner_stores_no_key_material(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         t = target(s.getsockname()[1], tls_auth="yes")
-        m = await run_probe(OpenVPNProbe(), t, ctx(**{t.key: key}), run_id="r", vantage="v")
+        m = await run_probe(OpenVPNProbe(), t, ctx(**{secret_key(t): key}), run_id="r", vantage="v")
     assert b"abab" not in repr(m).encode()
     assert "abab" not in str(m.target.to_dict())

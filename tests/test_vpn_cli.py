@@ -123,3 +123,36 @@ def test_a_bad_vpn_table_says_what_is_allowed(table: str, says: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "bw.toml").catalogue()
     assert says in str(info.value)
+
+
+def test_two_vpn_entries_on_one_address_each_get_their_own_key(tmp_path: Path) -> None:
+    """Issue #15: an OpenVPN and a WireGuard entry on the same address, port and transport each
+    get the key material of their own key_file (once, the WireGuard entry was handed the
+    OpenVPN key: secrets were looked up by address alone)."""
+    from blockwatch.app import vpn_secrets
+    from blockwatch.config import load_config
+    from blockwatch.probes.context import secret_key
+    from blockwatch.scheduler.plan import vpn_target
+
+    ta, wg = tmp_path / "ta.key", tmp_path / "wg.conf"
+    ta.write_bytes(b"openvpn static key")
+    wg.write_bytes(b"[Interface]\nPrivateKey = x\n")
+    cfg_path = config(tmp_path, 51820, ta)
+    cfg_path.write_text(cfg_path.read_text() + f"""
+[[vpn]]
+name = "myvpn"
+protocol = "wireguard"
+host = "127.0.0.1"
+port = 51820
+transport = "udp"
+key_file = "{wg}"
+""")
+    cfg = load_config(str(cfg_path))
+    secrets = vpn_secrets(cfg)
+    by_protocol = {}
+    for service in cfg.catalogue().values():
+        for ep in service.vpn:
+            if ep.key_file is not None:  # the catalogue's own endpoints have none
+                by_protocol[ep.protocol] = secrets[secret_key(vpn_target(service.name, ep))]
+    assert by_protocol == {"openvpn": ta.read_bytes(), "wireguard": wg.read_bytes()}
+    assert len(secrets) == 2

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from wireguard_responder import Responder
 
 from blockwatch.probes import failures as F
-from blockwatch.probes.context import ProbeContext, ProbeResult, Timeouts
+from blockwatch.probes.context import ProbeContext, ProbeResult, Timeouts, secret_key
 from blockwatch.probes.model import Target, VPNObservation
 from blockwatch.probes.openvpn import udp_send_times
 from blockwatch.probes.scope import Scope
@@ -52,7 +52,7 @@ def wg_config(private: bytes, server_public: bytes, port: int) -> bytes:
 
 
 def probe_ctx(target: Target, secret: bytes | None) -> ProbeContext:
-    secrets = {target.key: secret} if secret is not None else {}
+    secrets = {secret_key(target): secret} if secret is not None else {}
     return ProbeContext(scope=Scope.loopback(), timeouts=Timeouts(tcp=1.0), secrets=secrets)
 
 
@@ -149,7 +149,7 @@ async def test_out_of_scope_sends_nothing() -> None:
         s.bind(("127.0.0.1", 0))
         t = target(s.getsockname()[1])
         c = ProbeContext(scope=Scope.from_entries(["10.0.0.0/8"]), timeouts=Timeouts(tcp=0.5),
-                         secrets={t.key: wg_config(private, os.urandom(32), 1)})
+                         secrets={secret_key(t): wg_config(private, os.urandom(32), 1)})
         result = await WireGuardProbe().observe(t, c)
         s.setblocking(False)
         with pytest.raises(BlockingIOError):
