@@ -143,7 +143,8 @@ async def test_tls_auth_with_key_completes_the_reset(tmp_path: Path, proto: str)
     with openvpn_server(tmp_path, proto=proto, tls_auth=True) as server:
         assert server.tls_auth_key is not None
         t = target(server.port, proto, tls_auth="yes", key_direction="1")
-        result = await OpenVPNProbe().observe(t, ctx(**{secret_key(t): server.tls_auth_key.read_bytes()}))
+        key = server.tls_auth_key.read_bytes()
+        result = await OpenVPNProbe().observe(t, ctx(**{secret_key(t): key}))
     o = vpn_obs(result)
     assert (o.result, result.failure) == ("reachable", None)
     assert ("tls_auth", "yes") in o.details
