@@ -263,6 +263,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        services=len(services), targets=len(targets),
                                        max_runtime_s=max_runtime))
     with lock, _store(cfg) as store:
+        for crashed in store.mark_crashed(settings.vantage, settings.group):
+            print(f"blockwatch: run {crashed[:13]} never ended (its process was killed): "
+                  "marked crashed", file=sys.stderr)
         if sending is not None and cfg.collector.controls:
             settings = _controls(store, sending, services, settings, quiet=args.quiet)
         outcome, stop = _run_sweep(store, services, targets, ctx, settings, interactive,

@@ -259,6 +259,12 @@ class Daemon:
             late_s=None if planned is None else round((started - planned).total_seconds(), 3)))
         status = "interrupted"
         settings = plan.settings
+        try:  # this group's lock is held: a run of it still "running" died with its process
+            crashed = await asyncio.to_thread(self.store.mark_crashed, settings.vantage, name)
+            if crashed:
+                log.warning("run.crashed", extra=fields(group=name, runs=",".join(crashed)))
+        except StorageError:
+            pass  # the sweep says it if the database is away
         if self._prepare_fn is not None:
             try:
                 settings = await asyncio.to_thread(self._prepare_fn, plan)

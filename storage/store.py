@@ -152,6 +152,19 @@ class Store:
             if done.rowcount != 1:  # type: ignore[attr-defined]
                 raise StorageError(self.url, f"no run {run_id!r} to finish")
 
+    def mark_crashed(self, vantage: str, group: str | None) -> list[str]:
+        """Runs of ``vantage`` and ``group`` still ``running`` become ``crashed``: called by a
+        run that holds that group's lock (or, ungrouped, the database's), so no process of
+        this machine can still be writing them (a kill -9, a power cut). Their ids."""
+        r = RunRow
+        same = r.group_name.is_(None) if group is None else r.group_name == group
+        with self._transaction(write=True) as s:
+            ids = list(s.scalars(select(r.id).where(r.status == "running", r.vantage == vantage,
+                                                    same)))
+            if ids:
+                s.execute(update(r).where(r.id.in_(ids)).values(status="crashed"))
+        return ids
+
     def set_run_inputs(self, run_id: str, inputs: RunInputs) -> None:
         """Record what a run's current verdicts were judged on (after a re-analysis that
         judged it on other inputs than the recorded ones)."""

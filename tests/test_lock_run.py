@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dns_server import Behaviour, DNSServer
 from servers import LoopbackServer, http, make_pki
-from test_cli import blockwatch
+from test_cli import BLOCKWATCH, blockwatch
 
 EXIT_LOCKED, EXIT_MAX_RUNTIME = 5, 6
 
@@ -158,3 +158,31 @@ async def test_unwritable_log_file_is_a_usage_error(lab: Lab, tmp_path: Path) ->
                            str(tmp_path / "afile" / "x.log"))
     assert res.code == 2 and "cannot open log file" in res.err
     assert not lab.db.exists()
+
+
+async def test_a_run_killed_with_sigkill_is_marked_crashed_by_the_next(lab: Lab) -> None:
+    """Issue #15: kill -9 leaves a run 'running' with nobody writing it; the next run of the
+    same vantage and group (which holds the lock that the dead one held) marks it crashed,
+    and says so."""
+    import signal
+
+    lab.write(http_timeout=30.0)  # the slow page keeps the first run going
+    proc = await asyncio.create_subprocess_exec(
+        BLOCKWATCH, "run", "--config", str(lab.config), "--quiet",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not lab.rows("SELECT id FROM measurements") if lab.db.exists() else True:
+        assert time.monotonic() < deadline, "the first run stored nothing"
+        await asyncio.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    [(killed, status)] = lab.rows("SELECT id, status FROM runs")
+    assert status == "running"
+    lab.write(http_timeout=1.0)
+    again = await blockwatch("run", "--config", str(lab.config), "--quiet")
+    assert again.code == 0, again.err
+    assert f"run {killed[:13]} never ended" in again.err
+    statuses = dict(lab.rows("SELECT id, status FROM runs"))
+    assert statuses.pop(killed) == "crashed" and list(statuses.values()) == ["complete"]
+    runs = await blockwatch("runs", "--config", str(lab.config))
+    assert "crashed" in runs.out

@@ -84,7 +84,8 @@ class RunIn(_Strict):
     group_name: Short | None = None
     started_at: Time
     finished_at: Time | None = None
-    status: Literal["running", "complete", "interrupted", "failed", "network_unavailable"]
+    status: Literal["running", "complete", "interrupted", "failed", "network_unavailable",
+                    "crashed"]
     software_version: Short = ""
     config_hash: Short = ""
     baseline: dict[str, Any] = {}
