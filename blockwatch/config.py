@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import re
+import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -340,7 +342,7 @@ class Schedule(_Strict):
 class Config(_Strict):
     # true: the user has read what blockwatch does (README, `blockwatch consent`) and agrees to
     # unattended runs; without it an unattended run refuses
-    consent: bool = False
+    consent: StrictBool = False  # true or false: "yes" is not an informed answer
     vantage: Vantage = Field(default_factory=Vantage)
     storage: Storage = Field(default_factory=Storage)
     collector: Collector = Field(default_factory=Collector)
@@ -478,8 +480,9 @@ class Config(_Strict):
         from_inputs = {s.name for s in inputs}
         unknown = [n for n in wanted if n not in catalogue and n not in from_inputs]
         if unknown:
+            where = "--service" if names else f"{self.source}: probes.services"
             raise ConfigError(
-                f"unknown service {unknown[0]!r}; known: {', '.join(sorted(catalogue))}"
+                f"{where}: unknown service {unknown[0]!r}; known: {', '.join(sorted(catalogue))}"
             )
         chosen = [catalogue[n] for n in dict.fromkeys(wanted) if n in catalogue]
         taken = {s.name for s in chosen}
@@ -585,15 +588,31 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise ConfigError(f"{source}: values nested too deeply to be a blockwatch config") \
+            from None
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source, text)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: values nested too deeply to be a blockwatch config") \
+            from None
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     cfg = cfg.model_copy(update={"source": source, "digest": digest})
-    cfg.catalogue()  # custom services are validated now, before anything runs
+    try:
+        cfg.catalogue()  # custom services are validated now, before anything runs
+    except ConfigError as exc:
+        raise ConfigError(_with_line(str(exc), source, text)) from None
     cfg._check_schedules(text)
     return cfg
+
+
+def _with_line(message: str, source: str, text: str) -> str:
+    """``source: services[2]...`` as ``source:LINE: services[2]...`` (the table's own line)."""
+    m = re.match(rf"^{re.escape(source)}: (services|vpn)\[(\d+)\]", message)
+    line = _find_line(text, (m.group(1), int(m.group(2)))) if m else None
+    return f"{source}:{line}{message[len(source):]}" if line else message
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -607,4 +626,6 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{p}: no such config file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    if not text.strip():
+        print(f"blockwatch: note: {p} is empty: the built-in defaults apply", file=sys.stderr)
     return parse_config(text, str(p))

@@ -51,12 +51,27 @@ def test_no_file_means_defaults_in_xdg_data_dir(tmp_path: Path) -> None:
         ("[[services]]\nname = 'x'\nendpoints = ['a:99999']\n", "out of range"),
         ("[[services]]\nname = 'x'\ndomains = ['a.b']\ncolour = 1\n", "unknown key 'colour'"),
         ("[timeouts\n", "not valid TOML"),
+        # issue #15: nesting, lines of array tables, where an unknown name was, consent
+        ("a = " + "[" * 3000 + "]" * 3000 + "\n", "my.toml: values nested too deeply"),
+        ("[[services]]\nname = 'a'\ndomains = ['a.b']\n\n[[services]]\n"
+         "name = 'x'\ndomains = 5\n", "my.toml:5: services[1]: service 'x': domains must be"),
+        ("[[vpn]]\nname = 'v'\nprotocol = 'openvpn'\nhost = 'vpn.test'\nport = 1194\n"
+         "key_file = '/nonexistent.key'\n", "my.toml:1: vpn[0].key_file"),
+        ("consent = 'yes'\n", "my.toml:1: consent: Input should be a valid boolean"),
     ],
 )
 def test_bad_config_names_the_key(text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "my.toml")
     assert expected in str(info.value)
+
+
+def test_an_unknown_service_says_where_it_was_named() -> None:
+    cfg = parse_config("[probes]\nservices = ['nosuch']\n", "my.toml")
+    with pytest.raises(ConfigError, match="^my.toml: probes.services: unknown service 'nosuch'"):
+        cfg.selected_services()
+    with pytest.raises(ConfigError, match="^--service: unknown service 'other'"):
+        cfg.selected_services(["other"])
 
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
