@@ -68,9 +68,9 @@ def test_bad_config_names_the_key(text: str, expected: str) -> None:
 
 def test_an_unknown_service_says_where_it_was_named() -> None:
     cfg = parse_config("[probes]\nservices = ['nosuch']\n", "my.toml")
-    with pytest.raises(ConfigError, match="^my.toml: probes.services: unknown service 'nosuch'"):
+    with pytest.raises(ConfigError, match=r"^my\.toml: probes\.services: unknown service 'nosuch'"):
         cfg.selected_services()
-    with pytest.raises(ConfigError, match="^--service: unknown service 'other'"):
+    with pytest.raises(ConfigError, match=r"^--service: unknown service 'other'"):
         cfg.selected_services(["other"])
 
 
