@@ -418,10 +418,13 @@ class HTTPProbe:
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         url = target.url or f"https://{target.host}/"
         clock, progress = Clock(), Progress()
-        first = await _attempt(ctx, progress, url, clock)
+        t = ctx.timeouts
+        first = await _attempt(ctx, progress, url, clock, t.tcp + t.tls + t.http)
         tries = [first]
-        if first.failure == GENERIC_TIMEOUT and first.operation in _AFTER_CONNECT:
-            tries.append(await _attempt(ctx, Progress(dns=progress.dns), url, clock))
+        if first.failure == GENERIC_TIMEOUT and first.operation in _AFTER_CONNECT \
+                and first.left > RETRY_MIN_S:  # the two share the fetch's overall deadline
+            tries.append(await _attempt(ctx, Progress(dns=progress.dns), url, clock,
+                                        first.left))
         last = tries[-1]
         dns = tuple(o for observations in progress.dns.values() for o in observations)
         if last.failure is not None and last.operation == "resolve" and last.got.response is None:
@@ -430,8 +433,11 @@ class HTTPProbe:
 
 
 # a timeout once connected may be one segment retransmitted too late (3 s, then 6 s after a
-# retransmitted SYN): the fetch is made once more, and the second one counts (both recorded)
+# retransmitted SYN): the fetch is made once more, and the second one counts (both recorded),
+# within what is left of the overall deadline (a body trickled until the deadline is not
+# fetched twice)
 _AFTER_CONNECT = frozenset({"tls_handshake", "http_round_trip"})
+RETRY_MIN_S = 1.0
 
 
 @dataclass(slots=True)
@@ -440,14 +446,17 @@ class _Try:
     observation: HTTPObservation
     failure: str | None
     operation: str | None
+    left: float  # seconds of the deadline left when it ended (0: the deadline ended it)
 
 
-async def _attempt(ctx: ProbeContext, progress: Progress, url: str, clock: Clock) -> _Try:
+async def _attempt(ctx: ProbeContext, progress: Progress, url: str, clock: Clock,
+                   budget: float) -> _Try:
     got, failure, operation = Fetch(), None, None
-    t = ctx.timeouts
     t0 = clock()
+    loop = asyncio.get_running_loop()
+    timer: asyncio.Timeout | None = None
     try:
-        async with pacing.deadline(t.tcp + t.tls + t.http):
+        async with pacing.deadline(budget) as timer:
             await fetch(ctx, progress, url, got)
     except KnownFailure as exc:
         failure, operation = exc.failure, exc.operation
@@ -455,7 +464,9 @@ async def _attempt(ctx: ProbeContext, progress: Progress, url: str, clock: Clock
         failure, operation = classify(exc), progress.stage
     if got.failure is not None:
         failure, operation = got.failure, "http_round_trip"
-    return _Try(got, observation(url, got, t0, clock(), failure), failure, operation)
+    when = timer.when() if timer is not None else None
+    left = max(0.0, when - loop.time()) if when is not None else 0.0
+    return _Try(got, observation(url, got, t0, clock(), failure), failure, operation, left)
 
 
 def plan_targets(service: Service, pc: PlanContext) -> list[Target]:

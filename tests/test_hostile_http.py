@@ -105,3 +105,28 @@ async def test_a_layer_that_decodes_into_nothing_is_bounded_too() -> None:
         tracemalloc.stop()
     assert (body, more) == (b"", True)
     assert peak < 8 * 2**20
+
+
+async def test_a_trickled_body_ends_at_the_deadline_and_is_not_fetched_again() -> None:
+    """A body sent a byte at a time never trips the read timeout; the fetch's overall deadline
+    (tcp + tls + http) ends it, and no second fetch follows (it shares that deadline)."""
+    import time
+
+    async def drip(_s: LoopbackServer, reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter) -> None:
+        if await read_request(reader) is None:
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        while True:
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.3)
+
+    ctx = context("127.0.0.1")
+    total = ctx.timeouts.tcp + ctx.timeouts.tls + ctx.timeouts.http
+    async with LoopbackServer(drip) as server:
+        started = time.monotonic()
+        _, result = await http_probe(f"http://{HOST}:{server.port}/", ctx)
+        took = time.monotonic() - started
+    assert result.failure == "generic_timeout_error"  # type: ignore[attr-defined]
+    assert server.accepted == 1 and took < total + 1.0
