@@ -3,9 +3,13 @@
 Guarantees:
 
 - ``import ooni`` streams OONI measurements (JSON, JSONL, gzip) into the database as runs of the
-  OONI vantage, judged by blockwatch's own rules; bad records are skipped and counted (the
-  summary names why and where), a measurement imported before is not imported again. Exit 0
-  when it ran, even if records were skipped.
+  OONI vantage, judged by blockwatch's own rules; a measurement imported before is not imported
+  again. Each record is checked on its own: a bad one (not JSON, a value of the wrong type, a
+  NaN or absurd time, ...) is skipped, and the rest of the file is imported. Exit 0 when it ran,
+  even if records were skipped (no documented exit code means "imported, some skipped"; 1 is a
+  bug, 2 wrote nothing): a warning on stderr, even with ``-q``, then names each skipped record
+  (``FILE line N: what is wrong``, printable text only), or if there are more than
+  ``importer.EXAMPLES`` counts them by reason and names the first.
 - ``reanalyze`` recomputes the verdicts of stored runs with the current analyzer and appends
   them as new verdict rows (the old ones stay); nothing is measured. Each run is judged on the
   inputs recorded with it (``blockwatch.judging``), so that a re-analysis by the same analyzer
@@ -61,6 +65,7 @@ def fingerprints(cfg: Config) -> Any:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from blockwatch.ooni import import_ooni
+    from blockwatch.ooni.read import printable
 
     cfg = load_config(args.config)
     fps = fingerprints(cfg)
@@ -69,11 +74,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"imported {report.runs} OONI measurements as {report.measurements} blockwatch "
               f"measurements; {report.already_imported} already imported; "
-              f"{sum(report.skipped.values())} skipped", file=sys.stderr)
-    for reason, n in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
-        example = next((s.where for s in report.examples if s.reason.startswith(reason)), "")
-        print(f"  skipped {n}: {reason}" + (f" (e.g. {example})" if example else ""),
-              file=sys.stderr)
+              f"{report.skips} skipped", file=sys.stderr)
+    if report.skips:
+        print(f"warning: {report.skips} record{'s' if report.skips > 1 else ''} skipped, the "
+              f"rest imported:", file=sys.stderr)
+        if report.skips > len(report.examples):  # too many to name: counted by reason
+            for reason, n in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
+                print(f"  skipped {n}: {printable(reason)}", file=sys.stderr)
+            print(f"  the first {len(report.examples)}:", file=sys.stderr)
+        for skip in report.examples:
+            print(f"  {skip.text}", file=sys.stderr)
     return EXIT_OK
 
 

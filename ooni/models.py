@@ -18,12 +18,15 @@ tcp_connect status (df-005). Strict where blockwatch would otherwise guess: a va
 type ("443" for a port, a number for a host name, a null element of a list) is not coerced, and
 ``parse`` raises ``OONIError`` naming the field (the import counts the record as skipped).
 Bounded: non-finite numbers, times beyond ``MAX_SECONDS``, ports beyond 65535 and integers beyond
-64 bits are refused, so that nothing computed or stored from them can overflow.
+64 bits are refused, so that nothing computed or stored from them can overflow; a DNS answer's
+``ipv4``/``ipv6`` must be an IP address, as the analysis compares it as one (the test helper's
+``addrs`` may also hold the CNAMEs it followed: the transform keeps their addresses only).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar
@@ -63,6 +66,16 @@ MaybeBinary = str | BinaryData  # df-001 MaybeBinaryData
 class DNSAnswer(_Model):
     ipv4: str | None = None
     ipv6: str | None = None
+
+    @field_validator("ipv4", "ipv6")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise PydanticCustomError("ip_address", "not an IP address") from None
+        return value
 
 
 class DNSQuery(_Model):
@@ -248,7 +261,7 @@ _EXPECTED = {
     "string_type": "a string", "int_type": "an integer", "float_type": "a number",
     "bool_type": "true or false", "list_type": "a list", "dict_type": "an object",
     "model_type": "an object", "model_attributes_type": "an object",
-    "finite_number": "a finite number",
+    "finite_number": "a finite number", "ip_address": "an IP address",
 }
 _MISSING = object()
 

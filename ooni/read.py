@@ -5,7 +5,9 @@ gzip-compressed (``.gz``); a directory is read file by file in name order. Recor
 memory is bounded by the largest single record (``MAX_RECORD_BYTES``), and a record that is not
 JSON or not an object, or is too large, is skipped and counted with its reason (``Skip``), never
 a traceback. A truncated gzip stream ends its file with one counted skip. What a record holds is
-checked later, by the models (``blockwatch.ooni.models``).
+checked later, by the models (``blockwatch.ooni.models``). A record and a skip carry the file and
+the line (of a .jsonl file) they were read from; ``Skip.text`` says where and why in printable
+text only (a file name may hold control characters or terminal escapes).
 """
 
 from __future__ import annotations
@@ -17,20 +19,50 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, NamedTuple, cast
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # a web_connectivity record with bodies is < 2 MiB
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print: a control or invisible character (a terminal escape, a bidi
+    override) is shown escaped, as ``\\x1b``."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @dataclass(frozen=True, slots=True)
 class Skip:
-    """A record that was not imported: where it was and why."""
+    """A record that was not imported: where it was (the file, and the line of a .jsonl file)
+    and why."""
 
-    where: str
+    file: str
     reason: str
+    line: int | None = None
+
+    @property
+    def where(self) -> str:
+        return self.file if self.line is None else f"{self.file}:{self.line}"
+
+    @property
+    def text(self) -> str:
+        """``FILE line N: reason``, printable."""
+        at = self.file if self.line is None else f"{self.file} line {self.line}"
+        return printable(f"{at}: {self.reason}")
 
 
-Record = tuple[str, dict[str, Any]]  # where it was read (file[:line]), the record
+class Record(NamedTuple):
+    """A record as read: the file, the line of a .jsonl file (else None), the JSON object."""
+
+    file: str
+    line: int | None
+    data: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return self.file if self.line is None else f"{self.file}:{self.line}"
+
+    def skip(self, reason: str) -> Skip:
+        return Skip(self.file, reason, self.line)
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -39,8 +71,9 @@ def _open(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def _lines(fh: IO[bytes], where: str) -> Iterator[tuple[str, bytes | Skip]]:
-    """Lines of at most ``MAX_RECORD_BYTES``; a longer one is skipped without being held."""
+def _lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
+    """Numbered lines of at most ``MAX_RECORD_BYTES``; a longer one is skipped without being
+    held (None)."""
     n = 0
     while True:
         n += 1
@@ -50,44 +83,44 @@ def _lines(fh: IO[bytes], where: str) -> Iterator[tuple[str, bytes | Skip]]:
         if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
             while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
                 pass
-            yield f"{where}:{n}", Skip(f"{where}:{n}",
-                                       f"record larger than {MAX_RECORD_BYTES} bytes")
+            yield n, None
             continue
         if line.strip():
-            yield f"{where}:{n}", line
+            yield n, line
 
 
-def _decode(raw: bytes, where: str) -> Record | Skip:
+def _decode(raw: bytes, file: str, line: int | None) -> Record | Skip:
     try:
         data = json.loads(raw)
     except RecursionError:
-        return Skip(where, "not JSON (nested too deeply)")
+        return Skip(file, "not JSON (nested too deeply)", line)
     except ValueError as exc:  # not JSON, not UTF-8, or an integer of thousands of digits
-        return Skip(where, f"not JSON ({str(exc)[:80]})")
+        return Skip(file, f"not JSON ({str(exc)[:80]})", line)
     if not isinstance(data, dict):
-        return Skip(where, f"not a measurement object ({type(data).__name__})")
-    return where, data
+        return Skip(file, f"not a measurement object ({type(data).__name__})", line)
+    return Record(file, line, data)
 
 
 def _read_file(path: Path) -> Iterator[Record | Skip]:
-    where = str(path)
+    file = str(path)
     name = path.name.removesuffix(".gz")
     try:
         with _open(path) as fh:
             if name.endswith(".jsonl"):
-                for at, line in _lines(fh, where):
-                    yield line if isinstance(line, Skip) else _decode(line, at)
+                for n, line in _lines(fh):
+                    yield Skip(file, f"record larger than {MAX_RECORD_BYTES} bytes", n) \
+                        if line is None else _decode(line, file, n)
                 return
             raw = fh.read(MAX_RECORD_BYTES + 1)
             if len(raw) > MAX_RECORD_BYTES:
-                yield Skip(where, f"a .json file holds one measurement of at most "
-                                  f"{MAX_RECORD_BYTES} bytes; use JSON lines (.jsonl)")
+                yield Skip(file, f"a .json file holds one measurement of at most "
+                                 f"{MAX_RECORD_BYTES} bytes; use JSON lines (.jsonl)")
                 return
-            yield _decode(raw, where)
+            yield _decode(raw, file, None)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        yield Skip(where, f"truncated or corrupt gzip ({exc})")
+        yield Skip(file, f"truncated or corrupt gzip ({exc})")
     except OSError as exc:
-        yield Skip(where, f"cannot read: {exc.strerror or exc}")
+        yield Skip(file, f"cannot read: {exc.strerror or exc}")
 
 
 def read_records(paths: Iterable[str | Path]) -> Iterator[Record | Skip]:

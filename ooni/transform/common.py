@@ -17,6 +17,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import ipaddress
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -133,6 +134,14 @@ def failure_name(value: str | bool | None) -> str | None:
         return None
     text = str(value)  # df-005's old `false` is read as "False", as it always was
     return _FAILURES.get(text, text)
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def seconds(t: float | None) -> float:

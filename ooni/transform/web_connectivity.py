@@ -21,6 +21,7 @@ from blockwatch.ooni.transform.common import (
     dns_obs,
     failure_name,
     fetches,
+    is_ip,
     one_fetch,
     primitives,
     split,
@@ -72,7 +73,7 @@ def _control(c: Ctx, control: Control, url: str, host: str) -> Iterator[Measurem
     """The test helper's view, as measurements of the control vantage."""
     th = CONTROL_VANTAGE
     if control.dns is not None:
-        addrs = control.dns.addrs or []
+        addrs = [a for a in control.dns.addrs or [] if is_ip(a)]  # not the CNAMEs followed
         failure = failure_name(control.dns.failure)
         obs = tuple(dns_obs(th, "th", host, qt, [a for a in addrs if (":" in a) == (qt == "AAAA")],
                             failure, 0.0, 0) for qt in ("A", "AAAA"))
