@@ -28,9 +28,9 @@ import logging
 import signal
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from blockwatch.errors import ConfigError
 
@@ -41,6 +41,7 @@ EXIT_LOCKED, EXIT_MAX_RUNTIME, EXIT_NO_CONSENT = 5, 6, 7
 EXPORT_FORMATS = ("csv", "jsonl", "ooni", "parquet")
 SUMMARY_ROWS = 40  # beyond this many services, the summary lists only those not ok
 log = logging.getLogger("blockwatch")
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -218,14 +219,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextmanager
-def _store(cfg: Any) -> Iterator[Any]:
+def _store(cfg: Any, *, read_only: bool = False) -> Iterator[Any]:
+    """The configured database; ``read_only`` for a command that only reads (``open_reading``)."""
     from blockwatch.storage import open_store
 
-    store = open_store(cfg.storage_url())
+    url = cfg.storage_url()
+    store = open_reading(url) if read_only else open_store(url)
     try:
         yield store
     finally:
         store.close()
+
+
+def open_reading(url: str) -> Any:
+    """The database at ``url`` opened read-only, as it is: nothing migrated, written or created,
+    so a read-only copy (an archive, a snapshot) can be read. No database there yet: an empty
+    one in memory (nothing has been stored), and a note saying so."""
+    from blockwatch.storage import open_store
+    from blockwatch.storage.errors import StorageError
+
+    try:
+        return open_store(url, read_only=True)
+    except StorageError as exc:
+        if not exc.missing:
+            raise
+        where = exc.where
+    print(f"blockwatch: no database at {where} yet: nothing has been stored there",
+          file=sys.stderr)
+    store = open_store("sqlite://")
+    store.url = where
+    return store
+
+
+def read_stored(url: str, read: Callable[[Any], T]) -> tuple[T, str]:
+    """``read(store)`` on the database at ``url`` (``open_reading``), and its name."""
+    with open_reading(url) as store:
+        return read(store), str(store.url)
 
 
 # --- run ----------------------------------------------------------------------------------------
@@ -496,7 +525,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     cfg = load_config(args.config)
-    with _store(cfg) as store:
+    with _store(cfg, read_only=True) as store:
         runs = store.runs(limit=args.limit, group=args.group)
     table = Table(title=f"{len(runs)} most recent runs")
     for col in ("run", "started (UTC)", "vantage", "group", "status", "duration", "summary"):
@@ -525,7 +554,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     cfg = load_config(args.config)
-    with _store(cfg) as store:
+    with _store(cfg, read_only=True) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise UsageError(f"no run {args.run_id!r} (see `blockwatch runs`)")
@@ -565,7 +594,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--format {args.format} needs an optional package: {fmt.missing()}")
     if fmt.binary and not args.output:
         raise UsageError(f"--format {args.format} writes a binary file: give --output FILE")
-    with _store(cfg) as store:
+    with _store(cfg, read_only=True) as store:
         rows = store.export_rows(since=args.since, run_id=_resolve_run(store, args.run))
         if args.output:
             try:
