@@ -87,6 +87,28 @@ def _positive(text: str) -> int:
     return value
 
 
+# as the config's [vantage] name (tests/test_cli_values.py checks that the two agree)
+VANTAGE_NAME_MAX = 64
+MAX_RUNS = 1_000_000_000  # beyond any database; SQLite's LIMIT overflows past 2**63
+
+
+def _run_count(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_RUNS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_RUNS:,}")
+    return value
+
+
+def _vantage_name(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("a vantage name cannot be empty")
+    if len(text) > VANTAGE_NAME_MAX:
+        raise argparse.ArgumentTypeError(
+            f"a vantage name has at most {VANTAGE_NAME_MAX} characters (this one has "
+            f"{len(text):,})")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blockwatch", description=(
         "Measure whether internet services are reachable or censored, and keep every "
@@ -102,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("-s", "--service", action="append", metavar="NAME",
                      help="only this service (repeatable); default: the config's or all")
-    run.add_argument("--vantage", metavar="NAME", help="label this run's vantage NAME")
+    run.add_argument("--vantage", metavar="NAME", type=_vantage_name,
+                     help="label this run's vantage NAME")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object per measurement instead of the table")
     run.add_argument("-q", "--quiet", action="store_true",
@@ -128,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list past runs, newest first")
     common(runs)
-    runs.add_argument("-n", "--limit", type=int, default=20)
+    runs.add_argument("-n", "--limit", type=_run_count, default=20, metavar="N",
+                      help=f"how many runs (1 to {MAX_RUNS:,}; default 20)")
     runs.add_argument("-g", "--group", metavar="NAME", help="only runs of this schedule group")
 
     show = sub.add_parser("show", help="show one run: its services and measurements")
