@@ -28,9 +28,9 @@ import logging
 import signal
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from blockwatch.errors import ConfigError
 from blockwatch.probes.textsafe import cell
@@ -42,6 +42,7 @@ EXIT_LOCKED, EXIT_MAX_RUNTIME, EXIT_NO_CONSENT = 5, 6, 7
 EXPORT_FORMATS = ("csv", "jsonl", "ooni", "parquet")
 SUMMARY_ROWS = 40  # beyond this many services, the summary lists only those not ok
 log = logging.getLogger("blockwatch")
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -87,6 +88,28 @@ def _positive(text: str) -> int:
     return value
 
 
+# as the config's [vantage] name (tests/test_cli_values.py checks that the two agree)
+VANTAGE_NAME_MAX = 64
+MAX_RUNS = 1_000_000_000  # beyond any database; SQLite's LIMIT overflows past 2**63
+
+
+def _run_count(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_RUNS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_RUNS:,}")
+    return value
+
+
+def _vantage_name(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("a vantage name cannot be empty")
+    if len(text) > VANTAGE_NAME_MAX:
+        raise argparse.ArgumentTypeError(
+            f"a vantage name has at most {VANTAGE_NAME_MAX} characters (this one has "
+            f"{len(text):,})")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blockwatch", description=(
         "Measure whether internet services are reachable or censored, and keep every "
@@ -102,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("-s", "--service", action="append", metavar="NAME",
                      help="only this service (repeatable); default: the config's or all")
-    run.add_argument("--vantage", metavar="NAME", help="label this run's vantage NAME")
+    run.add_argument("--vantage", metavar="NAME", type=_vantage_name,
+                     help="label this run's vantage NAME")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object per measurement instead of the table")
     run.add_argument("-q", "--quiet", action="store_true",
@@ -128,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list past runs, newest first")
     common(runs)
-    runs.add_argument("-n", "--limit", type=int, default=20)
+    runs.add_argument("-n", "--limit", type=_run_count, default=20, metavar="N",
+                      help=f"how many runs (1 to {MAX_RUNS:,}; default 20)")
     runs.add_argument("-g", "--group", metavar="NAME", help="only runs of this schedule group")
 
     show = sub.add_parser("show", help="show one run: its services and measurements")
@@ -219,14 +244,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextmanager
-def _store(cfg: Any) -> Iterator[Any]:
+def _store(cfg: Any, *, read_only: bool = False) -> Iterator[Any]:
+    """The configured database; ``read_only`` for a command that only reads (``open_reading``)."""
     from blockwatch.storage import open_store
 
-    store = open_store(cfg.storage_url())
+    url = cfg.storage_url()
+    store = open_reading(url) if read_only else open_store(url)
     try:
         yield store
     finally:
         store.close()
+
+
+def open_reading(url: str) -> Any:
+    """The database at ``url`` opened read-only, as it is: nothing migrated, written or created,
+    so a read-only copy (an archive, a snapshot) can be read. No database there yet: an empty
+    one in memory (nothing has been stored), and a note saying so."""
+    from blockwatch.storage import open_store
+    from blockwatch.storage.errors import StorageError
+
+    try:
+        return open_store(url, read_only=True)
+    except StorageError as exc:
+        if not exc.missing:
+            raise
+        where = exc.where
+    print(f"blockwatch: no database at {where} yet: nothing has been stored there",
+          file=sys.stderr)
+    store = open_store("sqlite://")
+    store.url = where
+    return store
+
+
+def read_stored(url: str, read: Callable[[Any], T]) -> tuple[T, str]:
+    """``read(store)`` on the database at ``url`` (``open_reading``), and its name."""
+    with open_reading(url) as store:
+        return read(store), str(store.url)
 
 
 # --- run ----------------------------------------------------------------------------------------
@@ -499,7 +552,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     cfg = load_config(args.config)
-    with _store(cfg) as store:
+    with _store(cfg, read_only=True) as store:
         runs = store.runs(limit=args.limit, group=args.group)
     table = Table(title=f"{len(runs)} most recent runs")
     for col in ("run", "started (UTC)", "vantage", "group", "status", "duration", "summary"):
@@ -528,7 +581,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     cfg = load_config(args.config)
-    with _store(cfg) as store:
+    with _store(cfg, read_only=True) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise UsageError(f"no run {args.run_id!r} (see `blockwatch runs`)")
@@ -568,7 +621,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--format {args.format} needs an optional package: {fmt.missing()}")
     if fmt.binary and not args.output:
         raise UsageError(f"--format {args.format} writes a binary file: give --output FILE")
-    with _store(cfg) as store:
+    with _store(cfg, read_only=True) as store:
         rows = store.export_rows(since=args.since, run_id=_resolve_run(store, args.run))
         if args.output:
             try:

@@ -1,9 +1,10 @@
 """``blockwatch report timeline|changes|compare|html|events`` and ``blockwatch query``.
 
-Registered through ``blockwatch.cli.EXTENSIONS``. Reports open the configured database (or
-``--db``) and only read it; ``query`` opens it read-only at the driver level and runs one SQL
-statement. Bad input (an events file, a date, SQL) exits 2 with one line saying what is wrong;
-a database problem exits 3.
+Registered through ``blockwatch.cli.EXTENSIONS``. Reports and ``query`` open the configured
+database (or ``--db``) read-only at the driver level, as it is (a read-only copy can be read;
+nothing is migrated, written or created); ``query`` runs one SQL statement. Bad input (an events
+file, a date, SQL that is wrong) exits 2 with one line saying what is wrong; a query refused
+because it would write, and a database problem, exit 3.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from blockwatch.cli import EXIT_OK, UsageError, _parse_since, load_config
+from blockwatch.cli import EXIT_OK, UsageError, _parse_since, load_config, open_reading
 from blockwatch.probes.textsafe import cell as text_cell
 from blockwatch.probes.textsafe import csv_cell, json_safe
 
@@ -97,9 +98,7 @@ def _url(args: argparse.Namespace) -> str:
 
 @contextmanager
 def _store(args: argparse.Namespace) -> Iterator[Any]:
-    from blockwatch.storage import open_store
-
-    store = open_store(_url(args))
+    store = open_reading(_url(args))  # read-only, as it is
     try:
         yield store
     finally:
@@ -293,7 +292,7 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from blockwatch.storage.errors import hide_password
+    from blockwatch.storage.errors import QueryError, hide_password
     from blockwatch.storage.readonly import read_only_engine, read_only_query
 
     url = _url(args)
@@ -302,6 +301,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         result = read_only_query(engine, args.sql, where=hide_password(url))
         _emit(args, "", result.columns, result.rows,
               limit=max(args.limit, 0) if args.format == "table" else None)
+    except QueryError as exc:  # the statement is wrong: bad input (2), not the database (3)
+        raise UsageError(f"bad query: {exc}") from None
     finally:
         engine.dispose()
     return EXIT_OK

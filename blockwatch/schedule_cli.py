@@ -276,17 +276,16 @@ def show_status(cfg: Config) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from blockwatch.cli import _store
+    from blockwatch.cli import read_stored
 
-    with _store(cfg) as store:
-        states = store.schedule_states()
+    states, where = read_stored(cfg.storage_url(), lambda store: store.schedule_states())
     console = Console(width=160)
     if not states:
-        console.print(f"no schedule recorded in {store.url}: start one with "
+        console.print(f"no schedule recorded in {where}: start one with "
                       "`blockwatch schedule --config FILE`")
         return 0
     now = dt.datetime.now(dt.UTC)
-    table = Table(title=f"schedule groups in {store.url}")
+    table = Table(title=f"schedule groups in {where}")
     for col in ("group", "vantage", "schedule", "next run", "last run", "last status",
                 "daemon"):
         table.add_column(col)

@@ -12,6 +12,9 @@ Guarantees of ``open_store``:
   that is not a SQLite database, a schema newer than this software, ...) is a ``StorageError``
   with a one-line message; the engine is disposed before it is raised.
 
+``open_store(url, read_only=True)`` is for commands that only read: it opens the database as it
+is, writing and creating nothing, and never migrates (``storage.readonly.open_reader``).
+
 A plain path (no ``://``) means a SQLite file; ``sqlite://`` is an in-memory database for tests,
 usable from one thread at a time.
 """
@@ -37,10 +40,15 @@ from blockwatch.storage.types import json_text
 BUSY_TIMEOUT_MS = 5000
 
 # Compact JSON keeps observation columns small; UTF-8 stays readable in the sqlite3 shell.
-def open_store(url: str, *, pre_ping: bool = True) -> Store:
+def open_store(url: str, *, pre_ping: bool = True, read_only: bool = False) -> Store:
     """Open (creating or upgrading as needed) the database at ``url``. ``pre_ping=False``: a
     server's pooled connection is not checked before each use (a round trip each time); a
-    caller that says so tries again itself on ``StorageError.disconnected``."""
+    caller that says so tries again itself on ``StorageError.disconnected``. ``read_only``:
+    open an existing database at this software's schema as it is, for reading only."""
+    if read_only:
+        from blockwatch.storage.readonly import open_reader
+
+        return open_reader(url)
     where = hide_password(url)
     engine = create_engine_for(url, pre_ping=pre_ping)
     try:

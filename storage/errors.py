@@ -2,6 +2,7 @@
 
     Exception
      └── StorageError        bad input (URL, file, schema) or database trouble (locked, full, ...)
+          └── QueryError     the user's own SQL is wrong (syntax, unknown table, two statements)
 
 Errors of SQLAlchemy, the DBAPI driver, Alembic and the OS are translated where they cross into
 storage (``raise StorageError(...) from exc``), so callers catch one class. The message is one line
@@ -30,13 +31,21 @@ _HINTS = {
 class StorageError(Exception):
     """A database could not be opened, read or written. ``where`` names it, password hidden."""
 
-    def __init__(self, where: str, problem: str, *, disconnected: bool = False) -> None:
+    def __init__(self, where: str, problem: str, *, disconnected: bool = False,
+                 missing: bool = False) -> None:
         self.where = where
         self.problem = problem
         # the connection was lost (a server restart): the transaction rolled back, the pool
         # dropped the connection, and the same work may be tried again on a new one
         self.disconnected = disconnected
+        # a read-only open found no database file: nothing has been stored there yet
+        self.missing = missing
         super().__init__(f"{where}: {problem}")
+
+
+class QueryError(StorageError):
+    """``blockwatch query``: the statement itself is wrong (a syntax error, an unknown table or
+    column, more than one statement, nothing to run): bad input, not a database problem."""
 
 
 def hide_password(url: str) -> str:

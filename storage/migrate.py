@@ -15,6 +15,10 @@ Guarantees of ``upgrade``:
 - on SQLite, foreign keys are off while migrating (batch migrations drop and recreate tables,
   which ``ON DELETE CASCADE`` would otherwise empty) and checked before the commit.
 
+``check_readable`` is the read-only counterpart (commands that only read): it writes nothing and
+refuses, with a ``StorageError`` saying why, a database that is not at head (older: it cannot be
+upgraded read-only; newer; empty; not blockwatch's).
+
 For developers, ``alembic_config(url)`` drives the Alembic commands, e.g.
 ``command.revision(alembic_config("sqlite:///dev.db"), "add x", autogenerate=True, rev_id="0002")``.
 """
@@ -111,6 +115,24 @@ def upgrade(engine: Engine, where: str) -> None:
         finally:
             if sqlite:
                 _raw(conn, "PRAGMA foreign_keys = ON")
+
+
+def check_readable(engine: Engine, where: str) -> None:
+    """Refuse a database this software cannot read as it is, writing nothing."""
+    if _at_head(engine):
+        return
+    with engine.connect() as conn:
+        names = set(inspect(conn).get_table_names())
+        if not names & {*Base.metadata.tables, _VERSION.name}:
+            raise StorageError(where, "has no blockwatch tables: nothing has been stored in it "
+                               "yet (a command that writes, e.g. `blockwatch run`, creates them)")
+        _check(conn, where)  # a newer revision, or tables without one
+        found = ", ".join(sorted(current(conn))) or "none"
+    raise StorageError(
+        where, f"schema revision {found} is older than this blockwatch's ({HEAD}); a command "
+        "that only reads opens the database read-only and cannot upgrade it: a command that "
+        "writes (`blockwatch run`, `reanalyze`, `import ooni`, the daemon) upgrades it, on this "
+        "file or on a writable copy of it")
 
 
 _VERSION = Table("alembic_version", MetaData(),  # as Alembic makes it

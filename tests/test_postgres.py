@@ -229,6 +229,18 @@ def test_query_refuses_writes(history: tuple[str, str], sql: str,
     assert after == before
 
 
+@pytest.mark.parametrize("sql, message", [
+    ("SELEC 1", "syntax error"),
+    ("SELECT * FROM nothing_here", "nothing_here"),
+    ("SELECT 1/0", "division by zero"),
+])
+def test_a_wrong_query_is_bad_usage(history: tuple[str, str], sql: str, message: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "--db", history[0], sql]) == 2  # as on SQLite: bad input
+    err = capsys.readouterr().err
+    assert err.startswith("blockwatch: bad query: ") and message in err, err
+
+
 def test_query_runs_explain_and_show(history: tuple[str, str],
                                      capsys: pytest.CaptureFixture[str]) -> None:
     out = _cli(capsys, "query", "--db", history[0], "-f", "json", "SHOW transaction_read_only")

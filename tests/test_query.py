@@ -84,9 +84,51 @@ def test_write_refused_with_a_clear_message(db: str) -> None:
 ])
 def test_bad_sql_is_one_line(db: str, sql: str, message: str,
                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["query", "--db", db, sql]) == 3
+    # bad input, as the README says of a wrong query: 2 (3 is the database's trouble)
+    assert main(["query", "--db", db, sql]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith("blockwatch: bad query: ")
+
+
+@pytest.mark.parametrize("sql,needs", [
+    ("ATTACH DATABASE '{dir}/attached.db' AS other", "ATTACH or VACUUM"),
+    ("ATTACH DATABASE 'file:{dir}/attached.db?mode=rwc' AS other", "ATTACH or VACUUM"),
+    ("VACUUM INTO '{dir}/attached.db'", "VACUUM"),
+    ("VACUUM", "VACUUM"),
+    ("CREATE TEMP TABLE mine (x)", "a change to the schema"),
+    ("PRAGMA user_version = 7", "PRAGMA user_version with a value"),
+    ("PRAGMA optimize", "PRAGMA optimize"),
+])
+def test_query_cannot_create_files_or_write(db: str, sql: str, needs: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #15 (7): ATTACH and VACUUM INTO created files while the message said nothing was
+    changed. Nothing is created, the database is byte for byte what it was, and the refusal
+    says what the statement needed (exit 3, as a refused write)."""
+    before, mtime = _digest(db), Path(db).stat().st_mtime_ns
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["query", "--db", db, sql.format(dir=tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "refused: queries are read-only" in err and needs in err
+    assert "nothing was changed or created" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "attached.db").exists()
+    assert _digest(db) == before and Path(db).stat().st_mtime_ns == mtime
+    # SQLite's own reader files aside, nothing new: no journal, no attached database
+    after = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))
+    assert after == listing
+    wal = Path(f"{db}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_reading_pragmas_and_schema_functions_still_work(
+        db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for sql, line in (("PRAGMA table_info(runs)", "0,id,VARCHAR,1,,1"),
+                      ("SELECT name FROM pragma_table_info('runs') LIMIT 1", "id"),
+                      ("PRAGMA user_version", "0"),
+                      ("SELECT name FROM sqlite_master WHERE name = 'runs'", "runs")):
+        assert main(["query", "--db", db, "-f", "csv", sql]) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out.splitlines()[1] == line
 
 
 def test_query_on_missing_or_broken_database(tmp_path: Path,

@@ -98,16 +98,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
+    from blockwatch.cli import read_stored
     from blockwatch.collector.outbox import entries, printable
     from blockwatch.config import load_config
-    from blockwatch.storage import open_store
 
-    cfg = load_config(args.config)
-    store = open_store(cfg.storage_url())
-    try:
-        rows = entries(store)
-    finally:
-        store.close()
+    rows, _ = read_stored(load_config(args.config).storage_url(), entries)
     if not rows:
         print("the outbox is empty")
         return 0
