@@ -39,10 +39,11 @@ class _Layer:
         wbits = 16 + zlib.MAX_WBITS if coding in ("gzip", "x-gzip") else zlib.MAX_WBITS
         self._d = zlib.decompressobj(wbits)
         self._first = True
+        self.full = False  # produced INTERMEDIATE_CAP bytes: decoding stops here
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         """Output for ``data`` (b"": what is still pending), in pieces of at most ``STEP``
-        bytes, pulled one at a time; ``_Full`` past ``INTERMEDIATE_CAP``."""
+        bytes, pulled one at a time; past ``INTERMEDIATE_CAP`` it stops and sets ``full``."""
         while not self._d.eof:
             try:
                 piece = self._d.decompress(data, STEP)
@@ -55,16 +56,13 @@ class _Layer:
             data = self._d.unconsumed_tail
             self.produced += len(piece)
             if self.produced > INTERMEDIATE_CAP:
-                raise _Full
+                self.full = True
+                return
             if not piece and not data:
                 return  # everything given was used, and nothing is pending
             if piece:
                 yield piece
         # bytes after the end of the stream are ignored, as httpx does
-
-
-class _Full(Exception):
-    pass
 
 
 def codings(header: str | None) -> list[str] | None:
@@ -84,19 +82,21 @@ async def read_decoded(raw: AsyncIterator[bytes], header: str | None,
     body = bytearray()
 
     def push(data: bytes, depth: int) -> bool:
-        """Through layers ``depth``...; True once the output is past the cap."""
+        """Through layers ``depth``...; True once the output is past the cap, or a layer is
+        full."""
         if depth == len(layers):
             body.extend(data)
             return len(body) > cap
-        return any(push(piece, depth + 1) for piece in layers[depth].feed(data))
+        layer = layers[depth]
+        for piece in layer.feed(data):
+            if push(piece, depth + 1):
+                return True
+        return layer.full
 
-    try:
-        async for chunk in raw:
-            if push(chunk, 0):
-                return bytes(body[:cap]), True
-        for depth in range(len(layers)):  # what each layer still holds, outermost first
-            if push(b"", depth):
-                return bytes(body[:cap]), True
-    except _Full:
-        return bytes(body[:cap]), True
+    async for chunk in raw:
+        if push(chunk, 0):
+            return bytes(body[:cap]), True
+    for depth in range(len(layers)):  # what each layer still holds, outermost first
+        if push(b"", depth):
+            return bytes(body[:cap]), True
     return bytes(body), False

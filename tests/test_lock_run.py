@@ -171,7 +171,14 @@ async def test_a_run_killed_with_sigkill_is_marked_crashed_by_the_next(lab: Lab)
         BLOCKWATCH, "run", "--config", str(lab.config), "--quiet",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     deadline = time.monotonic() + 20
-    while not lab.rows("SELECT id FROM measurements") if lab.db.exists() else True:
+
+    def stored() -> bool:
+        try:
+            return bool(lab.rows("SELECT id FROM measurements"))
+        except sqlite3.OperationalError:  # not created yet
+            return False
+
+    while not stored():
         assert time.monotonic() < deadline, "the first run stored nothing"
         await asyncio.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
