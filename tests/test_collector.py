@@ -78,14 +78,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(db: str, port: int | None = None, **tls: str) -> Iterator[Collector]:
+def running(db: str, port: int | None = None, rate: float = 1000, burst: float = 1000,
+            **tls: str) -> Iterator[Collector]:
     from blockwatch.collector.app import make_server
 
     store = open_store(db)
     port = port or _free_port()
     logs: list[str] = []
     handler = _Logs(logs)
-    server = make_server(store, "127.0.0.1", port, rate=1000, burst=1000, **tls)
+    server = make_server(store, "127.0.0.1", port, rate=rate, burst=burst, **tls)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -471,3 +472,22 @@ def test_a_resumed_submission_starts_after_the_batches_sent(
         assert [lines(b) for b in batches(store, run_id, start=1)] == whole[1:]
         assert list(batches(store, run_id, start=3)) == []  # all sent already
     assert "run" in whole[0][1] and not any("run" in r for r in whole[1][1:])
+
+
+def test_a_token_over_its_rate_is_told_when_to_come_back(tmp_path: Path) -> None:
+    """Submissions and controls queries share a token's rate (a token bucket): past the burst,
+    429 with Retry-After, and nothing stored; another token is not affected."""
+    with running(f"sqlite:///{tmp_path / 'collector.db'}", rate=0.2, burst=2) as collector:
+        busy, other = tokens.add(collector.store, "busy"), tokens.add(collector.store, "other")
+        url, run_id = vantage_db(tmp_path, "busy")
+        [body] = all_batches(url, run_id)
+        assert [collector.post(body, busy).status_code for _ in range(2)] == [200, 200]
+        refused = collector.post(body, busy)
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        again = httpx.post(f"{collector.url}/api/v1/controls/x", json={},
+                           headers={"Authorization": f"Bearer {busy}"})
+        assert again.status_code == 429
+        url2, run2 = vantage_db(tmp_path, "other", name="other")
+        [body2] = all_batches(url2, run2)
+        assert collector.post(body2, other).status_code == 200
+        assert collector.count("runs") == 2

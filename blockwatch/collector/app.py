@@ -153,14 +153,21 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
             return _error(f"the token of vantage {found.name!r} was revoked", 403)
         return found
 
-    async def submit(request: Request) -> JSONResponse:
+    async def admitted(request: Request) -> tokens.Vantage | JSONResponse:
+        """The request's vantage, if its token is valid and within its rate."""
         vantage = await vantage_of(request)
         if isinstance(vantage, JSONResponse):
             return vantage
         wait = buckets.setdefault(vantage.name, Bucket(rate, burst)).take()
         if wait > 0:
-            return _error(f"over {rate:g} submissions a second", 429,
+            return _error(f"over {rate:g} requests a second", 429,
                           **{"Retry-After": str(max(1, round(wait)))})
+        return vantage
+
+    async def submit(request: Request) -> JSONResponse:
+        vantage = await admitted(request)
+        if isinstance(vantage, JSONResponse):
+            return vantage
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
             return _error(f"batch of {declared} bytes: at most {MAX_BODY}", 413)
@@ -205,13 +212,9 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
         return JSONResponse({"vantages": [n for n in names if n != vantage.name]})
 
     async def controls_of(request: Request) -> Response:
-        vantage = await vantage_of(request)
+        vantage = await admitted(request)
         if isinstance(vantage, JSONResponse):
             return vantage
-        wait = buckets.setdefault(vantage.name, Bucket(rate, burst)).take()
-        if wait > 0:
-            return _error(f"over {rate:g} requests a second", 429,
-                          **{"Retry-After": str(max(1, round(wait)))})
         name = request.path_params["vantage"]
         body = b""
         async for chunk in request.stream():
