@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from blockwatch.storage.copy import copy_rows
+from blockwatch.storage.copy import copy_rows, without_nul
 from blockwatch.storage.errors import StorageError
 from blockwatch.storage.tables import (
     MEASUREMENTS,
@@ -207,6 +207,8 @@ def insert_batch(store: Any, vantage: str, runs: list[dict[str, Any]],
             if wanted - found:
                 raise Refused(f"a verdict of measurement {sorted(wanted - found)[0]}, which "
                               "is neither in this batch nor this vantage's")
+        if dialect == "postgresql":  # no NUL in PostgreSQL text (storage.copy.without_nul)
+            runs = [without_nul(r) for r in runs]
         new_runs = len(s.scalars(_insert(dialect, RunRow.__table__), runs).all()) \
             if runs else 0
         if not measurements:

@@ -29,6 +29,23 @@ def _json_columns(table: Table) -> frozenset[str]:
     return found
 
 
+def without_nul(value: Any) -> Any:
+    """``value`` with every NUL character in its strings (at any depth) as U+FFFD: PostgreSQL
+    stores no NUL in text nor ``\\u0000`` in JSONB, and a body, a DNS name or an imported
+    record from a hostile source may hold one (SQLite keeps it as sent)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        from blockwatch.probes.model import plain
+
+        return without_nul(plain(value))
+    return value
+
+
 def copy_rows(session: Any, table: Table, rows: list[dict[str, Any]], *,
               into: str | None = None) -> None:
     """COPY ``rows`` (dicts with the same keys, each a column of ``table``) into ``table`` (or
@@ -43,10 +60,11 @@ def copy_rows(session: Any, table: Table, rows: list[dict[str, Any]], *,
         if value is None:
             return None
         if is_json:
-            return json_text(value)
+            text = json_text(value)
+            return json_text(without_nul(value)) if "\\u0000" in text else text
         if isinstance(value, dt.datetime):
             return ensure_utc(value, column)
-        return value
+        return without_nul(value) if isinstance(value, str) else value
 
     names = ", ".join(f'"{c}"' for c in columns)
     sql = f'COPY "{into or table.name}" ({names}) FROM STDIN'

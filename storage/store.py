@@ -54,7 +54,7 @@ from blockwatch.storage.convert import (
     verdict_from_row,
     verdict_to_row,
 )
-from blockwatch.storage.copy import copy_rows
+from blockwatch.storage.copy import copy_rows, without_nul
 from blockwatch.storage.errors import StorageError, describe
 from blockwatch.storage.migrate import IMMEDIATE
 from blockwatch.storage.tables import (
@@ -126,6 +126,8 @@ class Store:
 
     def start_run(self, run: Run) -> None:
         row = run_to_row(run)
+        if self._engine.dialect.name == "postgresql":
+            row = without_nul(row)  # an imported record's names may hold one
         with self._transaction(write=True) as s:
             s.execute(insert(RunRow), [row])
 
@@ -145,6 +147,8 @@ class Store:
             "finished_at": ensure_utc(finished_at, "finished_at"),
             "summary": dict(summary),
         }
+        if self._engine.dialect.name == "postgresql":
+            values["summary"] = without_nul(values["summary"])
         if inputs is not None:
             values.update(inputs_to_row(inputs))
         with self._transaction(write=True) as s:

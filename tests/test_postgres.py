@@ -340,3 +340,34 @@ def test_copy_failures_are_storage_errors_and_store_nothing(postgres_url: str) -
         store.add_verdicts("copy-run", [verdict])  # a new connection
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM verdicts")).scalar_one() == 2
+
+
+
+def test_nul_characters_from_the_network_are_stored(postgres_url: str) -> None:
+    """Issue #15: PostgreSQL refuses NUL in text and \\u0000 in JSONB; a body, a name or an
+    imported record may hold one. Stored with U+FFFD in its place, instead of failing the run's
+    write (SQLite keeps it as sent)."""
+    from blockwatch.probes.model import HTTPObservation, Measurement, Target, Verdict
+
+    run = Run(id="nul-run", vantage="v\x00", started_at=T0)
+    obs = HTTPObservation(url="http://a.test/", t0=0.0, t=0.1, status=200, title="a\x00b",
+                          headers=(("x-nul\x00", "v\x00"),))
+    m = Measurement(id="nul-m", run_id=run.id, vantage="v\x00",
+                    target=Target(service="s\x00", probe="http", host="a.test",
+                                  url="http://a.test/"),
+                    probe_version="1", started_at=T0, runtime_s=0.1, observations=(obs,),
+                    failure="f\x00", failed_operation="http_round_trip")
+    with open_store(postgres_url) as store:
+        store.start_run(run)
+        store.add_measurements([m], [Verdict(verdict="ok", rule_id="r", analyzer_version="8",
+                                             service="s\x00", measurement_id=m.id,
+                                             evidence="e\x00")], run_id=run.id)
+        store.finish_run(run.id, status="complete", finished_at=T0,
+                         summary={"blocked": ["s\x00"]})
+        [back] = store.measurements(run_id=run.id)
+        [verdict] = store.verdicts(run_id=run.id)
+        stored = store.get_run(run.id)
+    assert back.observations[0].title == "a\ufffdb" and back.failure == "f\ufffd"
+    assert back.target.service == "s\ufffd" and verdict.evidence == "e\ufffd"
+    assert stored is not None and stored.summary["blocked"] == ["s\ufffd"]
+    assert stored.vantage == "v\ufffd"
