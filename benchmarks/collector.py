@@ -169,6 +169,7 @@ class Load:
             per = queue[0][1]
             every = len(names) * per / rate if rate else 0.0
             due = time.monotonic() + every * i / len(names)  # spread the phases
+            end = due + seconds if rate else stop  # each offers its share for `seconds`
             with httpx.Client(base_url=self.base, timeout=60, headers={
                     "Authorization": f"Bearer {self.secrets[name]}",
                     "Content-Encoding": "gzip"}) as client:
@@ -177,7 +178,7 @@ class Load:
                         time.sleep(max(0.0, due - time.monotonic()))
                     else:
                         due = time.monotonic()
-                    if due >= stop:
+                    if due >= end:
                         return
                     body, n = queue.pop()
                     answer = client.post("/api/v1/submit", content=body)
@@ -260,8 +261,10 @@ def main() -> None:
         for rate, load in loads.items():
             load.base = base
             wall = load.drive(args.seconds, rate)
-            if rate:  # the schedule's window: the ramp of phases and the last answers are not
-                wall = args.seconds  # in it (every batch due in it was answered, see errors)
+            if rate:  # the batches due in each submitter's own window (their phases are
+                # spread), each standing for one interval of its schedule; every one of them
+                # was answered (see errors)
+                wall = len(load.latencies) * args.per_batch / rate
             load.report("closed loop (each submitter sends its next batch when the last is "
                         "answered: the collector's capacity)" if rate is None else
                         f"open loop at {rate:,.0f} measurements/s offered (each submitter on "

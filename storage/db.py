@@ -35,7 +35,7 @@ from sqlalchemy.pool import StaticPool
 from blockwatch.storage import migrate
 from blockwatch.storage.errors import StorageError, describe, hide_password
 from blockwatch.storage.store import Store
-from blockwatch.storage.types import json_text
+from blockwatch.storage.types import json_text, json_value
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -66,7 +66,7 @@ def create_engine_for(url: str, *, pre_ping: bool = True) -> Engine:
     """An engine for ``url`` with blockwatch's connection settings (no connection made yet)."""
     where = hide_password(url)
     parsed = parse_url(url)
-    kwargs: dict[str, Any] = {"json_serializer": json_text}
+    kwargs: dict[str, Any] = {"json_serializer": json_text, "json_deserializer": json_value}
     if parsed.get_backend_name() == "sqlite":
         if _is_memory(parsed):
             kwargs |= {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}

@@ -40,7 +40,7 @@ from blockwatch.storage import migrate
 from blockwatch.storage.db import BUSY_TIMEOUT_MS, _sqlite_begin, create_engine_for, parse_url
 from blockwatch.storage.errors import QueryError, StorageError, describe, hide_password
 from blockwatch.storage.queries import STREAM_ROWS
-from blockwatch.storage.types import json_text
+from blockwatch.storage.types import json_text, json_value
 
 if TYPE_CHECKING:
     from blockwatch.storage.store import Store
@@ -93,7 +93,8 @@ def read_only_engine(url: str) -> Engine:
     if _unchangeable(file):
         uri += "&immutable=1"
     engine = create_engine(parsed.set(database=str(file), query={}),
-                           creator=lambda: _sqlite_ro(uri), json_serializer=json_text)
+                           creator=lambda: _sqlite_ro(uri), json_serializer=json_text,
+                           json_deserializer=json_value)
     event.listen(engine, "begin", _sqlite_begin)  # one snapshot per transaction, as db.py
     return engine
 

@@ -45,6 +45,16 @@ def json_text(value: Any) -> str:
         return _dumps(plain(value))
 
 
+def json_value(text: str | bytes) -> Any:
+    """A JSON column's value read back: orjson (several times the standard library's speed,
+    which a judge reading thousands of observations feels), the standard library for anything
+    orjson refuses (a lone surrogate escape)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def ensure_utc(value: dt.datetime, what: str = "datetime") -> dt.datetime:
     """``value`` in UTC; a naive datetime is a bug (whose local time would it be?)."""
     if value.tzinfo is None or value.utcoffset() is None:
