@@ -65,7 +65,7 @@ def fingerprints(cfg: Config) -> Any:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from blockwatch.ooni import import_ooni
-    from blockwatch.ooni.read import printable
+    from blockwatch.probes.textsafe import one_line as printable
 
     cfg = load_config(args.config)
     fps = fingerprints(cfg)

@@ -23,9 +23,10 @@ from typing import Any, Protocol
 from blockwatch.analysis import AnalysisInputs, judge_run
 from blockwatch.analysis.fingerprints import FingerprintSet
 from blockwatch.ooni.models import OONIError
-from blockwatch.ooni.read import Record, Skip, printable, read_records
+from blockwatch.ooni.read import Record, Skip, read_records
 from blockwatch.ooni.transform import Imported, from_ooni
 from blockwatch.probes.model import Measurement, Run, Service, Verdict
+from blockwatch.probes.textsafe import one_line as printable
 
 log = logging.getLogger("blockwatch.ooni")
 EXAMPLES = 10  # the skipped records an ImportReport names one by one

@@ -21,13 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
 
+from blockwatch.probes.textsafe import one_line as printable  # what ooni shows
+
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # a web_connectivity record with bodies is < 2 MiB
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print: a control or invisible character (a terminal escape, a bidi
-    override) is shown escaped, as ``\\x1b``."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ which every package may import).
   and the Unicode bidirectional overrides that reorder what a terminal shows are written as
   visible ``\\xNN``/``\\uNNNN`` escapes; the rest is unchanged. Rich markup is a separate
   matter: show text in ``rich.text.Text`` (``cell``), which never parses it.
+- ``one_line``: the same for a message of one line (a reason, a skipped record): every
+  character ``str.isprintable`` refuses, newlines included, is escaped.
 - ``csv_cell``: a text cell that a spreadsheet would run as a formula (starting with ``=``,
   ``+``, ``-``, ``@``, a tab or a carriage return: OWASP's list) gets a leading ``'``, which
   spreadsheets show as text; numbers stay numbers.
@@ -31,6 +33,12 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """``text`` with every character that could drive or reorder a terminal made visible."""
     return _UNSAFE.sub(_escape, text)
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: every character ``str.isprintable`` refuses (controls,
+    newlines, invisible and bidi characters) shown as its escape (``\\x1b``, ``\\n``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def cell(value: Any) -> Any:

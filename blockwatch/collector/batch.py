@@ -128,12 +128,6 @@ class VerdictIn(_Strict):
     details: dict[str, Any] = {}
 
 
-def _window(q: ControlsQuery) -> ControlsQuery:
-    if not q.since <= q.until <= q.since + dt.timedelta(days=31):
-        raise ValueError("since must come before until, at most 31 days before")
-    return q
-
-
 class ControlsQuery(_Strict):
     """What a vantage asks the collector for: a control vantage's measurements of a window."""
 
@@ -142,8 +136,10 @@ class ControlsQuery(_Strict):
     services: Annotated[list[Text], Field(max_length=5000)] = []
 
     @model_validator(mode="after")
-    def _check(self) -> ControlsQuery:
-        return _window(self)
+    def _window(self) -> ControlsQuery:
+        if not self.since <= self.until <= self.since + dt.timedelta(days=31):
+            raise ValueError("since must come before until, at most 31 days before")
+        return self
 
 
 MODELS: dict[str, type[_Strict]] = {"run": RunIn, "measurement": MeasurementIn,

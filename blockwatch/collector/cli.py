@@ -99,8 +99,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     from blockwatch.cli import read_stored
-    from blockwatch.collector.outbox import entries, printable
+    from blockwatch.collector.outbox import entries
     from blockwatch.config import load_config
+    from blockwatch.probes.textsafe import one_line as printable
 
     rows, _ = read_stored(load_config(args.config).storage_url(), entries)
     if not rows:

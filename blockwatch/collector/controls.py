@@ -53,8 +53,9 @@ def fetch(store: Any, sending: Any, services: Sequence[str], since: dt.datetime,
 
     from blockwatch.collector.batch import BatchError, decompress, parse
     from blockwatch.collector.ingest import store_batch
-    from blockwatch.collector.outbox import _client, _error_of, printable
+    from blockwatch.collector.outbox import _client, _error_of
     from blockwatch.collector.tokens import Vantage
+    from blockwatch.probes.textsafe import one_line as printable
     from blockwatch.storage.errors import StorageError
 
     out = Fetched()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blockwatch.probes.textsafe import one_line as printable  # network text
 from blockwatch.storage import collector as db
 
 BACKOFF_S = 30.0
@@ -84,11 +85,6 @@ def _client(sending: Sending) -> Any:
                         headers={"Authorization": f"Bearer {sending.token}",
                                  "Content-Encoding": "gzip",
                                  "Content-Type": "application/x-ndjson"})
-
-
-def printable(text: str) -> str:
-    """Network text made safe to print: no terminal escapes, no control characters."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 ANSWER_MAX = 64 * 1024  # what is read of the collector's answer, whatever it sends
