@@ -56,12 +56,15 @@ def stored_inputs(store: Any, run: Run, inputs: RunInputs, services: Mapping[str
                   fingerprints: FingerprintSet | None) -> AnalysisInputs:
     """Everything ``judge_run`` needs to judge the stored ``run`` on ``inputs``, read from
     ``store``: the run's measurements and the control vantages' inside the window."""
+    own = list(store.measurements(run_id=run.id))
     controls = []
     if inputs.control_vantages and inputs.controls_until is not None:
         since = inputs.controls_since or inputs.controls_until
         controls = [m for m in store.control_measurements(
-            list(inputs.control_vantages), since, inputs.controls_until) if m.run_id != run.id]
-    return AnalysisInputs(measurements=list(store.measurements(run_id=run.id)),
+            list(inputs.control_vantages), since, inputs.controls_until,
+            services=sorted({m.service for m in own}), near=run.started_at)
+            if m.run_id != run.id]
+    return AnalysisInputs(measurements=own,
                           services=services, run=inputs, controls=controls,
                           fingerprints=fingerprints,
                           network_ok=run.status != "network_unavailable")

@@ -69,7 +69,8 @@ class Store(Protocol):
                          run_id: str | None = None) -> None: ...
     def add_verdicts(self, run_id: str, verdicts: Sequence[Verdict]) -> None: ...
     def control_measurements(self, vantages: Sequence[str], start: dt.datetime,
-                             end: dt.datetime) -> list[Measurement]: ...
+                             end: dt.datetime, services: Sequence[str] | None = None,
+                             near: dt.datetime | None = None) -> list[Measurement]: ...
 
 
 CONTROL_PROBES = registry.PROXIED  # what a SOCKS5 path can carry (the registry says)
@@ -428,7 +429,8 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
             inputs = _inputs(settings, since, until)
             if leftovers:
                 controls = await asyncio.shield(asyncio.to_thread(
-                    store.control_measurements, vantages, since, until))
+                    store.control_measurements, vantages, since, until, sorted(leftovers),
+                    outcome.run.started_at))
         by_service: dict[str, list[Measurement]] = defaultdict(list)
         for m in controls:
             by_service[m.service].append(m)

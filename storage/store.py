@@ -36,6 +36,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     tuple_,
     update,
@@ -328,19 +329,53 @@ class Store:
             yield self._rebuild(row, measurement_from_row)
 
     def control_measurements(
-        self, vantages: Sequence[str], start: dt.datetime, end: dt.datetime
+        self, vantages: Sequence[str], start: dt.datetime, end: dt.datetime,
+        services: Sequence[str] | None = None, near: dt.datetime | None = None,
     ) -> list[Measurement]:
         """Measurements of the control ``vantages`` started in [start, end]: the other side of
-        a comparison between vantages sharing this database."""
+        a comparison between vantages sharing this database.
+
+        With ``services`` and ``near`` (what a run's judging asks for), only those services'
+        measurements, and of each (vantage, service) only those of the vantage's run nearest
+        in start time to ``near`` that measured the service inside the window (ties: the
+        smaller run id). The choice for one service does not depend on the others asked, so a
+        sweep judging some services and a re-analysis judging all agree; and the rows read stay
+        a run's worth per control vantage, however many runs the window holds (every 5 minutes
+        for 6 hours is 144 runs)."""
         if not vantages:
             return []
+        start, end = ensure_utc(start, "start"), ensure_utc(end, "end")
         m = MeasurementRow
-        stmt = (select(m.__table__)
-                .where(m.vantage.in_(list(vantages)))
-                .where(m.started_at >= ensure_utc(start, "start"))
-                .where(m.started_at <= ensure_utc(end, "end"))
-                .order_by(m.started_at, m.id))
-        return [self._rebuild(row, measurement_from_row) for row in self._stream(stmt)]
+        if services is None or near is None:
+            stmt = (select(m.__table__)
+                    .where(m.vantage.in_(list(vantages)))
+                    .where(m.started_at >= start).where(m.started_at <= end)
+                    .order_by(m.started_at, m.id))
+            return [self._rebuild(row, measurement_from_row) for row in self._stream(stmt)]
+        near = ensure_utc(near, "near")
+        r = RunRow
+        # a run started at or before the window's end, and not finished before it began
+        runs = (select(r.id, r.vantage, r.started_at).where(r.vantage.in_(list(vantages)))
+                .where(r.started_at <= end)
+                .where(or_(r.finished_at.is_(None), r.finished_at >= start)))
+        with self._transaction() as s:
+            found = [(abs((ensure_utc(t, "started_at") - near).total_seconds()), run_id, vantage)
+                     for run_id, vantage, t in s.execute(runs)]
+        missing = {v: set(services) for v in vantages}
+        out: list[Measurement] = []
+        for _, run_id, vantage in sorted(found):
+            wanted = missing[vantage]
+            if not wanted:
+                continue
+            stmt = (select(m.__table__).where(m.run_id == run_id)
+                    .where(m.service.in_(sorted(wanted)))
+                    .where(m.started_at >= start).where(m.started_at <= end)
+                    .order_by(m.started_at, m.id))
+            got = [self._rebuild(row, measurement_from_row) for row in self._stream(stmt)]
+            wanted.difference_update(x.service for x in got)
+            out += got
+        out.sort(key=lambda x: (x.started_at, x.id))
+        return out
 
     def verdicts(
         self, run_id: str | None = None, measurement_id: str | None = None

@@ -2,7 +2,8 @@
 measurements that arrived through it (the same ``judge_run`` as a sweep and ``reanalyze``).
 
 Control vantages are the tokens added with ``--control`` (outside the censored networks): a
-run is judged with their measurements from ``MAX_AGE`` before to ``MAX_AGE`` after its start.
+run is judged with their measurements from ``MAX_AGE`` before to ``MAX_AGE`` after its start
+(of each control vantage and service, its run nearest in time: ``Store.control_measurements``).
 The verdicts are appended (a measurement's current verdict is the newest), marked
 ``details.judged_by = "collector"``, and the run records what it was judged on, so that
 ``blockwatch reanalyze --later-controls`` on the collector's database (e.g. after a control's
