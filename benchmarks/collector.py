@@ -68,6 +68,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_by_process(collector: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the collector's service process, its judging
+    worker(s) and every PostgreSQL process (its backends included), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"collector": 0.0, "judging worker": 0.0, "PostgreSQL": 0.0}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+            comm = Path(stat).with_name("comm").read_text().strip()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        pid, ppid = int(stat.split("/")[2]), int(fields[1])
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if pid == collector:
+            out["collector"] += used
+        elif ppid == collector:
+            out["judging worker"] += used
+        elif comm.startswith("postgres"):
+            out["PostgreSQL"] += used
+    return out
+
+
 class Postgres:
     def __init__(self, extra: str = "") -> None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -215,6 +238,9 @@ def main() -> None:
     ap.add_argument("--submitters", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=15.0, help="of each phase")
     ap.add_argument("--per-batch", type=int, default=200)
+    ap.add_argument("--controls", type=int, default=5, metavar="K",
+                    help="of the submitters, K are control vantages (tokens added with "
+                         "--control): the others' runs are judged against theirs")
     ap.add_argument("--rate", type=float, default=5000.0, metavar="N",
                     help="the open loop's offered load, measurements a second (0: skip it)")
     ap.add_argument("--profile", metavar="SVG", help="record the collector with py-spy")
@@ -226,7 +252,8 @@ def main() -> None:
     try:
         with open_store(pg.url()) as store:
             names = [f"vantage{i:02d}" for i in range(args.submitters)]
-            secrets = {n: tokens.add(store, n) for n in names}
+            secrets = {n: tokens.add(store, n, control=i < args.controls)
+                       for i, n in enumerate(names)}
         # enough batches for each phase at 10,000 measurements a second (twice the goal)
         per = max(4, int(10_000 * args.seconds / args.per_batch / args.submitters) + 1)
         print(f"building {2 * per * args.submitters} batches of {args.per_batch} "
@@ -257,6 +284,7 @@ def main() -> None:
               f"{args.seconds:g} s a phase, PostgreSQL with fsync and synchronous_commit on "
               "(a 2xx is a commit on disk)")
         cpu0 = os.times()
+        tree0 = cpu_by_process(server.pid)
         sent = 0
         for rate, load in loads.items():
             load.base = base
@@ -272,6 +300,7 @@ def main() -> None:
             sent += load.sent
             time.sleep(2)
         cpu = os.times()
+        tree = cpu_by_process(server.pid)
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
@@ -288,10 +317,13 @@ def main() -> None:
                 "WHERE details->>'judged_by' = 'collector'")).scalar_one()
         print(f"\nin PostgreSQL: {stored[0]:,} measurements ({stored[1]:,} distinct; "
               f"{sent:,} acknowledged)")
-        print(f"judged by the collector's worker by the end (it stops after at most 30 s more): "
+        print(f"judged by the collector's worker by the end (it stops after at most 10 s more): "
               f"{judged} of {runs} runs")
         print(f"this process (the submitters) used {cpu.user - cpu0.user:.1f} s of CPU; "
               f"2 cores shared with the collector and PostgreSQL")
+        used = {k: tree.get(k, 0.0) - tree0.get(k, 0.0) for k in tree}
+        print("CPU per 1,000 measurements acknowledged: " + ", ".join(
+            f"{k} {v / max(sent, 1) * 1e6:.0f} ms" for k, v in sorted(used.items())))
     finally:
         pg.stop()
 

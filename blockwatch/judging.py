@@ -53,16 +53,18 @@ def run_inputs(run: Run, *, control_resolvers: tuple[str, ...],
 
 
 def stored_inputs(store: Any, run: Run, inputs: RunInputs, services: Mapping[str, Service],
-                  fingerprints: FingerprintSet | None) -> AnalysisInputs:
+                  fingerprints: FingerprintSet | None, cache: Any = None) -> AnalysisInputs:
     """Everything ``judge_run`` needs to judge the stored ``run`` on ``inputs``, read from
-    ``store``: the run's measurements and the control vantages' inside the window."""
+    ``store``: the run's measurements and the control vantages' inside the window (of each
+    vantage and service, its nearest run's; ``cache``: a ``storage.store.RunCache`` kept
+    across calls)."""
     own = list(store.measurements(run_id=run.id))
     controls = []
     if inputs.control_vantages and inputs.controls_until is not None:
         since = inputs.controls_since or inputs.controls_until
         controls = [m for m in store.control_measurements(
             list(inputs.control_vantages), since, inputs.controls_until,
-            services=sorted({m.service for m in own}), near=run.started_at)
+            services=sorted({m.service for m in own}), near=run.started_at, cache=cache)
             if m.run_id != run.id]
     return AnalysisInputs(measurements=own,
                           services=services, run=inputs, controls=controls,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -102,6 +103,30 @@ class ScheduleState:
     updated_at: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 T = TypeVar("T")
+
+
+class RunCache:
+    """The measurements of whole runs, least recently used first out, at most ``limit``
+    measurements in all (``Store.control_measurements``)."""
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit, self.held = limit, 0
+        self._runs: OrderedDict[str, list[Measurement]] = OrderedDict()
+
+    def get(self, run_id: str) -> list[Measurement] | None:
+        found = self._runs.get(run_id)
+        if found is not None:
+            self._runs.move_to_end(run_id)
+        return found
+
+    def put(self, run_id: str, measurements: list[Measurement]) -> None:
+        if len(measurements) > self.limit or run_id in self._runs:
+            return
+        self._runs[run_id] = measurements
+        self.held += len(measurements)
+        while self.held > self.limit:
+            _, gone = self._runs.popitem(last=False)
+            self.held -= len(gone)
 
 
 class Store:
@@ -331,6 +356,7 @@ class Store:
     def control_measurements(
         self, vantages: Sequence[str], start: dt.datetime, end: dt.datetime,
         services: Sequence[str] | None = None, near: dt.datetime | None = None,
+        cache: RunCache | None = None,
     ) -> list[Measurement]:
         """Measurements of the control ``vantages`` started in [start, end]: the other side of
         a comparison between vantages sharing this database.
@@ -341,7 +367,8 @@ class Store:
         smaller run id). The choice for one service does not depend on the others asked, so a
         sweep judging some services and a re-analysis judging all agree; and the rows read stay
         a run's worth per control vantage, however many runs the window holds (every 5 minutes
-        for 6 hours is 144 runs)."""
+        for 6 hours is 144 runs). A ``cache`` (the collector's judging worker, which judges
+        many runs against the same control runs) keeps the runs that are all stored."""
         if not vantages:
             return []
         start, end = ensure_utc(start, "start"), ensure_utc(end, "end")
@@ -355,23 +382,34 @@ class Store:
         near = ensure_utc(near, "near")
         r = RunRow
         # a run started at or before the window's end, and not finished before it began
-        runs = (select(r.id, r.vantage, r.started_at).where(r.vantage.in_(list(vantages)))
-                .where(r.started_at <= end)
+        runs = (select(r.id, r.vantage, r.started_at, r.status, r.summary)
+                .where(r.vantage.in_(list(vantages))).where(r.started_at <= end)
                 .where(or_(r.finished_at.is_(None), r.finished_at >= start)))
         with self._transaction() as s:
-            found = [(abs((ensure_utc(t, "started_at") - near).total_seconds()), run_id, vantage)
-                     for run_id, vantage, t in s.execute(runs)]
+            found = [(abs((ensure_utc(t, "started_at") - near).total_seconds()), run_id, vantage,
+                      None if status == "running" else (summary or {}).get("measurements"))
+                     for run_id, vantage, t, status, summary in s.execute(runs)]
         missing = {v: set(services) for v in vantages}
         out: list[Measurement] = []
-        for _, run_id, vantage in sorted(found):
+        for _, run_id, vantage, count in sorted(found):
             wanted = missing[vantage]
             if not wanted:
                 continue
-            stmt = (select(m.__table__).where(m.run_id == run_id)
-                    .where(m.service.in_(sorted(wanted)))
-                    .where(m.started_at >= start).where(m.started_at <= end)
-                    .order_by(m.started_at, m.id))
-            got = [self._rebuild(row, measurement_from_row) for row in self._stream(stmt)]
+            if cache is not None:
+                whole = cache.get(run_id)
+                if whole is None:
+                    stmt = select(m.__table__).where(m.run_id == run_id)
+                    whole = [self._rebuild(row, measurement_from_row)
+                             for row in self._stream(stmt)]
+                    if (isinstance(count, int) and not isinstance(count, bool)
+                            and len(whole) >= count):  # ended, and all of it is here
+                        cache.put(run_id, whole)
+                got = [x for x in whole if x.service in wanted and start <= x.started_at <= end]
+            else:
+                stmt = (select(m.__table__).where(m.run_id == run_id)
+                        .where(m.service.in_(sorted(wanted)))
+                        .where(m.started_at >= start).where(m.started_at <= end))
+                got = [self._rebuild(row, measurement_from_row) for row in self._stream(stmt)]
             wanted.difference_update(x.service for x in got)
             out += got
         out.sort(key=lambda x: (x.started_at, x.id))

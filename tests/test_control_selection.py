@@ -20,7 +20,9 @@ H = dt.timedelta(hours=1)
 
 def _control(store, run_id: str, at: dt.datetime, services: tuple[str, ...],
              vantage: str = "ctl") -> None:
-    store.start_run(dataclasses.replace(make_run(run_id, at=at), vantage=vantage))
+    store.start_run(dataclasses.replace(make_run(run_id, at=at), vantage=vantage,
+                                        status="complete",
+                                        summary={"measurements": len(services)}))
     ms = [dataclasses.replace(make_measurement(f"{run_id}-{s}", run_id=run_id,
                                                at=at + dt.timedelta(seconds=i), service=s),
                               vantage=vantage)
@@ -79,3 +81,44 @@ def test_window_bounds_and_unknown_services(db: str) -> None:
         # without services and near: every measurement in the window, as before
         every = store.control_measurements(["ctl"], T0 - 6 * H, T0 + 6 * H)
         assert len(every) == 3 + 2 + 2
+
+
+def test_a_cache_gives_the_same_choice_and_keeps_only_whole_runs(db: str) -> None:
+    from blockwatch.storage.store import RunCache
+
+    cache = RunCache(limit=100)
+    with open_store(db) as store:
+        _fill(store)
+        # "near" is still arriving: its summary counts 3, two are stored
+        store.start_run(dataclasses.replace(make_run("arriving", at=T0 + dt.timedelta(minutes=2)),
+                                            vantage="ctl3", status="complete",
+                                            summary={"measurements": 3}))
+        _ms = [dataclasses.replace(make_measurement(f"arriving-{s}", run_id="arriving",
+                                                    at=T0 + dt.timedelta(minutes=2), service=s),
+                                   vantage="ctl3") for s in "ab"]
+        store.add_measurements(_ms, [])
+        args = (["ctl", "ctl2", "ctl3"], T0 - 6 * H, T0 + 6 * H)
+        plain = store.control_measurements(*args, services=["a", "b"], near=T0)
+        cached = store.control_measurements(*args, services=["a", "b"], near=T0, cache=cache)
+        again = store.control_measurements(*args, services=["a", "b"], near=T0, cache=cache)
+    assert [m.id for m in plain] == [m.id for m in cached] == [m.id for m in again]
+    assert "arriving-a" in {m.id for m in plain}
+    assert cache.get("arriving") is None  # not all here: read again next time
+    # the whole runs read are kept whole (all their services), within the bound
+    assert [m.id for m in cache.get("near") or []] == ["near-a", "near-c"]
+    assert cache.held == 2 + 1 + 2 + 2  # near, other-near, after, other-far
+
+
+def test_run_cache_is_bounded_least_recently_used_first_out() -> None:
+    from blockwatch.storage.store import RunCache
+
+    cache = RunCache(limit=5)
+    ms = [make_measurement(f"m{i}") for i in range(6)]
+    cache.put("r1", ms[:2])
+    cache.put("r2", ms[2:4])
+    assert cache.get("r1") == ms[:2]  # r1 now the most recent
+    cache.put("r3", ms[4:6])  # 6 > 5: the least recently used (r2) goes
+    assert cache.get("r2") is None and cache.get("r1") and cache.get("r3")
+    assert cache.held == 4
+    cache.put("big", ms)  # larger than the whole cache: not kept
+    assert cache.get("big") is None and cache.held == 4

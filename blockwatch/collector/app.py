@@ -82,7 +82,9 @@ def _error(message: str, status: int, **headers: str) -> JSONResponse:
 
 MAX_CONTROLS = 20_000  # measurements in one answer to a controls query (the newest kept)
 MAX_QUERY = 256 * 1024  # a controls query's body: a window and at most 5,000 service names
-MAX_JUDGING = 10_000  # batches whose runs wait for the judging worker
+MAX_JUDGING = 100_000  # runs waiting for the judging worker (their ids only)
+JUDGING_PAUSE = 2.0  # while batches arrive, judging takes at most 1/(1 + this) of the time
+SHUTDOWN_JUDGING = 10.0  # seconds the judging may go on at shutdown (systemd waits 90)
 DECODING = 4  # batches decoded and stored at once: each at most 16 MiB sent, 32 MiB decoded
 
 
@@ -90,7 +92,12 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
     buckets: dict[str, Bucket] = {}
     decoding = asyncio.Semaphore(DECODING)
     judges = Judges(store.engine.url.render_as_string(hide_password=False))
-    judging: set[asyncio.Task[None]] = set()
+    # runs to judge, in arrival order (a dict: an ordered set), one consumer
+    waiting: dict[str, None] = {}
+    wake = asyncio.Event()
+    consumer: list[asyncio.Task[None]] = []
+    last_submission = [0.0]  # time.monotonic() of the latest batch stored
+    stopping = asyncio.Event()
 
     async def judge_later(run_id: str) -> None:
         """The collector's own verdicts of a run that is all here, after the answer."""
@@ -101,29 +108,46 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
             log.exception("run %s: judging failed (blockwatch reanalyze judges it again)",
                           run_id)
 
+    async def judge_waiting() -> None:
+        """Judge the waiting runs that are all here, one at a time. While batches keep coming,
+        after judging a run for t seconds wait JUDGING_PAUSE x t: the submissions, whose
+        answers volunteers wait for, keep most of the machine (the worker's own CPU is idle
+        priority, but the database work it asks for is not), and judging catches up when
+        they pause."""
+        while not (stopping.is_set() and not waiting):
+            await wake.wait()
+            wake.clear()
+            while waiting:
+                ids = list(waiting)[:100]
+                for run_id in ids:
+                    del waiting[run_id]
+                try:
+                    complete = await run(complete_runs, store, ids)
+                except StorageError as exc:
+                    log.warning("runs %s: not judged now, the database failed (%s); blockwatch "
+                                "reanalyze judges them", ", ".join(ids), exc)
+                    continue
+                for run_id in complete:
+                    began = time.monotonic()
+                    await judge_later(run_id)
+                    took = time.monotonic() - began
+                    if last_submission[0] > began and not stopping.is_set():
+                        await asyncio.sleep(JUDGING_PAUSE * took)
+
     def after(touched: set[str]) -> None:
         """After the answer: judge the runs of ``touched`` that are now all here."""
+        last_submission[0] = time.monotonic()
         if not touched:
             return
-        if len(judging) >= MAX_JUDGING:  # bounded memory under a flood; the data is stored
-            log.warning("%d batches wait to be judged: runs %s are not judged now (blockwatch "
-                        "reanalyze --later-controls judges them)", len(judging),
+        if len(waiting) >= MAX_JUDGING:  # bounded memory under a flood; the data is stored
+            log.warning("%d runs wait to be judged: runs %s are not judged now (blockwatch "
+                        "reanalyze --later-controls judges them)", len(waiting),
                         ", ".join(sorted(touched)))
             return
-
-        async def go() -> None:
-            try:
-                complete = await run(complete_runs, store, sorted(touched))
-            except StorageError as exc:
-                log.warning("runs %s: not judged now, the database failed (%s); blockwatch "
-                            "reanalyze judges them", ", ".join(sorted(touched)), exc)
-                return
-            for run_id in complete:
-                await judge_later(run_id)
-
-        task = asyncio.create_task(go())
-        judging.add(task)
-        task.add_done_callback(judging.discard)
+        waiting.update(dict.fromkeys(sorted(touched)))
+        wake.set()
+        if not consumer:
+            consumer.append(asyncio.create_task(judge_waiting()))
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in a thread; once more if the database connection it drew had been
@@ -260,9 +284,18 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
-        if judging:  # at shutdown, the runs being judged finish first (a kill leaves them to
-            # blockwatch reanalyze: their batches are stored)
-            await asyncio.wait(set(judging), timeout=30)
+        # at shutdown, the run being judged and those waiting get SHUTDOWN_JUDGING seconds;
+        # the rest are left to blockwatch reanalyze (their batches are stored)
+        if consumer:
+            stopping.set()
+            wake.set()
+            await asyncio.wait({consumer[0]}, timeout=SHUTDOWN_JUDGING)
+            if not consumer[0].done():
+                log.warning("%d runs not judged at shutdown (blockwatch reanalyze "
+                            "--later-controls judges them)", len(waiting) + 1)
+                consumer[0].cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consumer[0]
         await asyncio.to_thread(judges.close)
 
     return Starlette(routes=[Route("/api/v1/submit", submit, methods=["POST"]),

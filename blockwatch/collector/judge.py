@@ -19,7 +19,9 @@ from typing import Any
 from blockwatch.storage import collector as db
 
 MAX_AGE = dt.timedelta(hours=6)
+CONTROL_CACHE = 50_000  # control measurements the worker keeps decoded (a few 100 MB at most)
 _catalogue: Any = None
+_controls: Any = None
 
 
 def judge(store: Any, run_id: str) -> int:
@@ -43,7 +45,12 @@ def judge(store: Any, run_id: str) -> int:
     global _catalogue
     if _catalogue is None:  # the built-in catalogue, parsed once per worker, not once a run
         _catalogue = load_catalogue()
-    verdicts = judge_run(stored_inputs(store, run, inputs, _catalogue, None))
+    global _controls
+    if _controls is None:  # the control runs, read once for every run judged against them
+        from blockwatch.storage.store import RunCache
+
+        _controls = RunCache(CONTROL_CACHE)
+    verdicts = judge_run(stored_inputs(store, run, inputs, _catalogue, None, _controls))
     marked = [dataclasses.replace(v, details={**v.details, "judged_by": "collector"})
               for v in verdicts]
     store.set_run_inputs(run.id, inputs)
@@ -121,5 +128,6 @@ class Judges:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=False)
+            # the run being judged finishes; any still queued is left to reanalyze
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
