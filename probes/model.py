@@ -368,6 +368,16 @@ def observation_to_dict(obs: Observation) -> dict[str, Any]:
     return out
 
 
+_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    found = _NAMES.get(cls)
+    if found is None:
+        found = _NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return found
+
+
 def observation_from_dict(data: dict[str, Any]) -> Observation:
     """Rebuild an observation stored as JSON (tuples come back as lists)."""
     data = dict(data)
@@ -386,7 +396,7 @@ def observation_from_dict(data: dict[str, Any]) -> Observation:
             )
             for r in data.get("responses", ())
         )
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)
     kwargs = {}
     for k, v in data.items():
         if k not in names:

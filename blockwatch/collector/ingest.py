@@ -47,18 +47,25 @@ def _check_vantage(batch: Batch, vantage: Vantage) -> None:
                              f"is {vantage.name!r}'s", 403)
 
 
+def _row(record: Any) -> dict[str, Any]:
+    """A validated record's fields as a row: its own values (the models have no nested models,
+    so this is ``model_dump()`` without the deep copy of every observation, a third of a
+    batch's decoding time)."""
+    return dict(record.__dict__)
+
+
 def store_batch(store: Any, batch: Batch, vantage: Vantage) -> Stored:
     _check_vantage(batch, vantage)
     runs = []
     for r in batch.runs:
-        row = r.model_dump()
+        row = _row(r)
         if vantage.country is not None:
             row["country"] = vantage.country
         if vantage.asn is not None:
             row["asn"] = vantage.asn
         runs.append(row)
-    measurements = [m.model_dump() for m in batch.measurements]
-    verdicts = [v.model_dump() for v in batch.verdicts]
+    measurements = [_row(m) for m in batch.measurements]
+    verdicts = [_row(v) for v in batch.verdicts]
     try:
         new = db.insert_batch(store, vantage.name, runs, measurements, verdicts)
     except db.Refused as exc:
