@@ -64,7 +64,8 @@ def stored_inputs(store: Any, run: Run, inputs: RunInputs, services: Mapping[str
         since = inputs.controls_since or inputs.controls_until
         controls = [m for m in store.control_measurements(
             list(inputs.control_vantages), since, inputs.controls_until,
-            services=sorted({m.service for m in own}), near=run.started_at, cache=cache)
+            services=sorted({m.service for m in own}), near=run.started_at, cache=cache,
+            ended=run.finished_at or inputs.controls_until)
             if m.run_id != run.id]
     return AnalysisInputs(measurements=own,
                           services=services, run=inputs, controls=controls,

@@ -356,7 +356,7 @@ class Store:
     def control_measurements(
         self, vantages: Sequence[str], start: dt.datetime, end: dt.datetime,
         services: Sequence[str] | None = None, near: dt.datetime | None = None,
-        cache: RunCache | None = None,
+        cache: RunCache | None = None, ended: dt.datetime | None = None,
     ) -> list[Measurement]:
         """Measurements of the control ``vantages`` started in [start, end]: the other side of
         a comparison between vantages sharing this database.
@@ -364,8 +364,10 @@ class Store:
         With ``services`` and ``near`` (what a run's judging asks for), only those services'
         measurements, and of each (vantage, service) only those of the vantage's run nearest
         in start time to ``near`` that measured the service inside the window (ties: the
-        smaller run id). The choice for one service does not depend on the others asked, so a
-        sweep judging some services and a re-analysis judging all agree; and the rows read stay
+        smaller run id); runs that started by ``ended`` (the judged run's end: the controls a
+        sweep could see) before any that started later. The choice for one service does not
+        depend on the others asked, so a sweep judging some services and a re-analysis judging
+        all agree; and the rows read stay
         a run's worth per control vantage, however many runs the window holds (every 5 minutes
         for 6 hours is 144 runs). A ``cache`` (the collector's judging worker, which judges
         many runs against the same control runs) keeps the runs that are all stored."""
@@ -385,13 +387,15 @@ class Store:
         runs = (select(r.id, r.vantage, r.started_at, r.status, r.summary)
                 .where(r.vantage.in_(list(vantages))).where(r.started_at <= end)
                 .where(or_(r.finished_at.is_(None), r.finished_at >= start)))
+        last = ensure_utc(ended, "ended") if ended is not None else end
         with self._transaction() as s:
-            found = [(abs((ensure_utc(t, "started_at") - near).total_seconds()), run_id, vantage,
+            found = [(ensure_utc(t, "started_at") > last,
+                      abs((ensure_utc(t, "started_at") - near).total_seconds()), run_id, vantage,
                       None if status == "running" else (summary or {}).get("measurements"))
                      for run_id, vantage, t, status, summary in s.execute(runs)]
         missing = {v: set(services) for v in vantages}
         out: list[Measurement] = []
-        for _, run_id, vantage, count in sorted(found):
+        for _, _, run_id, vantage, count in sorted(found):
             wanted = missing[vantage]
             if not wanted:
                 continue

@@ -122,3 +122,18 @@ def test_run_cache_is_bounded_least_recently_used_first_out() -> None:
     assert cache.held == 4
     cache.put("big", ms)  # larger than the whole cache: not kept
     assert cache.get("big") is None and cache.held == 4
+
+
+def test_runs_started_before_the_judged_run_ended_come_first(db: str) -> None:
+    """A sweep sees only the controls measured before it ends; a re-analysis over a wider
+    window (an old run, --later-controls) picks among those first, as the sweep did."""
+    with open_store(db) as store:
+        _fill(store)
+        got = store.control_measurements(["ctl"], T0 - 6 * H, T0 + 6 * H, services=["b"],
+                                         near=T0, ended=T0 + dt.timedelta(minutes=1))
+        # "after" (2 h after) is nearer than "far-before" (3 h before) but started later
+        assert [m.id for m in got] == ["far-before-b"]
+        # none started before the end: the nearest later one
+        got = store.control_measurements(["ctl"], T0 - 6 * H, T0 + 6 * H, services=["b"],
+                                         near=T0, ended=T0 - 5 * H)
+        assert [m.id for m in got] == ["after-b"]
