@@ -365,7 +365,8 @@ class Store:
         )
         stmt = (
             select(m.__table__, v.verdict, v.rule_id, v.analyzer_version, v.evidence,
-                   r.country, r.asn)
+                   r.country, r.asn, v.layer.label("verdict_layer"),
+                   r.started_at.label("run_started_at"), r.software_version)
             .join(r, r.id == m.run_id)
             .outerjoin(v, v.id == latest)
         )
