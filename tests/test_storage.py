@@ -342,6 +342,8 @@ def sqlite_schema(path: Path) -> dict[str, object]:
             out[t] = (list(conn.execute(f"PRAGMA table_info('{t}')")), indexes,
                       sorted(r[2:] for r in conn.execute(f"PRAGMA foreign_key_list('{t}')")))
         out["revision"] = list(conn.execute("SELECT version_num FROM alembic_version"))
+        out["views"] = list(conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'view' ORDER BY name"))
     return out
 
 
@@ -366,6 +368,7 @@ def test_a_new_database_gets_the_migrations_schema_without_alembic(tmp_path: Pat
     new = sqlite_schema(tmp_path / "new.db")
     assert new == sqlite_schema(migrated(tmp_path / "m.db"))
     assert set(new) >= {"runs", "measurements", "verdicts", "schedule_state", "revision"}
+    assert [v[0] for v in new["views"]] == ["current_verdicts"]  # type: ignore[index]
     probe = "import sys, blockwatch.storage as s; s.open_store(sys.argv[1]).close(); " \
             "print('alembic' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe, f"sqlite:///{tmp_path / 'x.db'}"],
