@@ -554,16 +554,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from blockwatch.storage.types import iso_utc
+
     cfg = load_config(args.config)
     with _store(cfg, read_only=True) as store:
         runs = store.runs(limit=args.limit, group=args.group)
     table = Table(title=f"{len(runs)} most recent runs")
-    for col in ("run", "started (UTC)", "vantage", "group", "status", "duration", "summary"):
+    for col in ("run", "started", "vantage", "group", "status", "duration", "summary"):
         table.add_column(col)
     for r in runs:  # stored text (names, summaries of test-list URLs) is data, never markup
         dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
         table.add_row(*(cell(c) for c in (
-            r.id[:13], r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.vantage, r.group or "",
+            r.id[:13], iso_utc(r.started_at), r.vantage, r.group or "",
             r.status, dur, _one_line(r.summary))))
     Console(width=140).print(table)
     return EXIT_OK
@@ -583,6 +585,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
+    from blockwatch.storage.types import iso_utc
+
     cfg = load_config(args.config)
     with _store(cfg, read_only=True) as store:
         run = store.get_run(args.run_id)
@@ -594,7 +598,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.print(Text(f"run {run.id}", style="bold") + cell(
         f"  vantage {run.vantage}{' (' + run.country + ')' if run.country else ''}  "
         f"status {run.status}"))
-    console.print(cell(f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
+    console.print(cell(f"started {iso_utc(run.started_at)}"
                        f"  baseline {run.baseline.get('status', '?')}  {_one_line(run.summary)}"))
     services = Table(title="services (every verdict, oldest first)" if args.history
                      else "services")

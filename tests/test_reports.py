@@ -15,7 +15,14 @@ from blockwatch.cli import main
 from blockwatch.reports import load, synthetic
 from blockwatch.reports.analysis import change_points, comparison
 from blockwatch.reports.changes import Sweep, detect
-from blockwatch.reports.compare import AGREES, BEFORE, LATER, NO_DATA, NOT_OBSERVED
+from blockwatch.reports.compare import (
+    AGREES,
+    BEFORE,
+    LATER,
+    NO_DATA,
+    NOT_COVERED,
+    NOT_OBSERVED,
+)
 from blockwatch.reports.events import EventsError, load_events, parse_events
 from blockwatch.reports.html import report_html
 from blockwatch.reports.timeline import timeline
@@ -96,7 +103,7 @@ def test_comparison_labels(db: str) -> None:
     aug = labels[("cn-2014-kakaotalk-aug", "cn-home")]
     assert aug.label == BEFORE and aug.diff_days is not None and -31 < aug.diff_days < -29
     # blocked from our first sweep in 2014: the 2009 onset cannot be seen
-    assert labels[("cn-2009-facebook", "cn-home")].label == NO_DATA
+    assert labels[("cn-2009-facebook", "cn-home")].label == NOT_COVERED
     assert labels[("cn-2014-didi", "cn-home")].label == NO_DATA  # never measured
     assert not any(c.event.event in ("rule", "statement") for c in found)
 
@@ -114,7 +121,8 @@ def test_comparison_not_observed_and_later(db: str) -> None:
     assert found["b"].label == LATER and found["b"].diff_days == pytest.approx(44, abs=0.1)
     assert found["c"].vantage == "kr-office" and found["c"].label == NOT_OBSERVED
     # blocked throughout our sweeps, which end years before this report: nothing to compare
-    assert found["d"].label == NO_DATA and found["d"].diff_days is None
+    assert found["d"].label == NOT_COVERED and found["d"].diff_days is None
+    assert "sweeps end (2014-" in found["d"].note
 
 
 def test_timeline_counts_gaps_as_gaps(db: str) -> None:
@@ -270,7 +278,13 @@ def test_python_api(db: str) -> None:
     assert {v["vantage"] for v in data.verdicts} == {"cn-home", "kr-office"}
     assert len(data.verdicts) == 2 * 48
     assert data.measurements and all(m["service"] == "line" for m in data.measurements)
+    # instants are datetimes in UTC in both tables
+    for row in (data.measurements[0], data.verdicts[0]):
+        assert isinstance(row["started_at"], dt.datetime), row["started_at"]
+        assert row["started_at"].utcoffset() == dt.timedelta(0)
     pandas = pytest.importorskip("pandas")
     frames = load(db, since="2014-07-01", until="2014-07-03", services=["line"])
     assert isinstance(frames.verdicts, pandas.DataFrame)
     assert len(frames.verdicts) == 96
+    for frame in (frames.measurements, frames.verdicts):
+        assert pandas.api.types.is_datetime64_any_dtype(frame["started_at"])
