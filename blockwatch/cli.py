@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="show one run: its services and measurements")
     common(show)
     show.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+    show.add_argument("--history", action="store_true",
+                      help="also the service verdicts a reanalyze replaced, oldest first "
+                           "(default: the current ones only)")
 
     exp = sub.add_parser("export", help="write every measurement as JSON lines or CSV")
     common(exp)
@@ -551,16 +554,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from blockwatch.storage.types import iso_utc
+
     cfg = load_config(args.config)
     with _store(cfg, read_only=True) as store:
         runs = store.runs(limit=args.limit, group=args.group)
     table = Table(title=f"{len(runs)} most recent runs")
-    for col in ("run", "started (UTC)", "vantage", "group", "status", "duration", "summary"):
+    for col in ("run", "started", "vantage", "group", "status", "duration", "summary"):
         table.add_column(col)
     for r in runs:  # stored text (names, summaries of test-list URLs) is data, never markup
         dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
         table.add_row(*(cell(c) for c in (
-            r.id[:13], r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.vantage, r.group or "",
+            r.id[:13], iso_utc(r.started_at), r.vantage, r.group or "",
             r.status, dur, _one_line(r.summary))))
     Console(width=140).print(table)
     return EXIT_OK
@@ -580,26 +585,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
+    from blockwatch.storage.types import iso_utc
+
     cfg = load_config(args.config)
     with _store(cfg, read_only=True) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise UsageError(f"no run {args.run_id!r} (see `blockwatch runs`)")
-        verdicts = store.verdicts(run_id=run.id)
+        verdicts = store.verdicts(run_id=run.id, current=not args.history)
         rows = list(store.export_rows(run_id=run.id))
     console = Console(width=160)
     console.print(Text(f"run {run.id}", style="bold") + cell(
         f"  vantage {run.vantage}{' (' + run.country + ')' if run.country else ''}  "
         f"status {run.status}"))
-    console.print(cell(f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
+    console.print(cell(f"started {iso_utc(run.started_at)}"
                        f"  baseline {run.baseline.get('status', '?')}  {_one_line(run.summary)}"))
-    services = Table(title="services")
+    services = Table(title="services (every verdict, oldest first)" if args.history
+                     else "services")
     for col in ("service", "verdict", "layer", "rule", "evidence"):
         services.add_column(col)
     for v in verdicts:
         if v.measurement_id is None:
+            rule = f"{v.rule_id} (analyzer {v.analyzer_version})" if args.history else v.rule_id
             services.add_row(*(cell(c) for c in (v.service, v.verdict, v.layer or "",
-                                                 v.rule_id, v.evidence[:60])))
+                                                 rule, v.evidence[:60])))
     console.print(services)
     ms = Table(title="measurements")
     for col in ("service", "probe", "target", "time", "failure", "verdict", "rule"):

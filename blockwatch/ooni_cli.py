@@ -11,7 +11,9 @@ Guarantees:
   (``FILE line N: what is wrong``, printable text only), or if there are more than
   ``importer.EXAMPLES`` counts them by reason and names the first.
 - ``reanalyze`` recomputes the verdicts of stored runs with the current analyzer and appends
-  them as new verdict rows (the old ones stay); nothing is measured. Each run is judged on the
+  those that changed (verdict, rule, evidence or analyzer version) as new verdict rows (the old
+  ones stay; a second reanalyze writes nothing), and refreshes a changed run's summary (what
+  ``blockwatch runs`` shows); nothing is measured. Each run is judged on the
   inputs recorded with it (``blockwatch.judging``), so that a re-analysis by the same analyzer
   gives the same verdicts; a control path's run is not judged. One run at a time is held in
   memory.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -40,8 +43,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     common(imp)
     imp.add_argument("source", choices=["ooni"], help="the format: ooni")
     imp.add_argument("paths", nargs="+", metavar="FILE|DIR",
-                     help="OONI measurements: .json (one), .jsonl (one per line), .gz, or a "
-                          "directory of them")
+                     help="OONI measurements: .json (one), .jsonl or .ooni (one per line), .gz, "
+                          "or a directory of them")
     imp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
     re = sub.add_parser("reanalyze", help="recompute verdicts of stored runs (no measuring)")
@@ -91,6 +94,7 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
     from blockwatch.analysis.verdicts import ANALYZER_VERSION, judge_run
     from blockwatch.app import local_networks
     from blockwatch.judging import run_inputs, stored_inputs
+    from blockwatch.scheduler.sweep import summarize
 
     cfg = load_config(args.config)
     fps = fingerprints(cfg)
@@ -109,15 +113,21 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
                                 control_vantages=tuple(cfg.analysis.control_vantages),
                                 local_networks=local_networks(cfg), max_age=max_age,
                                 later_controls=args.later_controls)
-            new = judge_run(stored_inputs(store, run, inputs, catalogue, fps))
-            store.add_verdicts(run.id, new)
+            analysis = stored_inputs(store, run, inputs, catalogue, fps)
+            new = judge_run(analysis)
+            changed = _changed(store.verdicts(run_id=run.id, current=True), new)
+            if changed:  # only what differs: a second reanalyze writes nothing
+                store.add_verdicts(run.id, changed)
+                store.set_run_summary(run.id, {**run.summary, **summarize(
+                    new, run.summary.get("measurements", len(analysis.measurements)))})
             if inputs != run.inputs:  # the run now says what its current verdicts rest on
                 store.set_run_inputs(run.id, inputs)
             runs += 1
-            verdicts += len(new)
+            verdicts += len(changed)
     if not args.quiet:
-        print(f"reanalyzed {runs} runs with analyzer {ANALYZER_VERSION}: {verdicts} new "
-              "verdicts (earlier verdicts kept)", file=sys.stderr)
+        print(f"reanalyzed {runs} runs with analyzer {ANALYZER_VERSION}: {verdicts} verdicts "
+              "changed and added (earlier verdicts kept; current ones: the current_verdicts "
+              "view, `blockwatch show RUN`)", file=sys.stderr)
         if controls:
             print(f"  {controls} control-path runs are evidence for their main runs, not judged "
                   "themselves", file=sys.stderr)
@@ -126,6 +136,19 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
                   "were judged with this config's controls ([dns] controls, [analysis] "
                   "control_vantages, [probes] scope)", file=sys.stderr)
     return EXIT_OK
+
+
+def _fact(v: Any) -> tuple[Any, ...]:
+    """What a verdict says (its rule, its analyzer and its evidence included)."""
+    return (v.verdict, v.layer, v.rule_id, v.analyzer_version, v.evidence,
+            json.dumps(v.details, sort_keys=True, default=str))
+
+
+def _changed(current: list[Any], new: list[Any]) -> list[Any]:
+    """The verdicts of ``new`` that differ from the current ones of the same measurement or
+    service (a new analyzer version is a change: the verdict is then that analyzer's)."""
+    now = {(v.measurement_id, v.service): _fact(v) for v in current}
+    return [v for v in new if now.get((v.measurement_id, v.service)) != _fact(v)]
 
 
 def _runs(store: Any, args: argparse.Namespace) -> list[Any]:

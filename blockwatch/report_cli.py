@@ -181,7 +181,9 @@ def _table(fh: TextIO, title: str, columns: Sequence[str], rows: Iterable[Sequen
 
 
 def _t(value: dt.datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%d %H:%M") if value else None
+    from blockwatch.storage.types import iso_utc
+
+    return iso_utc(value) if value else None
 
 
 # --- the reports ----------------------------------------------------------------------------

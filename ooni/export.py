@@ -1,100 +1,156 @@
 """Writing OONI's format: blockwatch's exported rows as OONI measurements.
 
-One OONI df-000 envelope per exported measurement (``Store.export_rows``), with blockwatch's
-observations as OONI ``test_keys`` (df-002 queries, df-005 tcp_connect, df-006 tls_handshakes,
-df-001 requests), what blockwatch adds beyond OONI's fields under ``x_`` names, and ``probe_ip``
-"127.0.0.1" (OONI's own scrubbed value). ``write_ooni`` streams them as JSON lines; this is
-``blockwatch export --format ooni``. No I/O but the file handed in.
+One OONI df-000 measurement per exported blockwatch measurement (``Store.export_rows``), as
+ooni/spec writes them (``blockwatch.ooni.spec`` holds the typed models a test checks every
+exported record against):
+
+- the envelope: ``measurement_start_time`` is the measurement's start, ``test_start_time`` its
+  run's; ``software_name`` "blockwatch" and ``software_version`` the version that measured (the
+  run's record); ``report_id`` the run id; ``probe_ip`` "127.0.0.1" (OONI's own scrubbed value);
+  ``probe_network_name``, ``resolver_*`` null (blockwatch does not look them up); the
+  ``annotations`` OONI's clients add (``architecture`` and ``platform``: "unknown", as a run
+  does not record them; ``engine_name`` "blockwatch", ``engine_version``) and blockwatch's
+  (``vantage``, ``service``, ``measurement_id``); ``extensions`` naming the primitives present
+  (version 0, as OONI's); ``test_helpers`` empty (blockwatch's controls are not OONI's helper);
+- web measurements (the ``http`` probe) are ``web_connectivity`` measurements (ts-017) with its
+  keys, so that OONI's own tools read them: the primitives, ``control`` null (no OONI test
+  helper was asked), ``dns_experiment_failure``, ``http_experiment_failure``, ``accessible``
+  and ``blocking`` from blockwatch's verdict (``dns_blocked`` -> "dns", ``tcp_blocked`` ->
+  "tcp_ip", ``tls_blocked`` or a failed fetch -> "http-failure", a block page -> "http-diff";
+  ``ok`` -> accessible, not blocking; ``down`` -> neither; any other verdict null: OONI's
+  "could not tell"), the comparison keys OONI's helper fills null;
+- every other probe keeps a ``blockwatch_<probe>`` test name, with the primitives it has
+  (``blockwatch.ooni.export_keys``) and its own observations under ``x_<layer>``;
+- ``test_keys.x_blockwatch`` holds the verdict and the measurement as blockwatch stores it, so
+  that ``blockwatch import ooni`` reads every kind of record back exactly (transform
+  ``blockwatch``), VPN and Tor handshakes and raw-packet traces included.
+
+``write_ooni`` streams JSON lines; this is ``blockwatch export --format ooni``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
+from blockwatch.ooni.export_keys import primitives
 from blockwatch.ooni.models import SCRUBBED_IP
 
+DATA_FORMAT_VERSION = "0.2.0"
+EXTENSIONS = {"queries": "dnst", "tcp_connect": "tcpconnect", "tls_handshakes": "tlshandshake",
+              "requests": "httpt"}
+WEB_TEST_VERSION = "0.4.3"  # the ts-017 keys written (no test helper: control is null)
+_BLOCKING = {"dns": "dns", "tcp": "tcp_ip", "tls": "http-failure"}
 
-def _ooni_time(text: str | None) -> str | None:
+
+def ooni_time(text: str | None) -> str | None:
+    """OONI's ``YYYY-MM-DD HH:MM:SS`` (UTC) of an exported ISO 8601 time."""
     return text[:19].replace("T", " ") if text else None
 
 
-def _queries(o: Mapping[str, Any]) -> list[dict[str, Any]]:
-    answers = []
-    for r in o.get("responses") or []:
-        for a in r.get("answers") or []:
-            kind = a.get("rtype")
-            key = {"A": "ipv4", "AAAA": "ipv6"}.get(kind or "", "hostname")
-            answers.append({"answer_type": kind, key: a.get("value"), "ttl": a.get("ttl")})
-        break  # the first response is what a stub resolver used; the rest are in x_responses
-    return [{"hostname": o.get("qname"), "query_type": o.get("qtype"),
-             "engine": o.get("transport"), "resolver_address": o.get("resolver"),
-             "failure": o.get("failure"), "answers": answers or None, "t": o.get("t0"),
-             "x_responses": len(o.get("responses") or [])}]
+def _instant(text: str | None) -> dt.datetime:
+    if not text:
+        return dt.datetime.fromtimestamp(0, dt.UTC)
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _test_keys(row: Mapping[str, Any]) -> dict[str, Any]:
-    tk: dict[str, Any] = {"queries": [], "tcp_connect": [], "tls_handshakes": [], "requests": []}
-    for o in row.get("observations") or []:
-        layer = o.get("layer")
-        if layer == "dns":
-            tk["queries"].extend(_queries(o))
-        elif layer == "tcp":
-            tk["tcp_connect"].append({"ip": o.get("address"), "port": o.get("port"),
-                                      "status": {"success": o.get("failure") is None,
-                                                 "failure": o.get("failure")}, "t": o.get("t"),
-                                      "x_answer_of": o.get("answer_of")})
-        elif layer == "tls":
-            tk["tls_handshakes"].append({
-                "address": f"{o.get('address')}:{o.get('port')}", "server_name": o.get("sni"),
-                "failure": o.get("failure"), "tls_version": o.get("version"),
-                "cipher_suite": o.get("cipher"), "negotiated_protocol": o.get("alpn"),
-                "no_tls_verify": bool(o.get("control")), "t": o.get("t"),
-                "x_peer_chain_sha256": o.get("peer_chain_sha256"),
-                "x_control_sni": bool(o.get("control"))})
-        elif layer == "http":
-            tk["requests"].append({
-                "request": {"url": o.get("url"), "method": "GET"}, "failure": o.get("failure"),
-                "response": {"code": o.get("status"), "headers_list": o.get("headers") or [],
-                             "body": o.get("body_sample"),
-                             "body_is_truncated": bool(o.get("body_truncated"))
-                             or (o.get("body_length") or 0) > len(o.get("body_sample") or ""),
-                             "x_body_length": o.get("body_length"),
-                             "x_body_sha256": o.get("body_sha256")},
-                "x_redirects": o.get("redirects") or [], "t": o.get("t")})
-        else:
-            tk.setdefault(f"x_{layer}", []).append(o)
-    tk["failure"] = row.get("failure")
-    tk["x_failed_operation"] = row.get("failed_operation")
-    tk["x_blockwatch"] = {k: row.get(k) for k in ("verdict", "rule_id", "analyzer_version",
-                                                  "evidence")}
-    return tk
+def _blocking(row: Mapping[str, Any]) -> tuple[bool | None, str | bool | None]:
+    """(accessible, blocking) of ts-017 from blockwatch's verdict."""
+    verdict, layer = row.get("verdict") or "", row.get("verdict_layer")
+    if verdict == "ok":
+        return True, False
+    if verdict == "down":  # the site is down everywhere: not accessible, not blocked
+        return False, False
+    if not verdict.endswith("_blocked"):
+        return None, None
+    layer = layer or verdict.removesuffix("_blocked")
+    if layer == "http":
+        return False, "http-failure" if row.get("failure") else "http-diff"
+    return False, _BLOCKING.get(layer or "", "http-failure")
+
+
+def _web_keys(row: Mapping[str, Any], tk: dict[str, Any]) -> dict[str, Any]:
+    failure, op = row.get("failure"), row.get("failed_operation")
+    dns_failure = failure if op == "resolve" else None
+    accessible, blocking = _blocking(row)
+    return {
+        **tk, "agent": "redirect", "client_resolver": None, "retries": None,
+        "socksproxy": None, "control": None, "control_failure": None,
+        "dns_experiment_failure": dns_failure,
+        "http_experiment_failure": failure if failure and op != "resolve" else None,
+        "dns_consistency": None, "body_length_match": None, "body_proportion": None,
+        "status_code_match": None, "headers_match": None, "title_match": None,
+        "accessible": accessible, "blocking": blocking}
+
+
+def _blockwatch(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "verdict": row.get("verdict"), "rule_id": row.get("rule_id"),
+        "layer": row.get("verdict_layer"), "analyzer_version": row.get("analyzer_version"),
+        "evidence": row.get("evidence"),
+        "measurement": {k: row.get(k) for k in (
+            "measurement_id", "run_id", "vantage", "probe", "probe_version", "started_at",
+            "runtime_s", "queued_s", "failure", "failed_operation", "observations")}
+        | {"target": row.get("target_json")}}
 
 
 def ooni_envelope(row: Mapping[str, Any], software_version: str = "") -> dict[str, Any]:
-    """One exported measurement (``Store.export_rows``) as an OONI df-000 measurement."""
-    start = _ooni_time(row.get("started_at"))
+    """One exported measurement (``Store.export_rows``) as an OONI df-000 measurement;
+    ``software_version``: the exporting blockwatch's, for a row whose run recorded none."""
+    start = _instant(row.get("started_at"))
+    tk = primitives(row.get("observations") or [], start)
+    web = row.get("probe") == "http"
+    tk["failure"] = row.get("failure")
+    tk["x_failed_operation"] = row.get("failed_operation")
+    if web:
+        tk = _web_keys(row, tk)
+    tk["x_blockwatch"] = _blockwatch(row)
+    version = row.get("software_version") or software_version
+    measured = ooni_time(row.get("started_at"))
     return {
-        "data_format_version": "0.2.0",
-        "measurement_start_time": start, "test_start_time": start,
-        "probe_cc": row.get("country") or "ZZ", "probe_asn": f"AS{row.get('asn') or 0}",
-        "probe_ip": SCRUBBED_IP, "probe_network_name": None,
-        "report_id": row.get("run_id"), "input": row.get("target"),
-        "software_name": "blockwatch", "software_version": software_version,
-        "test_name": f"blockwatch_{row.get('probe')}", "test_version": row.get("probe_version"),
-        "test_runtime": row.get("runtime_s"),
-        "annotations": {"measurement_id": row.get("measurement_id"),
+        "annotations": {"architecture": "unknown", "engine_name": "blockwatch",
+                        "engine_version": version, "platform": "unknown",
+                        "measurement_id": row.get("measurement_id"),
                         "vantage": row.get("vantage"), "service": row.get("service")},
-        "test_keys": _test_keys(row),
+        "data_format_version": DATA_FORMAT_VERSION,
+        "extensions": {name: 0 for key, name in EXTENSIONS.items() if tk.get(key)},
+        "input": row.get("target"),
+        "measurement_start_time": measured,
+        "probe_asn": f"AS{row.get('asn') or 0}", "probe_cc": row.get("country") or "ZZ",
+        "probe_ip": SCRUBBED_IP, "probe_network_name": None,
+        "report_id": row.get("run_id"),
+        "resolver_asn": None, "resolver_ip": None, "resolver_network_name": None,
+        "software_name": "blockwatch", "software_version": version,
+        "test_helpers": {},
+        "test_name": "web_connectivity" if web else f"blockwatch_{row.get('probe')}",
+        "test_runtime": row.get("runtime_s"),
+        "test_start_time": ooni_time(row.get("run_started_at")) or measured,
+        "test_version": WEB_TEST_VERSION if web else row.get("probe_version"),
+        "test_keys": tk,
     }
 
 
+def own_version() -> str:
+    """The installed blockwatch's version, whatever its distribution is named."""
+    from importlib import metadata
+
+    for dist in metadata.packages_distributions().get("blockwatch", []):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "0+unknown"
+
+
 def write_ooni(rows: Iterable[Mapping[str, Any]], fh: TextIO) -> int:
-    """OONI JSON lines: one df-000 envelope per measurement, streamed."""
+    """OONI JSON lines: one df-000 measurement per blockwatch measurement, streamed."""
+    version = own_version()
     count = 0
     for row in rows:
-        fh.write(json.dumps(ooni_envelope(row), ensure_ascii=False, separators=(",", ":")))
+        fh.write(json.dumps(ooni_envelope(row, version), ensure_ascii=False,
+                            separators=(",", ":")))
         fh.write("\n")
         count += 1
     return count

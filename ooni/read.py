@@ -1,7 +1,9 @@
 """Reading OONI files: records, or why one was skipped.
 
-A ``.json`` file holds one measurement, a ``.jsonl`` file one per line, either may be
-gzip-compressed (``.gz``); a directory is read file by file in name order. Records are streamed:
+A ``.json`` file holds one measurement; any other file (``.jsonl``, ``.ooni`` as
+``blockwatch export --format ooni -o x.ooni`` writes, ...) one per line; either may be
+gzip-compressed (``.gz``); a directory's ``.json``, ``.jsonl`` and ``.ooni`` files are read in
+name order. Records are streamed:
 memory is bounded by the largest single record (``MAX_RECORD_BYTES``), and a record that is not
 JSON or not an object, or is too large, is skipped and counted with its reason (``Skip``), never
 a traceback. A truncated gzip stream ends its file with one counted skip. What a record holds is
@@ -102,7 +104,7 @@ def _read_file(path: Path) -> Iterator[Record | Skip]:
     name = path.name.removesuffix(".gz")
     try:
         with _open(path) as fh:
-            if name.endswith(".jsonl"):
+            if not name.endswith(".json"):
                 for n, line in _lines(fh):
                     yield Skip(file, f"record larger than {MAX_RECORD_BYTES} bytes", n) \
                         if line is None else _decode(line, file, n)
@@ -124,9 +126,9 @@ def read_records(paths: Iterable[str | Path]) -> Iterator[Record | Skip]:
     for p in map(Path, paths):
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.is_file() and re.search(
-                r"\.jsonl?(\.gz)?$", f.name))
+                r"\.(jsonl?|ooni)(\.gz)?$", f.name))
             if not files:
-                yield Skip(str(p), "no .json or .jsonl file in this directory")
+                yield Skip(str(p), "no .json, .jsonl or .ooni file in this directory")
             for f in files:
                 yield from _read_file(f)
         elif not p.exists():

@@ -21,8 +21,9 @@ Guarantees:
   then 6 s after a retransmitted SYN) times a handshake out, and that is not a censor. When the
   second handshake completes, the address counts as working (both are recorded, in order); a
   censor that drops the handshake drops it twice. No time is added: the two run together.
-- Facts: protocol version, cipher, ALPN, SHA-256 of each certificate the peer sent (the leaf
-  alone on Pythons that cannot return the chain), and the leaf's subject CN, SANs and notAfter.
+- Facts: protocol version, cipher suite (by IANA's name: ``cipher_suites.py``), ALPN, SHA-256
+  of each certificate the peer sent (the leaf alone on Pythons that cannot return the chain),
+  and the leaf's subject CN, SANs and notAfter; all read before our close_notify.
 - Per service (``ProbeContext.tls_settings``, from the catalogue's or the config's ``tls``
   table): the ALPN offered, and a pinned CA trusted alone for its handshakes (OONI's Signal
   test pins Signal's); such an observation carries the CA file's SHA-256 (``ca_sha256``).
@@ -35,8 +36,10 @@ import asyncio
 import contextlib
 import hashlib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from blockwatch.probes.cipher_suites import iana_name
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, Dialed, Route, Streams, attempt, close, plan
 from blockwatch.probes.errors import ProbeError
@@ -142,7 +145,7 @@ def facts(base: TLSObservation, tls: ssl.SSLObject) -> TLSObservation:
     return replace(
         base,
         version=tls.version(),
-        cipher=cipher[0] if cipher else None,
+        cipher=iana_name(cipher[0]) if cipher else None,
         alpn=tls.selected_alpn_protocol(),
         peer_chain_sha256=tuple(hashlib.sha256(der).hexdigest() for der in chain),
         cert_subject=leaf.subject,
@@ -185,14 +188,18 @@ def _context(ctx: ProbeContext, verify: bool, prof: Profile = DEFAULT) -> ssl.SS
 
 
 async def _try(
-    ctx: ProbeContext, streams: Streams, sni: str | None, verify: bool,
-    prof: Profile = DEFAULT,
-) -> ssl.SSLObject:
+    ctx: ProbeContext, streams: Streams, sni: str | None, verify: bool, base: TLSObservation,
+    clock: Callable[[], float], prof: Profile = DEFAULT,
+) -> TLSObservation:
+    """One handshake; its facts (``base`` with ``t`` now) are read before our close_notify:
+    a server that already sent data (HTTP/2's SETTINGS right after the handshake) makes
+    OpenSSL's shutdown fail, and the object then reports no version."""
     session = Session(streams, _context(ctx, verify, prof), sni)
     async with asyncio.timeout(ctx.timeouts.tls):
         await session.handshake()
+    observed = facts(replace(base, t=clock()), session.tls)
     session.close_notify()
-    return session.tls
+    return observed
 
 
 _EXPECTED = (OSError, ValueError, ProbeError)  # ssl.SSLError and TimeoutError are OSErrors
@@ -207,7 +214,7 @@ async def _unverified_facts(
     if again.streams is None:
         return again, base
     try:
-        return again, facts(base, await _try(ctx, again.streams, sni, verify=False, prof=prof))
+        return again, await _try(ctx, again.streams, sni, False, base, lambda: base.t, prof)
     except _EXPECTED:
         return again, base
     finally:
@@ -237,8 +244,7 @@ async def control_sni(ctx: ProbeContext, route: Route, sni: str | None, clock: C
     base = TLSObservation(address=route.address, port=route.port, sni=name, t0=clock(), t=0.0,
                           control=True)
     try:
-        observed = facts(replace(base, t=clock()),
-                         await _try(ctx, again.streams, name, verify=False))
+        observed = await _try(ctx, again.streams, name, False, base, clock)
     except _EXPECTED as exc:
         observed = replace(base, t=clock(), failure=classify(exc))
     finally:
@@ -256,7 +262,8 @@ async def _verified(ctx: ProbeContext, route: Route, sni: str | None, clock: Clo
     base = TLSObservation(address=route.address, port=route.port, sni=sni, t0=clock(), t=0.0,
                           ca_sha256=prof.ca_sha256)
     try:
-        tls = await _try(ctx, tcp.streams, sni, verify=True, prof=prof)
+        observed = await _try(ctx, tcp.streams, sni, True, replace(base, verified=True), clock,
+                              prof)
     except ssl.SSLCertVerificationError as exc:
         error = classify(exc)
         return tcp, replace(base, t=clock(), verified=False, verify_error=error,
@@ -264,7 +271,7 @@ async def _verified(ctx: ProbeContext, route: Route, sni: str | None, clock: Clo
     except _EXPECTED as exc:
         return tcp, replace(base, t=clock(), failure=classify(exc)), None
     else:
-        return tcp, facts(replace(base, t=clock(), verified=True), tls), None
+        return tcp, observed, None
     finally:
         await close(tcp)
 
@@ -311,8 +318,9 @@ class TLSProbe:
     """Does each address complete a trusted handshake for the server name?"""
 
     name = "tls"
-    version = "3"  # 2: per-service ALPN and pinned CA (TLSSettings); 3: a timed-out handshake
-    # is made again (packet loss is not a censor)
+    version = "4"  # 2: per-service ALPN and pinned CA (TLSSettings); 3: a timed-out handshake
+    # is made again (packet loss is not a censor); 4: the version recorded whatever the server
+    # sent after its handshake, cipher suites by their IANA names, the control SNI's ``t``
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         clock = Clock()

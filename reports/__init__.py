@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from blockwatch.storage import Store, open_store
+from blockwatch.storage.export import EXPORT_FIELDS
 from blockwatch.storage.queries import Filters, service_verdicts
 from blockwatch.storage.types import parse_utc
 
@@ -41,7 +42,9 @@ def load(source: str | Store, since: str | dt.datetime | None = None,
                       until=_instant(until))
     store = open_store(source) if isinstance(source, str) else source
     try:
-        ms = [r for r in store.export_rows(since=filters.since) if _keep(r, filters)]
+        # the export's documented columns, started_at as a datetime (as the verdicts' is)
+        ms = [{**{k: r[k] for k in EXPORT_FIELDS}, "started_at": parse_utc(r["started_at"])}
+              for r in store.export_rows(since=filters.since) if _keep(r, filters)]
         vs = [asdict(v) for v in service_verdicts(store, filters)]
     finally:
         if isinstance(source, str):

@@ -11,9 +11,11 @@ country, one ``Comparison`` with a label:
 - ``observed later``: it lies after it;
 - ``not observed``: the vantage has conclusive sweeps after the period started but no such
   change (and for an onset, no blocking at all);
-- ``no data``: nothing to compare: no conclusive sweep of the service from that vantage, or
-  none after the reported period started (the sweeps end before it), or the vantage was
-  already blocked at its first sweep, which came after the report.
+- ``not covered``: the reported period lies outside the vantage's sweeps of the service (they
+  end before it begins, or begin after it ends): the data cannot say when the change happened,
+  so no difference in days is given (a 2014 report against sweeps of 2026 is not "observed
+  4,722 days later");
+- ``no data``: no conclusive sweep of the service from that vantage at all.
 
 When a series has several changes of the right kind, the one nearest the reported period is
 used. ``diff_days`` is the first sweep in the new state minus the start of the reported period
@@ -28,14 +30,16 @@ from dataclasses import dataclass
 
 from blockwatch.reports.changes import ChangePoint, SeriesResult
 from blockwatch.reports.events import END_KINDS, Event
+from blockwatch.storage.types import iso_utc
 
 TOLERANCE = dt.timedelta(days=1)
 AGREES = "agrees"
 BEFORE = "observed before report"
 LATER = "observed later"
 NOT_OBSERVED = "not observed"
+NOT_COVERED = "not covered"
 NO_DATA = "no data"
-LABELS = (BEFORE, AGREES, LATER, NOT_OBSERVED, NO_DATA)
+LABELS = (BEFORE, AGREES, LATER, NOT_OBSERVED, NOT_COVERED, NO_DATA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,7 @@ class Comparison:
 
     def record(self) -> dict[str, object]:
         def iso(t: dt.datetime | None) -> str | None:
-            return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+            return iso_utc(t) if t else None
 
         return {"event_id": self.event.id, "service": self.event.service,
                 "country": self.event.country, "event": self.event.event,
@@ -90,14 +94,18 @@ def _one(event: Event, vantage: str, series: SeriesResult | None) -> Comparison:
         if c is not None:
             w_start, w_end = c.last_before, c.first_after
         diff = (round((w_end - ref).total_seconds() / 86400, 2)
-                if w_end and label != NO_DATA else None)
+                if w_end and label not in (NO_DATA, NOT_COVERED) else None)
         return Comparison(event, vantage, label, w_start, w_end, diff,
                           c.confidence if c else None, note)
 
     if series is None or series.last is None:
         return result(NO_DATA, "no conclusive sweep of this service from this vantage")
     if lo is not None and series.last < lo:
-        return result(NO_DATA, "sweeps end before the reported period")
+        return result(NOT_COVERED, f"sweeps end ({_day(series.last)}) before the reported "
+                                   "period")
+    if series.first is not None and series.first >= hi:
+        return result(NOT_COVERED, f"sweeps start ({_day(series.first)}) after the reported "
+                                   "period")
     changes = [c for c in series.changes if c.kind == kind]
     if changes:
         c = min(changes, key=lambda c: _distance(c, lo, hi))
@@ -105,15 +113,14 @@ def _one(event: Event, vantage: str, series: SeriesResult | None) -> Comparison:
             return result(AGREES, "", c)
         return result(BEFORE if c.first_after < (lo or hi) else LATER, "", c)
     if kind == "onset" and series.initial == "blocked" and series.first is not None:
-        if series.first < hi:  # blocked at our first sweep, which precedes the report's end
-            label = AGREES if lo is None or series.first >= lo else BEFORE
-            return result(label, "blocked from the first sweep", w_end=series.first)
-        return result(NO_DATA, "blocked from the first sweep, which came after the report",
-                      w_end=series.first)
-    note = f"{series.conclusive} conclusive sweeps, no {kind} found"
-    if series.first is not None and series.first >= hi:
-        note += " (sweeps start after the reported period)"
-    return result(NOT_OBSERVED, note)
+        # blocked at our first sweep, which precedes the report's end (checked above)
+        label = AGREES if lo is None or series.first >= lo else BEFORE
+        return result(label, "blocked from the first sweep", w_end=series.first)
+    return result(NOT_OBSERVED, f"{series.conclusive} conclusive sweeps, no {kind} found")
+
+
+def _day(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%d")
 
 
 def _distance(c: ChangePoint, lo: dt.datetime | None, hi: dt.datetime) -> float:

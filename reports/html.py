@@ -36,7 +36,8 @@ from blockwatch.storage.queries import (
 COLOURS = {"ok": "#4caf50", "blocked": "#d32f2f", "partial": "#f57c00", "down": "#9e9e9e",
            "inconclusive": "#c5cae9", "network_unavailable": "#6d4c41"}
 LABEL_COLOURS = {"agrees": "#2e7d32", "observed before report": "#1565c0",
-                 "observed later": "#ef6c00", "not observed": "#6a1b9a", "no data": "#757575"}
+                 "observed later": "#ef6c00", "not observed": "#6a1b9a", "no data": "#757575",
+                 "not covered": "#9e9e9e"}
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;

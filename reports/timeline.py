@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from blockwatch.storage import Store
 from blockwatch.storage.queries import NO_FILTERS, Bucket, BucketCount, Filters, timeline_counts
+from blockwatch.storage.types import iso_utc
 
 VERDICTS = ("ok", "blocked", "partial", "down", "inconclusive", "network_unavailable")
 STEP = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1),
@@ -97,7 +98,7 @@ def rows(tl: Timeline) -> Iterator[dict[str, object]]:
     """One flat record per series x bucket (gaps included), for CSV and JSON."""
     for s in tl.series:
         for cell in s.cells:
-            yield {"bucket": cell.start.strftime("%Y-%m-%dT%H:%MZ"), "service": s.service,
+            yield {"bucket": iso_utc(cell.start), "service": s.service,
                    "vantage": s.vantage, "runs": cell.runs, "state": cell.state,
                    **{v: cell.counts[v] for v in tl.verdicts}}
 

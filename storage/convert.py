@@ -175,4 +175,11 @@ def export_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "evidence": row["evidence"],
         "country": row["country"],
         "asn": row["asn"],
+        # beyond EXPORT_FIELDS (the OONI export's): the target's fields, the verdict's layer,
+        # the run's start and software
+        "target_json": row.get("target_json"),
+        "verdict_layer": row.get("verdict_layer"),
+        "run_started_at": format_utc(row["run_started_at"]) if row.get("run_started_at")
+        else None,
+        "software_version": row.get("software_version"),
     }

@@ -204,6 +204,16 @@ class Store:
             if done.rowcount != 1:  # type: ignore[attr-defined]
                 raise StorageError(self.url, f"no run {run_id!r}")
 
+    def set_run_summary(self, run_id: str, summary: Mapping[str, Any]) -> None:
+        """Replace a run's summary (after a re-analysis changed its verdicts)."""
+        value = dict(summary)
+        if self._engine.dialect.name == "postgresql":
+            value = without_nul(value)
+        with self._transaction(write=True) as s:
+            done = s.execute(update(RunRow).where(RunRow.id == run_id).values(summary=value))
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise StorageError(self.url, f"no run {run_id!r}")
+
     def add_measurements(
         self, measurements: Sequence[Measurement], verdicts: Sequence[Verdict] = (), *,
         run_id: str | None = None,
@@ -420,10 +430,18 @@ class Store:
         return out
 
     def verdicts(
-        self, run_id: str | None = None, measurement_id: str | None = None
+        self, run_id: str | None = None, measurement_id: str | None = None, *,
+        current: bool = False,
     ) -> list[Verdict]:
-        """Verdicts in the order they were added (the last one of a measurement is current)."""
-        stmt = select(VerdictRow).order_by(VerdictRow.id)
+        """Verdicts in the order they were added (the last one of a measurement is current);
+        ``current``: only those (the ``current_verdicts`` view's rows)."""
+        v = VerdictRow
+        stmt = select(v).order_by(v.id)
+        if current:
+            latest = select(func.max(v.id)).group_by(v.run_id, v.service, v.measurement_id)
+            if run_id is not None:
+                latest = latest.where(v.run_id == run_id)
+            stmt = stmt.where(v.id.in_(latest))
         if run_id is not None:
             stmt = stmt.where(VerdictRow.run_id == run_id)
         if measurement_id is not None:
@@ -442,7 +460,8 @@ class Store:
         )
         stmt = (
             select(m.__table__, v.verdict, v.rule_id, v.analyzer_version, v.evidence,
-                   r.country, r.asn)
+                   r.country, r.asn, v.layer.label("verdict_layer"),
+                   r.started_at.label("run_started_at"), r.software_version)
             .join(r, r.id == m.run_id)
             .outerjoin(v, v.id == latest)
         )

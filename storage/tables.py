@@ -10,7 +10,8 @@ Design notes:
 - Observations are one JSON array per measurement, not a table per layer: they are written once,
   read whole, and their shape is owned by ``probes.model``; JSON functions reach inside them.
 - Verdicts are append-only: re-analysis adds rows, and a measurement's current verdict is the one
-  with the highest ``id`` (``sqlite_autoincrement`` guarantees ids are never reused).
+  with the highest ``id`` (``sqlite_autoincrement`` guarantees ids are never reused); the view
+  ``current_verdicts`` (migration 0007, ``CURRENT_VERDICTS``) holds those alone.
 - ``service``/``probe``/``target`` are copies of fields of ``target_json`` so that the common
   queries can use an index.
 - Constraint names follow a naming convention so that later migrations (batch mode on SQLite)
@@ -22,7 +23,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, MetaData, Table, false
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    event,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from blockwatch.storage.types import JSONType, UTCDateTime
@@ -196,3 +208,11 @@ class OutboxRow(Base):
 # the Core tables, typed as such (``__table__`` is typed as any FromClause)
 MEASUREMENTS = cast(Table, MeasurementRow.__table__)
 VERDICTS = cast(Table, VerdictRow.__table__)
+
+
+# each run's measurement's and service's current verdict (the highest id); a new database gets
+# it with the tables, a migrated one from migration 0007, which holds the same text
+CURRENT_VERDICTS = (
+    "CREATE VIEW current_verdicts AS SELECT * FROM verdicts WHERE id IN "
+    "(SELECT max(id) FROM verdicts GROUP BY run_id, service, measurement_id)")
+event.listen(Base.metadata, "after_create", DDL(CURRENT_VERDICTS))  # type: ignore[no-untyped-call]

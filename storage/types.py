@@ -70,6 +70,12 @@ def format_utc(value: dt.datetime) -> str:
     return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def iso_utc(value: dt.datetime) -> str:
+    """ISO 8601 UTC to the second, ``2024-03-01T12:00:00Z``: how every table, CSV and JSON
+    of blockwatch's commands shows an instant (exports keep ``format_utc``'s microseconds)."""
+    return ensure_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_utc(text: str) -> dt.datetime:
     """Read ``format_utc``'s output (and, leniently, any ISO 8601; naive means UTC)."""
     value = dt.datetime.fromisoformat(text)

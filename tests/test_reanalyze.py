@@ -62,7 +62,9 @@ def test_reanalysis_appends_new_verdicts_and_keeps_the_old(tmp_path: Path) -> No
             # what an older analyzer said: no control, so inconclusive
             store.add_measurements([tested, control], [Verdict(
                 verdict="inconclusive", rule_id="failure.no_control", analyzer_version="1",
-                service="kakaotalk", measurement_id=tested.id)])
+                service="kakaotalk", measurement_id=tested.id), Verdict(
+                verdict="inconclusive", rule_id="service.inconclusive", analyzer_version="1",
+                service="kakaotalk")], run_id=run_id)
     done = blockwatch("reanalyze", "-c", str(cfg), "--since", "2024-03-01")
     assert done.returncode == 0, done.stderr
     assert f"reanalyzed 1 runs with analyzer {ANALYZER_VERSION}" in done.stderr
@@ -80,7 +82,31 @@ def test_reanalysis_appends_new_verdicts_and_keeps_the_old(tmp_path: Path) -> No
     with sqlite3.connect(db) as conn:
         n = conn.execute("SELECT count(*) FROM verdicts WHERE analyzer_version = ? AND "
                          "measurement_id IS NULL", (ANALYZER_VERSION,)).fetchone()[0]
-    assert n == 3  # service verdicts: run-new twice, run-old once
+        total = conn.execute("SELECT count(*) FROM verdicts").fetchone()[0]
+    assert n == 2  # service verdicts: run-new once (unchanged the second time), run-old once
+    again = blockwatch("reanalyze", "-c", str(cfg))  # nothing changed: nothing written
+    assert again.returncode == 0 and ": 0 verdicts changed" in again.stderr, again.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM verdicts").fetchone()[0] == total
+        current = conn.execute("SELECT run_id, coalesce(measurement_id, ''), verdict FROM "
+                               "current_verdicts ORDER BY 1, 2").fetchall()
+        summary = json.loads(conn.execute(
+            "SELECT summary FROM runs WHERE id = 'run-new'").fetchone()[0])
+    # one current verdict per measurement (the control resolver's is evidence, not judged) and
+    # per service of each run, whatever the history holds
+    assert [c[:2] for c in current] == [("run-new", ""), ("run-new", "run-new-system"),
+                                        ("run-old", ""), ("run-old", "run-old-system")]
+    assert summary["blocked"] == ["kakaotalk"] and summary["services"] == {"blocked": 1}
+    shown = blockwatch("show", "-c", str(cfg), "run-new").stdout
+    history = blockwatch("show", "-c", str(cfg), "run-new", "--history").stdout
+    assert service_rows(shown) == 1 and "analyzer" not in shown
+    assert service_rows(history) == 2 and f"(analyzer {ANALYZER_VERSION})" in history
+
+
+def service_rows(shown: str) -> int:
+    """Rows of `blockwatch show`'s services table naming kakaotalk."""
+    table = shown.split("measurements")[0]
+    return sum(1 for line in table.splitlines() if line.startswith("│") and "kakaotalk" in line)
 
 
 @pytest.mark.skipif(not SCENARIOS.is_dir(), reason=(

@@ -15,7 +15,14 @@ from blockwatch.cli import main
 from blockwatch.reports import load, synthetic
 from blockwatch.reports.analysis import change_points, comparison
 from blockwatch.reports.changes import Sweep, detect
-from blockwatch.reports.compare import AGREES, BEFORE, LATER, NO_DATA, NOT_OBSERVED
+from blockwatch.reports.compare import (
+    AGREES,
+    BEFORE,
+    LATER,
+    NO_DATA,
+    NOT_COVERED,
+    NOT_OBSERVED,
+)
 from blockwatch.reports.events import EventsError, load_events, parse_events
 from blockwatch.reports.html import report_html
 from blockwatch.reports.timeline import timeline
@@ -92,11 +99,8 @@ def test_comparison_labels(db: str) -> None:
     assert labels[("cn-2014-kakaotalk", "cn-home")].label == AGREES
     assert labels[("cn-2014-line", "cn-home")].label == AGREES
     assert labels[("cn-2014-instagram", "cn-home")].label == AGREES
-    # a later, month-precision report of the same block: we saw it a month earlier
-    aug = labels[("cn-2014-kakaotalk-aug", "cn-home")]
-    assert aug.label == BEFORE and aug.diff_days is not None and -31 < aug.diff_days < -29
     # blocked from our first sweep in 2014: the 2009 onset cannot be seen
-    assert labels[("cn-2009-facebook", "cn-home")].label == NO_DATA
+    assert labels[("cn-2009-facebook", "cn-home")].label == NOT_COVERED
     assert labels[("cn-2014-didi", "cn-home")].label == NO_DATA  # never measured
     assert not any(c.event.event in ("rule", "statement") for c in found)
 
@@ -107,14 +111,19 @@ def test_comparison_not_observed_and_later(db: str) -> None:
         "a,whatsapp,CN,blocked,2014-08,month,test,low\n"
         "b,instagram,CN,blocked,2014-08-15,day,test,low\n"
         "c,kakaotalk,KR,blocked,2014-07-01,day,test,low\n"
-        "d,facebook,CN,blocked,2022-09-22,day,test,low\n", "own.csv")
+        "d,facebook,CN,blocked,2022-09-22,day,test,low\n"
+        "e,kakaotalk,CN,blocked,2014-08,month,test,low\n", "own.csv")
     with open_store(db) as store:
         found = {c.event.id: c for c in comparison(store, own)}
     assert found["a"].label == NOT_OBSERVED
     assert found["b"].label == LATER and found["b"].diff_days == pytest.approx(44, abs=0.1)
     assert found["c"].vantage == "kr-office" and found["c"].label == NOT_OBSERVED
     # blocked throughout our sweeps, which end years before this report: nothing to compare
-    assert found["d"].label == NO_DATA and found["d"].diff_days is None
+    # a later, month-precision report of the block seen on 1 July: seen a month earlier
+    assert found["e"].label == BEFORE and found["e"].diff_days is not None
+    assert -31 < found["e"].diff_days < -29
+    assert found["d"].label == NOT_COVERED and found["d"].diff_days is None
+    assert "sweeps end (2014-" in found["d"].note
 
 
 def test_timeline_counts_gaps_as_gaps(db: str) -> None:
@@ -217,16 +226,19 @@ def test_builtin_events_cover_the_field_notes() -> None:
     ids = {e.id for e in events}
     assert {"cn-2009-facebook", "cn-2014-kakaotalk", "cn-2014-line", "cn-2014-instagram",
             "cn-2014-im-real-names", "cn-2017-greenvpn", "cn-2017-personal-vpn",
-            "cn-2017-chongqing-channels", "cn-2014-whatsapp-open", "cn-2022-google-sni",
+            "cn-2017-chongqing-channels", "cn-2022-google-sni",
             "cn-2022-google-dns", "cn-2014-didi"} <= ids
-    assert all(e.source and e.reference for e in events)
+    assert all(e.source and (e.source_date or e.reference) for e in events)
     green = next(e for e in events if e.id == "cn-2017-greenvpn")
     assert green.end_date == dt.date(2017, 7, 1)
 
 
 def test_html_report_has_every_service(db: str, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
-    assert main(["report", "html", "--db", db, "-o", str(out)]) == 0
+    own = tmp_path / "own.csv"  # a later report of the July block: observed before it
+    own.write_text("id,service,country,event,date,precision,source,confidence\n"
+                   "later,kakaotalk,CN,blocked,2014-08,month,test,low\n", "utf-8")
+    assert main(["report", "html", "--db", db, "-o", str(out), "--events", str(own)]) == 0
     page = out.read_text("utf-8")
     for service in SERVICES:
         assert f"<h2>{service}</h2>" in page
@@ -270,7 +282,13 @@ def test_python_api(db: str) -> None:
     assert {v["vantage"] for v in data.verdicts} == {"cn-home", "kr-office"}
     assert len(data.verdicts) == 2 * 48
     assert data.measurements and all(m["service"] == "line" for m in data.measurements)
+    # instants are datetimes in UTC in both tables
+    for row in (data.measurements[0], data.verdicts[0]):
+        assert isinstance(row["started_at"], dt.datetime), row["started_at"]
+        assert row["started_at"].utcoffset() == dt.timedelta(0)
     pandas = pytest.importorskip("pandas")
     frames = load(db, since="2014-07-01", until="2014-07-03", services=["line"])
     assert isinstance(frames.verdicts, pandas.DataFrame)
     assert len(frames.verdicts) == 96
+    for frame in (frames.measurements, frames.verdicts):
+        assert pandas.api.types.is_datetime64_any_dtype(frame["started_at"])

@@ -6,6 +6,8 @@ transform's model (``blockwatch.ooni.models``; a record that does not fit raises
 naming the field), maps the df-000 envelope (start, the vantage ``ooni-CC-ASN``, the run id) and
 lets the transform make the measurements:
 
+- what blockwatch itself exported (``software_name`` "blockwatch" with its measurement under
+  ``test_keys.x_blockwatch``): ``blockwatch``, the measurement read back exactly;
 - ``web_connectivity``: its own file (one fetch with redirects, the test helper's control);
 - every other test (whatsapp, telegram, signal, facebook_messenger, riseupvpn, openvpn, ...):
   ``common``, from OONI's network primitives (its docstring says what it does not read).
@@ -27,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from blockwatch.ooni.models import OONIMeasurement, parse
-from blockwatch.ooni.transform import common, web_connectivity
+from blockwatch.ooni.transform import blockwatch, common, web_connectivity
 from blockwatch.ooni.transform.common import CONTROL_VANTAGE, Ctx, Imported, Transform
 from blockwatch.probes.model import Run, RunInputs, Service
 
@@ -77,6 +79,8 @@ def from_ooni(record: Mapping[str, Any], catalogue: Mapping[str, Service]) -> Im
     name = record.get("test_name")
     transform = TRANSFORMS.get(name, common.TRANSFORM) if isinstance(name, str) else \
         common.TRANSFORM
+    if blockwatch.written_by_blockwatch(record):  # its own export: read back exactly
+        transform = blockwatch.TRANSFORM
     m = parse(transform.model, record)
     start, cc, asn = m.measurement_start_time, m.probe_cc, _asn(m.probe_asn)
     run_id = run_id_for(record, start)

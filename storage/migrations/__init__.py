@@ -4,4 +4,4 @@
 loading Alembic. A new migration changes it (tests/test_storage.py checks the two agree).
 """
 
-HEAD = "0006"
+HEAD = "0007"
