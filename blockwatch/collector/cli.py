@@ -139,7 +139,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
             from blockwatch.collector.app import serve
         except ImportError as exc:
             raise UsageError(f"the collector needs its extra packages ({exc.name}): "
-                             "pip install 'blockwatch[collector]'") from None
+                             "pip install 'blockwatch-censorship[collector]'") from None
         store = _open(args, pre_ping=False)  # the service tries again itself (app.run)
         try:
             serve(store, args.host, args.port, certfile=args.certfile, keyfile=args.keyfile,
