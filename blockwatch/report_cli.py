@@ -161,12 +161,13 @@ def _emit(args: argparse.Namespace, title: str, columns: Sequence[str],
 
 def _table(fh: TextIO, title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
            limit: int | None) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from blockwatch.term import console as term_console
 
     table = Table(title=text_cell(title))
     for c in columns:
-        table.add_column(text_cell(c))
+        table.add_column(text_cell(c), overflow="fold")
     shown = more = 0
     for row in rows:
         if limit is not None and shown >= limit:
@@ -174,7 +175,7 @@ def _table(fh: TextIO, title: str, columns: Sequence[str], rows: Iterable[Sequen
             continue
         table.add_row(*(text_cell(v) for v in row))  # data, never markup or an escape
         shown += 1
-    console = Console(file=fh, width=None if fh.isatty() else 200)
+    console = term_console(fh)  # the terminal's width; a pipe or file: $COLUMNS or wide
     console.print(table)
     if more:
         console.print(f"... {more} more rows (use --format csv or json for all, or --limit)")

@@ -273,13 +273,13 @@ def show_status(cfg: Config) -> int:
     import datetime as dt
     import socket
 
-    from rich.console import Console
     from rich.table import Table
 
     from blockwatch.cli import read_stored
+    from blockwatch.term import console as term_console
 
     states, where = read_stored(cfg.storage_url(), lambda store: store.schedule_states())
-    console = Console(width=160)
+    console = term_console()
     if not states:
         console.print(f"no schedule recorded in {where}: start one with "
                       "`blockwatch schedule --config FILE`")
