@@ -210,7 +210,8 @@ def reading_url(args: argparse.Namespace) -> str:
 # ``register(subparsers, common) -> {command: handler}``; adding one is one line here.
 EXTENSIONS: tuple[str, ...] = ("blockwatch.schedule_cli", "blockwatch.lab.cli",
                                "blockwatch.report_cli", "blockwatch.ooni_cli",
-                               "blockwatch.trace_cli", "blockwatch.collector.cli")
+                               "blockwatch.trace_cli", "blockwatch.collector.cli",
+                               "blockwatch.init_cli")
 
 
 def _extensions() -> list[Any]:

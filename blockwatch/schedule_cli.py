@@ -340,7 +340,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     timer.add_argument("--max-runtime", default="50m", metavar="DURATION",
                        help="passed to `blockwatch run` (default: 50m)")
     timer.add_argument("-y", "--yes", action="store_true",
-                       help="I have read `blockwatch consent` and agree")
+                       help="I have read `blockwatch consent` and agree: the units run with "
+                       "--yes (default: consent comes from the config's consent = true)")
     timer.add_argument("--dir", metavar="DIR",
                        help="write here (default: $XDG_CONFIG_HOME/systemd/user)")
     timer.add_argument("--force", action="store_true", help="overwrite existing units")
@@ -352,12 +353,15 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
 
 def cmd_install_timer(args: argparse.Namespace) -> int:
     from blockwatch.cli import UsageError, _duration
-    from blockwatch.config import load_config
+    from blockwatch.config import default_config_path, load_config
+    from blockwatch.consent import needs_consent
     from blockwatch.scheduler.units import TimerOptions, render_user_units, unit_name
 
-    if args.config is None:
-        raise UsageError("install-timer needs --config FILE (the units run with that config)")
-    config = Path(args.config).expanduser().absolute()
+    if args.config is None and not default_config_path().is_file():
+        raise UsageError(f"install-timer: no config at {default_config_path()}: run "
+                         "`blockwatch init` first, or give --config FILE (every setting: "
+                         "`blockwatch init --example`)")
+    config = Path(args.config or default_config_path()).expanduser().absolute()
     cfg = load_config(config)
     if args.group:
         cfg.schedule(args.group)  # a ConfigError if there is no such group
@@ -365,12 +369,16 @@ def cmd_install_timer(args: argparse.Namespace) -> int:
         _duration(args.max_runtime)
     except argparse.ArgumentTypeError as exc:
         raise UsageError(f"--max-runtime: {exc}") from None
-    refused = check_consent(cfg, args.yes)
-    if refused is not None:
-        return refused
+    # the units run unattended: consent comes from the config (or --yes, written into them),
+    # never from an answer at this terminal that the config contradicts
+    if needs_consent(cfg.probes.scope) and not (cfg.consent or args.yes):
+        print(f"blockwatch: install-timer: {config} says consent = false, so every timed run "
+              "would refuse (exit 7). Read `blockwatch consent`, then set consent = true "
+              "there (or pass --yes, which the units then carry)", file=sys.stderr)
+        return EXIT_NO_CONSENT
     options = TimerOptions(command=_command(), config=str(config), group=args.group,
                            on_calendar=args.on_calendar, randomized_delay=args.randomized_delay,
-                           max_runtime=args.max_runtime)
+                           max_runtime=args.max_runtime, yes=args.yes)
     units = render_user_units(options)
     where = Path(args.dir).expanduser() if args.dir else Path(
         platformdirs.user_config_dir("systemd", appauthor=False)) / "user"
@@ -395,4 +403,4 @@ def _command() -> tuple[str, ...]:
     script = Path(sys.executable).parent / "blockwatch"
     if os.access(script, os.X_OK):
         return (str(script),)
-    return (sys.executable, "-m", "blockwatch.cli")
+    return (sys.executable, "-m", "blockwatch")
