@@ -33,9 +33,11 @@ def register(sub: Any, common: Any) -> dict[str, Any]:
     cmds.add_parser("down", help="remove everything the lab created")
     ex = cmds.add_parser("exec", help="run a command in the censored client's namespace")
     ex.add_argument("--control", action="store_true", help="in the control client instead")
-    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                    help="the command to run in the client's namespace, after --")
     demo = cmds.add_parser("demo", help="up, a sweep from both clients, the verdicts, down")
-    demo.add_argument("--scenario", default="methods", metavar="NAME|FILE")
+    demo.add_argument("--scenario", default="methods", metavar="NAME|FILE",
+                      help="a built-in scenario or a scenario file (default: methods)")
     demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     return {"lab": handle}
 
