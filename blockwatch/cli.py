@@ -211,7 +211,7 @@ def reading_url(args: argparse.Namespace) -> str:
 EXTENSIONS: tuple[str, ...] = ("blockwatch.schedule_cli", "blockwatch.lab.cli",
                                "blockwatch.report_cli", "blockwatch.ooni_cli",
                                "blockwatch.trace_cli", "blockwatch.collector.cli",
-                               "blockwatch.init_cli")
+                               "blockwatch.init_cli", "blockwatch.completion_cli")
 
 
 def _extensions() -> list[Any]:

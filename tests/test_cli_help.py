@@ -36,3 +36,31 @@ def test_every_subcommand_has_help() -> None:
                     yield from commands(sub, f"{path} {name}")
 
     assert [p for p, h in commands(build_parser(), "blockwatch") if not h.strip()] == []
+
+
+def _complete(script: str, line: str) -> set[str]:
+    """What bash offers after ``line`` with blockwatch's completion script loaded."""
+    import subprocess
+
+    words = line.split() + ([""] if line.endswith(" ") else [])
+    code = (f"source {script}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+            f"COMP_CWORD={len(words) - 1}; COMP_LINE={line!r}; COMP_POINT=${{#COMP_LINE}}; "
+            "_shtab_blockwatch; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    done = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=30,
+                          check=True)
+    return set(done.stdout.split())
+
+
+def test_bash_completion_knows_the_commands_and_options(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from blockwatch.cli import main
+
+    assert main(["completion", "bash"]) == 0
+    script = tmp_path / "blockwatch.bash"
+    script.write_text(capsys.readouterr().out)
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)  # valid bash
+    assert _complete(str(script), "blockwatch in") == {"init", "install-timer"}
+    assert "--offline-ok" in _complete(str(script), "blockwatch run --off")
+    assert {"--since", "--until", "--vantage", "--db"} <= _complete(
+        str(script), "blockwatch runs --")
