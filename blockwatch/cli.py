@@ -246,8 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from blockwatch.schedule_cli import configure_logging
 
-    # one log format (logfmt) for every command, the daemon and the scheduler
-    configure_logging(None, verbose=getattr(args, "verbose", False))
+    # one log format (logfmt) for every command, the daemon and the scheduler; warnings only
+    # on stderr until a command (run, schedule) sets up its own
+    verbose = getattr(args, "verbose", False)
+    configure_logging(None, verbose=verbose)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
     from blockwatch.inputs import InputError
     from blockwatch.storage.errors import StorageError
 
