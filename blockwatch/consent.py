@@ -133,3 +133,14 @@ def ensure_consent(*, yes: bool, configured: bool, scope: Sequence[str], state_d
         stderr.write(f"blockwatch: could not remember your answer ({exc.strerror}); "
                      "you will be asked again\n")
     return "asked"
+
+
+def unattended_refusal(*, yes: bool, configured: bool, scope: Sequence[str],
+                       source: str) -> str | None:
+    """Why every unattended run with this config (a timer's, cron's) would refuse, or None:
+    their consent is ``consent = true`` or ``--yes``, never an answer given at a terminal."""
+    if not needs_consent(scope) or configured or yes:
+        return None
+    return (f"no consent for an unattended run: {source} does not say consent = true, so "
+            "every unattended run would refuse (exit 7). Read `blockwatch consent`, then set "
+            f"`consent = true` in {source} (or pass --yes)")

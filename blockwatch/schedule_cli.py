@@ -340,8 +340,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     timer.add_argument("--max-runtime", default="50m", metavar="DURATION",
                        help="passed to `blockwatch run` (default: 50m)")
     timer.add_argument("-y", "--yes", action="store_true",
-                       help="I have read `blockwatch consent` and agree: the units run with "
-                       "--yes (default: consent comes from the config's consent = true)")
+                       help="I have read `blockwatch consent` and agree (written into the units)")
     timer.add_argument("--dir", metavar="DIR",
                        help="write here (default: $XDG_CONFIG_HOME/systemd/user)")
     timer.add_argument("--force", action="store_true", help="overwrite existing units")
@@ -354,13 +353,11 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
 def cmd_install_timer(args: argparse.Namespace) -> int:
     from blockwatch.cli import UsageError, _duration
     from blockwatch.config import default_config_path, load_config
-    from blockwatch.consent import needs_consent
+    from blockwatch.consent import unattended_refusal
     from blockwatch.scheduler.units import TimerOptions, render_user_units, unit_name
 
-    if args.config is None and not default_config_path().is_file():
-        raise UsageError(f"install-timer: no config at {default_config_path()}: run "
-                         "`blockwatch init` first, or give --config FILE (every setting: "
-                         "`blockwatch init --example`)")
+    if args.config is None and not default_config_path().is_file():  # none from init either
+        raise UsageError(f"no {default_config_path()}: run `blockwatch init`, or give --config")
     config = Path(args.config or default_config_path()).expanduser().absolute()
     cfg = load_config(config)
     if args.group:
@@ -369,12 +366,9 @@ def cmd_install_timer(args: argparse.Namespace) -> int:
         _duration(args.max_runtime)
     except argparse.ArgumentTypeError as exc:
         raise UsageError(f"--max-runtime: {exc}") from None
-    # the units run unattended: consent comes from the config (or --yes, written into them),
-    # never from an answer at this terminal that the config contradicts
-    if needs_consent(cfg.probes.scope) and not (cfg.consent or args.yes):
-        print(f"blockwatch: install-timer: {config} says consent = false, so every timed run "
-              "would refuse (exit 7). Read `blockwatch consent`, then set consent = true "
-              "there (or pass --yes, which the units then carry)", file=sys.stderr)
+    if refusal := unattended_refusal(yes=args.yes, configured=cfg.consent,  # never an answer
+                                     scope=cfg.probes.scope, source=str(config)):  # given here
+        print(f"blockwatch: install-timer: {refusal}", file=sys.stderr)
         return EXIT_NO_CONSENT
     options = TimerOptions(command=_command(), config=str(config), group=args.group,
                            on_calendar=args.on_calendar, randomized_delay=args.randomized_delay,

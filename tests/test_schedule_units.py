@@ -144,7 +144,7 @@ def test_install_timer_writes_user_units_systemd_accepts(tmp_path: Path, config:
 
 def test_install_timer_refusals(tmp_path: Path, config: Path) -> None:
     no_config = _install(tmp_path)
-    assert no_config.returncode == 2 and "run `blockwatch init` first" in no_config.stderr
+    assert no_config.returncode == 2 and "run `blockwatch init`" in no_config.stderr
     bad_group = _install(tmp_path, "--config", str(config), "--group", "weekly")
     assert bad_group.returncode == 2 and "no schedule group 'weekly'" in bad_group.stderr
     bad_runtime = _install(tmp_path, "--config", str(config), "--max-runtime", "ages")
@@ -170,7 +170,7 @@ def test_install_timer_takes_consent_from_the_config_only(tmp_path: Path) -> Non
     base = f"[storage]\nurl = 'sqlite:///{tmp_path / 'r.db'}'\n[probes]\nscope = ['public']\n"
     config.write_text("consent = false\n" + base)
     refused = _install(tmp_path, "--config", str(config))
-    assert refused.returncode == 7 and "consent = false" in refused.stderr
+    assert refused.returncode == 7 and "consent = true" in refused.stderr
     assert not _units(tmp_path).exists()  # nothing written
     config.write_text("consent = true\n" + base)
     assert _install(tmp_path, "--config", str(config)).returncode == 0
