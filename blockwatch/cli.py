@@ -353,6 +353,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in settings.warnings:  # what the scope switches off, said before the sweep
         print(f"blockwatch: warning: {warning}", file=sys.stderr)
     interactive = sys.stderr.isatty() and not (args.json or args.quiet)
+    if interactive and cfg.source == "(defaults)" and not args.vantage:
+        print(f"blockwatch: no config yet: this run's vantage is {settings.vantage!r}; "
+              "`blockwatch init` names it (and its country) once for every run", file=sys.stderr)
     sending = _sending(cfg)  # an unreadable token is a config error before anything is probed
     lock = guard_run(cfg, yes=args.yes, group=settings.group, state=state_dir())
     if isinstance(lock, int):

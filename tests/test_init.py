@@ -106,3 +106,12 @@ async def test_init_then_run_then_runs_shows_the_vantage(
     assert main(["runs"]) == 0
     runs = capsys.readouterr().out
     assert "raspberry-pi" in runs and "complete" in runs
+
+
+def test_a_first_run_without_config_points_at_init(tmp_path: Path) -> None:
+    # the defaults' scope is public: at a terminal the notice is asked first, and "no" stops
+    # the run before anything is sent
+    code, shown = _converse(["run"], ["no"])
+    assert code == 7, shown
+    assert "this run's vantage is 'default'" in shown and "`blockwatch init` names it" in shown
+    assert not (tmp_path / "xdg-data" / "blockwatch" / "blockwatch.db").exists()
