@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from blockwatch import DISTRIBUTION
 from blockwatch.config import Config, ConfigError
 from blockwatch.probes.catalogue import parse_endpoint
 from blockwatch.probes.context import ProbeContext, Timeouts
@@ -18,7 +19,7 @@ from blockwatch.scheduler.sweep import ControlPath, SweepSettings
 
 def software_version() -> str:
     try:
-        return version("blockwatch")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:
         return "0+unknown"
 

@@ -58,12 +58,10 @@ def load_config(path: str | None) -> Any:
 
 
 def _parse_since(text: str) -> dt.datetime:
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    """--since/--until: an ISO date or a span back from now (``blockwatch.when``)."""
+    from blockwatch.when import parse_when
+
+    return parse_when(text)
 
 
 def _duration(text: str) -> float:
@@ -118,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", metavar="FILE", help="TOML config (default: none)")
+        sp.add_argument("-c", "--config", metavar="FILE", help="TOML config (default: the one "
+                        "`blockwatch init` wrote, ~/.config/blockwatch/config.toml, if any)")
         sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     run = sub.add_parser("run", help="one sweep now, stored in the database")
@@ -149,12 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=_positive, metavar="N",
                      help="names measured at once (default: [concurrency] global); 1 measures "
                      "one name after another")
+    run.add_argument("--offline-ok", action="store_true",
+                     help="a local network that is down is not an error: exit 0 instead of 4, "
+                     "and with --quiet nothing on stderr (the run is still stored; for cron)")
 
     runs = sub.add_parser("runs", help="list past runs, newest first")
     common(runs)
     runs.add_argument("-n", "--limit", type=_run_count, default=20, metavar="N",
                       help=f"how many runs (1 to {MAX_RUNS:,}; default 20)")
     runs.add_argument("-g", "--group", metavar="NAME", help="only runs of this schedule group")
+    _reading(runs, service=False)
 
     show = sub.add_parser("show", help="show one run: its services and measurements")
     common(show)
@@ -162,27 +165,56 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--history", action="store_true",
                       help="also the service verdicts a reanalyze replaced, oldest first "
                            "(default: the current ones only)")
+    _reading(show, vantage=False, dates=False)
 
     exp = sub.add_parser("export", help="write every measurement as JSON lines or CSV")
     common(exp)
-    exp.add_argument("-f", "--format", choices=EXPORT_FORMATS, default="jsonl")
-    exp.add_argument("--since", type=_parse_since, metavar="DATE",
-                     help="only measurements started at or after DATE (UTC)")
+    exp.add_argument("-f", "--format", choices=EXPORT_FORMATS, default="jsonl",
+                     help="jsonl (default), csv, parquet (needs -o) or ooni (OONI's format)")
+    _reading(exp)
     exp.add_argument("--run", metavar="RUN_ID", help="only this run")
     exp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
 
     sub.add_parser("services", help="list the service catalogue").add_argument(
-        "-c", "--config", metavar="FILE")
+        "-c", "--config", metavar="FILE", help="TOML config whose [[services]] join the "
+        "catalogue (default: the one `blockwatch init` wrote, if any)")
     for module in _extensions():
         _COMMANDS.update(module.register(sub, common))
     return p
+
+
+def _reading(p: argparse.ArgumentParser, *, vantage: bool = True, service: bool = True,
+             dates: bool = True) -> None:
+    """The options every reading command shares: the database, and filters."""
+    p.add_argument("--db", metavar="URL", help="database URL or SQLite path (default: the "
+                   "config's [storage] url)")
+    if vantage:
+        p.add_argument("--vantage", action="append", metavar="NAME",
+                       help="only this vantage (repeatable)")
+    if service:
+        p.add_argument("-s", "--service", action="append", metavar="NAME",
+                       help="only this service (repeatable)")
+    if dates:
+        p.add_argument("--since", type=_parse_since, metavar="DATE",
+                       help="only from DATE on (UTC): 2026-11-01, 2026-11-01T08:00 or 7d, "
+                       "12h, 2w back from now")
+        p.add_argument("--until", type=_parse_since, metavar="DATE",
+                       help="only before DATE (same forms as --since)")
+
+
+def reading_url(args: argparse.Namespace) -> str:
+    """--db if given, else the config's database."""
+    if getattr(args, "db", None):
+        return str(args.db)
+    return str(load_config(getattr(args, "config", None)).storage_url())
 
 
 # Command groups of their own (lab, schedule, report, ...) live in modules that expose
 # ``register(subparsers, common) -> {command: handler}``; adding one is one line here.
 EXTENSIONS: tuple[str, ...] = ("blockwatch.schedule_cli", "blockwatch.lab.cli",
                                "blockwatch.report_cli", "blockwatch.ooni_cli",
-                               "blockwatch.trace_cli", "blockwatch.collector.cli")
+                               "blockwatch.trace_cli", "blockwatch.collector.cli",
+                               "blockwatch.init_cli", "blockwatch.completion_cli")
 
 
 def _extensions() -> list[Any]:
@@ -202,8 +234,10 @@ class _Version(argparse.Action):
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
+    from blockwatch import DISTRIBUTION
+
     try:
-        return f"blockwatch {version('blockwatch')}"
+        return f"blockwatch {version(DISTRIBUTION)}"
     except PackageNotFoundError:
         return "blockwatch 0+unknown"
 
@@ -213,9 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_version())  # without building the parser: cron and scripts ask this often
         return EXIT_OK
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from blockwatch.schedule_cli import configure_logging
+
+    # one log format (logfmt) for every command, the daemon and the scheduler; warnings only
+    # on stderr until a command (run, schedule) sets up its own
+    verbose = getattr(args, "verbose", False)
+    configure_logging(None, verbose=verbose)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
     from blockwatch.inputs import InputError
     from blockwatch.storage.errors import StorageError
 
@@ -237,7 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blockwatch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`... | head`): a quiet end
+        from blockwatch.term import closed_pipe
+
+        closed_pipe()
         return EXIT_OK
     except Exception as exc:  # a bug: say so in one line; -v shows the traceback
         log.debug("internal error", exc_info=True)
@@ -295,6 +337,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     configure_logging(args.log_file, verbose=args.verbose, quiet=args.quiet)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:  # stderr, not the --log-file
+            handler.addFilter(_SaidByTheCli())
     group = cfg.schedule(args.group) if args.group else None
     lists = cfg.input_lists(args.input_file or (), args.input_format)
     _report_inputs(lists, quiet=args.quiet)
@@ -311,6 +356,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in settings.warnings:  # what the scope switches off, said before the sweep
         print(f"blockwatch: warning: {warning}", file=sys.stderr)
     interactive = sys.stderr.isatty() and not (args.json or args.quiet)
+    if interactive and cfg.source == "(defaults)" and not args.vantage:
+        print(f"blockwatch: no config yet: this run's vantage is {settings.vantage!r}; "
+              "`blockwatch init` names it (and its country) once for every run", file=sys.stderr)
     sending = _sending(cfg)  # an unreadable token is a config error before anything is probed
     lock = guard_run(cfg, yes=args.yes, group=settings.group, state=state_dir())
     if isinstance(lock, int):
@@ -334,19 +382,50 @@ def cmd_run(args: argparse.Namespace) -> int:
                     _submit(store, sending, latest[0].id, cfg, quiet=args.quiet)
             return code
         _log_done(outcome.run)
+        offline = outcome.run.status == "network_unavailable"
         if args.json:
             from blockwatch.storage.export import write_jsonl
 
-            write_jsonl(store.export_rows(run_id=outcome.run.id), sys.stdout)
+            if offline:  # no measurement: the run itself, so that --json always prints JSON
+                _json_run(outcome.run)
+            else:
+                write_jsonl(store.export_rows(run_id=outcome.run.id), sys.stdout)
         elif not args.quiet:
             _print_summary(outcome, sys.stdout)
         if sending is not None:
             _submit(store, sending, outcome.run.id, cfg, quiet=args.quiet)
-    if outcome.run.status == "network_unavailable":
-        print("blockwatch: network unavailable: no baseline endpoint answered, nothing was "
-              "probed (run stored as network_unavailable)", file=sys.stderr)
-        return EXIT_NETWORK
+    if offline:
+        if not (args.quiet and args.offline_ok):
+            print(f"blockwatch: {OFFLINE} (run stored as network_unavailable"
+                  f"{', exit 0: --offline-ok' if args.offline_ok else ''})", file=sys.stderr)
+        return EXIT_OK if args.offline_ok else EXIT_NETWORK
     return EXIT_OK
+
+
+OFFLINE = "network unavailable: no baseline endpoint answered, nothing was probed"
+
+
+def _json_run(run: Any) -> None:
+    import json
+
+    from blockwatch.probes.textsafe import json_safe
+    from blockwatch.storage.types import iso_utc
+
+    summary = run.summary or {}
+    print(json_safe(json.dumps({
+        "run_id": run.id, "vantage": run.vantage, "status": run.status,
+        "started_at": iso_utc(run.started_at),
+        "measurements": 0, "services": summary.get("services", {}),
+        "evidence": OFFLINE}, ensure_ascii=False)))
+
+
+class _SaidByTheCli(logging.Filter):
+    """The sweep's warning that the network is down, kept from stderr: ``run`` says it once in
+    its own words (the log file keeps it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "blockwatch.sweep"
+                    and record.getMessage().startswith("network unavailable"))
 
 
 def _sending(cfg: Any) -> Any:
@@ -479,7 +558,6 @@ def _run_sweep(store: Any, services: Any, targets: Any, ctx: Any, settings: Any,
 
 async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any,
                                settings: Any) -> Any:
-    from rich.console import Console
     from rich.markup import escape
     from rich.progress import (
         BarColumn,
@@ -490,11 +568,13 @@ async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any
     )
 
     from blockwatch.scheduler.sweep import sweep
+    from blockwatch.term import console, log_through
 
-    # on stderr, so that stdout (the summary table) stays clean for pipes
+    # on stderr, so that stdout (the summary table) stays clean for pipes; log lines go through
+    # the bar's console, above the bar, never over it
     with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.description}"),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=console(stderr=True), transient=True) as bar, log_through(bar.console):
         tid = bar.add_task("", total=len(targets))
 
         def progress(done: int, total: int, m: Any) -> None:
@@ -506,11 +586,13 @@ async def _sweep_with_progress(store: Any, services: Any, targets: Any, ctx: Any
 
 
 def _print_summary(outcome: Any, out: TextIO) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(file=out, soft_wrap=False, width=max(100, Console(file=out).width))
+    from blockwatch.term import clip
+    from blockwatch.term import console as term_console
+
+    console = term_console(out)
     run = outcome.run
     services = [v for v in outcome.verdicts if v.measurement_id is None]
     shown = services
@@ -519,13 +601,23 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
         shown = sorted((v for v in services if v.verdict != "ok"),
                        key=lambda v: order.get(v.verdict, 5))[:SUMMARY_ROWS]
     table = Table(title=cell(f"run {run.id}  vantage {run.vantage}  {run.status}"))
-    for col in ("service", "verdict", "layer", "evidence"):
-        table.add_column(col)
+    table.add_column("service", overflow="fold")
+    table.add_column("verdict")
+    table.add_column("layer")
+    table.add_column("evidence", overflow="fold")
     style = {"ok": "green", "blocked": "bold red", "partial": "red", "down": "yellow",
              "inconclusive": "yellow", "network_unavailable": "magenta"}
+    offline = [v for v in shown if v.verdict == "network_unavailable"]
     for v in shown:  # names (URLs of a test list) and evidence are data, never markup
+        if v.verdict == "network_unavailable":
+            continue
         table.add_row(cell(v.service), Text(v.verdict, style=style.get(v.verdict, "")),
-                      cell(v.layer or ""), cell(v.evidence[:70]))
+                      cell(v.layer or ""), cell(clip(v.evidence, 120)))
+    if offline:  # the same row for every service: once, with a count
+        table.add_row(cell(f"{len(offline)} service(s)" if len(offline) > 1
+                           else offline[0].service),
+                      Text("network_unavailable", style=style["network_unavailable"]), "",
+                      cell(clip(offline[0].evidence, 120)))
     console.print(table)
     if len(shown) < len(services):
         counts = ", ".join(f"{n} {k}" for k, n in sorted(
@@ -551,23 +643,26 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from blockwatch.storage.types import iso_utc
+    from blockwatch.term import console
 
-    cfg = load_config(args.config)
-    with _store(cfg, read_only=True) as store:
-        runs = store.runs(limit=args.limit, group=args.group)
+    with open_reading(reading_url(args)) as store:
+        runs = store.runs(limit=args.limit, group=args.group, vantages=args.vantage,
+                          since=args.since, until=args.until)
     table = Table(title=f"{len(runs)} most recent runs")
-    for col in ("run", "started", "vantage", "group", "status", "duration", "summary"):
-        table.add_column(col)
+    grouped = any(r.group for r in runs)  # no group column where no run has one
+    table.add_column("run", no_wrap=True)
+    for col in ("started", "vantage", *(("group",) if grouped else ()), "status",
+                "duration", "summary"):
+        table.add_column(col, overflow="fold")
     for r in runs:  # stored text (names, summaries of test-list URLs) is data, never markup
         dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
         table.add_row(*(cell(c) for c in (
-            r.id[:13], iso_utc(r.started_at), r.vantage, r.group or "",
-            r.status, dur, _one_line(r.summary))))
-    Console(width=140).print(table)
+            r.id[:13], iso_utc(r.started_at), r.vantage,
+            *((r.group or "",) if grouped else ()), r.status, dur, _one_line(r.summary))))
+    console().print(table)
     return EXIT_OK
 
 
@@ -581,20 +676,23 @@ def _one_line(summary: dict[str, Any]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from blockwatch.storage.types import iso_utc
+    from blockwatch.term import clip
+    from blockwatch.term import console as term_console
 
-    cfg = load_config(args.config)
-    with _store(cfg, read_only=True) as store:
+    with open_reading(reading_url(args)) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise UsageError(f"no run {args.run_id!r} (see `blockwatch runs`)")
-        verdicts = store.verdicts(run_id=run.id, current=not args.history)
-        rows = list(store.export_rows(run_id=run.id))
-    console = Console(width=160)
+        wanted = set(args.service or ())
+        verdicts = [v for v in store.verdicts(run_id=run.id, current=not args.history)
+                    if not wanted or v.service in wanted]
+        rows = [r for r in store.export_rows(run_id=run.id)
+                if not wanted or r["service"] in wanted]
+    console = term_console()
     console.print(Text(f"run {run.id}", style="bold") + cell(
         f"  vantage {run.vantage}{' (' + run.country + ')' if run.country else ''}  "
         f"status {run.status}"))
@@ -603,19 +701,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     services = Table(title="services (every verdict, oldest first)" if args.history
                      else "services")
     for col in ("service", "verdict", "layer", "rule", "evidence"):
-        services.add_column(col)
+        services.add_column(col, overflow="fold")
     for v in verdicts:
         if v.measurement_id is None:
             rule = f"{v.rule_id} (analyzer {v.analyzer_version})" if args.history else v.rule_id
             services.add_row(*(cell(c) for c in (v.service, v.verdict, v.layer or "",
-                                                 rule, v.evidence[:60])))
+                                                 rule, clip(v.evidence, 60))))
     console.print(services)
     ms = Table(title="measurements")
     for col in ("service", "probe", "target", "time", "failure", "verdict", "rule"):
-        ms.add_column(col)
+        ms.add_column(col, overflow="fold")
     for r in rows:
-        ms.add_row(*(cell(c) for c in (r["service"], r["probe"], r["target"][:50],
-                                       f"{r['runtime_s']:.2f}s", (r["failure"] or "")[:40],
+        ms.add_row(*(cell(c) for c in (r["service"], r["probe"], clip(r["target"], 50),
+                                       f"{r['runtime_s']:.2f}s", clip(r["failure"], 40),
                                        r["verdict"] or "", r["rule_id"] or "")))
     console.print(ms)
     return EXIT_OK
@@ -624,14 +722,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from blockwatch.exports import FORMATS
 
-    cfg = load_config(args.config)
     fmt = FORMATS[args.format]
     if fmt.missing():
         raise UsageError(f"--format {args.format} needs an optional package: {fmt.missing()}")
     if fmt.binary and not args.output:
         raise UsageError(f"--format {args.format} writes a binary file: give --output FILE")
-    with _store(cfg, read_only=True) as store:
-        rows = store.export_rows(since=args.since, run_id=_resolve_run(store, args.run))
+    with open_reading(reading_url(args)) as store:
+        rows = _only(store.export_rows(since=args.since, run_id=_resolve_run(store, args.run)),
+                     args)
         if args.output:
             try:
                 mode = "wb" if fmt.binary else "w"
@@ -647,6 +745,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _only(rows: Iterator[dict[str, Any]], args: argparse.Namespace
+          ) -> Iterator[dict[str, Any]]:
+    """The rows of --vantage, --service and before --until (--since is the query's)."""
+    vantages, services = set(args.vantage or ()), set(args.service or ())
+    until = args.until.astimezone(dt.UTC) if args.until else None
+    for row in rows:
+        if vantages and row["vantage"] not in vantages:
+            continue
+        if services and row["service"] not in services:
+            continue
+        if until is not None and _utc(row["started_at"]) >= until:
+            continue
+        yield row
+
+
+def _utc(value: Any) -> dt.datetime:
+    when = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(
+        str(value).replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 def _resolve_run(store: Any, prefix: str | None) -> str | None:
     if prefix is None:
         return None
@@ -657,17 +776,18 @@ def _resolve_run(store: Any, prefix: str | None) -> str | None:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
+
+    from blockwatch.term import console
 
     cfg = load_config(args.config)
     table = Table(title="service catalogue")
     for col in ("name", "title", "category", "domains", "urls", "endpoints"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for s in cfg.catalogue().values():
         table.add_row(cell(s.name), cell(s.title), cell(s.category), str(len(s.domains)),
                       str(len(s.urls)), str(len(s.endpoints)))
-    Console(width=120).print(table)
+    console().print(table)
     return EXIT_OK
 
 

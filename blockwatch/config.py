@@ -615,10 +615,20 @@ def _with_line(message: str, source: str, text: str) -> str:
     return f"{source}:{line}{message[len(source):]}" if line else message
 
 
+def default_config_path() -> Path:
+    """Where ``blockwatch init`` writes the config every command reads by default
+    ($XDG_CONFIG_HOME/blockwatch/config.toml)."""
+    return Path(platformdirs.user_config_dir("blockwatch", appauthor=False)) / "config.toml"
+
+
 def load_config(path: str | Path | None) -> Config:
-    """Load and validate a config file; ``None`` means built-in defaults (no file needed)."""
+    """Load and validate a config file; ``None`` means the one ``blockwatch init`` wrote
+    (``default_config_path``) if there is one, else the built-in defaults."""
     if path is None:
-        return Config()
+        default = default_config_path()
+        if not default.is_file():
+            return Config()
+        path = default
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")

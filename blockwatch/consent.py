@@ -2,8 +2,11 @@
 
 Guarantees:
 * a run whose scope can reach public addresses starts only with consent: ``--yes``,
-  ``consent = true`` in the config, or an earlier "yes" at a terminal (recorded in the state
-  directory, for this version of the notice);
+  ``consent = true`` in the config, or, for a run at a terminal only, an earlier "yes"
+  (``blockwatch consent`` or a first interactive run, recorded in the state directory for this
+  version of the notice): an unattended run needs ``--yes`` or ``consent = true``, as the notice
+  says;
+* the answer to the prompt is the word it asks for, ``yes``; ``y`` or anything else is no;
 * at a terminal (stdin and stderr both ttys) the notice is shown and the user is asked once;
 * anywhere else (cron, systemd, a pipe, tests) nothing is asked, so nothing hangs: without
   consent the run is refused with a message saying how to give it;
@@ -101,7 +104,7 @@ def ask(stdin: TextIO, stderr: TextIO) -> bool:
     stderr.write(NOTICE + "\nType 'yes' to agree and continue, anything else to stop: ")
     stderr.flush()
     answer = stdin.readline()
-    return answer.strip().lower() in ("yes", "y")
+    return answer.strip().lower() == "yes"  # the word the prompt asks for, nothing shorter
 
 
 def ensure_consent(*, yes: bool, configured: bool, scope: Sequence[str], state_dir: Path,
@@ -114,9 +117,10 @@ def ensure_consent(*, yes: bool, configured: bool, scope: Sequence[str], state_d
         return "flag"
     if configured:
         return "config"
-    if recorded(state_dir):
+    interactive = is_interactive(stdin, stderr)
+    if interactive and recorded(state_dir):
         return "recorded"
-    if not is_interactive(stdin, stderr):
+    if not interactive:
         raise ConsentRefused(
             "no consent for an unattended run: nothing was measured. Read what blockwatch does "
             "and the risks (`blockwatch consent`), then set `consent = true` in "
@@ -129,3 +133,14 @@ def ensure_consent(*, yes: bool, configured: bool, scope: Sequence[str], state_d
         stderr.write(f"blockwatch: could not remember your answer ({exc.strerror}); "
                      "you will be asked again\n")
     return "asked"
+
+
+def unattended_refusal(*, yes: bool, configured: bool, scope: Sequence[str],
+                       source: str) -> str | None:
+    """Why every unattended run with this config (a timer's, cron's) would refuse, or None:
+    their consent is ``consent = true`` or ``--yes``, never an answer given at a terminal."""
+    if not needs_consent(scope) or configured or yes:
+        return None
+    return (f"no consent for an unattended run: {source} does not say consent = true, so "
+            "every unattended run would refuse (exit 7). Read `blockwatch consent`, then set "
+            f"`consent = true` in {source} (or pass --yes)")

@@ -32,14 +32,17 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]
                                         "events, HTML report")
     rsub = rep.add_subparsers(dest="report_command", required=True, metavar="REPORT")
     tl = rsub.add_parser("timeline", help="verdict counts per service x vantage per bucket")
-    tl.add_argument("--bucket", choices=("hour", "day", "week"), default="day")
+    tl.add_argument("--bucket", choices=("hour", "day", "week"), default="day",
+                    help="one row per service and vantage per hour, day (default) or week")
     ch = rsub.add_parser("changes", help="onsets and ends of blocking, with windows")
     cmp_ = rsub.add_parser("compare", help="observed onsets vs reported events")
     html = rsub.add_parser("html", help="write one self-contained HTML report")
-    html.add_argument("-o", "--output", metavar="FILE", required=True)
+    html.add_argument("-o", "--output", metavar="FILE", required=True,
+                      help="the HTML file to write")
     html.add_argument("--bucket", choices=("hour", "day", "week"), default=None,
                       help="chart bucket (default: day, week beyond two years)")
-    html.add_argument("--title", default="blockwatch report")
+    html.add_argument("--title", default="blockwatch report",
+                      help="the page's title (default: blockwatch report)")
     ev = rsub.add_parser("events", help="list the reported events (built-in and --events)")
     for p in (tl, ch, cmp_, html):
         _data_options(p, common)
@@ -52,18 +55,21 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]
         p.add_argument("--no-builtin-events", action="store_true",
                        help="use only the --events files")
     for p in (tl, ch, cmp_, ev):
-        p.add_argument("-f", "--format", choices=FORMATS, default="table")
+        p.add_argument("-f", "--format", choices=FORMATS, default="table",
+                       help="a table for people (default), csv or json for programs")
         p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    ev.add_argument("--service", action="append", metavar="NAME")
-    ev.add_argument("--country", metavar="CC")
+    ev.add_argument("-s", "--service", action="append", metavar="NAME",
+                    help="only events about this service (repeatable)")
+    ev.add_argument("--country", metavar="CC", help="only events in this country (ISO code)")
 
     q = sub.add_parser("query", help="run one read-only SQL statement")
     common(q)
     q.add_argument("sql", metavar="SQL", help='e.g. "SELECT vantage, count(*) FROM runs '
                                               'GROUP BY vantage"')
     q.add_argument("--db", metavar="URL", help="database URL or SQLite path (default: config)")
-    q.add_argument("-f", "--format", choices=FORMATS, default="table")
-    q.add_argument("-o", "--output", metavar="FILE")
+    q.add_argument("-f", "--format", choices=FORMATS, default="table",
+                   help="a table for people (default), csv or json for programs")
+    q.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     q.add_argument("--limit", type=int, default=TABLE_LIMIT,
                    help=f"rows shown in a table (default {TABLE_LIMIT}; csv/json: all)")
     return {"report": cmd_report, "query": cmd_query}
@@ -73,12 +79,17 @@ def _data_options(p: argparse.ArgumentParser,
                   common: Callable[[argparse.ArgumentParser], None]) -> None:
     common(p)
     p.add_argument("--db", metavar="URL", help="database URL or SQLite path (default: config)")
-    p.add_argument("-s", "--service", action="append", metavar="NAME")
+    p.add_argument("-s", "--service", action="append", metavar="NAME",
+                   help="only this service (repeatable)")
     p.add_argument("--category", action="append", metavar="CODE",
                    help="only services of this category, e.g. a test list's NEWS (repeatable)")
-    p.add_argument("--vantage", action="append", metavar="NAME")
-    p.add_argument("--since", type=_parse_since, metavar="DATE")
-    p.add_argument("--until", type=_parse_since, metavar="DATE")
+    p.add_argument("--vantage", action="append", metavar="NAME",
+                   help="only this vantage (repeatable)")
+    p.add_argument("--since", type=_parse_since, metavar="DATE",
+                   help="only from DATE on (UTC): 2026-11-01, 2026-11-01T08:00 or 7d, 12h, 2w "
+                   "back from now")
+    p.add_argument("--until", type=_parse_since, metavar="DATE",
+                   help="only before DATE (same forms as --since)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -161,12 +172,13 @@ def _emit(args: argparse.Namespace, title: str, columns: Sequence[str],
 
 def _table(fh: TextIO, title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
            limit: int | None) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from blockwatch.term import console as term_console
 
     table = Table(title=text_cell(title))
     for c in columns:
-        table.add_column(text_cell(c))
+        table.add_column(text_cell(c), overflow="fold")
     shown = more = 0
     for row in rows:
         if limit is not None and shown >= limit:
@@ -174,7 +186,7 @@ def _table(fh: TextIO, title: str, columns: Sequence[str], rows: Iterable[Sequen
             continue
         table.add_row(*(text_cell(v) for v in row))  # data, never markup or an escape
         shown += 1
-    console = Console(file=fh, width=None if fh.isatty() else 200)
+    console = term_console(fh)  # the terminal's width; a pipe or file: $COLUMNS or wide
     console.print(table)
     if more:
         console.print(f"... {more} more rows (use --format csv or json for all, or --limit)")

@@ -273,13 +273,13 @@ def show_status(cfg: Config) -> int:
     import datetime as dt
     import socket
 
-    from rich.console import Console
     from rich.table import Table
 
     from blockwatch.cli import read_stored
+    from blockwatch.term import console as term_console
 
     states, where = read_stored(cfg.storage_url(), lambda store: store.schedule_states())
-    console = Console(width=160)
+    console = term_console()
     if not states:
         console.print(f"no schedule recorded in {where}: start one with "
                       "`blockwatch schedule --config FILE`")
@@ -340,7 +340,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     timer.add_argument("--max-runtime", default="50m", metavar="DURATION",
                        help="passed to `blockwatch run` (default: 50m)")
     timer.add_argument("-y", "--yes", action="store_true",
-                       help="I have read `blockwatch consent` and agree")
+                       help="I have read `blockwatch consent` and agree (written into the units)")
     timer.add_argument("--dir", metavar="DIR",
                        help="write here (default: $XDG_CONFIG_HOME/systemd/user)")
     timer.add_argument("--force", action="store_true", help="overwrite existing units")
@@ -352,12 +352,13 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
 
 def cmd_install_timer(args: argparse.Namespace) -> int:
     from blockwatch.cli import UsageError, _duration
-    from blockwatch.config import load_config
+    from blockwatch.config import default_config_path, load_config
+    from blockwatch.consent import unattended_refusal
     from blockwatch.scheduler.units import TimerOptions, render_user_units, unit_name
 
-    if args.config is None:
-        raise UsageError("install-timer needs --config FILE (the units run with that config)")
-    config = Path(args.config).expanduser().absolute()
+    if args.config is None and not default_config_path().is_file():  # none from init either
+        raise UsageError(f"no {default_config_path()}: run `blockwatch init`, or give --config")
+    config = Path(args.config or default_config_path()).expanduser().absolute()
     cfg = load_config(config)
     if args.group:
         cfg.schedule(args.group)  # a ConfigError if there is no such group
@@ -365,12 +366,13 @@ def cmd_install_timer(args: argparse.Namespace) -> int:
         _duration(args.max_runtime)
     except argparse.ArgumentTypeError as exc:
         raise UsageError(f"--max-runtime: {exc}") from None
-    refused = check_consent(cfg, args.yes)
-    if refused is not None:
-        return refused
+    if refusal := unattended_refusal(yes=args.yes, configured=cfg.consent,  # never an answer
+                                     scope=cfg.probes.scope, source=str(config)):  # given here
+        print(f"blockwatch: install-timer: {refusal}", file=sys.stderr)
+        return EXIT_NO_CONSENT
     options = TimerOptions(command=_command(), config=str(config), group=args.group,
                            on_calendar=args.on_calendar, randomized_delay=args.randomized_delay,
-                           max_runtime=args.max_runtime)
+                           max_runtime=args.max_runtime, yes=args.yes)
     units = render_user_units(options)
     where = Path(args.dir).expanduser() if args.dir else Path(
         platformdirs.user_config_dir("systemd", appauthor=False)) / "user"
@@ -395,4 +397,4 @@ def _command() -> tuple[str, ...]:
     script = Path(sys.executable).parent / "blockwatch"
     if os.access(script, os.X_OK):
         return (str(script),)
-    return (sys.executable, "-m", "blockwatch.cli")
+    return (sys.executable, "-m", "blockwatch")

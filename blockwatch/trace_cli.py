@@ -109,12 +109,12 @@ def _facts(packet: dict[str, Any] | None) -> str:
 
 
 def _print(o: RawObservation) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from blockwatch.analysis.trace import read
+    from blockwatch.term import console as term_console
 
-    console = Console()
+    console = term_console()
     head = Table(title=f"trace {o.address}:{o.port}  mode {o.mode}"
                        + (f"  sni {o.sni}" if o.sni else ""), show_header=False)
     head.add_column("what", style="bold")

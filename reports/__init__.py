@@ -77,6 +77,6 @@ def _pandas(as_frames: bool | None) -> Any:
     except ImportError:
         if as_frames:
             raise ImportError("reports.load(as_frames=True) needs pandas: "
-                              "pip install 'blockwatch[pandas]'") from None
+                              "pip install 'blockwatch-censorship[pandas]'") from None
         return None
     return pandas

@@ -3,14 +3,16 @@
 Guarantees: every value that reaches an ``ExecStart=`` line is quoted for systemd (spaces,
 quotes, backslashes, and ``%`` specifiers, which systemd would otherwise expand), so a config
 path with a space or a percent sign runs the file it names; a run that finds another run
-holding the lock (exit 5) is not counted as a failure of the unit.
+holding the lock (exit 5) or a local network that is down (exit 4: a laptop offline) is not
+counted as a failure of the unit; ``--yes`` is in ``ExecStart=`` only when the user gave it
+(otherwise consent comes from the config).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-EXIT_LOCKED = 5
+EXIT_NETWORK, EXIT_LOCKED = 4, 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -21,6 +23,7 @@ class TimerOptions:
     on_calendar: str = "hourly"
     randomized_delay: str = "15min"
     max_runtime: str = "50m"
+    yes: bool = False  # --yes in ExecStart= (consent given on install-timer's command line)
 
 
 def quote(arg: str) -> str:
@@ -36,7 +39,7 @@ def unit_name(group: str | None) -> str:
 
 
 def exec_start(o: TimerOptions) -> str:
-    argv = [*o.command, "run", "--config", o.config, "--yes", "--quiet",
+    argv = [*o.command, "run", "--config", o.config, *(("--yes",) if o.yes else ()), "--quiet",
             "--max-runtime", o.max_runtime]
     if o.group:
         argv += ["--group", o.group]
@@ -55,7 +58,9 @@ Description=blockwatch: {what}
 Type=oneshot
 ExecStart={exec_start(o)}
 # Exit {EXIT_LOCKED}: another blockwatch run held the lock, so this one did not start (not a fault).
-SuccessExitStatus={EXIT_LOCKED}
+# Exit {EXIT_NETWORK}: the local network was down (offline); the run is stored as
+# network_unavailable, which is not a fault of the unit either.
+SuccessExitStatus={EXIT_NETWORK} {EXIT_LOCKED}
 # A last resort beyond --max-runtime: systemd stops the run (SIGTERM: stored as interrupted).
 TimeoutStartSec=2h
 Nice=10

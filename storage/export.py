@@ -84,8 +84,8 @@ def write_parquet(rows: Iterable[Mapping[str, Any]], fh: Any) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise StorageError("parquet export", "needs pyarrow: pip install 'blockwatch[parquet]'"
-                           ) from None
+        raise StorageError("parquet export",
+                           "needs pyarrow: pip install 'blockwatch-censorship[parquet]'") from None
     import datetime as dt
 
     types = {"runtime_s": pa.float64(), "queued_s": pa.float64(), "asn": pa.int64(),
@@ -135,5 +135,5 @@ FORMATS: dict[str, Format] = {
     "jsonl": Format(write_jsonl),
     "csv": Format(write_csv),
     "parquet": Format(write_parquet, binary=True, requires="pyarrow",
-                      install="pip install 'blockwatch[parquet]'"),
+                      install="pip install 'blockwatch-censorship[parquet]'"),
 }

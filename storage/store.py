@@ -327,11 +327,20 @@ class Store:
                 daemon_pid=r.daemon_pid, daemon_host=r.daemon_host, updated_at=r.updated_at)
                 for r in rows]
 
-    def runs(self, limit: int = 50, group: str | None = None) -> list[Run]:
-        """The latest ``limit`` runs, newest first, optionally of one group."""
+    def runs(self, limit: int = 50, group: str | None = None, *,
+             vantages: list[str] | None = None, since: dt.datetime | None = None,
+             until: dt.datetime | None = None) -> list[Run]:
+        """The latest ``limit`` runs, newest first, optionally of one group, of some vantages,
+        started at or after ``since`` and before ``until``."""
         stmt = select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id.desc()).limit(limit)
         if group is not None:
             stmt = stmt.where(RunRow.group_name == group)
+        if vantages:
+            stmt = stmt.where(RunRow.vantage.in_(vantages))
+        if since is not None:
+            stmt = stmt.where(RunRow.started_at >= ensure_utc(since, "since"))
+        if until is not None:
+            stmt = stmt.where(RunRow.started_at < ensure_utc(until, "until"))
         with self._transaction() as s:
             return [run_from_row(r) for r in s.scalars(stmt)]
 

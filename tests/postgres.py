@@ -82,7 +82,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        _unavailable("psycopg is not installed (pip install 'blockwatch[postgresql]')")
+        _unavailable("psycopg is not installed (pip install 'blockwatch-censorship[postgresql]')")
     bindir = _bindir()
     if bindir is None:
         _unavailable("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin)")

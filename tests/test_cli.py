@@ -35,8 +35,11 @@ class Result:
 
 
 async def blockwatch(*args: str, limit: float = 60) -> Result:
+    # env given: pytest loads GNU readline, which exports COLUMNS=80 behind os.environ's back,
+    # and tables honour $COLUMNS (tests/test_terminal.py tests 80 columns on purpose)
     proc = await asyncio.create_subprocess_exec(
-        BLOCKWATCH, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        BLOCKWATCH, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ))
     out, err = await asyncio.wait_for(proc.communicate(), limit)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())

@@ -84,7 +84,9 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode()
 
 
-@pytest.mark.parametrize(("answer", "agreed"), [("yes\n", True), ("no\n", False), ("\n", False)])
+# the prompt says type 'yes': 'y' is not it
+@pytest.mark.parametrize(("answer", "agreed"), [("yes\n", True), ("YES\n", True), ("no\n", False),
+                                                ("\n", False), ("y\n", False)])
 def test_a_terminal_is_asked_once(tmp_path: Path, answer: str, agreed: bool) -> None:
     master, tty_in, tty_err = _terminal_answer(answer)
     try:
@@ -100,8 +102,17 @@ def test_a_terminal_is_asked_once(tmp_path: Path, answer: str, agreed: bool) -> 
         os.close(master)
     assert "The risk:" in shown and "Your IP address is never stored" in shown
     assert consent.recorded(tmp_path) is agreed
-    if agreed:  # the next run, even unattended, does not ask again
-        assert _ensure(tmp_path, io.StringIO(), io.StringIO()) == "recorded"
+    if agreed:  # the next run at a terminal does not ask again; an unattended one still
+        # needs --yes or consent = true, as the notice and the refusal say
+        master, tty_in, tty_err = _terminal_answer("")
+        try:
+            assert _ensure(tmp_path, tty_in, tty_err) == "recorded"
+        finally:
+            tty_in.close()
+            tty_err.close()
+            os.close(master)
+        with pytest.raises(ConsentRefused, match="pass --yes"):
+            _ensure(tmp_path, io.StringIO(), io.StringIO())
 
 
 def test_damaged_or_outdated_record_asks_again(tmp_path: Path,
@@ -136,6 +147,14 @@ def test_consent_command_prints_the_notice_and_records_agreement(tmp_path: Path)
     assert agreed.returncode == 0 and "consent recorded" in agreed.stderr
     record = json.loads((tmp_path / "xdg-state" / "blockwatch" / "consent.json").read_text())
     assert record["version"] == consent.NOTICE_VERSION
+    # what the message says: an unattended run still needs --yes or consent = true
+    config = tmp_path / "public.toml"
+    config.write_text(f"[storage]\nurl = 'sqlite:///{tmp_path / 'r.db'}'\n"
+                      "[probes]\nscope = ['public']\n")
+    refused = subprocess.run([BLOCKWATCH, "run", "--config", str(config)], capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
+    assert refused.returncode == 7 and "--yes" in refused.stderr
+    assert not (tmp_path / "r.db").exists()
 
 
 def test_consent_command_at_a_terminal_asks(tmp_path: Path) -> None:

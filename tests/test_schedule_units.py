@@ -62,7 +62,8 @@ def test_service_units_are_hardened_and_tolerate_the_lock_code() -> None:
                      "ProtectSystem=strict", "CapabilityBoundingSet=\n", "--yes"):
             assert line in text, (name, line)
         assert "\nAmbientCapabilities=CAP_NET_RAW" not in text  # only as a commented option
-    assert "SuccessExitStatus=5" in (DEPLOY / "blockwatch.service").read_text()
+    # exit 5 (locked) and 4 (offline: a laptop away from its network) are no failure
+    assert "SuccessExitStatus=4 5" in (DEPLOY / "blockwatch.service").read_text()
     assert "RandomizedDelaySec=" in (DEPLOY / "blockwatch.timer").read_text()
     assert "ExecReload=/bin/kill -HUP $MAINPID" in (
         DEPLOY / "blockwatch-daemon.service").read_text()
@@ -78,12 +79,13 @@ def test_crontab_lines_use_real_options() -> None:
         argv = shlex.split(fields[5].replace("$HOME", "/home/me"))
         assert argv[0].endswith("/blockwatch")
         args = build_parser().parse_args(argv[1:])  # SystemExit if an option does not exist
-        assert args.command == "run" and args.yes and args.quiet
+        assert args.command == "run" and args.yes and args.quiet and args.offline_ok
 
 
 def test_exec_start_quotes_what_systemd_would_split_or_expand() -> None:
     odd = "/home/me/my configs/100%/bw \"x\".toml"
-    options = TimerOptions(command=("/opt/bw/bin/blockwatch",), config=odd, group="night")
+    options = TimerOptions(command=("/opt/bw/bin/blockwatch",), config=odd, group="night",
+                           yes=True)
     line = exec_start(options)
     # systemd: "%%" is a literal "%", then C-style quoting like a POSIX shell's double quotes
     assert shlex.split(line.replace("%%", "%")) == [
@@ -125,7 +127,9 @@ def test_install_timer_writes_user_units_systemd_accepts(tmp_path: Path, config:
     exec_line = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
     argv = shlex.split(exec_line.removeprefix("ExecStart=").replace("%%", "%"))
     assert argv[0] == BLOCKWATCH and argv[argv.index("--config") + 1] == str(config)
-    assert argv[argv.index("--group") + 1] == "night" and "--yes" in argv
+    # the scope is loopback (no consent needed) and nobody said --yes: none in the unit
+    assert argv[argv.index("--group") + 1] == "night" and "--yes" not in argv
+    assert "SuccessExitStatus=4 5" in text
     assert "OnCalendar=*-*-* 03:00:00" in timer.read_text()
     assert "RandomizedDelaySec=30min" in timer.read_text()
     if ANALYZE is not None:
@@ -140,7 +144,7 @@ def test_install_timer_writes_user_units_systemd_accepts(tmp_path: Path, config:
 
 def test_install_timer_refusals(tmp_path: Path, config: Path) -> None:
     no_config = _install(tmp_path)
-    assert no_config.returncode == 2 and "needs --config" in no_config.stderr
+    assert no_config.returncode == 2 and "run `blockwatch init`" in no_config.stderr
     bad_group = _install(tmp_path, "--config", str(config), "--group", "weekly")
     assert bad_group.returncode == 2 and "no schedule group 'weekly'" in bad_group.stderr
     bad_runtime = _install(tmp_path, "--config", str(config), "--max-runtime", "ages")
@@ -150,3 +154,42 @@ def test_install_timer_refusals(tmp_path: Path, config: Path) -> None:
     no_dir = _install(tmp_path, "--config", str(config), "--dir", str(blocked / "units"))
     assert no_dir.returncode == 2 and "cannot write units" in no_dir.stderr
     assert not (tmp_path / "xdg-config" / "systemd").exists()
+
+
+def _units(tmp_path: Path) -> Path:
+    return tmp_path / "xdg-config" / "systemd" / "user"
+
+
+def _exec_argv(unit: Path) -> list[str]:
+    line = next(ln for ln in unit.read_text().splitlines() if ln.startswith("ExecStart="))
+    return shlex.split(line.removeprefix("ExecStart=").replace("%%", "%"))
+
+
+def test_install_timer_takes_consent_from_the_config_only(tmp_path: Path) -> None:
+    config = tmp_path / "public.toml"
+    base = f"[storage]\nurl = 'sqlite:///{tmp_path / 'r.db'}'\n[probes]\nscope = ['public']\n"
+    config.write_text("consent = false\n" + base)
+    refused = _install(tmp_path, "--config", str(config))
+    assert refused.returncode == 7 and "consent = true" in refused.stderr
+    assert not _units(tmp_path).exists()  # nothing written
+    config.write_text("consent = true\n" + base)
+    assert _install(tmp_path, "--config", str(config)).returncode == 0
+    assert "--yes" not in _exec_argv(_units(tmp_path) / "blockwatch.service")
+    config.write_text("consent = false\n" + base)  # --yes on the command line: in the unit
+    assert _install(tmp_path, "--config", str(config), "--yes", "--force").returncode == 0
+    assert "--yes" in _exec_argv(_units(tmp_path) / "blockwatch.service")
+
+
+def test_install_timer_without_config_uses_the_init_config(tmp_path: Path) -> None:
+    missing = _install(tmp_path)
+    assert missing.returncode == 2 and "blockwatch init" in missing.stderr
+    init = subprocess.run([BLOCKWATCH, "init", "--name", "laptop", "--agree"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          stdin=subprocess.DEVNULL)
+    assert init.returncode == 0, init.stderr
+    res = _install(tmp_path)
+    assert res.returncode == 0, res.stderr
+    argv = _exec_argv(_units(tmp_path) / "blockwatch.service")
+    assert argv[argv.index("--config") + 1] == str(
+        tmp_path / "xdg-config" / "blockwatch" / "config.toml")
+    assert "--yes" not in argv  # consent = true is in that config

@@ -318,6 +318,8 @@ def log_config() -> dict[str, Any]:
     cfg["loggers"]["uvicorn.access"] = {"handlers": [], "level": "CRITICAL",
                                         "propagate": False}
     cfg["loggers"]["uvicorn.error"] = {"level": "INFO"}
+    # the one log format of every blockwatch command (logfmt), not uvicorn's own
+    cfg["formatters"]["default"] = {"()": "blockwatch.scheduler.logfmt.LogfmtFormatter"}
     return cfg
 
 

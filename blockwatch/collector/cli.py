@@ -26,7 +26,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     db(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                        "127.0.0.1: put a TLS reverse proxy in front, or give --certfile)")
-    serve.add_argument("--port", type=int, default=8471)
+    serve.add_argument("--port", type=int, default=8471, help="TCP port (default 8471)")
     serve.add_argument("--certfile", help="TLS certificate (PEM) to serve HTTPS directly")
     serve.add_argument("--keyfile", help="its private key (PEM)")
     serve.add_argument("--rate", type=float, default=20.0,
@@ -46,7 +46,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     db(lst)
     rev = tsub.add_parser("revoke", help="refuse a vantage's token from now on")
     db(rev)
-    rev.add_argument("name")
+    rev.add_argument("name", help="the token's name (see `collector token list`)")
     sub_ = sub.add_parser("submit", help="send the outbox to the collector now")
     common(sub_)
     sub_.add_argument("--retry-rejected", action="store_true",
@@ -55,6 +55,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     box = sub.add_parser("outbox", help="the runs waiting for the collector, and those it "
                          "refused")
     common(box)
+    box.add_argument("--db", metavar="URL", help="database URL or SQLite path (default: the "
+                     "config's [storage] url)")
     return {"collector": cmd_collector, "submit": cmd_submit, "outbox": cmd_outbox}
 
 
@@ -98,12 +100,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from blockwatch.cli import read_stored
+    from blockwatch.cli import read_stored, reading_url
     from blockwatch.collector.outbox import entries
-    from blockwatch.config import load_config
     from blockwatch.probes.textsafe import one_line as printable
 
-    rows, _ = read_stored(load_config(args.config).storage_url(), entries)
+    rows, _ = read_stored(reading_url(args), entries)
     if not rows:
         print("the outbox is empty")
         return 0
@@ -139,7 +140,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
             from blockwatch.collector.app import serve
         except ImportError as exc:
             raise UsageError(f"the collector needs its extra packages ({exc.name}): "
-                             "pip install 'blockwatch[collector]'") from None
+                             "pip install 'blockwatch-censorship[collector]'") from None
         store = _open(args, pre_ping=False)  # the service tries again itself (app.run)
         try:
             serve(store, args.host, args.port, certfile=args.certfile, keyfile=args.keyfile,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from blockwatch.lab.scenario import shipped
@@ -30,12 +31,17 @@ def register(sub: Any, common: Any) -> dict[str, Any]:
     up.add_argument("--sites", type=int, default=0, metavar="N",
                     help="also serve N generated sites siteN.bench.lab (benchmarks)")
     cmds.add_parser("status", help="what the lab runs and where its configs are")
-    cmds.add_parser("down", help="remove everything the lab created")
+    down = cmds.add_parser("down", help="remove everything the lab created; its results "
+                           "database is kept (in /var/lib/blockwatch-lab) and named")
+    down.add_argument("--delete-results", action="store_true",
+                      help="delete the lab's results database instead of keeping it")
     ex = cmds.add_parser("exec", help="run a command in the censored client's namespace")
     ex.add_argument("--control", action="store_true", help="in the control client instead")
-    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                    help="the command to run in the client's namespace, after --")
     demo = cmds.add_parser("demo", help="up, a sweep from both clients, the verdicts, down")
-    demo.add_argument("--scenario", default="methods", metavar="NAME|FILE")
+    demo.add_argument("--scenario", default="methods", metavar="NAME|FILE",
+                      help="a built-in scenario or a scenario file (default: methods)")
     demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     return {"lab": handle}
 
@@ -57,7 +63,8 @@ def _up(args: argparse.Namespace) -> int:
     print(said)
     print(f"  configs: {lab.manifest.info['censored_config']} (censored client), "
           f"{lab.manifest.info['control_config']} (control client)")
-    print(f"  try: sudo blockwatch lab exec -- blockwatch run --config "
+    named = "" if args.name == "bw" else f" --name {args.name}"
+    print(f"  try: sudo blockwatch lab{named} exec -- blockwatch run --config "
           f"{lab.manifest.info['censored_config']}")
     return EXIT_OK
 
@@ -86,7 +93,7 @@ def _status(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from blockwatch.lab import lifecycle
 
-    print(lifecycle.down(args.name))
+    print(lifecycle.down(args.name, delete_results=args.delete_results))
     return EXIT_OK
 
 
@@ -98,10 +105,26 @@ def _exec(args: argparse.Namespace) -> int:
         raise LabError("exec: give a command, e.g. `blockwatch lab exec -- dig kakao.com`")
     lab = lifecycle.get(args.name)
     namespace = lab.ns("control" if args.control else "client")
+    argv, env = with_this_blockwatch(argv, os.environ)
     try:
-        os.execvp("ip", ["ip", "netns", "exec", namespace, *argv])
+        os.execvpe("ip", ["ip", "netns", "exec", namespace, *argv], env)
     except OSError as exc:
         raise LabError(f"cannot run ip netns exec: {exc}") from None
+
+
+def with_this_blockwatch(argv: list[str], environ: Any) -> tuple[list[str], dict[str, str]]:
+    """``blockwatch`` in the namespace is this blockwatch: sudo's secure_path does not hold a
+    virtualenv's bin directory, so `sudo blockwatch lab exec -- blockwatch run` would find no
+    ``blockwatch`` (or another one). That directory also leads the command's PATH."""
+    from blockwatch.lab.runner import blockwatch_argv
+
+    here = str(Path(sys.executable).parent)
+    env = dict(environ)
+    env["PATH"] = os.pathsep.join([here, *[p for p in env.get("PATH", "").split(os.pathsep)
+                                           if p and p != here]]) or here
+    if argv[:1] == ["blockwatch"]:
+        argv = [*blockwatch_argv(), *argv[1:]]
+    return argv, env
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -3,12 +3,19 @@
 ``up`` checks every prerequisite before touching anything, records each namespace, file and
 process in the manifest before creating it, and on any failure (or Ctrl-C/SIGTERM) tears down
 what it had made before re-raising. ``up`` on a healthy lab only switches the scenario;
-``down`` on a lab that does not exist says so and succeeds.
+``down`` on a lab that does not exist says so and succeeds. The results database the configs of
+``up`` write to is kept: ``down`` (and an ``up`` that rebuilds a broken lab) moves it out of the
+lab's state directory, which it removes, to ``KEEP_ROOT`` and says where; only
+``delete_results`` deletes it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import shutil
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -81,6 +88,38 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+# where `down` keeps the lab's results database (the lab's own state is in /run, gone at reboot)
+KEEP_ROOT = Path(os.environ.get("BLOCKWATCH_LAB_KEEP", "/var/lib/blockwatch-lab"))
+
+
+def keep_results(m: Manifest) -> Path | None:
+    """The lab's results database moved to ``KEEP_ROOT`` (its WAL folded in first); None if
+    nothing was ever stored there."""
+    db = m.directory / "results.db"
+    if not db.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(db)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        pass  # moved as it is, with its -wal beside it
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = KEEP_ROOT / f"{m.name}-results-{stamp}.db"
+    try:
+        KEEP_ROOT.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{db}{suffix}").exists():
+                shutil.move(f"{db}{suffix}", f"{target}{suffix}")
+    except OSError as exc:
+        raise LabError(f"could not keep the lab's results database {db} in {KEEP_ROOT} "
+                       f"({exc.strerror}); the lab is left up: copy it yourself, or "
+                       "`blockwatch lab down --delete-results`") from None
+    return target
+
+
 def up(name: str, scenario_name: str | None = None, sites: int = 0) -> tuple[Lab, str]:
     """Bring lab ``name`` up (or switch the scenario of a running one); says which it did."""
     check_name(name)
@@ -97,6 +136,7 @@ def up(name: str, scenario_name: str | None = None, sites: int = 0) -> tuple[Lab
                 switch(lab, scenario)
                 return lab, f"lab {name} was up; scenario now {scenario.name}"
             return lab, f"lab {name} is already up (scenario {old.scenario})"
+        keep_results(old)
         teardown(old)  # half-made or broken: start clean
     clash = [n for n in (ns(name, r) for r in ("client", "control", "censor", "server"))
              if n in existing_namespaces()]
@@ -240,7 +280,7 @@ def get(name: str, sites: int | None = None) -> Lab:
     return Lab(m, lab_catalogue(int(m.info.get("sites", 0)) if sites is None else sites))
 
 
-def down(name: str) -> str:
+def down(name: str, *, delete_results: bool = False) -> str:
     check_name(name)
     m = Manifest.load(name)
     if m is None:
@@ -251,7 +291,13 @@ def down(name: str) -> str:
                            f"not touching what the lab did not record (`ip netns del "
                            f"{leftovers[0]}` removes it)")
         return f"lab {name} is not up; nothing to do"
+    kept = None if delete_results else keep_results(m)
     problems = teardown(m)
     if problems:
         raise LabError("could not remove everything:\n  " + "\n  ".join(problems))
-    return f"lab {name} is down"
+    if kept is not None:
+        return (f"lab {name} is down; its results database is kept: {kept}\n"
+                f"  read it: blockwatch runs --db {kept}")
+    if delete_results:
+        return f"lab {name} is down; its results database was deleted (--delete-results)"
+    return f"lab {name} is down (nothing was stored in its results database)"

@@ -80,7 +80,7 @@ def write_configs(m: Manifest, cat: Catalogue) -> None:
 
 def blockwatch_argv() -> list[str]:
     exe = Path(sys.executable).with_name("blockwatch")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "blockwatch.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "blockwatch"]
 
 
 def in_namespace(lab_name: str, client: str, argv: Sequence[str], **kw: Any

@@ -354,6 +354,19 @@ def expected(methods: tuple[str, ...], exclusive_prefixes: bool) -> Expectation:
     return Expectation(e.verdict, e.layer, e.failure, first)
 
 
+def expected_with_control(scenario: Scenario, service: str,
+                          exclusive_prefixes: bool) -> Expectation:
+    """What the censored client's sweep says of a service when the control client's sweep is
+    in the same database and named in ``[analysis] control_vantages`` (``Method.with_control``;
+    the scenario's own [expect] entry wins)."""
+    alone = expected_for(scenario, service, exclusive_prefixes)
+    method = ALL_METHODS.get(alone.because)
+    if service in scenario.expect or method is None:
+        return alone  # collateral, untouched, or DNS poisoning (blocked at dns either way)
+    verdict, layer = method.with_control
+    return Expectation(verdict, layer, method.failure, f"{method.name}, against the control")
+
+
 def expected_control(scenario: Scenario, service: str) -> Expectation:
     """What the control client's own sweep says of a service: ``ok``, unless the scenario
     does something to it that is not the censor's (``Method.everywhere``)."""

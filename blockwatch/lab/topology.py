@@ -86,7 +86,7 @@ def missing_prerequisites() -> list[str]:
         import netfilterqueue  # noqa: F401
     except ImportError:
         problems.append("missing Python package netfilterqueue (the censor's DNS injector): "
-                        "pip install 'blockwatch[lab]' (needs libnetfilter-queue-dev, "
+                        "pip install 'blockwatch-censorship[lab]' (needs libnetfilter-queue-dev, "
                         "build-essential, python3-dev)")
     return problems
 
