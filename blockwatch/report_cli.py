@@ -37,8 +37,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]
     cmp_ = rsub.add_parser("compare", help="observed onsets vs reported events")
     html = rsub.add_parser("html", help="write one self-contained HTML report")
     html.add_argument("-o", "--output", metavar="FILE", required=True)
-    html.add_argument("--bucket", choices=("hour", "day", "week"), default=None,
-                      help="chart bucket (default: day, week beyond two years)")
+    html.add_argument("--bucket", choices=("minute", "hour", "day", "week"), default=None,
+                      help="chart bucket (default: from the span of the runs: minute up to "
+                           "6 hours, hour up to 14 days, day up to two years, then week)")
     html.add_argument("--title", default="blockwatch report")
     ev = rsub.add_parser("events", help="list the reported events (built-in and --events)")
     for p in (tl, ch, cmp_, html):
