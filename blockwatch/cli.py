@@ -629,13 +629,20 @@ def cmd_export(args: argparse.Namespace) -> int:
                 encoding = None if fmt.binary else "utf-8"
                 with open(args.output, mode, encoding=encoding,
                           newline=None if fmt.binary else "") as fh:
-                    n = fmt.write(rows, fh)
+                    n = (fmt.write(rows, fh) if fmt.write_batches is None else  # columnar
+                         fmt.write_batches(_export_batches(store, args), fh))
             except OSError as exc:
                 raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
             print(f"{n} measurements written to {args.output}", file=sys.stderr)
         else:
             fmt.write(rows, sys.stdout)
     return EXIT_OK
+
+
+def _export_batches(store: Any, args: argparse.Namespace) -> Any:
+    from blockwatch.storage.export import export_batches
+
+    return export_batches(store, since=args.since, run_id=_resolve_run(store, args.run))
 
 
 def _resolve_run(store: Any, prefix: str | None) -> str | None:
