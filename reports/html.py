@@ -203,11 +203,14 @@ def _changes(results: Sequence[SeriesResult], k: int) -> str:
                       num=(5, 6, 7, 8))
     else:
         most = max((res.conclusive for res in results), default=0)
+        rule = (f"A state is established by {k} consecutive agreeing conclusive sweeps (ok or "
+                f"blocked; --min-sweeps), and a change point is a switch from one established "
+                f"state to the other")
         body = _empty(
-            f"No change of state was detected. A state is established by {k} consecutive "
-            f"agreeing conclusive sweeps (ok or blocked; --min-sweeps), and a change point is "
-            f"a switch from one established state to the other, so a series needs at least "
-            f"{2 * k} conclusive sweeps to show one; the longest series here has {most}.")
+            f"No change of state was detected. {rule}, so a series needs at least {2 * k} "
+            f"conclusive sweeps to show one; the longest series here has {most}."
+            if most < 2 * k else
+            f"No change of state was detected: {rule}, and no series switched.")
     steady = [f"{_e(res.service)} @ {_e(res.vantage)}" for res in results
               if res.initial == "blocked"]
     note = (f"<p class=muted>Blocked from the first sweep: {', '.join(steady)}</p>"
