@@ -169,6 +169,31 @@ def test_columnar_parquet_is_the_row_by_row_export(months: str, tmp_path: Path) 
     assert all(json.loads(b[EXPORT_FIELDS.index("observations")]) == [] for b in batches)
 
 
+def test_parquet_observations_escape_what_the_other_formats_escape(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    from blockwatch.storage.queries import bulk_insert
+
+    db = str(tmp_path / "x.db")
+    with open_store(db) as store:
+        synthetic.write(store, MINUTES)
+        rows = list(store.export_rows())
+        bulk_insert(store, "measurements", [{
+            "id": "hostile", "run_id": rows[0]["run_id"], "vantage": "lab", "service": "line",
+            "probe": "http", "probe_version": "1", "target": "t", "target_json": {},
+            "started_at": dt.datetime(2026, 12, 6, 4, 56, tzinfo=U), "runtime_s": 0.1,
+            "failure": None, "failed_operation": None,
+            "observations": [{"body": "a\u202eb\x85c\x7f"}]}])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n', encoding="utf-8")
+    out = tmp_path / "x.parquet"
+    assert main(["export", "-c", str(cfg), "--format", "parquet", "-o", str(out)]) == 0
+    last = pq.read_table(out).to_pylist()[-1]
+    assert last["measurement_id"] == "hostile" and last["verdict"] is None
+    assert "\u202e" not in last["observations"] and "\x85" not in last["observations"]
+    assert json.loads(last["observations"]) == [{"body": "a\u202eb\x85c\x7f"}]
+    assert "\\u202e" in last["observations"] and "\\u0085" in last["observations"]
+
+
 def test_parquet_and_html_on_postgresql(postgres_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pq = pytest.importorskip("pyarrow.parquet")
     pg = postgres_server.create_database()
