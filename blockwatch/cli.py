@@ -736,7 +736,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 encoding = None if fmt.binary else "utf-8"
                 with open(args.output, mode, encoding=encoding,
                           newline=None if fmt.binary else "") as fh:
-                    n = fmt.write(rows, fh)
+                    n = (fmt.write(rows, fh) if fmt.write_batches is None else  # columnar
+                         fmt.write_batches(_export_batches(store, args), fh))
             except OSError as exc:
                 raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
             print(f"{n} measurements written to {args.output}", file=sys.stderr)
@@ -764,6 +765,13 @@ def _utc(value: Any) -> dt.datetime:
     when = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(
         str(value).replace("Z", "+00:00"))
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _export_batches(store: Any, args: argparse.Namespace) -> Any:
+    from blockwatch.storage.export import export_batches
+
+    return export_batches(store, since=args.since, run_id=_resolve_run(store, args.run),
+                          until=args.until, vantages=args.vantage, services=args.service)
 
 
 def _resolve_run(store: Any, prefix: str | None) -> str | None:

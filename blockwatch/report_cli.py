@@ -39,8 +39,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]
     html = rsub.add_parser("html", help="write one self-contained HTML report")
     html.add_argument("-o", "--output", metavar="FILE", required=True,
                       help="the HTML file to write")
-    html.add_argument("--bucket", choices=("hour", "day", "week"), default=None,
-                      help="chart bucket (default: day, week beyond two years)")
+    html.add_argument("--bucket", choices=("minute", "hour", "day", "week"), default=None,
+                      help="chart bucket (default: from the span of the runs: minute up to "
+                           "6 hours, hour up to 14 days, day up to two years, then week)")
     html.add_argument("--title", default="blockwatch report",
                       help="the page's title (default: blockwatch report)")
     ev = rsub.add_parser("events", help="list the reported events (built-in and --events)")

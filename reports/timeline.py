@@ -19,8 +19,8 @@ from blockwatch.storage.queries import NO_FILTERS, Bucket, BucketCount, Filters,
 from blockwatch.storage.types import iso_utc
 
 VERDICTS = ("ok", "blocked", "partial", "down", "inconclusive", "network_unavailable")
-STEP = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1),
-        "week": dt.timedelta(weeks=1)}
+STEP = {"minute": dt.timedelta(minutes=1), "hour": dt.timedelta(hours=1),
+        "day": dt.timedelta(days=1), "week": dt.timedelta(weeks=1)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ PACKAGES=(iproute2 nftables iptables dnsmasq-base nginx-light openssl
           microsocks  # the lab's SOCKS5 control path ([analysis] control_proxy)
           coturn      # a real STUN server (turnserver --stun-only) for the stun probe's tests
           systemd     # systemd-analyze verifies the deploy/ units in the tests
+          chromium    # headless screenshots of the HTML report (tests/test_report_browser.py)
           postgresql) # tests/postgres.py runs its own throwaway server from these binaries
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -35,8 +35,8 @@ from blockwatch.storage.store import Store
 from blockwatch.storage.tables import MeasurementRow, RunRow, VerdictRow
 from blockwatch.storage.types import ensure_utc, parse_utc
 
-Bucket = Literal["hour", "day", "week"]
-BUCKETS: tuple[Bucket, ...] = ("hour", "day", "week")
+Bucket = Literal["minute", "hour", "day", "week"]
+BUCKETS: tuple[Bucket, ...] = ("minute", "hour", "day", "week")
 STREAM_ROWS = 2000
 
 
@@ -159,6 +159,8 @@ def timeline_counts(store: Store, bucket: Bucket, filters: Filters = NO_FILTERS
 def _bucket_key(dialect: str, bucket: Bucket, col: Any) -> ColumnElement[str]:
     """Text naming the bucket's start, parsed by ``_bucket_start`` (weeks start on Monday)."""
     if dialect == "sqlite":  # started_at is fixed-width ISO text: YYYY-MM-DDTHH...
+        if bucket == "minute":
+            return func.substr(col, 1, 16, type_=String)
         if bucket == "hour":
             return func.substr(col, 1, 13, type_=String)
         if bucket == "day":
@@ -166,11 +168,12 @@ def _bucket_key(dialect: str, bucket: Bucket, col: Any) -> ColumnElement[str]:
         return func.date(func.substr(col, 1, 10, type_=String), "weekday 0", "-6 days",
                          type_=String)
     trunc = func.date_trunc(bucket, col.op("AT TIME ZONE")(literal_column("'UTC'")))
-    return func.to_char(trunc, 'YYYY-MM-DD"T"HH24', type_=String)
+    pattern = 'YYYY-MM-DD"T"HH24:MI' if bucket == "minute" else 'YYYY-MM-DD"T"HH24'
+    return func.to_char(trunc, pattern, type_=String)
 
 
 def _bucket_start(key: str) -> dt.datetime:
-    if len(key) == 13:  # YYYY-MM-DDTHH
+    if len(key) == 13:  # YYYY-MM-DDTHH (a minute's key is YYYY-MM-DDTHH:MM, read as it is)
         key += ":00"
     return parse_utc(key)
 

@@ -168,3 +168,22 @@ def test_export_parquet_needs_a_file(db: str, tmp_path: Path,
     cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n', encoding="utf-8")
     assert main(["export", "-c", str(cfg), "--format", "parquet"]) == 2
     assert "--output" in capsys.readouterr().err
+
+
+def test_export_parquet_takes_the_reading_filters(db: str, tmp_path: Path) -> None:
+    """--vantage, --service and --until apply to the columnar Parquet path as to the rows."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n', encoding="utf-8")
+    with open_store(db) as store:
+        rows = list(store.export_rows())
+    vantage, service = rows[0]["vantage"], rows[0]["service"]
+    until = sorted(r["started_at"] for r in rows)[len(rows) // 2]
+    out = tmp_path / "f.parquet"
+    assert main(["export", "-c", str(cfg), "--format", "parquet", "-o", str(out),
+                 "--vantage", vantage, "--service", service, "--until", until]) == 0
+    got = pq.read_table(out).to_pylist()
+    want = [r for r in rows if r["vantage"] == vantage and r["service"] == service
+            and r["started_at"] < until]
+    assert 0 < len(got) < len(rows)
+    assert [r["measurement_id"] for r in got] == [r["measurement_id"] for r in want]
