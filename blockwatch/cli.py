@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     _reading(exp)
     exp.add_argument("--run", metavar="RUN_ID", help="only this run")
     exp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    exp.add_argument("--partition", choices=("day",), help="with --format parquet: one file "
+                     "a UTC day under the directory --output, DIR/date=YYYY-MM-DD/"
+                     "measurements.parquet (for DuckDB); --since/--until widen to whole days")
 
     sub.add_parser("services", help="list the service catalogue").add_argument(
         "-c", "--config", metavar="FILE", help="TOML config whose [[services]] join the "
@@ -727,6 +730,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--format {args.format} needs an optional package: {fmt.missing()}")
     if fmt.binary and not args.output:
         raise UsageError(f"--format {args.format} writes a binary file: give --output FILE")
+    if args.partition:
+        return _export_days(args)
     with open_reading(reading_url(args)) as store:
         rows = _only(store.export_rows(since=args.since, run_id=_resolve_run(store, args.run)),
                      args)
@@ -765,6 +770,32 @@ def _utc(value: Any) -> dt.datetime:
     when = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(
         str(value).replace("Z", "+00:00"))
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _export_days(args: argparse.Namespace) -> int:
+    """``export --format parquet --partition day -o DIR``: storage.partitions."""
+    from pathlib import Path
+
+    from blockwatch.exports import FORMATS
+    from blockwatch.storage.partitions import whole_days, write_parquet_days
+
+    if args.format != "parquet" or not args.output:
+        raise UsageError("--partition day needs --format parquet and --output DIRECTORY")
+    if FORMATS["parquet"].missing():
+        raise UsageError(f"--format parquet needs an optional package: "
+                         f"{FORMATS['parquet'].missing()}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {args.output}: not a directory")
+    args.since, args.until = whole_days(args.since, args.until)
+    with open_reading(reading_url(args)) as store:
+        try:
+            days = write_parquet_days(_export_batches(store, args), out)
+        except OSError as exc:
+            raise UsageError(f"cannot write under {args.output}: {exc.strerror}") from None
+    print(f"{sum(days.values())} measurements written to {len(days)} daily partitions under "
+          f"{args.output}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _export_batches(store: Any, args: argparse.Namespace) -> Any:

@@ -187,3 +187,45 @@ def test_export_parquet_takes_the_reading_filters(db: str, tmp_path: Path) -> No
             and r["started_at"] < until]
     assert 0 < len(got) < len(rows)
     assert [r["measurement_id"] for r in got] == [r["measurement_id"] for r in want]
+
+
+def test_export_daily_parquet_partitions_for_duckdb(db: str, tmp_path: Path) -> None:
+    """#14: --partition day writes one Parquet file a UTC day (Hive layout), which together
+    hold exactly the export's rows; written again, each day is replaced, not added to."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n', encoding="utf-8")
+    out = tmp_path / "lake"
+    args = ["export", "-c", str(cfg), "--format", "parquet", "--partition", "day", "-o", str(out)]
+    with open_store(db) as store:
+        rows = list(store.export_rows())
+    days = sorted({r["started_at"][:10] for r in rows})
+    assert len(days) > 1
+    for _ in range(2):
+        assert main(args) == 0
+        files = sorted(out.glob("date=*/measurements.parquet"))
+        assert [f.parent.name for f in files] == [f"date={d}" for d in days]
+        got = [r for f in files for r in pq.read_table(f).to_pylist()]
+        assert [r["measurement_id"] for r in got] == [r["measurement_id"] for r in rows]
+        for f in files:
+            day = f.parent.name.removeprefix("date=")
+            assert {r["started_at"].date().isoformat() for r in pq.read_table(f).to_pylist()
+                    } == {day}
+    assert not list(out.rglob("*.tmp"))
+    # the layout is Hive's: a dataset reader finds every day, with its date as a column
+    lake = pq.read_table(out)
+    assert lake.num_rows == len(rows) and "date" in lake.column_names
+
+
+def test_export_partitions_need_parquet_and_a_directory(db: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{db}"\n', encoding="utf-8")
+    assert main(["export", "-c", str(cfg), "--format", "csv", "--partition", "day",
+                 "-o", str(tmp_path / "x")]) == 2
+    assert "--format parquet" in capsys.readouterr().err
+    plain = tmp_path / "file"
+    plain.write_text("")
+    assert main(["export", "-c", str(cfg), "--format", "parquet", "--partition", "day",
+                 "-o", str(plain)]) == 2
+    assert "not a directory" in capsys.readouterr().err
