@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from blockwatch.cli import EXIT_OK, UsageError, _parse_since, load_config, open_reading
+from blockwatch.cli import EXIT_OK, UsageError, _reading, load_config, open_reading
 from blockwatch.probes.textsafe import cell as text_cell
 from blockwatch.probes.textsafe import csv_cell, json_safe
 
@@ -79,18 +79,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]
 def _data_options(p: argparse.ArgumentParser,
                   common: Callable[[argparse.ArgumentParser], None]) -> None:
     common(p)
-    p.add_argument("--db", metavar="URL", help="database URL or SQLite path (default: config)")
-    p.add_argument("-s", "--service", action="append", metavar="NAME",
-                   help="only this service (repeatable)")
+    _reading(p)  # --db, --vantage, --service, --since, --until: as every reading command
     p.add_argument("--category", action="append", metavar="CODE",
                    help="only services of this category, e.g. a test list's NEWS (repeatable)")
-    p.add_argument("--vantage", action="append", metavar="NAME",
-                   help="only this vantage (repeatable)")
-    p.add_argument("--since", type=_parse_since, metavar="DATE",
-                   help="only from DATE on (UTC): 2026-11-01, 2026-11-01T08:00 or 7d, 12h, 2w "
-                   "back from now")
-    p.add_argument("--until", type=_parse_since, metavar="DATE",
-                   help="only before DATE (same forms as --since)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
