@@ -16,7 +16,9 @@ Size: ``build_parser``, ``main`` and what every ``*_cli`` module imports from he
 (``UsageError``, config loading, opening the store, the exit codes above) are one module with the
 core subcommands (``run``, ``runs``, ``show``, ``export``, ``services``); the other families of
 subcommands are extensions in modules of their own (``EXTENSIONS``), and
-``runs``/``show``/``export`` would be the next to move if this grows.
+``runs``/``show``/``export`` would be the next to move if this grows (they now share the reading
+options, ``_reading`` and ``reading_url``, which other modules import from here; terminal
+output lives in ``blockwatch.term``, dates in ``blockwatch.when``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ install-timer), and ``python -m blockwatch`` in it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,9 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_the_wheel_carries_the_example_config_and_the_units(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT),
-                           "-w", str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          check=False, cwd=tmp_path)
+    made_build = not (ROOT / "build").exists()  # setuptools builds in the tree: tidy up
+    try:
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                               str(ROOT), "-w", str(tmp_path)], capture_output=True, text=True,
+                              timeout=300, check=False, cwd=tmp_path)
+    finally:
+        if made_build:
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert done.returncode == 0, done.stderr
     (wheel,) = tmp_path.glob("*.whl")
     assert wheel.name.startswith("blockwatch_censorship-")
