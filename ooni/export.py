@@ -6,7 +6,8 @@ exported record against):
 
 - the envelope: ``measurement_start_time`` is the measurement's start, ``test_start_time`` its
   run's; ``software_name`` "blockwatch" and ``software_version`` the version that measured (the
-  run's record); ``report_id`` the run id; ``probe_ip`` "127.0.0.1" (OONI's own scrubbed value);
+  run's record; an imported run's software is named in the annotation ``measured_by``);
+  ``report_id`` the run id; ``probe_ip`` "127.0.0.1" (OONI's own scrubbed value);
   ``probe_network_name``, ``resolver_*`` null (blockwatch does not look them up); the
   ``annotations`` OONI's clients add (``architecture`` and ``platform``: "unknown", as a run
   does not record them; ``engine_name`` "blockwatch", ``engine_version``) and blockwatch's
@@ -107,13 +108,18 @@ def ooni_envelope(row: Mapping[str, Any], software_version: str = "") -> dict[st
     if web:
         tk = _web_keys(row, tk)
     tk["x_blockwatch"] = _blockwatch(row)
-    version = row.get("software_version") or software_version
+    recorded = row.get("software_version") or ""
+    # a run blockwatch measured records its version ("0.1.0"); an imported one the software
+    # that measured it ("ooniprobe-android 1.1.4"): that is said in the annotations instead
+    version = recorded if recorded[:1].isdigit() else software_version
     measured = ooni_time(row.get("started_at"))
     return {
         "annotations": {"architecture": "unknown", "engine_name": "blockwatch",
                         "engine_version": version, "platform": "unknown",
                         "measurement_id": row.get("measurement_id"),
-                        "vantage": row.get("vantage"), "service": row.get("service")},
+                        "vantage": row.get("vantage"), "service": row.get("service"),
+                        **({"measured_by": recorded} if recorded and recorded != version
+                           else {})},
         "data_format_version": DATA_FORMAT_VERSION,
         "extensions": {name: 0 for key, name in EXTENSIONS.items() if tk.get(key)},
         "input": row.get("target"),
