@@ -126,7 +126,12 @@ def test_a_thousand_url_list_runs_end_to_end(servers: tuple[DNSServer, int], tmp
     assert per_probe == {"dns": N, "tcp": N, "http": N}
     # one verdict per URL, named by the URL: the live ones ok, the missing names not
     assert set(services) == set(urls)
-    assert sum(v == "ok" for v in services.values()) == N - MISSING
+    with sqlite3.connect(db) as conn:  # what went wrong, if anything did
+        failures = conn.execute(
+            "SELECT probe, failure, failed_operation, count(*), round(max(runtime_s), 2), "
+            "round(max(queued_s), 2) FROM measurements WHERE failure IS NOT NULL "
+            "GROUP BY 1, 2, 3").fetchall()
+    assert sum(v == "ok" for v in services.values()) == N - MISSING, failures
     assert {services[u] for u in urls[:MISSING]} == {"inconclusive"}
     assert categories == ({"NEWS": 250, "HUMR": 250, "POLR": 250, "COMT": 250} if fmt == "csv"
                           else {"input": N})
