@@ -1,0 +1,395 @@
+"""The quic probe's machinery: one QUIC handshake (+ an HTTP/3 GET) and one version-negotiation
+ping, each over its own UDP socket, driven by aioquic without its asyncio helpers.
+
+Guarantees:
+
+- One UDP socket per exchange, bound to the configured source address (when of the
+  destination's family) and *connected* to the server, so that an ICMP error (port
+  unreachable, host unreachable) ends the exchange at once as ``connection_refused`` /
+  ``host_unreachable`` instead of a silent wait.
+- Bounded: every exchange ends by its ``limit`` (seconds); aioquic's flow control is set to
+  ``RECEIVE_WINDOW`` bytes per connection and stream, the HTTP/3 exchange stops at the
+  response's headers, and what a peer sends beyond that is dropped by aioquic, never queued
+  here. A flood of datagrams costs CPU until the limit, never memory (a datagram is handled
+  and dropped as it comes; at most ``MAX_DATAGRAMS`` are read per exchange).
+- The certificate is verified after the handshake, by aioquic's own ``verify_certificate``
+  against the CA the caller names (the vantage's, or a service's pinned one), so one handshake
+  gives both the facts of an untrusted certificate and the verdict on it; the GET is sent only
+  over a verified connection.
+- Facts only: what came back (or the failure string), never a judgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from blockwatch.probes.failures import (
+    GENERIC_TIMEOUT,
+    SSL_FAILED_HANDSHAKE,
+    SSL_INVALID_CERTIFICATE,
+    SSL_INVALID_HOSTNAME,
+    SSL_UNKNOWN_AUTHORITY,
+    classify,
+)
+
+RECEIVE_WINDOW = 65536  # bytes a peer may send per connection and per stream (flow control)
+MAX_DATAGRAMS = 4096  # datagrams read per exchange; beyond: a flood, the exchange ends
+PING_SIZE = 1200  # a client Initial's minimum size (RFC 9000 section 14.1)
+# a reserved version (RFC 9000 section 15: 0x?a?a?a?a) that every server must answer with a
+# Version Negotiation packet
+PING_VERSION = 0x1A2A3A4A
+QUIC_CLOSED = "quic_connection_closed"  # project-local: the peer closed with a transport error
+QUIC_INCOMPATIBLE_VERSION = "quic_incompatible_version"  # OONI's: no common QUIC version
+QUIC_FLOOD = "quic_datagram_flood"  # project-local: more than MAX_DATAGRAMS came back
+VERSIONS = {0x00000001: "1", 0x6B3343CF: "2"}
+
+
+def version_name(v: int | None) -> str | None:
+    return None if v is None else VERSIONS.get(v, f"{v:#010x}")
+
+
+def udp_socket(address: str, port: int, source: str | None) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if source and (":" in source) == (":" in address):
+            sock.bind((source, 0))
+        sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# --- the version-negotiation ping (OONI's quicping, ts-031) ----------------------------------
+
+
+@dataclass(slots=True)
+class PingResult:
+    versions: tuple[str, ...] = ()  # the server's list, when a Version Negotiation came
+    failure: str | None = None
+    ignored: int = 0  # datagrams that were not our Version Negotiation
+
+
+def ping_packet(dcid: bytes, scid: bytes) -> bytes:
+    """A packet laid out as a client Initial (type bits Initial, no token, a length covering
+    the rest) but of a reserved version, padded to 1200 bytes with random bytes: as OONI's
+    quicping, so that servers which parse the long header before looking at the version
+    (aioquic's does) still answer it."""
+    head = (b"\xc0" + PING_VERSION.to_bytes(4, "big") + bytes([len(dcid)]) + dcid
+            + bytes([len(scid)]) + scid + b"\x00")  # token length 0
+    rest = PING_SIZE - len(head) - 2
+    return head + (0x4000 | rest).to_bytes(2, "big") + os.urandom(rest)
+
+
+def parse_version_negotiation(data: bytes, dcid: bytes, scid: bytes) -> tuple[int, ...] | None:
+    """The versions of a Version Negotiation answering our ping (its DCID is our SCID, its
+    SCID our DCID), or None for any other datagram."""
+    if len(data) < 7 or not data[0] & 0x80 or data[1:5] != b"\0\0\0\0":
+        return None
+    pos = 5
+    got = []
+    for _ in range(2):
+        n = data[pos]
+        got.append(data[pos + 1: pos + 1 + n])
+        pos += 1 + n
+        if pos > len(data):
+            return None
+    if got != [scid, dcid] or (len(data) - pos) % 4 or len(data) == pos:
+        return None
+    return tuple(int.from_bytes(data[i: i + 4], "big") for i in range(pos, len(data), 4))
+
+
+class _Inbox(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | Exception] = asyncio.Queue(maxsize=64)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a flood: what the queue holds will do
+            self.queue.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(exc)
+
+
+def send_times(limit: float) -> list[float]:
+    """At once, then after 0.25 s, 0.5 s, 1 s, ... while the limit lasts (as the VPN probes)."""
+    times, gap = [0.0], min(0.25, limit / 8)
+    while len(times) < 6 and times[-1] + gap < limit:
+        times.append(times[-1] + gap)
+        gap *= 2
+    return times
+
+
+async def quicping(address: str, port: int, limit: float, source: str | None) -> PingResult:
+    """Send the ping (resent while unanswered) and wait for a Version Negotiation."""
+    loop = asyncio.get_running_loop()
+    dcid, scid = os.urandom(8), os.urandom(8)
+    packet = ping_packet(dcid, scid)
+    result = PingResult()
+    try:
+        sock = udp_socket(address, port, source)
+    except OSError as exc:
+        result.failure = classify(exc)
+        return result
+    transport, inbox = await loop.create_datagram_endpoint(_Inbox, sock=sock)
+    try:
+        times = send_times(limit)
+        start = loop.time()
+        async with asyncio.timeout(limit):
+            sent = 0
+            while result.ignored < MAX_DATAGRAMS:
+                if sent < len(times) and loop.time() - start >= times[sent]:
+                    transport.sendto(packet)
+                    sent += 1
+                wait = times[sent] - (loop.time() - start) if sent < len(times) else None
+                try:
+                    item = await asyncio.wait_for(inbox.queue.get(), wait)
+                except TimeoutError:
+                    continue
+                if isinstance(item, Exception):
+                    result.failure = classify(item)
+                    return result
+                versions = parse_version_negotiation(item, dcid, scid)
+                if versions is None:
+                    result.ignored += 1
+                    continue
+                result.versions = tuple(version_name(v) or "" for v in versions)
+                return result
+            result.failure = QUIC_FLOOD
+    except TimeoutError:
+        result.failure = GENERIC_TIMEOUT
+    finally:
+        transport.close()
+    return result
+
+
+# --- one handshake and an HTTP/3 GET ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """Whom a handshake's certificate is verified against: a pinned CA file alone, or the
+    system store plus the vantage's extra bundle."""
+
+    cafile: str | None = None
+    capath: str | None = None
+    cadata: bytes | None = None
+
+
+def system_trust(extra_bundle: str | None) -> Trust:
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.cafile if paths.cafile and os.path.exists(paths.cafile) else None
+    capath = paths.capath if paths.capath and os.path.isdir(paths.capath) else None
+    cadata = None
+    if extra_bundle:
+        with open(extra_bundle, "rb") as fh:
+            cadata = fh.read()
+    return Trust(cafile, capath, cadata)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one handshake saw."""
+
+    failure: str | None = None
+    operation: str = "quic_handshake"
+    version: str | None = None
+    alpn: str | None = None
+    chain: list[bytes] = field(default_factory=list)  # DER, leaf first
+    verified: bool | None = None
+    verify_error: str | None = None
+    status: int | None = None
+    answered: bool = False  # any datagram came back from the server
+    close_reason: str | None = None  # the peer's CONNECTION_CLOSE reason phrase, cut short
+
+
+def _verify_failure(exc: Exception) -> str:
+    from aioquic.tls import AlertCertificateExpired
+
+    text = str(exc).lower()
+    if isinstance(exc, AlertCertificateExpired):
+        return SSL_INVALID_CERTIFICATE
+    if "doesn't match" in text or "hostname" in text:
+        return SSL_INVALID_HOSTNAME
+    if "issuer" in text or "self-signed" in text or "self signed" in text:
+        return SSL_UNKNOWN_AUTHORITY
+    return SSL_INVALID_CERTIFICATE
+
+
+def _closed_failure(error_code: int, reason: str) -> str:
+    if 0x100 <= error_code <= 0x1FF:  # CRYPTO_ERROR: a TLS alert
+        return SSL_FAILED_HANDSHAKE
+    if error_code == 0x11 or "version" in reason.lower():  # VERSION_NEGOTIATION_ERROR
+        return QUIC_INCOMPATIBLE_VERSION
+    return QUIC_CLOSED
+
+
+class _Client(asyncio.DatagramProtocol):
+    """Feeds datagrams to one aioquic connection and sends what it has to send."""
+
+    def __init__(self, quic: Any, addr: tuple[str, int]) -> None:
+        self.quic, self.addr = quic, addr
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.h3: Any = None
+        self.done: asyncio.Future[str | None] = self.loop.create_future()
+        self.connected = self.loop.create_future()  # type: asyncio.Future[str | None]
+        self.status: int | None = None
+        self.datagrams = 0
+        self.close_reason: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.datagrams += 1
+        if self.datagrams > MAX_DATAGRAMS:
+            self._end(QUIC_FLOOD)
+            return
+        self.quic.receive_datagram(data, self.addr, now=self.loop.time())
+        self.pump()
+
+    def error_received(self, exc: Exception) -> None:
+        self._end(classify(exc))
+
+    def _end(self, failure: str | None) -> None:
+        for fut in (self.connected, self.done):
+            if not fut.done():
+                fut.set_result(failure)
+
+    def pump(self) -> None:
+        from aioquic.h3.events import HeadersReceived
+        from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
+
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                if not self.connected.done():
+                    self.connected.set_result(None)
+            elif isinstance(event, ConnectionTerminated):
+                self.close_reason = (event.reason_phrase or "")[:120] or None
+                self._end(_closed_failure(event.error_code, event.reason_phrase or ""))
+            elif self.h3 is not None:
+                for h3_event in self.h3.handle_event(event):
+                    if isinstance(h3_event, HeadersReceived) and self.status is None:
+                        status = dict(h3_event.headers).get(b":status", b"")
+                        self.status = int(status) if status.isdigit() else -1
+                        if not self.done.done():
+                            self.done.set_result(None)
+        if self.transport is not None and not self.transport.is_closing():
+            for data, _addr in self.quic.datagrams_to_send(now=self.loop.time()):
+                self.transport.sendto(data)
+        if self.timer is not None:
+            self.timer.cancel()
+        at = self.quic.get_timer()
+        self.timer = self.loop.call_at(at, self._on_timer) if at is not None else None
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.quic.handle_timer(now=self.loop.time())
+        self.pump()
+
+
+def _facts(quic: Any, out: Outcome) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    tls = quic.tls
+    leaf = getattr(tls, "_peer_certificate", None)
+    chain = [leaf, *getattr(tls, "_peer_certificate_chain", [])] if leaf is not None else []
+    out.chain = [c.public_bytes(Encoding.DER) for c in chain]
+    out.alpn = getattr(tls, "alpn_negotiated", None)
+    out.version = version_name(getattr(quic, "_version", None))
+
+
+async def handshake(address: str, port: int, sni: str | None, *, alpn: tuple[str, ...],
+                    trust: Trust | None, path: str, user_agent: str, limit: float,
+                    source: str | None) -> Outcome:
+    """A QUIC handshake naming ``sni``; with ``trust`` the certificate is verified and, if it
+    is trusted, ``GET path`` is sent over HTTP/3 and the response's status awaited. Without
+    ``trust`` (a control name) the handshake alone, unverified."""
+    from aioquic.h3.connection import H3Connection
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    out = Outcome()
+    config = QuicConfiguration(is_client=True, alpn_protocols=list(alpn), server_name=sni,
+                               verify_mode=ssl.CERT_NONE, max_data=RECEIVE_WINDOW,
+                               max_stream_data=RECEIVE_WINDOW,
+                               idle_timeout=limit + 5.0)  # our own limit ends it first
+    quic = QuicConnection(configuration=config)
+    loop = asyncio.get_running_loop()
+    try:
+        sock = udp_socket(address, port, source)
+    except OSError as exc:
+        out.failure = classify(exc)
+        return out
+    addr = (address, port)
+    transport, client = await loop.create_datagram_endpoint(lambda: _Client(quic, addr),
+                                                            sock=sock)
+    try:
+        async with asyncio.timeout(limit):
+            quic.connect(addr, now=loop.time())
+            client.pump()
+            out.failure = await client.connected
+            out.answered = client.datagrams > 0
+            if out.failure is None:
+                _facts(quic, out)
+                if trust is not None:
+                    _verify(quic, sni, trust, out)
+            if out.failure is None and trust is not None:
+                out.operation = "http3_round_trip"
+                client.h3 = H3Connection(quic)
+                stream = quic.get_next_available_stream_id()
+                client.h3.send_headers(stream, [
+                    (b":method", b"GET"), (b":scheme", b"https"),
+                    (b":authority", (sni or address).encode()), (b":path", path.encode()),
+                    (b"user-agent", user_agent.encode())], end_stream=True)
+                client.pump()
+                out.failure = await client.done
+                out.status = client.status
+    except TimeoutError:
+        out.failure = GENERIC_TIMEOUT
+    finally:
+        out.answered = client.datagrams > 0
+        out.close_reason = client.close_reason
+        if client.timer is not None:
+            client.timer.cancel()
+        with contextlib.suppress(Exception):  # politeness: tell the server we are gone
+            quic.close()
+            for data, _addr in quic.datagrams_to_send(now=loop.time()):
+                transport.sendto(data)
+        transport.close()
+    return out
+
+
+def _verify(quic: Any, sni: str | None, trust: Trust, out: Outcome) -> None:
+    from aioquic.tls import Alert, verify_certificate
+    from cryptography import x509
+
+    tls = quic.tls
+    leaf = getattr(tls, "_peer_certificate", None)
+    if leaf is None:
+        out.verified, out.verify_error = False, SSL_INVALID_CERTIFICATE
+        out.failure = out.verify_error
+        return
+    chain: list[x509.Certificate] = list(getattr(tls, "_peer_certificate_chain", []))
+    try:
+        verify_certificate(leaf, chain, server_name=sni, cadata=trust.cadata,
+                           cafile=trust.cafile, capath=trust.capath)
+    except (Alert, ValueError) as exc:
+        out.verified, out.verify_error = False, _verify_failure(exc)
+        out.failure = out.verify_error
+    except Exception as exc:  # pyOpenSSL's store errors on a broken CA file: our side
+        out.verified, out.verify_error = False, classify(exc)
+        out.failure = out.verify_error
+    else:
+        out.verified = True
