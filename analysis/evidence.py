@@ -102,8 +102,9 @@ class Evidence:
     # the control-SNI handshakes of this vantage, by address and port: (control name, failure)
     control_sni: dict[tuple[str, int], list[tuple[str, str | None]]] = field(
         default_factory=lambda: defaultdict(list))
-    # names whose HTTPS response (this vantage's) advertised HTTP/3 (Alt-Svc h3): the server
-    # speaks QUIC, so silence on UDP there is not a server without it (analysis/quic.py)
+    # names (and the addresses that answered for them) whose HTTPS response (this vantage's)
+    # advertised HTTP/3 (Alt-Svc h3): the server speaks QUIC, so silence on UDP there is not a
+    # server without it (analysis/quic.py)
     alt_svc_h3: set[str] = field(default_factory=set)
 
 
@@ -154,6 +155,8 @@ def _add_tested(ev: Evidence, m: Measurement) -> None:
         elif isinstance(o, HTTPObservation) and any(
                 k.lower() == "alt-svc" and "h3" in v for k, v in o.headers):
             ev.alt_svc_h3.add((urlsplit(o.url).hostname or "").lower())
+            if o.address:
+                ev.alt_svc_h3.add(o.address)
 
 
 def is_control(m: Measurement, resolvers: set[str], vantages: set[str]) -> bool:

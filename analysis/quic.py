@@ -49,7 +49,7 @@ class QUICCase:
     ping: QUICObservation | None
     control_sni: QUICObservation | None
     tcp_ok: bool  # this vantage's TCP connect or verified TLS to the same address worked
-    h3_advertised: bool  # the server said Alt-Svc h3 over TCP in this run
+    h3_advertised: bool  # the name, or the server at the address, said Alt-Svc h3 over TCP
     controls: tuple[QUICObservation, ...]  # control vantages' handshakes at the same address
 
     @property
@@ -84,7 +84,7 @@ def case(s: Subject) -> QUICCase | None:
                      for o in c.observations if isinstance(o, QUICObservation)
                      and o.kind == HANDSHAKE and o.address == final.address)
     return QUICCase(s.m, final.address, final.port, sni, final, ping, control, tcp_ok,
-                    sni in s.ev.alt_svc_h3, controls)
+                    bool({sni, final.address} & s.ev.alt_svc_h3), controls)
 
 
 def _sni_vs_control_sni(c: QUICCase) -> Finding | None:

@@ -270,3 +270,44 @@ def test_settings_refuse_what_would_outlast_the_deadline() -> None:
         QUICSettings(timeout=60)
     with pytest.raises(ValueError):
         QUICSettings(quicping="yes please")  # type: ignore[arg-type]
+
+
+# --- the lab censor's QUIC SNI filter (blockwatch.lab.quicsni), on real client Initials -------
+
+
+def client_initial(name: str) -> bytes:
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["h3"],
+                                                          server_name=name))
+    quic.connect(("192.0.2.1", 443), now=0.0)
+    return quic.datagrams_to_send(now=0.0)[0][0]
+
+
+def ipv4_udp(payload: bytes, sport: int, dport: int = 443) -> bytes:
+    import struct
+
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                       bytes([10, 0, 0, 2]), bytes([10, 0, 0, 3])) + udp
+
+
+def test_the_censor_reads_the_sni_of_a_real_initial_and_blocks_gfw_style(tmp_path) -> None:
+    import json
+
+    from blockwatch.lab.quicsni import Filter, initial_sni
+
+    assert initial_sni(client_initial("blocked.test")) == "blocked.test"
+    assert initial_sni(os.urandom(1200)) is None and initial_sni(b"") is None
+    config = tmp_path / "quicsni.json"
+    config.write_text(json.dumps({"names": ["blocked.test"], "residual_s": 60}))
+    f = Filter(config)
+    assert f.verdict(ipv4_udp(client_initial("ok.test"), 50000), now=0.0)
+    # the GFW's condition: a source port below the destination port passes
+    assert f.verdict(ipv4_udp(client_initial("www.blocked.test"), 400), now=0.0)
+    assert not f.verdict(ipv4_udp(client_initial("www.blocked.test"), 50000), now=1.0)
+    # residual blocking of (client, server, 443): any datagram, any name, for 60 s
+    assert not f.verdict(ipv4_udp(client_initial("ok.test"), 50001), now=30.0)
+    assert not f.verdict(ipv4_udp(b"anything", 50002), now=60.9)
+    assert f.verdict(ipv4_udp(client_initial("ok.test"), 50003), now=61.5)
