@@ -28,8 +28,10 @@ Guarantees:
   recorded, the second counts. Every exchange ends by ``[probe.quic] timeout``, and a probe
   takes at most three of them per address (ping and control side by side, the handshake, its
   retry), well inside the runner's deadline.
-- Each address takes its share of our connection limits for each exchange, as a TCP
-  connection does (``Limits.connection``): a sweep never floods one server.
+- Each exchange takes its share of our limits first: at most ``[probe.quic] in_flight`` QUIC
+  exchanges at once in a sweep (aioquic is pure Python: a handshake must not time out
+  waiting for our own CPU), then the server's connections, as a TCP connection does
+  (``Limits.connection``). Waiting is queue time, outside every timeout.
 - ``after_failure_s``: seconds since a handshake of this sweep to the same address failed (None:
   none did). The analysis does not call a silent address blocked when an earlier failure of
   ours may have triggered residual blocking of it.
@@ -49,10 +51,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from blockwatch.probes import failures as F
+from blockwatch.probes import quic_ping as ping
 from blockwatch.probes import quic_wire as wire
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock
 from blockwatch.probes.model import Observation, ProbeObservation, Service, Target
+from blockwatch.probes.pacing import Limiter, Slot
 from blockwatch.probes.targets import PlanContext, tcp_endpoints
 from blockwatch.probes.tls import describe, profile
 
@@ -60,6 +64,7 @@ HANDSHAKE, CONTROL, PING = "handshake", "control_sni", "quicping"
 PROXY_UNSUPPORTED = "quic_unsupported_with_proxy"  # project-local: nothing sent
 ALPN = ("h3",)
 _FAILURES_KEY = "quic_failed_at"  # ctx.cache: address -> time.monotonic() of a failed handshake
+_LIMITER_KEY = "quic_in_flight"  # ctx.cache: the sweep's Limiter of QUIC exchanges
 
 
 class QUICSettings(BaseModel):
@@ -69,6 +74,9 @@ class QUICSettings(BaseModel):
     timeout: Annotated[float, Field(gt=0, le=12)] = 8.0  # 3 per address: the deadline
     control_sni: bool = True  # a handshake with the control SNI on each address
     quicping: bool = True  # the version-negotiation ping on each address
+    # QUIC exchanges in flight in a sweep: aioquic is pure Python, and a handshake waiting for
+    # our own CPU must not time out (the wait is queue time, outside every timeout)
+    in_flight: Annotated[int, Field(ge=1, le=4096)] = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,9 +150,29 @@ def _handshake_obs(job: Job, kind: str, address: str, t0: float, out: wire.Outco
         operation=out.operation if out.failure else None)
 
 
+async def _slot(job: Job, address: str) -> Slot:
+    """Our limits for one exchange: the sweep's QUIC exchanges in flight, then the server's
+    connections (``Limits.connection``); waiting is queue time."""
+    limiter = job.ctx.cache.get(_LIMITER_KEY)
+    if limiter is None:
+        limiter = job.ctx.cache[_LIMITER_KEY] = Limiter(job.settings.in_flight)
+    mine = await limiter.acquire()
+    try:
+        theirs = await job.ctx.limits.connection(address)
+    except BaseException:
+        mine.release()
+        raise
+
+    def release() -> None:
+        theirs.release()
+        mine.release()
+
+    return Slot(release)
+
+
 async def _handshake(job: Job, address: str, kind: str, attempt: int,
                      after: float | None) -> QUICObservation:
-    slot = await job.ctx.limits.connection(address)
+    slot = await _slot(job, address)
     try:
         t0 = job.clock()
         control = kind == CONTROL
@@ -159,10 +187,10 @@ async def _handshake(job: Job, address: str, kind: str, attempt: int,
 
 
 async def _ping(job: Job, address: str, after: float | None) -> QUICObservation:
-    slot = await job.ctx.limits.connection(address)
+    slot = await _slot(job, address)
     try:
         t0 = job.clock()
-        got = await wire.quicping(address, job.port, job.settings.timeout,
+        got = await ping.quicping(address, job.port, job.settings.timeout,
                                   job.ctx.source_address)
     finally:
         slot.release()

@@ -16,6 +16,7 @@ import trustme
 
 from blockwatch.lab.h3server import serve
 from blockwatch.probes import failures as F
+from blockwatch.probes import quic_ping as ping
 from blockwatch.probes import quic_wire as wire
 from blockwatch.probes import registry
 from blockwatch.probes.context import Lookup, ProbeContext
@@ -220,7 +221,7 @@ async def test_a_ping_flood_is_read_up_to_the_cap_and_ends_in_time() -> None:
     read and ignored, up to MAX_DATAGRAMS; the ping ends by its limit either way."""
     start = time.monotonic()
     async for _server, port in peer(lambda data: [os.urandom(64)] * 1200):
-        got = await wire.quicping("127.0.0.1", port, 1.0, None)
+        got = await ping.quicping("127.0.0.1", port, 1.0, None)
     assert got.failure in (F.GENERIC_TIMEOUT, wire.QUIC_FLOOD) and not got.versions
     assert 0 < got.ignored <= wire.MAX_DATAGRAMS
     assert time.monotonic() - start < 2
@@ -228,16 +229,16 @@ async def test_a_ping_flood_is_read_up_to_the_cap_and_ends_in_time() -> None:
 
 def test_the_ping_is_a_1200_byte_initial_of_a_reserved_version() -> None:
     dcid, scid = os.urandom(8), os.urandom(8)
-    p = wire.ping_packet(dcid, scid)
+    p = ping.ping_packet(dcid, scid)
     assert len(p) == 1200 and p[0] & 0xC0 == 0xC0
     version = int.from_bytes(p[1:5], "big")
     assert version & 0x0F0F0F0F == 0x0A0A0A0A  # RFC 9000 section 15: reserved for this
     vn = (b"\x80\0\0\0\0" + bytes([8]) + scid + bytes([8]) + dcid
           + (1).to_bytes(4, "big") + (0x6B3343CF).to_bytes(4, "big"))
-    assert wire.parse_version_negotiation(vn, dcid, scid) == (1, 0x6B3343CF)
-    assert wire.parse_version_negotiation(vn, scid, dcid) is None  # not ours
-    assert wire.parse_version_negotiation(vn[:-2], dcid, scid) is None
-    assert wire.parse_version_negotiation(b"\x80\0\0\0\0\xff", dcid, scid) is None
+    assert ping.parse_version_negotiation(vn, dcid, scid) == (1, 0x6B3343CF)
+    assert ping.parse_version_negotiation(vn, scid, dcid) is None  # not ours
+    assert ping.parse_version_negotiation(vn[:-2], dcid, scid) is None
+    assert ping.parse_version_negotiation(b"\x80\0\0\0\0\xff", dcid, scid) is None
 
 
 async def test_out_of_scope_and_proxy_send_nothing(pki: dict[str, str]) -> None:
