@@ -66,8 +66,8 @@ class QUICCase:
 
 
 def case(s: Subject) -> QUICCase | None:
-    if s.m.failed_operation not in OPERATIONS:
-        return None
+    if s.m.failed_operation not in OPERATIONS or s.m.failure == F.OUT_OF_SCOPE:
+        return None  # nothing sent: the generic rules say so (scope.refused)
     obs = [o for o in s.m.observations if isinstance(o, QUICObservation)]
     handshakes = [o for o in obs if o.kind == HANDSHAKE]
     if not handshakes:

@@ -176,3 +176,9 @@ def test_a_certificate_error_is_not_silence() -> None:
     o = dataclasses.replace(q(HANDSHAKE, F.SSL_INVALID_HOSTNAME), answered=True)
     quic, _ = judged(quic_m(q(PING), q(CONTROL), o), *tcp_side())
     assert quic.verdict == "inconclusive", quic
+
+
+def test_an_address_outside_the_scope_is_the_generic_rules_matter() -> None:
+    quic, service = judged(quic_m(q(HANDSHAKE, F.OUT_OF_SCOPE)), *tcp_side())
+    assert (quic.rule_id, quic.verdict) == ("scope.refused", "error")
+    assert service.verdict == "ok"  # the quic probe only adds blocking
