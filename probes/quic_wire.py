@@ -4,9 +4,10 @@ driven by aioquic without its asyncio helpers (the ping: ``probes.quic_ping``).
 Guarantees:
 
 - One UDP socket per exchange, bound to the configured source address (when of the
-  destination's family) and *connected* to the server, so that an ICMP error (port
-  unreachable, host unreachable) ends the exchange at once as ``connection_refused`` /
-  ``host_unreachable`` instead of a silent wait.
+  destination's family), *connected* to the server and with ``IP_RECVERR``, so that an ICMP
+  error (port, host or network unreachable) ends the exchange at once as
+  ``connection_refused`` / ``host_unreachable`` / ``network_unreachable`` instead of a silent
+  wait (without ``IP_RECVERR`` Linux reports port unreachable alone to a UDP socket).
 - Bounded: every exchange ends by its ``limit`` (seconds); aioquic's flow control is set to
   ``RECEIVE_WINDOW`` bytes per connection and stream, the HTTP/3 exchange stops at the
   response's headers, and what a peer sends beyond that is dropped by aioquic, never queued
@@ -45,6 +46,9 @@ QUIC_CLOSED = "quic_connection_closed"  # project-local: the peer closed with a 
 QUIC_INCOMPATIBLE_VERSION = "quic_incompatible_version"  # OONI's: no common QUIC version
 QUIC_FLOOD = "quic_datagram_flood"  # project-local: more than MAX_DATAGRAMS came back
 VERSIONS = {0x00000001: "1", 0x6B3343CF: "2"}
+# Linux's (the socket module names them from Python 3.12 on only)
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 
 
 def version_name(v: int | None) -> str | None:
@@ -56,6 +60,13 @@ def udp_socket(address: str, port: int, source: str | None) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        # without RECVERR Linux tells a UDP socket of port unreachable only: a router's host
+        # or network unreachable would pass for silence (TCP hears of them)
+        with contextlib.suppress(OSError):  # not Linux: silence it is
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
         if source and (":" in source) == (":" in address):
             sock.bind((source, 0))
         sock.connect((address, port))
