@@ -206,7 +206,7 @@ async def test_hostile_peers_end_in_a_failure_bounded_in_time_and_memory(
         assert m.failure in (F.GENERIC_TIMEOUT, wire.QUIC_FLOOD), m.failure
         assert m.failed_operation == "quic_handshake"
         # ping and control side by side, the handshake, its retry: three limits at most
-        assert elapsed < 3 * timeout + 1.0, elapsed
+        assert elapsed < 3 * timeout + 2.0, elapsed  # slack for a loaded CI machine
         assert peak < 8 * 2**20, peak  # the probe keeps nothing of what it was sent
         assert server.received >= 3  # ping, control, handshakes all went out
         assert not kinds[PING][0].versions
