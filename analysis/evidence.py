@@ -12,6 +12,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from blockwatch.analysis.bogons import bogon as bogon  # the one list of bogons
 from blockwatch.analysis.fingerprints import FingerprintSet
@@ -101,6 +102,10 @@ class Evidence:
     # the control-SNI handshakes of this vantage, by address and port: (control name, failure)
     control_sni: dict[tuple[str, int], list[tuple[str, str | None]]] = field(
         default_factory=lambda: defaultdict(list))
+    # names (and the addresses that answered for them) whose HTTPS response (this vantage's)
+    # advertised HTTP/3 (Alt-Svc h3): the server speaks QUIC, so silence on UDP there is not a
+    # server without it (analysis/quic.py)
+    alt_svc_h3: set[str] = field(default_factory=set)
 
 
 def dns_a(m: Measurement) -> DNSObservation | None:
@@ -147,6 +152,11 @@ def _add_tested(ev: Evidence, m: Measurement) -> None:
                 ev.bad_cert[o.sni.lower()].add(o.address)
         elif isinstance(o, TCPObservation):
             (ev.tcp_ok if o.failure is None else ev.tcp_failed).add(o.address)
+        elif isinstance(o, HTTPObservation) and any(
+                k.lower() == "alt-svc" and "h3" in v for k, v in o.headers):
+            ev.alt_svc_h3.add((urlsplit(o.url).hostname or "").lower())
+            if o.address:
+                ev.alt_svc_h3.add(o.address)
 
 
 def is_control(m: Measurement, resolvers: set[str], vantages: set[str]) -> bool:

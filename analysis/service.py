@@ -183,6 +183,16 @@ def _blocking(c: ServiceCase) -> Finding:
                    ",".join(layers))
 
 
+def _quic_only(c: ServiceCase) -> Finding | None:
+    """Every blocking verdict is QUIC's while measurements over TCP work: the service loads in
+    a browser that falls back to TCP, and apps that need HTTP/3 (or wait for it) fail."""
+    if not c.blocked or not c.ok or any(v.layer != "quic" for v in c.blocked):
+        return None
+    found = _blocking(c)
+    return Finding(f"reachable over TCP, blocked over QUIC (HTTP/3): {found.evidence}",
+                   {**found.details, "tcp": "ok", "quic": "blocked"}, "quic")
+
+
 def _partial(c: ServiceCase) -> Finding | None:
     return _blocking(c) if c.blocked and c.ok else None
 
@@ -221,6 +231,9 @@ SERVICE_RULES: tuple[Rule[ServiceCase], ...] = (
     Rule("service.app_degraded", "partial",
          "the catalogue's app rule: a part of the app is blocked (or some of its hosts are) "
          "while another part works", _app_degraded),
+    Rule("service.quic_only", "partial",
+         "reachable over TCP, blocked over QUIC: every blocking verdict is the quic probe's "
+         "while measurements over TCP (TLS, HTTP) work", _quic_only),
     Rule("service.partial", "partial", "blocking evidence on some measurements, others work",
          _partial),
     Rule("service.blocked", "blocked", "blocking evidence and no working measurement", _blocked),

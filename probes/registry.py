@@ -84,6 +84,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("stun", "blockwatch.probes.stun:STUNProbe", "stun", "stun", 4, default=False,
          observation="blockwatch.probes.stun:STUNObservation",
          settings="blockwatch.probes.stun:STUNSettings"),
+    Spec("quic", "blockwatch.probes.quic:QUICProbe", "quic", "quic", 2, adds_only=True,
+         observation="blockwatch.probes.quic:QUICObservation",
+         settings="blockwatch.probes.quic:QUICSettings"),
 )
 
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}

@@ -11,7 +11,9 @@ switch, so a scenario change never leaves an old rule behind:
 * iptables chains ``bw-fwd``/``bw-in`` reset TLS handshakes whose ClientHello names a blocked
   host (``string`` match on the length-prefixed SNI) and queue DNS queries to the injector;
 * the injector (``blockwatch.lab.inject``) reads the names to inject from a JSON file;
-* the delay line (``blockwatch.lab.delay``) holds a service's packets ``delay_ms`` each way.
+* the delay line (``blockwatch.lab.delay``) holds a service's packets ``delay_ms`` each way;
+* the QUIC SNI filter (``blockwatch.lab.quicsni``) drops QUIC Initials naming a blocked host,
+  GFW-style (``quic_sni``); nftables drops UDP/443 to a service's addresses (``quic_drop``).
 
 Only traffic arriving from the censored client (``down0``) or going back to it is touched. Every
 address-based method hits a service's IPv6 address as well as its IPv4 ones (nftables ``ip6
@@ -47,6 +49,8 @@ BOGON6 = "fd0a:10:34::35"
 KNOWN_FORGED = "8.7.198.45"
 INJECT_QUEUE = 5
 DELAY_QUEUE = 6
+QUIC_SNI_QUEUE = 7
+QUIC_RESIDUAL_S = 60  # the GFW's residual blocking of (client, server, port) after a blocked SNI
 
 
 def dnsmasq_isp_conf(scenario: Scenario, cat: Catalogue) -> str:
@@ -97,6 +101,7 @@ def nft_ruleset(scenario: Scenario, cat: Catalogue) -> str:
     sets = _sets((
         ("syn_drop", "tcp_syn_drop"), ("rst_syn", "tcp_rst_syn"), ("rst_data", "tcp_rst_data"),
         ("udp_drop", "udp_drop"), ("loss", "packet_loss"), ("blockpage", "http_blockpage"),
+        ("quic_drop", "quic_drop"),
         ("blockpage_national", "http_blockpage_national")), scenario, cat)
     forward = [r for rule in (
         'iifname "down0" ip daddr @syn_drop tcp flags & (syn|ack) == syn drop',
@@ -104,6 +109,7 @@ def nft_ruleset(scenario: Scenario, cat: Catalogue) -> str:
         'iifname "down0" ip daddr @rst_data ct state established tcp flags & psh == psh '
         'reject with tcp reset',
         f'iifname "down0" ip daddr @udp_drop udp dport {{ {ports} }} drop' if ports else "",
+        'iifname "down0" ip daddr @quic_drop udp dport 443 drop',
         f'iifname "down0" ip daddr @loss numgen random mod 100 < {loss} drop' if loss else "",
         f'oifname "down0" ip saddr @loss numgen random mod 100 < {loss} drop' if loss else "",
     ) if rule for r in _both(rule)]
@@ -178,6 +184,10 @@ def iptables_rules(scenario: Scenario, cat: Catalogue, family: int = 4) -> list[
                   else scenario.addresses6(cat, service)):
             rules.append(["-A", "bw-fwd", "-i", "down0", "-d", a, *delayed])
             rules.append(["-A", "bw-fwd", "-o", "down0", "-s", a, *delayed])
+    if any(scenario.services_with("quic_sni")):
+        # every datagram of the censored client to UDP/443 passes the QUIC SNI filter
+        rules.append(["-A", "bw-fwd", "-i", "down0", "-p", "udp", "--dport", "443", "-j",
+                      "NFQUEUE", "--queue-num", str(QUIC_SNI_QUEUE), "--queue-bypass"])
     if family == 4 and scenario.services_with("dns_injection"):
         queue = ["-j", "NFQUEUE", "--queue-num", str(INJECT_QUEUE), "--queue-bypass"]
         rules.append(["-A", "bw-fwd", "-i", "down0", "-p", "udp", "--dport", "53", *queue])
@@ -212,7 +222,11 @@ def apply(namespace: str, scenario: Scenario, cat: Catalogue, directory: Path) -
         for rule in iptables_rules(scenario, cat, family):
             run([*ipt, *rule])
     # the injector and the delay line re-read their file when it changes: never half a file
+    quic_names = sorted({h for s in scenario.services_with("quic_sni")
+                         for h in scenario.hosts(cat, s)})
     for name, content in (("inject.json", injected_names(scenario, cat)),
+                          ("quicsni.json", {"names": quic_names,
+                                            "residual_s": QUIC_RESIDUAL_S}),
                           ("delay.json", {"delay_ms": int(scenario.option("delay_ms"))})):
         target = directory / name
         tmp = target.with_suffix(".tmp")

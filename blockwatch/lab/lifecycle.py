@@ -174,6 +174,10 @@ def _build(lab: Lab, scenario: Scenario) -> None:
     # a stand-in VPN port, so a UDP drop there is observable (see blockwatch.lab.udpecho)
     _daemon(lab, "udp-echo", "server", [sys.executable, "-m", "blockwatch.lab.udpecho",
                                         *(str(p) for p in VPN_UDP_PORTS)])
+    # HTTP/3 on every service address (blockwatch.lab.h3server), the lab CA's certificate
+    _daemon(lab, "h3server", "server", [sys.executable, "-m", "blockwatch.lab.h3server",
+                                        str(pki["lab_cert"]), str(pki["lab_key"]), "443",
+                                        *cat.all_addresses(), *cat.all_addresses6()])
     _start_vpn(lab, pki)
     # a SOCKS5 proxy beside the servers, reached through the censor but resolving and
     # connecting on the server's side: the censored client's control path ([analysis]
@@ -188,11 +192,14 @@ def _build(lab: Lab, scenario: Scenario) -> None:
                                         str(censor.INJECT_QUEUE), str(d / "inject.json")])
     _daemon(lab, "delay", "censor", [sys.executable, "-m", "blockwatch.lab.delay",
                                      str(censor.DELAY_QUEUE), str(d / "delay.json")])
+    _daemon(lab, "quicsni", "censor", [sys.executable, "-m", "blockwatch.lab.quicsni",
+                                       str(censor.QUIC_SNI_QUEUE), str(d / "quicsni.json")])
     _start_isp(lab, scenario)
     _wait_listening(lab.ns("server"), [":53", ":443", ":80", f":{vpn.TOR_PORT}",
                                        f":{SOCKS_PORT}",
                                        *(f":{p}" for p in vpn.UDP_PORTS)])
     _wait_listening(lab.ns("censor"), [":53", ":8443", f":{NATIONAL_PORT}"])
+    _wait_udp(lab.ns("server"), 443)  # the HTTP/3 server
     write_configs(lab.manifest, cat)
     m.scenario = scenario.name
     m.status = "up"
@@ -237,6 +244,15 @@ def _start_isp(lab: Lab, scenario: Scenario) -> None:
     conf.write_text(censor.dnsmasq_isp_conf(scenario, lab.catalogue))
     _daemon(lab, "dns-isp", "censor",
             ["dnsmasq", "-k", "--pid-file=", "--log-facility=-", "-C", str(conf)])
+
+
+def _wait_udp(namespace: str, port: int, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not run(["ip", "netns", "exec", namespace, "ss", "-Hlun", "sport", "=", f":{port}"],
+                  check=False).stdout.strip():
+        if time.monotonic() > deadline:
+            raise LabError(f"nothing in {namespace} listens on UDP {port} after {seconds:.0f} s")
+        time.sleep(0.05)
 
 
 def _wait_listening(namespace: str, ports: list[str], seconds: float = 5.0) -> None:

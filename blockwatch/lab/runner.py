@@ -41,6 +41,8 @@ def config_text(client: str, cat: Catalogue, ca_bundle: str, db: Path, *,
         dns_t, tcp_t, tls_t, http_t = timeouts
         timed = ["[timeouts]", f"dns = {dns_t}", f"tcp = {tcp_t}", f"tls = {tls_t}",
                  f"http = {http_t}"]
+        # a QUIC exchange as long as a TLS handshake: a dropped flow costs three of them
+        timed += ["[probe.quic]", f"timeout = {tls_t}"]
     lines = [
         f"# blockwatch lab: the {client} client's config (generated; scope is the lab only)",
         "# every packet stays inside the lab's namespaces: nobody outside can observe the run",

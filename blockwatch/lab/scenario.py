@@ -156,7 +156,18 @@ IPV6: dict[str, Method] = {m.name: m for m in (
            "service's IPv6 address, for everybody; IPv4 works", "ok", None, None, ("ok", None),
            everywhere=True),
 )}
-ALL_METHODS: dict[str, Method] = {**METHODS, **EVIDENCE, **IPV6}
+# Methods of scenario ``quic`` (tests/lab/test_quic.py): QUIC blocked while TCP works, so the
+# service is reachable over TCP and blocked over QUIC (service.quic_only: partial, layer quic)
+# from one run already (the ping and the control SNI, or Alt-Svc h3 and working TCP, are the
+# evidence) and against the control vantage.
+QUIC: dict[str, Method] = {m.name: m for m in (
+    Method("quic_drop", "UDP/443 to the service's addresses is dropped (nftables)", "partial",
+           "quic", None, ("partial", "quic")),
+    Method("quic_sni", "QUIC Initials naming the service (SNI, decrypted with the keys of the "
+           "connection id) are dropped, GFW-style: source port >= 443, then 60 s of residual "
+           "blocking of (client, server, 443)", "partial", "quic", None, ("partial", "quic")),
+)}
+ALL_METHODS: dict[str, Method] = {**METHODS, **EVIDENCE, **IPV6, **QUIC}
 DNS_METHODS = {"dns_nxdomain", "dns_bogon", "dns_poison", "dns_injection", "dns_poison_known"}
 _OPTIONS = {"loss_percent": (int, 20), "global_loss_percent": (int, 0),
             "udp_ports": (list, [1194, 51820]), "delay_ms": (int, 200)}
@@ -315,7 +326,7 @@ def _options(raw: Any, source: str) -> dict[str, Any]:
 
 _LAYER_ORDER = ("server_down", "ipv6_broken", "tcp_syn_drop", "tcp_rst_syn", "tcp_rst_data",
                 "tls_sni_rst", "http_blockpage", "http_blockpage_national", "udp_drop",
-                "packet_loss", "delay")
+                "packet_loss", "delay", "quic_drop", "quic_sni")
 
 
 @dataclass(frozen=True, slots=True)

@@ -266,6 +266,8 @@ def nginx_server_conf(directory: Path, pki: Mapping[str, Path]) -> str:
         listen [::]:9201 ssl;
         ssl_certificate {pki['lab_cert']};
         ssl_certificate_key {pki['lab_key']};
+        # as sites that serve HTTP/3 say (blockwatch.lab.h3server answers UDP/443)
+        add_header Alt-Svc 'h3=":443"; ma=86400' always;
         location / {{
             return 200 "{SITE_PAGE}\\n";
         }}
