@@ -25,7 +25,8 @@ from blockwatch.probes.model import Measurement, Verdict
 ANALYZER_VERSION = "9"
 # 9: controls from another vantage are, of each vantage and service, its run nearest in time
 #    (those started before the judged run ended first), not every run of the window: an outage
-#    with an older control run that still worked was a false tcp_blocked (#14);
+#    with an older control run that still worked was a false tcp_blocked (#14); the quic
+#    probe's rules (quic.*, service.quic_only) and the ech probe's (ech.*) (#17);
 # 7: a quiet silent address takes nothing from DNS blocking, VPN silence worded per protocol,
 #    a control's fetch elsewhere says nothing about a failed address (#13);
 # 6: bogons and trace readings decided here, raw.before_server by the SYN-ACK's distance, a
