@@ -19,7 +19,7 @@ from blockwatch.reports.headline import analyse
 from blockwatch.reports.html import auto_bucket, report_html
 from blockwatch.storage import open_store
 from blockwatch.storage.export import EXPORT_FIELDS, export_batches, write_parquet
-from blockwatch.storage.queries import NO_FILTERS, timeline_counts, vantages
+from blockwatch.storage.queries import NO_FILTERS, Filters, timeline_counts, vantages
 
 U = dt.UTC
 JUL2 = dt.datetime(2014, 7, 2, tzinfo=U)
@@ -118,14 +118,8 @@ def test_every_empty_section_says_why(minutes: str) -> None:
     assert "Nothing is blocked as of the last sweep" in text
     assert "Not confirmed" in text and "signal" in text  # 4 blocked sweeps, 5 needed
     with open_store(minutes) as store:
-        text = _text(report_html(store, [], synthetic_filters(["nothing"])))
+        text = _text(report_html(store, [], Filters(services=["nothing"])))
     assert "No run matches the selection" in text and "No service verdicts match" in text
-
-
-def synthetic_filters(services: list[str]):  # type: ignore[no-untyped-def]
-    from blockwatch.storage.queries import Filters
-
-    return Filters(services=services)
 
 
 def test_headline_escapes_names_from_the_database(tmp_path: Path) -> None:
