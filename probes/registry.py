@@ -84,6 +84,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("stun", "blockwatch.probes.stun:STUNProbe", "stun", "stun", 4, default=False,
          observation="blockwatch.probes.stun:STUNObservation",
          settings="blockwatch.probes.stun:STUNSettings"),
+    Spec("ech", "blockwatch.probes.ech:ECHProbe", "ech", "ech", 2,
+         observation="blockwatch.probes.ech:ECHObservation",
+         settings="blockwatch.probes.ech:ECHSettings"),
 )
 
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}

@@ -64,7 +64,7 @@ def test_the_analysis_finds_each_probes_rules_by_its_name() -> None:
     have = {m.name for m in pkgutil.iter_modules(importlib.import_module(
         "blockwatch.analysis").__path__)}
     expected = {s.name for s in registry.SPECS if s.name in have}
-    assert set(verdicts.PROBE_RULES) == expected == {"dns", "http", "trace", "stun"}
+    assert set(verdicts.PROBE_RULES) == expected == {"dns", "http", "trace", "stun", "ech"}
     for probe, module in verdicts.PROBE_RULES.items():
         assert verdicts.PROBE_STAGES[probe] and module.RULE_LISTS
         for rules in module.RULE_LISTS.values():
