@@ -90,8 +90,8 @@ def case(s: Subject) -> ECHCase | None:
 def _plain_failed(c: ECHCase) -> Finding | None:
     if c.plain_ok:
         return None
-    return Finding(f"{c.m.failure} from {c.where} with and without ECH: the tls and tcp probes "
-                   "judge the name and the address", layer="tls")
+    return Finding(f"{c.m.failure} from {c.where} without ECH: the tls and tcp probes judge "
+                   "the name and the address", layer="tls")
 
 
 def _vs_control(c: ECHCase) -> Finding | None:
@@ -135,8 +135,8 @@ def _no_claim(c: ECHCase) -> Finding:
 
 ECH_RULES: tuple[Rule[ECHCase], ...] = (
     Rule("ech.plain_failed", "inconclusive",
-         "no hello was answered, with or without ECH: an outage or blocking of the name or "
-         "address, which the tls and tcp probes judge; no ECH claim", _plain_failed),
+         "the hello without ECH was not answered on any address: an outage or blocking of the "
+         "name or address, which the tls and tcp probes judge; no ECH claim", _plain_failed),
     Rule("ech.blocked_vs_control", "ech_blocked",
          "every ECH hello (GREASE, and the real config when published) got a reset, silence "
          "or an EOF while the hello without ECH to the same address was answered, and a "

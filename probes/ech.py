@@ -31,10 +31,11 @@ Guarantees:
   that are not TLS (``tls_malformed_reply``) are not.
 - A hello that timed out is sent once more on a new connection (``attempt`` 2), after the
   address's three: one lost segment is not a censor. The second attempt counts.
+- An address whose connection failed gets no further hellos (nothing there can speak to ECH).
 - The measurement fails (operation ``ech_hello``) when, on every address where the plain hello
   was answered, some ECH hello was not; when no plain hello was answered it fails as the plain
-  hello did (``connect`` or ``tls_handshake``): whether that is blocking is the tls and tcp
-  probes' question. The verdict is ``blockwatch.analysis.ech``'s.
+  hello did (``connect`` when no connection opened, else ``tls_handshake``): whether that is
+  blocking is the tls and tcp probes' question. The verdict is ``blockwatch.analysis.ech``'s.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ async def _send(ctx: ProbeContext, route: Route, hello: _Hello, order: int, trie
 
 async def _address(ctx: ProbeContext, route: Route, sni: str, config: ECHConfig | None,
                    settings: ECHSettings, clock: Clock) -> tuple[Observation, ...]:
-    """The address's hellos in a random order, then the timed-out ones once more."""
+    """The address's hellos in a random order, then the timed-out ones once more. An address
+    that refuses a connection gets no further hellos: no hello can speak to ECH there."""
     timeout = settings.timeout or ctx.timeouts.tls
     hellos = _hellos(sni, config, settings.real_config)
     out: list[Observation] = []
@@ -185,6 +187,9 @@ async def _address(ctx: ProbeContext, route: Route, sni: str, config: ECHConfig 
         out.extend(got)
         if got[-1].failure == GENERIC_TIMEOUT:
             again.append((order, hello))
+        last = got[-1]
+        if isinstance(last, ECHObservation) and last.outcome == "connect_failed":
+            break
     retried = await asyncio.gather(*(_send(ctx, route, h, order, 2, clock, timeout)
                                      for order, h in again))
     return (*out, *(o for got in retried for o in got))
@@ -208,12 +213,12 @@ def outcome(observations: tuple[Observation, ...]) -> tuple[str | None, str | No
             return None, None
         first = next(o for v in plain_ok.values() for o in v.values() if not o.answered)
         return first.failure, OPERATION
-    plains = [v["plain"] for v in by_address.values() if "plain" in v]
-    if not plains:
+    failed = [o for v in by_address.values() for o in v.values() if not o.answered]
+    if not failed:
         return None, None
-    failed = plains[0]
-    connect = all(p.outcome == "connect_failed" for p in plains)
-    return failed.failure, "connect" if connect else "tls_handshake"
+    plain = next((o for o in failed if o.variant == "plain"), failed[0])
+    connect = all(o.outcome == "connect_failed" for o in failed)
+    return plain.failure, "connect" if connect else "tls_handshake"
 
 
 # --- the HTTPS record ---------------------------------------------------------------------------

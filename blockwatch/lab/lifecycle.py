@@ -148,6 +148,8 @@ def _build(lab: Lab, scenario: Scenario) -> None:
                                         str(censor.INJECT_QUEUE), str(d / "inject.json")])
     _daemon(lab, "delay", "censor", [sys.executable, "-m", "blockwatch.lab.delay",
                                      str(censor.DELAY_QUEUE), str(d / "delay.json")])
+    _daemon(lab, "echblock", "censor", [sys.executable, "-m", "blockwatch.lab.echblock",
+                                        str(censor.ECH_QUEUE)])
     _start_isp(lab, scenario)
     _wait_listening(lab.ns("server"), [":53", ":443", ":80", f":{vpn.TOR_PORT}",
                                        f":{SOCKS_PORT}",
