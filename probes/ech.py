@@ -30,8 +30,10 @@ Guarantees:
   (``connection_reset``), silence (``generic_timeout_error``), an EOF (``eof_error``) and bytes
   that are not TLS (``tls_malformed_reply``) are not.
 - A hello that timed out is sent once more on a new connection (``attempt`` 2), after the
-  address's three: one lost segment is not a censor. The second attempt counts.
-- An address whose connection failed gets no further hellos (nothing there can speak to ECH).
+  address's three (a connect that timed out: at once): one lost segment is not a censor. The
+  second attempt counts.
+- An address whose connection failed (after that) gets no further hellos: nothing there can
+  speak to ECH.
 - The measurement fails (operation ``ech_hello``) when, on every address where the plain hello
   was answered, some ECH hello was not; when no plain hello was answered it fails as the plain
   hello did (``connect`` when no connection opened, else ``tls_handshake``): whether that is
@@ -184,15 +186,21 @@ async def _address(ctx: ProbeContext, route: Route, sni: str, config: ECHConfig 
     again: list[tuple[int, _Hello]] = []
     for order, hello in enumerate(hellos, 1):
         got = await _send(ctx, route, hello, order, 1, clock, timeout)
+        if _connect_failed(got[-1]) and got[-1].failure == GENERIC_TIMEOUT:
+            out.extend(got)  # a lost SYN: the same hello once more, at once
+            got = await _send(ctx, route, hello, order, 2, clock, timeout)
         out.extend(got)
+        if _connect_failed(got[-1]):
+            break
         if got[-1].failure == GENERIC_TIMEOUT:
             again.append((order, hello))
-        last = got[-1]
-        if isinstance(last, ECHObservation) and last.outcome == "connect_failed":
-            break
     retried = await asyncio.gather(*(_send(ctx, route, h, order, 2, clock, timeout)
                                      for order, h in again))
     return (*out, *(o for got in retried for o in got))
+
+
+def _connect_failed(o: Observation) -> bool:
+    return isinstance(o, ECHObservation) and o.outcome == "connect_failed"
 
 
 def counted(hellos: list[ECHObservation]) -> dict[str, dict[str, ECHObservation]]:

@@ -220,6 +220,21 @@ async def test_nobody_listening_is_a_connect_failure() -> None:
         target = Target(service="news", probe="ech", host=HOST, port=port, sni=HOST)
         result = await ECHProbe().observe(target, context(dns))
     assert (result.failure, result.operation) == (F.CONNECTION_REFUSED, "connect")
+    assert len(hellos(result)) == 1  # an address that refuses gets no further hellos
+
+
+async def test_a_connect_that_times_out_is_tried_once_more_at_once() -> None:
+    from servers import blackhole_port
+
+    with DNSServer({HOST: Behaviour(addresses=("127.0.0.1",))}) as dns, \
+            blackhole_port() as port:
+        target = Target(service="news", probe="ech", host=HOST, port=port, sni=HOST)
+        ctx = context(dns)
+        ctx.timeouts = Timeouts(dns=1, tcp=0.3, tls=1, http=1)
+        result = await ECHProbe().observe(target, ctx)
+    assert (result.failure, result.operation) == (F.GENERIC_TIMEOUT, "connect")
+    got = hellos(result)
+    assert [o.attempt for o in got] == [1, 2] and got[0].variant == got[1].variant
 
 
 # --- hostile replies: bounded in time and memory, recorded -------------------------------------
