@@ -396,3 +396,24 @@ def test_an_outage_is_never_ech_blocking() -> None:
     refused = measured("home", {"plain": "connect_failed", "grease": "connect_failed"})
     assert refused.failed_operation == "connect"
     assert judge_run([refused], {"news": NEWS}, [])[0].verdict != "ech_blocked"
+
+
+def test_the_lab_censor_reads_the_extension_not_the_bytes() -> None:
+    """blockwatch.lab.echblock: a ClientHello with ECH is caught (IPv4 and IPv6), one without
+    it is not even when fe 0d appears elsewhere (the SNI), and garbage is let through."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+
+    from blockwatch.lab.echblock import carries_ech
+
+    def packet(payload: bytes, v6: bool = False) -> bytes:
+        ip = IPv6(dst="fd00::1") if v6 else IP(dst="10.0.0.1")
+        return bytes(ip / TCP(dport=443, flags="PA") / payload)
+
+    grease = client_hello("a.test", b"\x00" + b"\x01" * 40)
+    assert carries_ech(packet(grease)) and carries_ech(packet(grease, v6=True))
+    assert not carries_ech(packet(client_hello("a.test")))
+    sneaky = client_hello("a.test").replace(b"a.test", b"a\xfe\x0dst")
+    assert not carries_ech(packet(sneaky))
+    assert not carries_ech(packet(b"\x16\x03\x01\xff\xff" + b"\xfe\x0d" * 50))
+    assert not carries_ech(b"\x45garbage")
