@@ -84,7 +84,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("stun", "blockwatch.probes.stun:STUNProbe", "stun", "stun", 4, default=False,
          observation="blockwatch.probes.stun:STUNObservation",
          settings="blockwatch.probes.stun:STUNSettings"),
-    Spec("ech", "blockwatch.probes.ech:ECHProbe", "ech", "ech", 2,
+    Spec("ech", "blockwatch.probes.ech:ECHProbe", "ech", "ech", 2, adds_only=True,
          observation="blockwatch.probes.ech:ECHObservation",
          settings="blockwatch.probes.ech:ECHSettings"),
 )

@@ -57,7 +57,7 @@ def test_control_paths_layers_and_adds_only_come_from_the_registry() -> None:
     assert [service.rank(x) for x in ("dns", "tcp", "tls", "http", "vpn", "openvpn", "stun")] \
         == [0, 1, 2, 3, 4, 4, 4]
     assert service.rank("no such layer") == registry.TOP_RANK
-    assert registry.ADDS_ONLY == {"trace"}
+    assert registry.ADDS_ONLY == {"trace", "ech"}
 
 
 def test_the_analysis_finds_each_probes_rules_by_its_name() -> None:
