@@ -69,7 +69,7 @@ from blockwatch.probes.ech_hello import (
     real_extension,
 )
 from blockwatch.probes.errors import MalformedReply
-from blockwatch.probes.failures import GENERIC_TIMEOUT, classify
+from blockwatch.probes.failures import GENERIC_TIMEOUT, classify, unknown
 from blockwatch.probes.model import (
     DNSObservation,
     Observation,
@@ -151,17 +151,22 @@ def _hellos(sni: str, config: ECHConfig | None, real: bool) -> list[_Hello]:
 
 async def _send(ctx: ProbeContext, route: Route, hello: _Hello, order: int, tries: int,
                 clock: Clock, seconds: float) -> tuple[Observation, ...]:
-    dialed = await attempt(ctx, route, clock, streams=True)
     base = ECHObservation(kind="hello", t0=clock(), t=0.0, address=route.address,
                           port=route.port, sni=hello.sni, variant=hello.variant, order=order,
                           attempt=tries, config_id=hello.config_id)
+    try:  # built before connecting: the connection waits for no CPU of ours
+        record = client_hello(hello.sni, hello.ech)
+    except ValueError as exc:  # a name IDNA cannot encode: nothing is sent
+        return (replace(base, t=clock(), outcome="error",
+                        failure=unknown(f"ClientHello not built: {type(exc).__name__}")),)
+    dialed = await attempt(ctx, route, clock, streams=True)
+    base = replace(base, t0=clock())
     if dialed.streams is None:
         failed = replace(base, t=clock(), outcome="connect_failed",
                          failure=dialed.observation.failure)
         return dialed.observation, failed
     try:
         reader, writer = dialed.streams
-        record = client_hello(hello.sni, hello.ech)
         try:
             writer.write(record)
             async with asyncio.timeout(seconds):
