@@ -13,7 +13,9 @@ since 2024-11-05 while the same address answers hellos without ECH. For each TLS
   carrying the config's id and HPKE suite, as a browser using ECH sends it (its encrypted
   inner hello is random bytes: the question is whether the hello is answered).
 
-The hellos and the reply reading are in ``probes.ech_hello`` (scapy builds every hello).
+The hellos and the reply reading are in ``probes.ech_hello`` (scapy builds every hello, in a
+worker thread: importing scapy's TLS layers takes seconds and a build 10-20 ms of CPU, which on
+the event loop would hold up every other probe's timing).
 
 Guarantees:
 
@@ -154,8 +156,9 @@ async def _send(ctx: ProbeContext, route: Route, hello: _Hello, order: int, trie
     base = ECHObservation(kind="hello", t0=clock(), t=0.0, address=route.address,
                           port=route.port, sni=hello.sni, variant=hello.variant, order=order,
                           attempt=tries, config_id=hello.config_id)
-    try:  # built before connecting: the connection waits for no CPU of ours
-        record = client_hello(hello.sni, hello.ech)
+    try:  # built before connecting, in a worker thread: scapy's import (seconds) and each
+        # build (10-20 ms) would otherwise stop the event loop, and every other probe's clock
+        record = await asyncio.to_thread(client_hello, hello.sni, hello.ech)
     except ValueError as exc:  # a name IDNA cannot encode: nothing is sent
         return (replace(base, t=clock(), outcome="error",
                         failure=unknown(f"ClientHello not built: {type(exc).__name__}")),)
