@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -83,6 +84,10 @@ from blockwatch.probes.scope import is_ip
 from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 OPERATION = "ech_hello"
+# One worker thread builds every ClientHello: scapy's import and builds are CPU work that
+# holds the GIL; with one thread beside it the event loop still gets every other switch
+# interval (several threads would starve it, and stretch every other probe's clock)
+_BUILDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ech-hello")
 VARIANTS = ("plain", "grease", "real")
 
 
@@ -158,7 +163,8 @@ async def _send(ctx: ProbeContext, route: Route, hello: _Hello, order: int, trie
                           attempt=tries, config_id=hello.config_id)
     try:  # built before connecting, in a worker thread: scapy's import (seconds) and each
         # build (10-20 ms) would otherwise stop the event loop, and every other probe's clock
-        record = await asyncio.to_thread(client_hello, hello.sni, hello.ech)
+        record = await asyncio.get_running_loop().run_in_executor(
+            _BUILDER, client_hello, hello.sni, hello.ech)
     except ValueError as exc:  # a name IDNA cannot encode: nothing is sent
         return (replace(base, t=clock(), outcome="error",
                         failure=unknown(f"ClientHello not built: {type(exc).__name__}")),)
