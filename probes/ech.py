@@ -67,6 +67,7 @@ from blockwatch.probes.ech_hello import (
     Reply,
     client_hello,
     grease_extension,
+    load,
     parse_ech_configs,
     read_reply,
     real_extension,
@@ -339,8 +340,12 @@ async def _nothing() -> _Records:
 
 
 def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
-    """Every TCP endpoint of the service that speaks TLS, with its host as the SNI."""
-    return [Target(service=service.name, probe="ech", host=h, port=p, sni=h)
-            for (h, p), tls in tcp_endpoints(service).items() if tls]
+    """Every TCP endpoint of the service that speaks TLS, with its host as the SNI. (scapy's
+    TLS layers are loaded here, while planning: see ``ech_hello.load``.)"""
+    targets = [Target(service=service.name, probe="ech", host=h, port=p, sni=h)
+               for (h, p), tls in tcp_endpoints(service).items() if tls]
+    if targets:
+        load()
+    return targets
 
 

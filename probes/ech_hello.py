@@ -46,6 +46,21 @@ HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e
 ALPN = ("h2", "http/1.1")
 MALFORMED = "tls_malformed_reply"  # project-local: the reply was not a TLS record we know
 
+# scapy's TLS layers (untyped: reached through modules typed Any), imported by ``load``. The
+# import takes seconds of CPU: the ech probe's planner calls ``load`` before a sweep sends
+# anything, so that time is never on a measurement's clock (and the analysis, which reads this
+# probe's observations, never pays it).
+_SCAPY: list[tuple[Any, Any, Any, Any]] = []
+
+
+def load() -> tuple[Any, Any, Any, Any]:
+    """scapy's TLS modules: extensions, handshake, TLS 1.3 key exchange, record."""
+    if not _SCAPY:
+        _SCAPY.append(tuple(  # type: ignore[arg-type]
+            importlib.import_module(f"scapy.layers.tls.{m}")
+            for m in ("extensions", "handshake", "keyexchange_tls13", "record")))
+    return _SCAPY[0]
+
 
 @dataclass(frozen=True, slots=True)
 class ECHConfig:
@@ -152,11 +167,7 @@ def client_hello(sni: str | None, ech: bytes | None = None,
                  alpn: tuple[str, ...] = ALPN) -> bytes:
     """One TLS record with a TLS 1.3 ClientHello, built by scapy; ``ech``: the body of the
     0xfe0d extension to carry (None: no ECH extension)."""
-    # scapy's TLS layers are untyped: reached through modules typed Any
-    x: Any = importlib.import_module("scapy.layers.tls.extensions")
-    hs: Any = importlib.import_module("scapy.layers.tls.handshake")
-    ks: Any = importlib.import_module("scapy.layers.tls.keyexchange_tls13")
-    rec: Any = importlib.import_module("scapy.layers.tls.record")
+    x, hs, ks, rec = load()
     ext = [
         *([x.TLS_Ext_ServerName(servernames=[x.ServerName(servername=sni.encode("idna"))])]
           if sni else []),
