@@ -87,6 +87,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("quic", "blockwatch.probes.quic:QUICProbe", "quic", "quic", 2, adds_only=True,
          observation="blockwatch.probes.quic:QUICObservation",
          settings="blockwatch.probes.quic:QUICSettings"),
+    Spec("ech", "blockwatch.probes.ech:ECHProbe", "ech", "ech", 2, adds_only=True,
+         observation="blockwatch.probes.ech:ECHObservation",
+         settings="blockwatch.probes.ech:ECHSettings"),
 )
 
 BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}

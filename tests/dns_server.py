@@ -52,6 +52,8 @@ class Behaviour:
     delay: float = 0.0  # seconds before the (real) answer
     http_status: int = 200  # DoH only
     flood: int = 0  # UDP: send the reply this many extra times (a resolver answering a flood)
+    # other records, (type, text): e.g. ("HTTPS", '1 . alpn="h2" ech=...') answers HTTPS
+    records: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ def answer_wire(
     question = query.question[0]
     version = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}.get(question.rdtype)
     values = [a for a in addresses if ipaddress.ip_address(a).version == version]
+    if version is None:
+        values = [text for rdtype, text in behaviour.records
+                  if dns.rdatatype.from_text(rdtype) == question.rdtype]
     if values and behaviour.rcode == "NOERROR":
         rdtype = dns.rdatatype.to_text(question.rdtype)
         resp.answer.append(

@@ -135,7 +135,7 @@ async def test_run_stores_verdicts_and_lists_them(world: World) -> None:
         probes = {p for (p,) in conn.execute("SELECT probe FROM measurements")}
     assert {"dns.nxdomain_vs_control", "dns.injection.multiple_responses"} <= rules
     assert (status, country) == ("complete", "CN")
-    assert probes == {"dns", "tcp", "tls", "http", "quic"}  # quic: on by default
+    assert probes == {"dns", "tcp", "tls", "http", "quic", "ech"}  # on by default (#17)
 
     runs = await blockwatch("runs", "--config", str(world.config))
     assert runs.code == 0 and "complete" in runs.out and "lab-test" in runs.out

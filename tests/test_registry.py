@@ -57,7 +57,7 @@ def test_control_paths_layers_and_adds_only_come_from_the_registry() -> None:
     assert [service.rank(x) for x in ("dns", "tcp", "tls", "http", "vpn", "openvpn", "stun")] \
         == [0, 1, 2, 3, 4, 4, 4]
     assert service.rank("no such layer") == registry.TOP_RANK
-    assert registry.ADDS_ONLY == {"trace", "quic"}
+    assert registry.ADDS_ONLY == {"trace", "quic", "ech"}
     assert service.rank("quic") == 2  # a QUIC block leaves TLS and HTTP working: partial
 
 
@@ -65,7 +65,7 @@ def test_the_analysis_finds_each_probes_rules_by_its_name() -> None:
     have = {m.name for m in pkgutil.iter_modules(importlib.import_module(
         "blockwatch.analysis").__path__)}
     expected = {s.name for s in registry.SPECS if s.name in have}
-    assert set(verdicts.PROBE_RULES) == expected == {"dns", "http", "trace", "stun", "quic"}
+    assert set(verdicts.PROBE_RULES) == expected == {"dns", "http", "trace", "stun", "quic", "ech"}
     for probe, module in verdicts.PROBE_RULES.items():
         assert verdicts.PROBE_STAGES[probe] and module.RULE_LISTS
         for rules in module.RULE_LISTS.values():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from judging import judge_run
+from test_ech import EXAMPLES as ECH_EXAMPLES
 from test_quic_rules import EXAMPLES as QUIC_EXAMPLES
 from test_stun import CALLS
 from test_stun import measured as stun_measured
@@ -145,6 +146,7 @@ EXAMPLES: dict[str, Callable[[], list[Verdict]]] = {
        for rule, control in (("stun.failure_vs_control", "binding_success"),
                              ("stun.same_as_control", "no_reply"), ("stun.no_control", None))},
     **QUIC_EXAMPLES,
+    **ECH_EXAMPLES,
     "service.network_unavailable": lambda: judge_run(
         [dns("news", "news.test", "system", resp("192.0.3.1"))], {"news": NEWS}, [],
         network_ok=False),

@@ -10,6 +10,8 @@ switch, so a scenario change never leaves an old rule behind:
   (the lab's own 451 page, or on port 8081 a copy of Iran's national block page);
 * iptables chains ``bw-fwd``/``bw-in`` reset TLS handshakes whose ClientHello names a blocked
   host (``string`` match on the length-prefixed SNI) and queue DNS queries to the injector;
+* the ECH filter (``blockwatch.lab.echblock``) resets ClientHellos that carry the ECH
+  extension (``ech_block``);
 * the injector (``blockwatch.lab.inject``) reads the names to inject from a JSON file;
 * the delay line (``blockwatch.lab.delay``) holds a service's packets ``delay_ms`` each way;
 * the QUIC SNI filter (``blockwatch.lab.quicsni``) drops QUIC Initials naming a blocked host,
@@ -51,6 +53,7 @@ INJECT_QUEUE = 5
 DELAY_QUEUE = 6
 QUIC_SNI_QUEUE = 7
 QUIC_RESIDUAL_S = 60  # the GFW's residual blocking of (client, server, port) after a blocked SNI
+ECH_QUEUE = 8  # blockwatch.lab.echblock
 
 
 def dnsmasq_isp_conf(scenario: Scenario, cat: Catalogue) -> str:
@@ -178,6 +181,7 @@ def iptables_rules(scenario: Scenario, cat: Catalogue, family: int = 4) -> list[
         for h in scenario.hosts(cat, service):
             rules.append(["-A", "bw-fwd", "-i", "down0", "-p", "tcp", *_sni_match(h),
                           "-j", "REJECT", "--reject-with", "tcp-reset"])
+    rules += _ech_rules(scenario, cat, family)
     delayed = ["-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE), "--queue-bypass"]
     for service in scenario.services_with("delay"):
         for a in (scenario.addresses(cat, service) if family == 4
@@ -192,6 +196,26 @@ def iptables_rules(scenario: Scenario, cat: Catalogue, family: int = 4) -> list[
         queue = ["-j", "NFQUEUE", "--queue-num", str(INJECT_QUEUE), "--queue-bypass"]
         rules.append(["-A", "bw-fwd", "-i", "down0", "-p", "udp", "--dport", "53", *queue])
         rules.append(["-A", "bw-in", "-i", "down0", "-p", "udp", "--dport", "53", *queue])
+    return rules
+
+
+def _ech_rules(scenario: Scenario, cat: Catalogue, family: int) -> list[list[str]]:
+    """``ech_block``: the client's segments to the service's port 443 holding the bytes fe 0d
+    go to the ECH filter (``blockwatch.lab.echblock``), which marks the ClientHellos that really
+    carry the ECH extension and repeats them; marked packets meet the reset first."""
+    services = scenario.services_with("ech_block")
+    if not services:
+        return []
+    from blockwatch.lab.echblock import ECH_MARK
+
+    rules = [["-A", "bw-fwd", "-i", "down0", "-p", "tcp", "-m", "mark", "--mark",
+              str(ECH_MARK), "-j", "REJECT", "--reject-with", "tcp-reset"]]
+    queue = ["-j", "NFQUEUE", "--queue-num", str(ECH_QUEUE), "--queue-bypass"]
+    for service in services:
+        for a in (scenario.addresses(cat, service) if family == 4
+                  else scenario.addresses6(cat, service)):
+            rules.append(["-A", "bw-fwd", "-i", "down0", "-d", a, "-p", "tcp", "--dport", "443",
+                          "-m", "string", "--algo", "bm", "--hex-string", "|fe0d|", *queue])
     return rules
 
 

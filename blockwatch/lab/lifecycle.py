@@ -194,6 +194,8 @@ def _build(lab: Lab, scenario: Scenario) -> None:
                                      str(censor.DELAY_QUEUE), str(d / "delay.json")])
     _daemon(lab, "quicsni", "censor", [sys.executable, "-m", "blockwatch.lab.quicsni",
                                        str(censor.QUIC_SNI_QUEUE), str(d / "quicsni.json")])
+    _daemon(lab, "echblock", "censor", [sys.executable, "-m", "blockwatch.lab.echblock",
+                                        str(censor.ECH_QUEUE)])
     _start_isp(lab, scenario)
     _wait_listening(lab.ns("server"), [":53", ":443", ":80", f":{vpn.TOR_PORT}",
                                        f":{SOCKS_PORT}",

@@ -122,6 +122,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # the same address then completes a handshake for the control SNI: blocked from one run
     Method("tls_sni_rst", "a TLS ClientHello naming the service (SNI) gets a RST",
            "blocked", "tls", "connection_reset", ("blocked", "tls")),
+    # the same address answers the hello without ECH in the same run (the probe's own control)
+    # while the TLS handshakes and fetches work: partial, at layer ech, from one run
+    Method("ech_block", "a TLS ClientHello carrying the ECH extension (0xfe0d) gets a RST "
+           "(NFQUEUE filter, Russia since 2024-11)", "partial", "ech", "connection_reset",
+           ("partial", "ech")),
     Method("http_blockpage", "a transparent proxy serves a block page (HTTP 451; HTTPS with "
            "the censor's own CA)", "inconclusive", "tls", "ssl_unknown_authority",
            ("blocked", "tls")),
@@ -325,7 +330,7 @@ def _options(raw: Any, source: str) -> dict[str, Any]:
 
 
 _LAYER_ORDER = ("server_down", "ipv6_broken", "tcp_syn_drop", "tcp_rst_syn", "tcp_rst_data",
-                "tls_sni_rst", "http_blockpage", "http_blockpage_national", "udp_drop",
+                "tls_sni_rst", "ech_block", "http_blockpage", "http_blockpage_national", "udp_drop",
                 "packet_loss", "delay", "quic_drop", "quic_sni")
 
 

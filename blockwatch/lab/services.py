@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from blockwatch.lab.topology import LAB_NET, LAB_NET6, v6
 from blockwatch.lab.vpn import LABVPN
 from blockwatch.probes.catalogue import load_catalogue
+from blockwatch.probes.ech_hello import ECHConfig, ech_config_list
 from blockwatch.probes.model import Service
 from blockwatch.probes.scope import is_ip
 
@@ -147,13 +148,37 @@ def lab_catalogue(sites: int = 0) -> Catalogue:
                      opt_in=opt_in)
 
 
+# Services whose names publish an HTTPS record with an ECH config (the ech probe's real-config
+# path). The config is made up (the lab's nginx has no ECH): a server without ECH answers the
+# outer ClientHello like any other, which is what the probe asks.
+ECH_SERVICES = ("torproject",)
+LAB_ECH = ECHConfig(config_id=42, kem_id=0x0020, suites=((0x0001, 0x0001),),
+                    public_name="ech-public.lab", public_key=bytes(range(32)))
+
+
+def https_rdata() -> str:
+    """The hex wire form of the HTTPS record the ECH services' names publish."""
+    import base64
+
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
+    ech = base64.b64encode(ech_config_list([LAB_ECH])).decode()
+    rd = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.HTTPS,
+                             f'1 . alpn="h2,http/1.1" ech={ech}')
+    return (rd.to_wire() or b"").hex()  # bytes whenever no file is given
+
+
 def dnsmasq_public_conf(cat: Catalogue, listen: str) -> str:
-    """The lab's authoritative/"public" resolver: answers every lab name (A and AAAA),
-    forwards nothing."""
+    """The lab's authoritative/"public" resolver: answers every lab name (A and AAAA, and
+    HTTPS for ``ECH_SERVICES``), forwards nothing."""
     lines = ["no-resolv", "no-hosts", "bind-interfaces", f"listen-address={listen}",
              "cache-size=0", "local-ttl=60", "user=root", "group=root"]
     lines += [f"host-record={h},{cat.address[svc]},{cat.address6(svc)}"
               for h, svc in cat.owner.items()]
+    lines += [f"dns-rr={h},65,{https_rdata()}" for svc in ECH_SERVICES
+              for h in cat.hosts_of(svc) if cat.owner.get(h) == svc]
     return "\n".join(lines) + "\n"
 
 

@@ -50,6 +50,8 @@ def test_control_vantage_verdicts(lab: Lab) -> None:
             assert v.verdict in ("ok", "partial"), (method, v)
             continue
         assert (v.verdict, v.layer or None) == m.with_control, (method, v)
+        if method == "ech_block":  # the control's ECH hellos were answered: high confidence
+            assert v.details["rules"] == ["ech.blocked_vs_control"], v
     untouched = set(CATALOGUE.services) - set(METHODS_SCENARIO.blocks)
     assert {s: got[s].verdict for s in untouched} == dict.fromkeys(untouched, "ok")
 
