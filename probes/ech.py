@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -85,10 +85,35 @@ from blockwatch.probes.scope import is_ip
 from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 OPERATION = "ech_hello"
-# One worker thread builds every ClientHello: scapy's import and builds are CPU work that
-# holds the GIL; with one thread beside it the event loop still gets every other switch
-# interval (several threads would starve it, and stretch every other probe's clock)
-_BUILDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ech-hello")
+# One worker process builds every ClientHello: scapy's import (seconds) and builds (10-20 ms
+# each) are CPU work; in a thread they held the GIL and stretched every other probe's clock in
+# the same sweep (a lab delay test saw it), in a process they take the other core. A thread is
+# the fallback where a process cannot start.
+_BUILDER: list[Executor] = []
+
+
+def _builder() -> Executor:
+    if not _BUILDER:
+        try:
+            import multiprocessing
+
+            pool: Executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=load)
+        except (OSError, NotImplementedError, ImportError):
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ech-hello")
+        _BUILDER.append(pool)
+    return _BUILDER[0]
+
+
+async def _build(sni: str | None, ech: bytes | None) -> bytes:
+    """``client_hello(sni, ech)`` in the builder; a worker that died is replaced once."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(_builder(), client_hello, sni, ech)
+    except BrokenExecutor:
+        _BUILDER.clear()
+        return await loop.run_in_executor(_builder(), client_hello, sni, ech)
 VARIANTS = ("plain", "grease", "real")
 
 
@@ -164,8 +189,7 @@ async def _send(ctx: ProbeContext, route: Route, hello: _Hello, order: int, trie
                           attempt=tries, config_id=hello.config_id)
     try:  # built before connecting, in a worker thread: scapy's import (seconds) and each
         # build (10-20 ms) would otherwise stop the event loop, and every other probe's clock
-        record = await asyncio.get_running_loop().run_in_executor(
-            _BUILDER, client_hello, hello.sni, hello.ech)
+        record = await _build(hello.sni, hello.ech)
     except ValueError as exc:  # a name IDNA cannot encode: nothing is sent
         return (replace(base, t=clock(), outcome="error",
                         failure=unknown(f"ClientHello not built: {type(exc).__name__}")),)
@@ -344,8 +368,8 @@ def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
     TLS layers are loaded here, while planning: see ``ech_hello.load``.)"""
     targets = [Target(service=service.name, probe="ech", host=h, port=p, sni=h)
                for (h, p), tls in tcp_endpoints(service).items() if tls]
-    if targets:
-        load()
+    if targets:  # the builder starts (and imports scapy) while the sweep is planned
+        _builder().submit(load)
     return targets
 
 
