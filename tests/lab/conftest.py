@@ -101,6 +101,8 @@ class Lab:
         from blockwatch.lab.services import lab_catalogue
 
         path = self.tmp / f"{client}-{db.stem}.toml"
+        if "probes" not in kw and self.scenario in WITHOUT_NEW_PROBES:
+            kw["probes"] = CLASSIC_PROBES  # every config of the scenario, whoever sweeps it
         kw.setdefault("vpn_key", self.vpn_key)
         path.write_text(config_text(client, lab_catalogue(), self.ca, db, **kw))
         return path
@@ -136,8 +138,6 @@ class Lab:
 
         self.use(scenario)
         db = self.tmp / f"{scenario}{label}-{client}.db"
-        if "probes" not in kw and scenario in WITHOUT_NEW_PROBES:
-            kw["probes"] = CLASSIC_PROBES
         cfg = self.config(client, db, **kw)
         role = "client" if client == "censored" else "control"
         done = subprocess.run(["ip", "netns", "exec", self.ns(role), BLOCKWATCH, "run",
