@@ -174,6 +174,7 @@ class Load:
                  bodies: dict[str, list[tuple[bytes, int]]]) -> None:
         self.base, self.secrets, self.bodies = base, secrets, bodies
         self.latencies: list[float] = []
+        self.due: list[float] = []  # when each answered batch was due (time.monotonic())
         self.sent = 0
         self.errors: list[str] = []
         self.lock = threading.Lock()
@@ -185,17 +186,23 @@ class Load:
         volunteer sees at that load). Latency is from the moment a batch was due, not sent,
         so a collector that falls behind is not flattered (no coordinated omission)."""
         names = list(self.bodies)
-        stop = time.monotonic() + seconds
+        # the clients first (an httpx.Client loads the CA bundle: 50 of them took about a
+        # second of the submitters' CPU, which delayed the first batches by as much), then
+        # every submitter starts at once
+        clients = {name: httpx.Client(base_url=self.base, timeout=60, headers={
+            "Authorization": f"Bearer {self.secrets[name]}", "Content-Encoding": "gzip"})
+            for name in names}
+        ready = threading.Barrier(len(names) + 1)
+        stop = 0.0
 
         def submitter(i: int, name: str) -> None:
             queue = self.bodies[name]
             per = queue[0][1]
             every = len(names) * per / rate if rate else 0.0
+            ready.wait()
             due = time.monotonic() + every * i / len(names)  # spread the phases
             end = due + seconds if rate else stop  # each offers its share for `seconds`
-            with httpx.Client(base_url=self.base, timeout=60, headers={
-                    "Authorization": f"Bearer {self.secrets[name]}",
-                    "Content-Encoding": "gzip"}) as client:
+            with clients[name] as client:
                 while queue:
                     if rate:
                         time.sleep(max(0.0, due - time.monotonic()))
@@ -210,14 +217,17 @@ class Load:
                     with self.lock:
                         if answer.is_success:
                             self.latencies.append(took)
+                            self.due.append(due - every)
                             self.sent += n
                         else:
                             self.errors.append(f"{answer.status_code} {answer.text[:100]}")
 
         threads = [threading.Thread(target=submitter, args=(i, n)) for i, n in enumerate(names)]
-        started = time.monotonic()
         for t in threads:
             t.start()
+        started = time.monotonic()
+        stop = started + seconds
+        ready.wait()
         for t in threads:
             t.join()
         return time.monotonic() - started
@@ -232,6 +242,15 @@ class Load:
               f"({len(lat)} batches); errors: {len(self.errors)}"
               f"{' (first: ' + self.errors[0] + ')' if self.errors else ''}")
 
+    def worst(self, k: int) -> None:
+        """The ``k`` slowest batches, when each was due (seconds into the phase): slow
+        batches due together point at a stall of the whole service (a checkpoint, a pause),
+        spread ones at queueing."""
+        t0 = min(self.due, default=0.0)
+        slow = sorted(zip(self.latencies, self.due, strict=True), reverse=True)[:k]
+        print("  slowest: " + ", ".join(f"{lat * 1000:.0f} ms at {due - t0:.2f} s"
+                                         for lat, due in sorted(slow, key=lambda x: x[1])))
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -243,6 +262,9 @@ def main() -> None:
                          "--control): the others' runs are judged against theirs")
     ap.add_argument("--rate", type=float, default=5000.0, metavar="N",
                     help="the open loop's offered load, measurements a second (0: skip it)")
+    ap.add_argument("--worst", type=int, default=0, metavar="K",
+                    help="also print the K slowest batches and when they were due")
+    ap.add_argument("--log", metavar="FILE", help="the collector's log lines into FILE")
     ap.add_argument("--profile", metavar="SVG", help="record the collector with py-spy")
     ap.add_argument("--pg-options", default="", metavar="OPTS",
                     help="extra postgres options, e.g. '-c synchronous_commit=off' (then a 2xx "
@@ -264,9 +286,10 @@ def main() -> None:
         loads = {rate: Load("", secrets, {n: [batch(n, args.per_batch) for _ in range(per)]
                                           for n in names}) for rate in phases}
         port = free_port()
+        log = open(args.log, "wb") if args.log else subprocess.DEVNULL  # noqa: SIM115
         server = subprocess.Popen([BLOCKWATCH, "collector", "serve", "--db", pg.url(),
                                    "--port", str(port), "--rate", "10000"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=log, stderr=log)
         base = f"http://127.0.0.1:{port}"
         while True:
             try:
@@ -297,6 +320,8 @@ def main() -> None:
                         "answered: the collector's capacity)" if rate is None else
                         f"open loop at {rate:,.0f} measurements/s offered (each submitter on "
                         "a schedule)", wall)
+            if args.worst:
+                load.worst(args.worst)
             sent += load.sent
             time.sleep(2)
         cpu = os.times()

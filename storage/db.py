@@ -40,17 +40,21 @@ from blockwatch.storage.types import json_text, json_value
 BUSY_TIMEOUT_MS = 5000
 
 # Compact JSON keeps observation columns small; UTF-8 stays readable in the sqlite3 shell.
-def open_store(url: str, *, pre_ping: bool = True, read_only: bool = False) -> Store:
+def open_store(url: str, *, pre_ping: bool = True, read_only: bool = False,
+               pool_size: int | None = None) -> Store:
     """Open (creating or upgrading as needed) the database at ``url``. ``pre_ping=False``: a
     server's pooled connection is not checked before each use (a round trip each time); a
     caller that says so tries again itself on ``StorageError.disconnected``. ``read_only``:
-    open an existing database at this software's schema as it is, for reading only."""
+    open an existing database at this software's schema as it is, for reading only.
+    ``pool_size``: connections a server's pool keeps open (SQLAlchemy's default 5; a busier
+    caller, the collector, keeps more, since one opened beyond it is closed after its use and
+    the next is a new, cold database backend)."""
     if read_only:
         from blockwatch.storage.readonly import open_reader
 
         return open_reader(url)
     where = hide_password(url)
-    engine = create_engine_for(url, pre_ping=pre_ping)
+    engine = create_engine_for(url, pre_ping=pre_ping, pool_size=pool_size)
     try:
         migrate.upgrade(engine, where)
     except StorageError:
@@ -62,7 +66,8 @@ def open_store(url: str, *, pre_ping: bool = True, read_only: bool = False) -> S
     return Store(engine, where)
 
 
-def create_engine_for(url: str, *, pre_ping: bool = True) -> Engine:
+def create_engine_for(url: str, *, pre_ping: bool = True,
+                      pool_size: int | None = None) -> Engine:
     """An engine for ``url`` with blockwatch's connection settings (no connection made yet)."""
     where = hide_password(url)
     parsed = parse_url(url)
@@ -75,6 +80,8 @@ def create_engine_for(url: str, *, pre_ping: bool = True) -> Engine:
     else:  # a long-lived process (a collector, the daemon) outlives a server restart: a pooled
         # connection is checked before use instead of failing the request that draws it
         kwargs["pool_pre_ping"] = pre_ping
+        if pool_size is not None:
+            kwargs |= {"pool_size": pool_size, "max_overflow": pool_size}
     try:
         engine = create_engine(parsed, **kwargs)
     except NoSuchModuleError as exc:

@@ -159,6 +159,14 @@ def test_every_measurement_arrives_exactly_once_through_kills_and_a_database_res
     for name, path in paths.items():
         with open_store(f"sqlite:///{path}") as store:
             assert outbox.entries(store) == [], name
+    # the service's own lines reach its log (in logfmt), one a stored batch, naming the
+    # vantage and never a client's address (the submitters all came from 127.0.0.1)
+    lines = collector.log.read_text(errors="replace").splitlines()
+    stored = [x for x in lines if ": stored {" in x]
+    assert {x.split("vantage ", 1)[1].split(":", 1)[0] for x in stored} == set(secrets), \
+        lines[-20:]
+    assert all(x.startswith("ts=") and "logger=blockwatch.collector" in x for x in stored)
+    assert not [x for x in lines if "127.0.0.1" in x and "Uvicorn running on" not in x]
     # the killed collectors left no process behind (their judging workers died with them)
     time.sleep(0.5)
     left = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True,

@@ -50,7 +50,13 @@ from blockwatch.collector.batch import (
 )
 from blockwatch.collector.ingest import Stored, store_batch
 from blockwatch.collector.judge import Judges
-from blockwatch.storage.collector import complete_runs, control_rows, control_vantages, ping
+from blockwatch.storage.collector import (
+    complete_runs,
+    control_rows,
+    control_vantages,
+    ping,
+    warm,
+)
 from blockwatch.storage.errors import StorageError
 
 log = logging.getLogger("blockwatch.collector")
@@ -86,6 +92,9 @@ MAX_JUDGING = 100_000  # runs waiting for the judging worker (their ids only)
 JUDGING_PAUSE = 2.0  # while batches arrive, judging takes at most 1/(1 + this) of the time
 SHUTDOWN_JUDGING = 10.0  # seconds the judging may go on at shutdown (systemd waits 90)
 DECODING = 4  # batches decoded and stored at once: each at most 16 MiB sent, 32 MiB decoded
+# database connections kept open: the decoding slots', the token checks' and the judging
+# queue's at once (asyncio's default threads: at most 32), all opened and warmed at startup
+POOL = DECODING + 8
 
 
 def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlette:
@@ -189,13 +198,16 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
         return vantage
 
     async def submit(request: Request) -> JSONResponse:
+        began = time.monotonic()
         vantage = await admitted(request)
         if isinstance(vantage, JSONResponse):
             return vantage
+        checked = time.monotonic()
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
             return _error(f"batch of {declared} bytes: at most {MAX_BODY}", 413)
         async with decoding:  # however many vantages send at once, memory stays bounded
+            admitted_at = time.monotonic()
             body = bytearray()
             async for chunk in request.stream():
                 body += chunk
@@ -203,10 +215,15 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
                     return _error(f"batch larger than {MAX_BODY} bytes", 413)
             encoding = request.headers.get("content-encoding", "")
 
+            read_at = time.monotonic()
+            steps: list[float] = []
+
             def ingest() -> tuple[Stored, set[str]]:
                 """Decode and store (one trip to a thread): what was stored, and the runs it
                 touched."""
+                steps.append(time.monotonic())
                 batch = parse(decompress(bytes(body), encoding))
+                steps.append(time.monotonic())
                 stored = store_batch(store, batch, vantage)
                 if not (stored.runs or stored.measurements or stored.verdicts):
                     return stored, set()
@@ -221,7 +238,13 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
                 log.warning("vantage %s: database error: %s", vantage.name, exc)
                 return _error("the database is unavailable; nothing was stored, try again "
                               "later", 503)
-        log.info("vantage %s: stored %s", vantage.name, stored.to_dict())
+        done = time.monotonic()
+        # where the time of a submission went: token check, waiting for a decoding slot,
+        # reading the body, waiting for a thread, decoding, the transaction
+        log.info("vantage %s: stored %s in %.3f s (token %.3f, slot %.3f, body %.3f, thread "
+                 "%.3f, decode %.3f, commit %.3f)", vantage.name, stored.to_dict(),
+                 done - began, checked - began, admitted_at - checked, read_at - admitted_at,
+                 steps[0] - read_at, steps[1] - steps[0], done - steps[1])
         after(touched)
         return JSONResponse(stored.to_dict())
 
@@ -283,6 +306,15 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # before the first request: the pool's connections opened and their backends warm,
+        # the judging worker started (its interpreter and imports would otherwise compete
+        # with the first submissions after every restart)
+        try:
+            await asyncio.to_thread(warm, store, min(POOL, store.engine.pool.size()))
+        except Exception as exc:  # a database down at startup: /healthz says so, requests 503
+            log.warning("the database did not answer at startup (%s); serving anyway",
+                        type(exc).__name__)
+        await judges.start()
         yield
         # at shutdown, the run being judged and those waiting get SHUTDOWN_JUDGING seconds;
         # the rest are left to blockwatch reanalyze (their batches are stored)
@@ -318,6 +350,10 @@ def log_config() -> dict[str, Any]:
     cfg["loggers"]["uvicorn.access"] = {"handlers": [], "level": "CRITICAL",
                                         "propagate": False}
     cfg["loggers"]["uvicorn.error"] = {"level": "INFO"}
+    # the collector's own lines (a submission stored or refused, judging) on the same handler:
+    # without it they reached no handler and only warnings were printed, bare
+    cfg["loggers"]["blockwatch.collector"] = {"handlers": ["default"], "level": "INFO",
+                                              "propagate": False}
     # the one log format of every blockwatch command (logfmt), not uvicorn's own
     cfg["formatters"]["default"] = {"()": "blockwatch.scheduler.logfmt.LogfmtFormatter"}
     return cfg

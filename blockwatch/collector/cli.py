@@ -119,12 +119,13 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace, *, pre_ping: bool = True) -> Any:
+def _open(args: argparse.Namespace, *, pre_ping: bool = True,
+          pool_size: int | None = None) -> Any:
     from blockwatch.config import load_config
     from blockwatch.storage import open_store
 
     url = args.db or load_config(args.config).storage_url()
-    return open_store(url, pre_ping=pre_ping)
+    return open_store(url, pre_ping=pre_ping, pool_size=pool_size)
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
@@ -141,7 +142,10 @@ def cmd_collector(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise UsageError(f"the collector needs its extra packages ({exc.name}): "
                              "pip install 'blockwatch-censorship[collector]'") from None
-        store = _open(args, pre_ping=False)  # the service tries again itself (app.run)
+        from blockwatch.collector.app import POOL
+
+        # pre_ping off: the service tries again itself (app.run)
+        store = _open(args, pre_ping=False, pool_size=POOL)
         try:
             serve(store, args.host, args.port, certfile=args.certfile, keyfile=args.keyfile,
                   rate=args.rate, burst=max(3 * args.rate, 10))

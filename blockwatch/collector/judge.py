@@ -96,6 +96,18 @@ def _judge(run_id: str) -> int:
     return judge(_store, run_id)
 
 
+def _ready() -> None:
+    """The worker's first task: the analysis code imported and the catalogue parsed (at idle
+    priority, like all its work), so that the first run judged does not pay for them."""
+    global _catalogue
+    import blockwatch.analysis.verdicts
+    import blockwatch.judging  # noqa: F401
+    from blockwatch.probes.catalogue import load_catalogue
+
+    if _catalogue is None:
+        _catalogue = load_catalogue()
+
+
 class Judges:
     """One worker process that judges runs by id (started at the first run, and again if it
     died)."""
@@ -114,6 +126,23 @@ class Judges:
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_open, initargs=(self.url, os.getpid()))
         return self._pool
+
+    async def start(self) -> None:
+        """Start the worker now (at the service's startup) and have it import what judging
+        needs next, at its idle priority; a worker that cannot start is started again at the
+        first run (``judge``)."""
+        import asyncio
+        import logging
+
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor(), int, 0)  # the worker is up
+            self._executor().submit(_ready)  # not awaited: judging runs queue behind it
+        except Exception as exc:
+            logging.getLogger("blockwatch.collector").warning(
+                "the judging worker did not start (%s); trying again at the first run",
+                type(exc).__name__)
+            self._pool = None
 
     async def judge(self, run_id: str) -> int:
         import asyncio
