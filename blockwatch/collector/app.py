@@ -111,8 +111,10 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
     async def judge_later(run_id: str) -> None:
         """The collector's own verdicts of a run that is all here, after the answer."""
         try:
+            began = time.monotonic()
             added = await judges.judge(run_id)
-            log.info("run %s judged against the control vantages: %d verdicts", run_id, added)
+            log.info("run %s judged against the control vantages: %d verdicts in %.3f s",
+                     run_id, added, time.monotonic() - began)
         except Exception:  # logged, not raised: the batch is stored; reanalyze judges it
             log.exception("run %s: judging failed (blockwatch reanalyze judges it again)",
                           run_id)
