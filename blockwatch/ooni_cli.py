@@ -116,12 +116,13 @@ def cmd_reanalyze(args: argparse.Namespace) -> int:
             analysis = stored_inputs(store, run, inputs, catalogue, fps)
             new = judge_run(analysis)
             changed = _changed(store.verdicts(run_id=run.id, current=True), new)
-            if changed:  # only what differs: a second reanalyze writes nothing
-                store.add_verdicts(run.id, changed)
-                store.set_run_summary(run.id, {**run.summary, **summarize(
-                    new, run.summary.get("measurements", len(analysis.measurements)))})
-            if inputs != run.inputs:  # the run now says what its current verdicts rest on
-                store.set_run_inputs(run.id, inputs)
+            # only what differs (a second reanalyze writes nothing), in one transaction: the
+            # changed verdicts, the summary they give, and what they rest on
+            store.add_verdicts(
+                run.id, changed,
+                summary={**run.summary, **summarize(new, run.summary.get(
+                    "measurements", len(analysis.measurements)))} if changed else None,
+                inputs=inputs if inputs != run.inputs else None)
             runs += 1
             verdicts += len(changed)
     if not args.quiet:

@@ -195,25 +195,6 @@ class Store:
                 s.execute(update(r).where(r.id.in_(ids)).values(status="crashed"))
         return ids
 
-    def set_run_inputs(self, run_id: str, inputs: RunInputs) -> None:
-        """Record what a run's current verdicts were judged on (after a re-analysis that
-        judged it on other inputs than the recorded ones)."""
-        with self._transaction(write=True) as s:
-            done = s.execute(update(RunRow).where(RunRow.id == run_id)
-                             .values(**inputs_to_row(inputs)))
-            if done.rowcount != 1:  # type: ignore[attr-defined]
-                raise StorageError(self.url, f"no run {run_id!r}")
-
-    def set_run_summary(self, run_id: str, summary: Mapping[str, Any]) -> None:
-        """Replace a run's summary (after a re-analysis changed its verdicts)."""
-        value = dict(summary)
-        if self._engine.dialect.name == "postgresql":
-            value = without_nul(value)
-        with self._transaction(write=True) as s:
-            done = s.execute(update(RunRow).where(RunRow.id == run_id).values(summary=value))
-            if done.rowcount != 1:  # type: ignore[attr-defined]
-                raise StorageError(self.url, f"no run {run_id!r}")
-
     def add_measurements(
         self, measurements: Sequence[Measurement], verdicts: Sequence[Verdict] = (), *,
         run_id: str | None = None,
@@ -238,12 +219,27 @@ class Store:
                 runs |= self._stored_runs(s, verdicts, runs)
                 self._insert_verdicts(s, verdicts, lambda v: _run_of(v, runs, batch_run))
 
-    def add_verdicts(self, run_id: str, verdicts: Sequence[Verdict]) -> None:
+    def add_verdicts(self, run_id: str, verdicts: Sequence[Verdict], *,
+                     inputs: RunInputs | None = None,
+                     summary: Mapping[str, Any] | None = None) -> None:
         """Append verdicts for ``run_id`` (service-level ones, or a re-analysis) in one
-        transaction."""
-        if verdicts:
-            with self._transaction(write=True) as s:
+        transaction; with ``inputs`` and ``summary``, record in the same transaction what they
+        were judged on and the run's new summary (a judgement is stored whole or not at all,
+        with one commit instead of three)."""
+        if not (verdicts or inputs or summary is not None):
+            return
+        with self._transaction(write=True) as s:
+            if verdicts:
                 self._insert_verdicts(s, verdicts, lambda _v: run_id)
+            values: dict[str, Any] = inputs_to_row(inputs) if inputs else {}
+            if summary is not None:
+                values["summary"] = (without_nul(dict(summary))
+                                     if self._engine.dialect.name == "postgresql"
+                                     else dict(summary))
+            if values:
+                done = s.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
+                if done.rowcount != 1:  # type: ignore[attr-defined]
+                    raise StorageError(self.url, f"no run {run_id!r}")
 
     def _insert_verdicts(
         self, s: Session, verdicts: Sequence[Verdict], run_of: Callable[[Verdict], str]

@@ -53,8 +53,7 @@ def judge(store: Any, run_id: str) -> int:
     verdicts = judge_run(stored_inputs(store, run, inputs, _catalogue, None, _controls))
     marked = [dataclasses.replace(v, details={**v.details, "judged_by": "collector"})
               for v in verdicts]
-    store.set_run_inputs(run.id, inputs)
-    store.add_verdicts(run.id, marked)
+    store.add_verdicts(run.id, marked, inputs=inputs)  # one transaction
     return len(marked)
 
 
