@@ -737,6 +737,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     with open_reading(reading_url(args)) as store:
         rows = _only(store.export_rows(since=args.since, run_id=_resolve_run(store, args.run)),
                      args)
+        if args.format == "ooni":  # each run's record of the machine that measured
+            from blockwatch.ooni.export import with_runs
+
+            rows = with_runs(rows, lambda rid: (r.summary.get("host") if (
+                r := store.get_run(rid)) is not None else None))
         if args.output:
             try:
                 mode = "wb" if fmt.binary else "w"

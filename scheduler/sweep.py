@@ -107,6 +107,8 @@ class SweepSettings:
     # what the config switches off without saying so (a baseline or control resolvers outside
     # the scope), stored in the run's summary
     warnings: tuple[str, ...] = ()
+    # this machine (scheduler.host.host_facts), stored in the run's summary as "host"
+    host: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -294,7 +296,8 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
     ctx = ctx.for_sweep()
     run = Run(id=new_id(), vantage=settings.vantage, country=settings.country,
               asn=settings.asn, group=settings.group, started_at=dt.datetime.now(dt.UTC),
-              software_version=settings.software_version, config_hash=settings.config_hash)
+              software_version=settings.software_version, config_hash=settings.config_hash,
+              summary=_host(settings))
     baseline = await check_baseline(settings.baseline_endpoints, ctx.scope,
                                     settings.baseline_timeout, source_address=ctx.source_address)
     run = _replace(run, baseline=baseline.to_dict())
@@ -375,7 +378,7 @@ async def _control_run(store: Store, targets: Sequence[Target], settings: SweepS
     assert path is not None
     run = Run(id=new_id(), vantage=path.vantage, group=settings.group,
               started_at=dt.datetime.now(dt.UTC), software_version=settings.software_version,
-              config_hash=settings.config_hash, control_for=main.id)
+              config_hash=settings.config_hash, control_for=main.id, summary=_host(settings))
     await asyncio.to_thread(store.start_run, run)
     writer = _Writer(store, run.id, settings.batch_size, settings.flush_interval_s)
     done = 0
@@ -399,7 +402,12 @@ async def _control_run(store: Store, targets: Sequence[Target], settings: SweepS
         await writer.close()
         await asyncio.shield(asyncio.to_thread(
             store.finish_run, run.id, status=status, finished_at=dt.datetime.now(dt.UTC),
-            summary=summarize([], done), inputs=RunInputs()))
+            summary={**summarize([], done), **_host(settings)}, inputs=RunInputs()))
+
+
+def _host(settings: SweepSettings) -> dict[str, Any]:
+    """The run summary's record of the machine (kept from the start to the end)."""
+    return {"host": dict(settings.host)} if settings.host else {}
 
 
 def _replace(run: Run, **changes: Any) -> Run:
@@ -439,7 +447,7 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
             outcome.measurements += measured
             judging._judged(judging.judge.service(name, [*measured, *by_service.get(name, [])]))
         await writer.close()
-    summary = summarize(outcome.verdicts, outcome.count)
+    summary = {**summarize(outcome.verdicts, outcome.count), **_host(settings)}
     if vantages:
         summary["control_measurements"] = len(controls)
     if settings.warnings:
