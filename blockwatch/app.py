@@ -14,7 +14,6 @@ from blockwatch.probes.context import ProbeContext, Timeouts
 from blockwatch.probes.pacing import Limits, raise_fd_limit
 from blockwatch.probes.resolvers import parse_resolver
 from blockwatch.probes.scope import Scope, is_ip
-from blockwatch.scheduler.host import host_facts
 from blockwatch.scheduler.sweep import ControlPath, SweepSettings
 
 
@@ -128,7 +127,7 @@ def sweep_settings(cfg: Config, *, vantage: str | None = None,
         control_vantages=tuple(cfg.analysis.control_vantages),
         control_max_age_s=cfg.analysis.control_max_age_h * 3600,
         warnings=scope_warnings(cfg),
-        host=host_facts(cfg.dns.resolvers),
+        resolvers=tuple(cfg.dns.resolvers),
     )
 
 

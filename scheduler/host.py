@@ -1,7 +1,8 @@
 """What a run records of the machine that measured: OONI's annotations and its resolver.
 
-``host_facts`` is stored in the run's summary (``summary["host"]``) when the run starts, so an
-export made later, or on another machine, says where the measurements were made:
+``host_facts`` is read when a sweep starts (``scheduler.sweep``: a daemon's laptop moves between
+networks) and stored in the run's summary (``summary["host"]``), so an export made later, or on
+another machine, says where the measurements were made:
 
 - ``architecture``: the CPU as Go names it (OONI's clients annotate ``runtime.GOARCH``: amd64,
   arm64, arm, 386, ...), from ``platform.machine()``; a name Go does not know is kept lowercased;

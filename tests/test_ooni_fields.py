@@ -159,3 +159,19 @@ def test_web_connectivity_says_why_it_has_no_control() -> None:
     assert tk["accessible"] is True and tk["blocking"] is False  # blockwatch's own verdict
     with pytest.raises(OONIError, match="control_failure"):
         conform({**rec, "test_keys": {**tk, "control_failure": None}})
+
+
+async def test_a_sweep_records_the_machine_from_its_start_to_its_end(tmp_path: Path) -> None:
+    from blockwatch.probes.context import ProbeContext
+    from blockwatch.probes.scope import Scope
+    from blockwatch.scheduler.sweep import SweepSettings, sweep
+    from blockwatch.storage import open_store
+
+    settings = SweepSettings(vantage="v", resolvers=("udp://192.0.2.53:53",))
+    with open_store(f"sqlite:///{tmp_path / 'r.db'}") as store:
+        outcome = await sweep(store, [], [], ProbeContext(scope=Scope.loopback()), settings)
+        stored = store.get_run(outcome.run.id)
+    assert stored is not None and stored.status == "complete"
+    assert stored.summary["host"] == {"architecture": architecture(), "platform": platform_name(),
+                                      "resolver_ip": "192.0.2.53"}
+    assert stored.summary["measurements"] == 0  # the counts beside it, as before
