@@ -161,18 +161,13 @@ class CommonKeys(_Strict):
 
 
 class WebConnectivityKeys(CommonKeys):
-    """ts-017: the keys OONI's pipeline reads (``control`` null: no test helper was asked)."""
+    """ts-017: the keys OONI's pipeline reads (``control`` null: no test helper was asked, and
+    then ``control_failure`` says so, as probe-cli writes it)."""
 
     agent: str
     client_resolver: str | None
     control: dict[str, Any] | None
     control_failure: str | None
-
-    @model_validator(mode="after")
-    def _control(self) -> WebConnectivityKeys:
-        if self.control is None and not self.control_failure:
-            raise ValueError("no control without a control_failure saying why")
-        return self
     dns_experiment_failure: str | None
     http_experiment_failure: str | None
     dns_consistency: str | None
@@ -183,6 +178,12 @@ class WebConnectivityKeys(CommonKeys):
     title_match: bool | None
     accessible: bool | None
     blocking: Literal["dns", "tcp_ip", "http-failure", "http-diff", False] | None
+
+    @model_validator(mode="after")
+    def _control(self) -> WebConnectivityKeys:
+        if self.control is None and not self.control_failure:
+            raise ValueError("no control without a control_failure saying why")
+        return self
 
 
 class Annotations(_Strict):

@@ -5,7 +5,7 @@ networks) and stored in the run's summary (``summary["host"]``), so an export ma
 another machine, says where the measurements were made:
 
 - ``architecture``: the CPU as Go names it (OONI's clients annotate ``runtime.GOARCH``: amd64,
-  arm64, arm, 386, ...), from ``platform.machine()``; a name Go does not know is kept lowercased;
+  arm64, arm, 386, ...), from ``platform.machine()``; "unknown" for a machine not in ``GOARCH``;
 - ``platform``: OONI's names (``linux``, ``macos``, ``windows``, ``android``, ``freebsd``,
   ``openbsd``), else "unknown" (probe-cli's ``platform.Name``);
 - ``resolver_ip``: the address the sweep's first resolver (``[dns] resolvers``) sends its queries
@@ -43,9 +43,9 @@ _MAX_READ = 65536
 
 
 def architecture(machine: str | None = None) -> str:
-    """Go's name of the CPU architecture ("unknown" when Python cannot tell)."""
+    """Go's name of the CPU architecture ("unknown" when Python cannot tell, or Go has none)."""
     name = (platform.machine() if machine is None else machine).strip().lower()
-    return GOARCH.get(name, name or "unknown")
+    return GOARCH.get(name, "unknown")
 
 
 def platform_name(system: str | None = None) -> str:

@@ -33,7 +33,7 @@ def _row(probe: str = "tls", **extra: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("machine", "goarch"), [
     ("x86_64", "amd64"), ("AMD64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64"),
     ("armv7l", "arm"), ("armv6l", "arm"), ("i686", "386"), ("riscv64", "riscv64"),
-    ("", "unknown")])
+    ("sparc64", "unknown"), ("", "unknown")])
 def test_architecture_is_named_as_go_names_it(machine: str, goarch: str) -> None:
     assert architecture(machine) == goarch
 
