@@ -10,8 +10,10 @@ another machine, says where the measurements were made:
   ``openbsd``), else "unknown" (probe-cli's ``platform.Name``);
 - ``resolver_ip``: the address the sweep's first resolver (``[dns] resolvers``) sends its queries
   to: the configured address, or for ``system`` the first ``nameserver`` of /etc/resolv.conf;
-  None for a DoH resolver named by host, or when none can be read. It is a configured or local
-  address, never the volunteer's public IP, and nothing is looked up to find it.
+  None for a DoH resolver named by host, or when none can be read. It is the address blockwatch
+  was told to use (the config, resolv.conf), found without sending anything; nothing about the
+  volunteer's own address is looked up (a resolver run on the volunteer's own public address
+  would be recorded as such: configure it by a private address to keep it out).
 
 Reads /etc/resolv.conf (bounded) and the platform module; nothing is sent.
 """
