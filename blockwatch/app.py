@@ -127,6 +127,7 @@ def sweep_settings(cfg: Config, *, vantage: str | None = None,
         control_vantages=tuple(cfg.analysis.control_vantages),
         control_max_age_s=cfg.analysis.control_max_age_h * 3600,
         warnings=scope_warnings(cfg),
+        resolvers=tuple(cfg.dns.resolvers),
     )
 
 

@@ -707,11 +707,19 @@ def cmd_show(args: argparse.Namespace) -> int:
                      else "services")
     for col in ("service", "verdict", "layer", "rule", "evidence"):
         services.add_column(col, overflow="fold")
+    offline: dict[tuple[str, str, str | None], list[str]] = {}
     for v in verdicts:
         if v.measurement_id is None:
             rule = f"{v.rule_id} (analyzer {v.analyzer_version})" if args.history else v.rule_id
+            if v.verdict == "network_unavailable":  # the same row for every service
+                offline.setdefault((rule, v.evidence, v.layer), []).append(v.service)
+                continue
             services.add_row(*(cell(c) for c in (v.service, v.verdict, v.layer or "",
                                                  rule, clip(v.evidence, 60))))
+    for (rule, evidence, layer), names in offline.items():  # once, with a count (as `run`)
+        services.add_row(*(cell(c) for c in (
+            f"{len(names)} service(s)" if len(names) > 1 else names[0], "network_unavailable",
+            layer or "", rule, clip(evidence, 60))))
     console.print(services)
     ms = Table(title="measurements")
     for col in ("service", "probe", "target", "time", "failure", "verdict", "rule"):
@@ -737,6 +745,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     with open_reading(reading_url(args)) as store:
         rows = _only(store.export_rows(since=args.since, run_id=_resolve_run(store, args.run)),
                      args)
+        if args.format == "ooni":  # each run's record of the machine that measured
+            from blockwatch.ooni.export import with_runs
+
+            rows = with_runs(rows, lambda rid: (r.summary.get("host") if (
+                r := store.get_run(rid)) is not None else None))
         if args.output:
             try:
                 mode = "wb" if fmt.binary else "w"

@@ -1,6 +1,7 @@
-"""Unattended operation on the command line: ``blockwatch schedule`` (the daemon and its
-``--status``), ``blockwatch install-timer`` (systemd user units), ``blockwatch consent``, and the
-pieces ``blockwatch run`` shares with them: structured logging, consent and the run lock.
+"""Unattended operation on the command line: ``blockwatch schedule`` (the daemon; its
+``--status`` is ``blockwatch.schedule_status``), ``blockwatch install-timer`` (systemd user
+units), ``blockwatch consent``, and the pieces ``blockwatch run`` shares with them: structured
+logging, consent and the run lock.
 
 Guarantees: an unattended command never prompts (see ``blockwatch.consent``); a refused run
 (no consent, locked) says why on stderr and in the log and exits with its documented code
@@ -193,9 +194,15 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     from blockwatch.config import load_config
     from blockwatch.scheduler.lock import LockBusy, acquire_daemon_lock
 
+    if args.status:  # a reading command: --db, else the config's database
+        from blockwatch.cli import reading_url
+        from blockwatch.schedule_status import show_status
+
+        return show_status(reading_url(args), args.vantage or ())
+    if args.db or args.vantage:
+        raise UsageError("--db and --vantage go with --status (the daemon runs the config's "
+                         "[[schedules]] on its [storage] url)")
     cfg = load_config(args.config)
-    if args.status:
-        return show_status(cfg)
     configure_logging(args.log_file, verbose=args.verbose)
     if not cfg.schedules:
         raise UsageError(f"{cfg.source}: no [[schedules]] groups, nothing to schedule "
@@ -251,65 +258,14 @@ def asyncio_run_daemon(store: Any, groups: list[Any], cfg: Config,
 def _print_next(daemon: Any) -> None:
     import datetime as dt
 
+    from blockwatch.schedule_status import when_text
+
     now = dt.datetime.now(dt.UTC)
     print(f"blockwatch schedule: pid {os.getpid()}, {len(daemon.groups)} group(s); "
           "SIGHUP reloads the config, SIGTERM stops", flush=True)
     for name, spec in daemon.groups.items():
         nxt = daemon.next_run(name)
-        print(f"  {name}: {spec.describe()}; next run {_when_text(nxt, now)}", flush=True)
-
-
-def _when_text(value: Any, now: Any) -> str:
-    if value is None:
-        return "-"
-    from blockwatch.scheduler.groups import format_seconds
-
-    seconds = max(0, round((value - now).total_seconds()))
-    return f"{value:%Y-%m-%d %H:%M:%S} UTC (in {format_seconds(seconds)})"
-
-
-def show_status(cfg: Config) -> int:
-    """The schedule as the daemon last wrote it to the database (works from any shell)."""
-    import datetime as dt
-    import socket
-
-    from rich.table import Table
-
-    from blockwatch.cli import read_stored
-    from blockwatch.term import console as term_console
-
-    states, where = read_stored(cfg.storage_url(), lambda store: store.schedule_states())
-    console = term_console()
-    if not states:
-        console.print(f"no schedule recorded in {where}: start one with "
-                      "`blockwatch schedule --config FILE`")
-        return 0
-    now = dt.datetime.now(dt.UTC)
-    table = Table(title=f"schedule groups in {where}")
-    for col in ("group", "vantage", "schedule", "next run", "last run", "last status",
-                "daemon"):
-        table.add_column(col)
-    host = socket.gethostname()
-    for st in states:
-        last = f"{st.last_started_at:%Y-%m-%d %H:%M:%S}" if st.last_started_at else "-"
-        table.add_row(st.group, st.vantage, st.schedule, _when_text(st.next_run_at, now),
-                      last, st.last_status or "-", _daemon_text(st, host))
-    console.print(table)
-    return 0
-
-
-def _daemon_text(st: Any, host: str) -> str:
-    if st.daemon_pid is None:
-        return "stopped"
-    if st.daemon_host != host:
-        return f"pid {st.daemon_pid} on {st.daemon_host}"
-    try:
-        os.kill(st.daemon_pid, 0)
-    except ProcessLookupError:
-        return f"not running (pid {st.daemon_pid} gone: killed?)"
-    except PermissionError:
-        pass  # alive, another user's
-    return f"running (pid {st.daemon_pid})"
+        print(f"  {name}: {spec.describe()}; next run {when_text(nxt, now)}", flush=True)
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dict[str, Any]:
@@ -318,6 +274,10 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
     common(sched)
     sched.add_argument("--status", action="store_true",
                        help="show each group's next and last run (read from the database)")
+    sched.add_argument("--db", metavar="URL", help="with --status: the database to read "
+                       "(URL or SQLite path; default: the config's [storage] url)")
+    sched.add_argument("--vantage", action="append", metavar="NAME",
+                       help="with --status: only this vantage's groups (repeatable)")
     sched.add_argument("-y", "--yes", action="store_true",
                        help="I have read `blockwatch consent` and agree (for unattended runs)")
     sched.add_argument("--log-file", metavar="FILE",

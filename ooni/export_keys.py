@@ -17,8 +17,11 @@ as ooni/spec writes them:
 - a name where an IP address is expected (a connection made through a SOCKS5 proxy, which
   resolved it) is kept, marked ``x_proxied``; a cipher suite is named as IANA names it (records
   of TLS probe versions before 4 stored OpenSSL's names);
-- ``peer_certificates`` is null: blockwatch keeps each certificate's SHA-256
-  (``x_peer_chain_sha256``), not the certificate itself;
+- ``peer_certificates`` is the chain the TLS probe kept (version 5 on: base64 DER, leaf first,
+  its first certificates within ``probes.tls`` bounds), as df-006's ``{"format": "base64",
+  "data": ...}``; null for a handshake recorded without it (an older probe version, or none
+  sent). ``x_peer_chain_sha256`` keeps the SHA-256 of every certificate sent, beyond the bounds
+  too;
 - each HTTP fetch is one request entry per hop, newest first (as OONI's clients write them):
   the redirects blockwatch followed (their URLs, and the final response's status, headers and
   body sample); a request carries the headers the HTTP probe always sends (``Accept``,
@@ -128,7 +131,9 @@ def tls(o: Mapping[str, Any]) -> dict[str, Any]:
             "tls_version": o.get("version"), "cipher_suite": iana_name(o.get("cipher")),
             "negotiated_protocol": o.get("alpn"),
             "no_tls_verify": bool(o.get("control")) or o.get("verified") is False,
-            "peer_certificates": None, "t0": o.get("t0"), "t": o.get("t"),
+            "peer_certificates": [{"format": "base64", "data": d}
+                                  for d in o.get("peer_chain_der") or []] or None,
+            "t0": o.get("t0"), "t": o.get("t"),
             "x_peer_chain_sha256": o.get("peer_chain_sha256"),
             "x_verified": o.get("verified"), "x_verify_error": o.get("verify_error"),
             "x_control_sni": bool(o.get("control"))}

@@ -15,6 +15,7 @@ model of its test (``OONIError`` naming the field otherwise).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from blockwatch.ooni.models import BinaryData, MaybeBinary, OONIError
+from blockwatch.ooni.models import MaybeBinary, OONIError
 
 OONI_TIME = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"
 Relative = Annotated[float, Field(ge=-86400.0, le=86400.0)]  # seconds since the start
@@ -94,6 +95,21 @@ class TCPConnect(_Strict):
         return self
 
 
+class Certificate(_Strict):
+    """df-006: a peer certificate, base64 DER."""
+
+    format: Literal["base64"]
+    data: Annotated[str, Field(min_length=1)]
+
+    @field_validator("data")
+    @classmethod
+    def _der(cls, value: str) -> str:
+        der = base64.b64decode(value, validate=True)
+        if der[:1] != b"\x30":  # a DER certificate is a SEQUENCE
+            raise ValueError("not a DER certificate")
+        return value
+
+
 class TLSHandshake(_Strict):
     network: str
     address: str
@@ -103,7 +119,7 @@ class TLSHandshake(_Strict):
     cipher_suite: Annotated[str, Field(pattern=r"^TLS_[A-Za-z0-9_]+$")] | None
     negotiated_protocol: str | None
     no_tls_verify: bool
-    peer_certificates: list[BinaryData] | None
+    peer_certificates: list[Certificate] | None
     t0: Relative | None
     t: Relative
 
@@ -145,7 +161,8 @@ class CommonKeys(_Strict):
 
 
 class WebConnectivityKeys(CommonKeys):
-    """ts-017: the keys OONI's pipeline reads (``control`` null: no test helper was asked)."""
+    """ts-017: the keys OONI's pipeline reads (``control`` null: no test helper was asked, and
+    then ``control_failure`` says so, as probe-cli writes it)."""
 
     agent: str
     client_resolver: str | None
@@ -162,12 +179,23 @@ class WebConnectivityKeys(CommonKeys):
     accessible: bool | None
     blocking: Literal["dns", "tcp_ip", "http-failure", "http-diff", False] | None
 
+    @model_validator(mode="after")
+    def _control(self) -> WebConnectivityKeys:
+        if self.control is None and not self.control_failure:
+            raise ValueError("no control without a control_failure saying why")
+        return self
+
 
 class Annotations(_Strict):
-    architecture: str
+    """df-000: what a client always adds; ``architecture`` and ``platform`` from the names the
+    spec lists (and Go's other GOARCH names), "unknown" for a run that did not record them."""
+
+    architecture: Literal["arm", "arm64", "386", "amd64", "riscv64", "ppc64le", "ppc64",
+                          "s390x", "mips", "mipsle", "mips64", "loong64", "unknown"]
     engine_name: str
     engine_version: str
-    platform: str
+    platform: Literal["android", "freebsd", "ios", "lepidopter", "linux", "macos", "openbsd",
+                      "windows", "unknown"]
 
 
 class Measurement(_Strict):
@@ -181,11 +209,11 @@ class Measurement(_Strict):
     probe_asn: Annotated[str, Field(pattern=r"^AS\d+$")]
     probe_cc: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
     probe_ip: str
-    probe_network_name: str | None
+    probe_network_name: str  # "" when not looked up (probe-cli's DefaultProbeNetworkName)
     report_id: str
-    resolver_asn: str | None
-    resolver_ip: str | None
-    resolver_network_name: str | None
+    resolver_asn: Annotated[str, Field(pattern=r"^AS\d+$")]
+    resolver_ip: str
+    resolver_network_name: str
     software_name: Annotated[str, Field(min_length=1)]
     software_version: Annotated[str, Field(min_length=1)]
     test_helpers: dict[str, Any]

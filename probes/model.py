@@ -237,6 +237,9 @@ class TLSObservation:
     cipher: str | None = None
     alpn: str | None = None
     peer_chain_sha256: tuple[str, ...] = ()
+    # the certificates themselves, base64 DER, leaf first: bounded (probes.tls.CHAIN_LIMITS),
+    # so a chain longer or larger than that keeps its first certificates only
+    peer_chain_der: tuple[str, ...] = ()
     cert_subject: str | None = None
     cert_sans: tuple[str, ...] = ()
     cert_not_after: str | None = None

@@ -23,6 +23,8 @@ Guarantees:
   censor that drops the handshake drops it twice. No time is added: the two run together.
 - Facts: protocol version, cipher suite (by IANA's name: ``cipher_suites.py``), ALPN, SHA-256
   of each certificate the peer sent (the leaf alone on Pythons that cannot return the chain),
+  the certificates themselves (base64 DER, as OONI's ``peer_certificates``; bounded: the first
+  ``MAX_CERTS`` and at most ``MAX_CHAIN_BYTES`` of DER in all, as the server may be hostile),
   and the leaf's subject CN, SANs and notAfter; all read before our close_notify.
 - Per service (``ProbeContext.tls_settings``, from the catalogue's or the config's ``tls``
   table): the ALPN offered, and a pinned CA trusted alone for its handshakes (OONI's Signal
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import _ssl
 import asyncio
+import base64
 import contextlib
 import hashlib
 import ssl
@@ -49,6 +52,10 @@ from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 ALPN = ("h2", "http/1.1")  # what a browser offers; a censor may look at it
 _READ = 16384
+# the certificates kept of a chain: a leaf and its intermediates fit (real chains are 2-4
+# certificates of 1-2 KB); a hostile server's hundred or its 1 MB certificate do not
+MAX_CERTS = 4
+MAX_CHAIN_BYTES = 16384
 
 
 class Session:
@@ -110,6 +117,19 @@ def _peer_chain(tls: ssl.SSLObject) -> list[bytes]:
     return [leaf] if leaf else []
 
 
+def kept_chain(chain: list[bytes]) -> tuple[str, ...]:
+    """The chain's first certificates as base64 DER, within ``MAX_CERTS`` and
+    ``MAX_CHAIN_BYTES`` (a certificate that would pass the byte bound ends the list)."""
+    out: list[str] = []
+    total = 0
+    for der in chain[:MAX_CERTS]:
+        total += len(der)
+        if total > MAX_CHAIN_BYTES:
+            break
+        out.append(base64.b64encode(der).decode("ascii"))
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Leaf:
     subject: str | None = None
@@ -148,6 +168,7 @@ def facts(base: TLSObservation, tls: ssl.SSLObject) -> TLSObservation:
         cipher=iana_name(cipher[0]) if cipher else None,
         alpn=tls.selected_alpn_protocol(),
         peer_chain_sha256=tuple(hashlib.sha256(der).hexdigest() for der in chain),
+        peer_chain_der=kept_chain(chain),
         cert_subject=leaf.subject,
         cert_sans=leaf.sans,
         cert_not_after=leaf.not_after,
@@ -318,9 +339,10 @@ class TLSProbe:
     """Does each address complete a trusted handshake for the server name?"""
 
     name = "tls"
-    version = "4"  # 2: per-service ALPN and pinned CA (TLSSettings); 3: a timed-out handshake
+    version = "5"  # 2: per-service ALPN and pinned CA (TLSSettings); 3: a timed-out handshake
     # is made again (packet loss is not a censor); 4: the version recorded whatever the server
-    # sent after its handshake, cipher suites by their IANA names, the control SNI's ``t``
+    # sent after its handshake, cipher suites by their IANA names, the control SNI's ``t``;
+    # 5: the peer's certificates themselves (``peer_chain_der``, bounded)
 
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         clock = Clock()

@@ -56,6 +56,7 @@ from blockwatch.probes.model import (
 from blockwatch.probes.registry import PROBES
 from blockwatch.probes.runner import new_id, run_probe
 from blockwatch.scheduler.baseline import Baseline, check_baseline
+from blockwatch.scheduler.host import host_facts
 
 log = logging.getLogger("blockwatch.sweep")
 
@@ -107,6 +108,10 @@ class SweepSettings:
     # what the config switches off without saying so (a baseline or control resolvers outside
     # the scope), stored in the run's summary
     warnings: tuple[str, ...] = ()
+    # [dns] resolvers: the first one's address is recorded with each run, with the machine's
+    # architecture and platform (scheduler.host, read when the sweep starts: a laptop's daemon
+    # moves between networks), in its summary as "host"
+    resolvers: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -292,9 +297,11 @@ async def sweep(store: Store, services: Sequence[Service], targets: Sequence[Tar
                 ctx: ProbeContext, settings: SweepSettings,
                 progress: ProgressFn | None = None) -> SweepOutcome:
     ctx = ctx.for_sweep()
+    host = await asyncio.to_thread(host_facts, settings.resolvers)
     run = Run(id=new_id(), vantage=settings.vantage, country=settings.country,
               asn=settings.asn, group=settings.group, started_at=dt.datetime.now(dt.UTC),
-              software_version=settings.software_version, config_hash=settings.config_hash)
+              software_version=settings.software_version, config_hash=settings.config_hash,
+              summary={"host": host})
     baseline = await check_baseline(settings.baseline_endpoints, ctx.scope,
                                     settings.baseline_timeout, source_address=ctx.source_address)
     run = _replace(run, baseline=baseline.to_dict())
@@ -375,7 +382,7 @@ async def _control_run(store: Store, targets: Sequence[Target], settings: SweepS
     assert path is not None
     run = Run(id=new_id(), vantage=path.vantage, group=settings.group,
               started_at=dt.datetime.now(dt.UTC), software_version=settings.software_version,
-              config_hash=settings.config_hash, control_for=main.id)
+              config_hash=settings.config_hash, control_for=main.id, summary=_host(main))
     await asyncio.to_thread(store.start_run, run)
     writer = _Writer(store, run.id, settings.batch_size, settings.flush_interval_s)
     done = 0
@@ -399,7 +406,12 @@ async def _control_run(store: Store, targets: Sequence[Target], settings: SweepS
         await writer.close()
         await asyncio.shield(asyncio.to_thread(
             store.finish_run, run.id, status=status, finished_at=dt.datetime.now(dt.UTC),
-            summary=summarize([], done), inputs=RunInputs()))
+            summary={**summarize([], done), **_host(main)}, inputs=RunInputs()))
+
+
+def _host(run: Run) -> dict[str, Any]:
+    """The run summary's record of the machine, kept from its start to its end."""
+    return {"host": run.summary["host"]} if "host" in run.summary else {}
 
 
 def _replace(run: Run, **changes: Any) -> Run:
@@ -439,7 +451,7 @@ async def _finish(store: Store, outcome: SweepOutcome, catalogue: dict[str, Serv
             outcome.measurements += measured
             judging._judged(judging.judge.service(name, [*measured, *by_service.get(name, [])]))
         await writer.close()
-    summary = summarize(outcome.verdicts, outcome.count)
+    summary = {**summarize(outcome.verdicts, outcome.count), **_host(outcome.run)}
     if vantages:
         summary["control_measurements"] = len(controls)
     if settings.warnings:

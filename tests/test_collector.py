@@ -209,6 +209,22 @@ def test_a_long_run_in_several_batches_in_any_order(collector: Collector, tmp_pa
     assert len(own) == 13
 
 
+def test_a_run_is_cut_by_size_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Certificate chains make TLS measurements large: a batch is cut at PER_BATCH_BYTES
+    whatever its count, so none can pass the collector's MAX_DECODED."""
+    from blockwatch.collector import client
+    from blockwatch.collector.batch import parse
+
+    url, run_id = vantage_db(tmp_path, "vps", n=10)
+    assert len(all_batches(url, run_id)) == 1
+    monkeypatch.setattr(client, "PER_BATCH_BYTES", 1)  # each measurement passes it alone
+    parts = all_batches(url, run_id)
+    assert len(parts) == 11  # ten of one measurement, the last with the service verdicts
+    decoded = [parse(gzip.decompress(p)) for p in parts]
+    assert [len(b.measurements) for b in decoded] == [1] * 10 + [0]
+    assert len(decoded[0].runs) == 1 and sum(len(b.verdicts) for b in decoded) == 13
+
+
 def test_no_token_a_wrong_one_or_a_revoked_one_stores_nothing(collector: Collector,
                                                               tmp_path: Path) -> None:
     token = tokens.add(collector.store, "laptop")

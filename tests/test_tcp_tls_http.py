@@ -7,6 +7,7 @@ nothing is ever resolved by the system.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import socket
@@ -335,6 +336,9 @@ async def test_tls_records_the_chain_the_server_sent(pki: PKI) -> None:
     assert len(expected) == 2
     # Pythons without get_unverified_chain record the leaf alone
     assert list(tls.peer_chain_sha256) in (expected, expected[:1])
+    # the certificates themselves (OONI's peer_certificates), the same as their hashes say
+    kept = [hashlib.sha256(base64.b64decode(d)).hexdigest() for d in tls.peer_chain_der]
+    assert kept == list(tls.peer_chain_sha256)
 
 
 def test_peer_chain_falls_back_to_the_leaf() -> None:

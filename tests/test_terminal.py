@@ -135,6 +135,12 @@ controls = []
     # cron: stored, nothing on stderr, exit 0 (no mail every offline hour)
     assert (cron.code, cron.out, cron.err) == (0, "", "")
     assert "3 most recent runs" in blockwatch_here(capsys, "runs", "--db", str(db)).out
+    # show: the services of an offline run in one row too
+    show = blockwatch_here(capsys, "show", "--db", str(db), record["run_id"])
+    assert show.code == 0
+    assert show.out.count("network_unavailable") == 2, show.out  # the status and the one row
+    assert "3 service(s)" in show.out
+    assert not ({"a", "b", "c"} & set(show.out.split()))  # no service listed on its own
 
 
 def test_a_closed_pipe_ends_quietly() -> None:

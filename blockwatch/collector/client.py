@@ -2,9 +2,12 @@
 
 ``batches(store, run_id)`` reads a run back from the local database (the run, its measurements
 with their observations, its verdicts) and cuts it into batches of at most ``PER_BATCH``
-measurements: the first carries the run, each carries the verdicts of its measurements, the
-last the service verdicts. Each batch is complete in itself, so the collector stores any of
-them alone (idempotently) and they may arrive in any order after the first.
+measurements and about ``PER_BATCH_BYTES`` of them as JSON (TLS observations carry certificate
+chains: 2,000 measurements of many handshakes would pass the collector's ``MAX_DECODED``, and
+a batch it refuses for its size would be refused at every retry): the first carries the run,
+each carries the verdicts of its measurements, the last the service verdicts. Each batch is
+complete in itself, so the collector stores any of them alone (idempotently) and they may arrive
+in any order after the first.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
+from blockwatch.collector.batch import _default as observation_json
 from blockwatch.collector.batch import encode
 from blockwatch.storage.convert import measurement_to_row, run_to_row, verdict_to_row
 
 PER_BATCH = 2000
+PER_BATCH_BYTES = 8 * 2**20  # a quarter of batch.MAX_DECODED: the run and verdicts fit beside
 
 
 def json_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -38,18 +45,22 @@ def batches(store: Any, run_id: str, start: int = 0) -> Iterator[bytes]:
     chunk: list[Any] = []
     index = 0
 
+    size = 0
+
     def cut(last: bool) -> bytes:
-        rows = [json_row(measurement_to_row(m)) for m in chunk]
-        verdicts = [v for m in chunk for v in by_measurement.get(m.id, ())]
+        rows = [row for _, row in chunk]
+        verdicts = [v for mid, _ in chunk for v in by_measurement.get(mid, ())]
         if last:
             verdicts += by_measurement.get(None, [])
         return encode(run.vantage, [run_row] if index == 0 else [], rows, verdicts)
 
     for m in store.measurements(run_id=run.id):
-        chunk.append(m)
-        if len(chunk) >= PER_BATCH:
+        row = json_row(measurement_to_row(m))
+        chunk.append((m.id, row))
+        size += len(orjson.dumps(row, default=observation_json))
+        if len(chunk) >= PER_BATCH or size >= PER_BATCH_BYTES:
             if index >= start:
                 yield cut(last=False)
-            chunk, index = [], index + 1
+            chunk, index, size = [], index + 1, 0
     if index >= start:
         yield cut(last=True)

@@ -113,6 +113,20 @@ def sweep(lab_name: str, client: str, config: Path, services: Sequence[str] = ()
     return SweepResult(done.returncode, run_id, done.stderr, rows)
 
 
+def sweep_shown(lab_name: str, client: str, config: Path, db: Path,
+                timeout: float = 300) -> tuple[int, Any]:
+    """``blockwatch run`` from one client with its own progress bar on this process's stderr (a
+    terminal: the demo's), its table dropped; (its exit code, the run it stored, read from
+    ``db``, or None)."""
+    from blockwatch.storage import open_store
+
+    done = in_namespace(lab_name, client, [*blockwatch_argv(), "run", "--config", str(config)],
+                        stdout=subprocess.DEVNULL, timeout=timeout)
+    with open_store(f"sqlite:///{db}") as store:
+        runs = store.runs(limit=1, vantages=[f"lab-{client}"])
+    return done.returncode, runs[0] if runs else None
+
+
 def service_verdicts(db: Path, run_id: str) -> dict[str, Any]:
     """The stored per-service verdicts of one run."""
     from blockwatch.storage import open_store

@@ -51,6 +51,7 @@ from blockwatch.probes.model import (
     TCPObservation,
     TLSObservation,
 )
+from blockwatch.probes.tls import kept_chain
 
 CONTROL_VANTAGE = "ooni-th"
 _NAMESPACE = uuid.UUID("6f0d5c3e-7f7b-4a53-9d8e-0b1f0e1a2c3d")
@@ -237,14 +238,15 @@ def tcp_measurements(c: Ctx, entries: list[TCPConnect]) -> Iterator[Measurement]
                                    port=obs.port), t, (obs,), failure, "connect")
 
 
-def _certs(entry: TLSHandshake) -> tuple[str, ...]:
-    out = []
+def _certs(entry: TLSHandshake) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(SHA-256 of each certificate, the chain kept as the TLS probe keeps its own)."""
+    ders = []
     for cert in entry.peer_certificates or []:
         try:
-            out.append(hashlib.sha256(base64.b64decode(cert.data)).hexdigest())
+            ders.append(base64.b64decode(cert.data))
         except (binascii.Error, ValueError):
             continue
-    return tuple(out)
+    return tuple(hashlib.sha256(d).hexdigest() for d in ders), kept_chain(ders)
 
 
 def tls_measurements(c: Ctx, entries: list[TLSHandshake]) -> Iterator[Measurement]:
@@ -255,10 +257,11 @@ def tls_measurements(c: Ctx, entries: list[TLSHandshake]) -> Iterator[Measuremen
         failure = failure_name(e.failure)
         cert_error = failure if failure in CERT_FAILURES else None
         t = seconds(e.t)
+        hashes, chain = _certs(e)
         obs = TLSObservation(
             address=address, port=port or 443, sni=e.server_name or None, t0=t, t=t,
             version=e.tls_version or None, cipher=e.cipher_suite or None,
-            alpn=e.negotiated_protocol or None, peer_chain_sha256=_certs(e),
+            alpn=e.negotiated_protocol or None, peer_chain_sha256=hashes, peer_chain_der=chain,
             verified=(failure is None and not e.no_tls_verify) if failure is None
             else (False if cert_error else None),
             verify_error=cert_error, failure=failure)

@@ -9,8 +9,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from blockwatch.lab.topology import CENSOR_DOWN
 from blockwatch.ooni.models import WebConnectivity, parse
 from blockwatch.ooni.spec import conform
+from blockwatch.scheduler.host import architecture, platform_name
 
 from .conftest import Lab, Sweep, blockwatch
 
@@ -35,6 +37,15 @@ def test_a_lab_sweep_records_tls_facts_and_exports_to_ooni(
         conform(r)
         if r["test_name"] == "web_connectivity":
             parse(WebConnectivity, r)
+    # the run recorded the machine and its resolver (the censored client's, the censor's
+    # downstream address), and the handshakes their certificates (the lab CA's leaf)
+    assert {(r["annotations"]["architecture"], r["annotations"]["platform"], r["resolver_ip"])
+            for r in records} == {(architecture(), platform_name(), CENSOR_DOWN)}
+    certs = [h["peer_certificates"] for r in records for h in r["test_keys"]["tls_handshakes"]
+             if h["failure"] is None and not h["x_control_sni"]]
+    assert certs and all(c and c[0]["format"] == "base64" for c in certs)
+    assert all(r["test_keys"]["control_failure"] for r in records
+               if r["test_name"] == "web_connectivity")
     new = tmp_path / "bw.toml"
     new.write_text(f'[storage]\nurl = "sqlite:///{tmp_path / "imported.db"}"\n')
     imported = blockwatch("import", "ooni", "--config", str(new), str(out))
