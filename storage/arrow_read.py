@@ -36,7 +36,7 @@ import tempfile
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import Engine, Select, column, literal_column, select, union_all
 
@@ -93,20 +93,35 @@ def record_batches(engine: Engine, where: str, stmt: Select[Any], order: Sequenc
             child.stdin.close()
             try:
                 for batch in pa.ipc.open_stream(child.stdout):
-                    batch.validate(full=True)  # UTF-8, as sqlite3 checks it
+                    try:
+                        batch.validate(full=True)  # UTF-8 among others, as sqlite3 checks it
+                    except pa.ArrowInvalid as exc:
+                        raise StorageError(where, f"a text in the database is not valid UTF-8 "
+                                                  f"or a value is damaged ({exc})") from None
                     yield batch
-            except (pa.ArrowInvalid, OSError) as exc:
-                if child.wait() == 0:
-                    raise StorageError(where, f"the export's reader: {exc}") from None
-            if child.wait() != 0:
-                errors.seek(0)
-                said = errors.read()[-_STDERR_LIMIT:].decode("utf-8", "replace").strip()
-                raise StorageError(where, f"the export's reader failed: {said or 'no message'}")
+            except (pa.ArrowInvalid, OSError) as exc:  # the stream broke off
+                raise StorageError(where, _failure(child, errors) or
+                                   f"the export's reader stopped: {exc}") from None
+            if (said := _failure(child, errors)) is not None:
+                raise StorageError(where, said)
         finally:
-            if child.poll() is None:
+            if child.poll() is None:  # the caller stopped early, or the stream broke off
                 child.kill()
                 child.wait()
             child.stdout.close()
+
+
+def _failure(child: subprocess.Popen[bytes], errors: IO[bytes]) -> str | None:
+    """What the child said if it failed (it has ended, or ends within seconds), else None."""
+    try:
+        status = child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        return None
+    if status == 0:
+        return None
+    errors.seek(0)
+    said = errors.read()[-_STDERR_LIMIT:].decode("utf-8", "replace").strip()
+    return f"the export's reader failed: {said or f'exit status {status}'}"
 
 
 def _bind(value: Any) -> Any:
