@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -129,6 +130,27 @@ def _bind(value: Any) -> Any:
     return format_utc(value) if isinstance(value, dt.datetime) else value
 
 
+class _Out:
+    """A pipe written with ``os.write`` until every byte is out. (``sys.stdout.buffer`` lost
+    data when the child was stopped and continued, as Ctrl-Z and ``fg`` do: a test sends
+    SIGSTOP and SIGCONT.)"""
+
+    closed = False
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        while view:
+            view = view[os.write(self.fd, view):]
+        return size
+
+    def flush(self) -> None:
+        pass
+
+
 def _child() -> int:
     """Read a request (JSON on stdin), run it with the ADBC driver, write Arrow's IPC stream of
     its rows but the first (the sentinel) to stdout; an error is a message on stderr and exit
@@ -143,7 +165,7 @@ def _child() -> int:
                 **{"adbc.sqlite.query.batch_rows": str(request["rows"])})
             cur.execute(request["sql"], request["params"] or None)
             reader = cur.fetch_record_batch()
-            with pa.ipc.new_stream(sys.stdout.buffer, reader.schema) as out:
+            with pa.ipc.new_stream(_Out(sys.stdout.fileno()), reader.schema) as out:
                 first = True
                 for batch in reader:
                     if first:  # the sentinel: '' or 0 in every column

@@ -136,3 +136,20 @@ def test_text_that_is_not_utf8_is_refused_clearly(db: str, tmp_path: Path,
     assert main(["export", "-c", str(cfg), "--format", "parquet", "-o", str(out)]) != 0
     err = capsys.readouterr().err
     assert "not valid UTF-8" in err and "Traceback" not in err
+
+
+def test_the_child_s_pipe_gets_every_byte_of_partial_writes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write to a pipe may take part of the bytes (the child stopped and continued, as with
+    Ctrl-Z and fg): the child's output writes the rest, so the stream stays whole."""
+    import os
+
+    read, write = os.pipe()
+    real = os.write
+    monkeypatch.setattr(arrow_read.os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+    batch = pa.record_batch({"measurement_id": ["a", "b" * 100], "asn": [1, None]})
+    with pa.ipc.new_stream(arrow_read._Out(write), batch.schema) as out:
+        out.write_batch(batch)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        assert pa.ipc.open_stream(fh).read_all().to_batches() == [batch]
