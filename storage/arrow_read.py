@@ -90,9 +90,9 @@ def record_batches(engine: Engine, where: str, stmt: Select[Any], order: Sequenc
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
         assert child.stdin is not None and child.stdout is not None
         try:
-            child.stdin.write(request.encode())
-            child.stdin.close()
             try:
+                child.stdin.write(request.encode())
+                child.stdin.close()
                 for batch in pa.ipc.open_stream(child.stdout):
                     try:
                         batch.validate(full=True)  # UTF-8 among others, as sqlite3 checks it
@@ -100,7 +100,7 @@ def record_batches(engine: Engine, where: str, stmt: Select[Any], order: Sequenc
                         raise StorageError(where, f"a text in the database is not valid UTF-8 "
                                                   f"or a value is damaged ({exc})") from None
                     yield batch
-            except (pa.ArrowInvalid, OSError) as exc:  # the stream broke off
+            except (pa.ArrowInvalid, OSError) as exc:  # the child is gone, or its stream broke
                 raise StorageError(where, _failure(child, errors) or
                                    f"the export's reader stopped: {exc}") from None
             if (said := _failure(child, errors)) is not None:

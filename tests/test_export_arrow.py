@@ -153,3 +153,10 @@ def test_the_child_s_pipe_gets_every_byte_of_partial_writes(
     os.close(write)
     with os.fdopen(read, "rb") as fh:
         assert pa.ipc.open_stream(fh).read_all().to_batches() == [batch]
+
+
+def test_a_reader_that_dies_at_once_is_a_storage_error(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(arrow_read.sys, "executable", "/bin/false")
+    with open_store(db) as store, pytest.raises(StorageError, match="exit status 1"):
+        list(export_batches(store, arrow=True))
