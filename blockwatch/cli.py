@@ -817,7 +817,8 @@ def _export_batches(store: Any, args: argparse.Namespace) -> Any:
     from blockwatch.storage.export import export_batches
 
     return export_batches(store, since=args.since, run_id=_resolve_run(store, args.run),
-                          until=args.until, vantages=args.vantage, services=args.service)
+                          until=args.until, vantages=args.vantage, services=args.service,
+                          arrow=True)
 
 
 def _resolve_run(store: Any, prefix: str | None) -> str | None:

@@ -50,15 +50,24 @@ def whole_days(since: dt.datetime | None, until: dt.datetime | None
     return start, end
 
 
-def _parts(batches: Iterable[Sequence[tuple[Any, ...]]]
-           ) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+def _parts(batches: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     # rows come in start order, so each day is one run of consecutive parts
     for batch in batches:
+        if not isinstance(batch, Sequence):  # a pyarrow.RecordBatch: started_at ISO text
+            import pyarrow.compute as pc
+
+            days = pc.utf8_slice_codeunits(batch.column(STARTED_AT), 0, 10).to_pylist()
+            start = 0
+            for day, run in itertools.groupby(days):
+                length = sum(1 for _ in run)
+                yield day, batch.slice(start, length)
+                start += length
+            continue
         for day, rows in itertools.groupby(batch, key=lambda r: day_of(r[STARTED_AT])):
             yield day, list(rows)
 
 
-def write_parquet_days(batches: Iterable[Sequence[tuple[Any, ...]]], directory: Path
+def write_parquet_days(batches: Iterable[Any], directory: Path
                        ) -> dict[str, int]:
     """Write ``export_batches``'s rows as one Parquet file a UTC day under ``directory``; the
     measurements written, by day."""
