@@ -13,9 +13,9 @@ since 2024-11-05 while the same address answers hellos without ECH. For each TLS
   carrying the config's id and HPKE suite, as a browser using ECH sends it (its encrypted
   inner hello is random bytes: the question is whether the hello is answered).
 
-The hellos and the reply reading are in ``probes.ech_hello`` (scapy builds every hello, in a
-worker thread: importing scapy's TLS layers takes seconds and a build 10-20 ms of CPU, which on
-the event loop would hold up every other probe's timing).
+The hellos and the reply reading are in ``probes.ech_hello`` (scapy builds every hello, in one
+worker process, ``_Builder``: importing scapy's TLS layers takes seconds and a build 10-20 ms of
+CPU, which on the event loop would hold up every other probe's timing).
 
 Guarantees:
 
@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,13 +61,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from blockwatch.probes import pacing
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, Route, attempt, close, plan
+from blockwatch.probes.ech_build import BUILDER, build
 from blockwatch.probes.ech_hello import (
     ANSWERED,
     ECHConfig,
     Reply,
-    client_hello,
     grease_extension,
-    load,
     parse_ech_configs,
     read_reply,
     real_extension,
@@ -85,35 +84,6 @@ from blockwatch.probes.scope import is_ip
 from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 OPERATION = "ech_hello"
-# One worker process builds every ClientHello: scapy's import (seconds) and builds (10-20 ms
-# each) are CPU work; in a thread they held the GIL and stretched every other probe's clock in
-# the same sweep (a lab delay test saw it), in a process they take the other core. A thread is
-# the fallback where a process cannot start.
-_BUILDER: list[Executor] = []
-
-
-def _builder() -> Executor:
-    if not _BUILDER:
-        try:
-            import multiprocessing
-
-            pool: Executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=load)
-        except (OSError, NotImplementedError, ImportError):
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ech-hello")
-        _BUILDER.append(pool)
-    return _BUILDER[0]
-
-
-async def _build(sni: str | None, ech: bytes | None) -> bytes:
-    """``client_hello(sni, ech)`` in the builder; a worker that died is replaced once."""
-    loop = asyncio.get_running_loop()
-    try:
-        return await loop.run_in_executor(_builder(), client_hello, sni, ech)
-    except BrokenExecutor:
-        _BUILDER.clear()
-        return await loop.run_in_executor(_builder(), client_hello, sni, ech)
 VARIANTS = ("plain", "grease", "real")
 
 
@@ -187,10 +157,11 @@ async def _send(ctx: ProbeContext, route: Route, hello: _Hello, order: int, trie
     base = ECHObservation(kind="hello", t0=clock(), t=0.0, address=route.address,
                           port=route.port, sni=hello.sni, variant=hello.variant, order=order,
                           attempt=tries, config_id=hello.config_id)
-    try:  # built before connecting, in a worker thread: scapy's import (seconds) and each
-        # build (10-20 ms) would otherwise stop the event loop, and every other probe's clock
-        record = await _build(hello.sni, hello.ech)
-    except ValueError as exc:  # a name IDNA cannot encode: nothing is sent
+    try:  # built before connecting, in the worker: scapy's import (seconds) and each build
+        # (10-20 ms) would otherwise stop the event loop, and every other probe's clock
+        record = await build(ctx, hello.sni, hello.ech)
+    except (ValueError, TimeoutError, BrokenExecutor) as exc:  # nothing is sent: a name IDNA
+        # cannot encode, a builder that hung or died twice (ours, never the network's)
         return (replace(base, t=clock(), outcome="error",
                         failure=unknown(f"ClientHello not built: {type(exc).__name__}")),)
     dialed = await attempt(ctx, route, clock, streams=True)
@@ -369,7 +340,7 @@ def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
     targets = [Target(service=service.name, probe="ech", host=h, port=p, sni=h)
                for (h, p), tls in tcp_endpoints(service).items() if tls]
     if targets:  # the builder starts (and imports scapy) while the sweep is planned
-        _builder().submit(load)
+        BUILDER.get()
     return targets
 
 

@@ -3,13 +3,27 @@ ECHConfigs a client must ignore, and the worker process's life."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import errno
+import multiprocessing
+import multiprocessing.context
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
 
+import pytest
 from judging import judge_run
 from test_ech import NEWS, measured
 
+from blockwatch.probes import ech_build, pacing
 from blockwatch.probes import failures as F
+from blockwatch.probes.context import ProbeContext
 from blockwatch.probes.ech import ECHObservation, outcome
+from blockwatch.probes.ech_build import BUILDER, build
+from blockwatch.probes.scope import Scope
 
 
 def with_connect_timeouts(m, variants: tuple[str, ...]):  # type: ignore[no-untyped-def]
@@ -41,3 +55,134 @@ def test_ech_hellos_whose_connections_timed_out_are_no_ech_blocking() -> None:
                               ("grease",))
     v = judge_run([m, control], {"news": NEWS}, [], control_vantages=["vps"])[0]
     assert v.verdict != "ech_blocked", v.rule_id
+
+
+# --- the worker process's life --------------------------------------------------------------
+
+
+def children() -> list[int]:
+    return [p.pid for p in multiprocessing.active_children()]
+
+
+@pytest.fixture
+def fresh_builder() -> Iterator[None]:
+    """No worker left by earlier tests (the ech tests run probes on contexts never closed)."""
+    BUILDER.shutdown()
+    BUILDER.users = 0
+    yield
+    BUILDER.shutdown()
+    BUILDER.users = 0
+
+
+def threads() -> list[str]:
+    """Threads but the event loop's default executor's (``asyncio.to_thread``)."""
+    return [t.name for t in threading.enumerate() if not t.name.startswith("asyncio_")]
+
+
+def sweep_ctx() -> ProbeContext:
+    return ProbeContext(scope=Scope.loopback()).for_sweep()
+
+
+async def test_every_sweep_end_shuts_the_worker_down(fresh_builder: None) -> None:
+    """Two sweeps in one process, as the daemon runs them: each starts the worker at its
+    first build and ends it in ``ctx.aclose`` (the sweep's finally), with its threads."""
+    before = threads()
+    for _ in range(2):
+        ctx = sweep_ctx()
+        hello = await build(ctx, "a.test", None)
+        assert hello[:1] == b"\x16"
+        assert len(children()) == 1
+        await ctx.aclose()
+        assert children() == [] and BUILDER.pool is None
+        assert threads() == before
+
+
+async def test_the_worker_ends_with_the_last_of_two_sweeps(fresh_builder: None) -> None:
+    one, two = sweep_ctx(), sweep_ctx()
+    await build(one, "a.test", None)
+    await build(two, "a.test", None)
+    await one.aclose()
+    assert len(children()) == 1  # the other sweep still builds
+    await build(two, "b.test", None)
+    await two.aclose()
+    assert children() == []
+
+
+async def test_an_interrupted_sweep_ends_the_worker(fresh_builder: None) -> None:
+    ctx = sweep_ctx()
+    task = asyncio.ensure_future(asyncio.gather(*(build(ctx, f"{i}.test", None)
+                                                  for i in range(50))))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await ctx.aclose()  # what scheduler.sweep does in its finally
+    assert children() == []
+
+
+async def test_ctrl_c_does_not_kill_the_worker(fresh_builder: None,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """SIGINT reaches the whole process group at a terminal: the worker ignores it (it died
+    with a KeyboardInterrupt traceback, and the pool broke under the sweep)."""
+    ctx = sweep_ctx()
+    await build(ctx, "a.test", None)
+    (pid,) = children()
+    os.kill(pid, signal.SIGINT)
+    await asyncio.sleep(0.3)
+    await build(ctx, "b.test", None)
+    assert children() == [pid]
+    await ctx.aclose()
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
+
+
+async def test_a_dead_worker_is_replaced_once_by_concurrent_builds(fresh_builder: None) -> None:
+    ctx = sweep_ctx()
+    await build(ctx, "a.test", None)
+    (pid,) = children()
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    hellos = await asyncio.gather(*(build(ctx, f"{i}.test", None) for i in range(4)))
+    assert all(h[:1] == b"\x16" for h in hellos)
+    assert len(children()) == 1 and children() != [pid]  # one new worker, not one per build
+    await ctx.aclose()
+    assert children() == []
+
+
+class _NoProcess(multiprocessing.context.SpawnContext):
+    class Process(multiprocessing.context.SpawnProcess):
+        def start(self) -> None:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+
+async def test_a_thread_builds_where_no_process_can_start(
+        fresh_builder: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ProcessPoolExecutor spawns its worker at the first submit, not when it is made: a fork
+    refused there (EAGAIN) raised out of the planner and every build."""
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: _NoProcess())
+    ctx = sweep_ctx()
+    assert (await build(ctx, "a.test", None))[:1] == b"\x16"
+    assert children() == []
+    assert any(t.name.startswith("ech-hello") for t in threading.enumerate())
+    await ctx.aclose()
+    assert not any(t.name.startswith("ech-hello") for t in threading.enumerate())
+
+
+async def test_waiting_for_the_builder_is_our_queue_not_the_network(
+        fresh_builder: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy (or starting) worker delays a hello before anything is sent: the wait is the
+    measurement's queued time and pauses its deadlines (it ran the runner's deadline down)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def slow(sni: str | None, ech: bytes | None) -> bytes:
+        time.sleep(0.4)
+        return b"\x16hello"
+
+    monkeypatch.setattr(ech_build, "client_hello", slow)
+    BUILDER.pool = ThreadPoolExecutor(max_workers=1)
+    ctx = sweep_ctx()
+    meter = pacing.Meter()
+    with pacing.metering(meter):
+        async with meter.deadline(0.2):  # a deadline shorter than the wait: paused
+            assert await build(ctx, "a.test", None) == b"\x16hello"
+    assert meter.queued >= 0.3
+    await ctx.aclose()
