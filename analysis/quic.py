@@ -97,13 +97,28 @@ def _sni_vs_control_sni(c: QUICCase) -> Finding | None:
                     "tcp_ok": c.tcp_ok})
 
 
+def _clean_silence(o: QUICObservation) -> bool:
+    """Silent, and begun before any handshake of ours naming another name there."""
+    return o.after_failure_s is None and o.failure in SILENCED
+
+
 def _residual(c: QUICCase) -> Finding | None:
+    """A silence after another name's handshake at the address began (and failed, or had not
+    ended): that name may have set the censor's residual blocking, which blocks every name
+    after it. Not so when the ping, sent after that handshake began, was answered, nor when
+    the ping and the control SNI were silent before any such handshake began (UDP dropped)."""
     after = c.handshake.after_failure_s
-    if after is None or after > RESIDUAL_S or c.ping_answered:
+    if after is None or after > RESIDUAL_S or c.handshake.failure not in SILENCED:
         return None
-    return Finding(f"QUIC {c.handshake.failure} at {c.where} {after:.0f} s after another "
-                   "handshake of this sweep failed there: possibly residual blocking our own "
-                   "probe triggered, not this name's", {"address": c.address})
+    if c.ping_answered and c.ping is not None and c.ping.t0 >= c.handshake.t0 - after:
+        return None
+    if c.ping is not None and _clean_silence(c.ping) and (
+            c.control_sni is None or _clean_silence(c.control_sni)):
+        return None  # UDP was silent there before any name of ours: not our doing
+    return Finding(f"QUIC {c.handshake.failure} at {c.where} {after:.0f} s after a handshake "
+                   "of this sweep naming another name began there and failed (or had not "
+                   "ended): possibly residual blocking our own probe triggered, not this "
+                   "name's", {"address": c.address})
 
 
 def _failure_vs_control(c: QUICCase) -> Finding | None:
@@ -155,15 +170,17 @@ def _no_control(c: QUICCase) -> Finding:
 
 
 QUIC_RULES: tuple[Rule[QUICCase], ...] = (
+    Rule("quic.residual", "inconclusive",
+         "no answer on UDP at an address where a QUIC handshake of this sweep naming another "
+         "name had begun shortly before (or during) and failed or not ended: a censor's "
+         "residual blocking that our own handshake may have triggered says nothing about this "
+         "name (first: it outranks the control SNI and the control vantage, which that "
+         "blocking did not reach)", _residual, "quic"),
     Rule("quic.sni_vs_control_sni", "quic_blocked",
          "the QUIC handshake naming the service got no answer (or an ICMP error or a reset) "
          "while, just before, the same address completed a QUIC handshake for the harmless "
          "control name: the name is filtered in QUIC (SNI blocking of QUIC Initials)",
          _sni_vs_control_sni, "quic"),
-    Rule("quic.residual", "inconclusive",
-         "no answer on UDP at an address where another QUIC handshake of this sweep had failed "
-         "shortly before: a censor's residual blocking that our own earlier handshake may have "
-         "triggered says nothing about this name", _residual, "quic"),
     Rule("quic.failure_vs_control", "quic_blocked",
          "the QUIC handshake failed while a control vantage completed it at the same address",
          _failure_vs_control, "quic"),

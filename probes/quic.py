@@ -32,9 +32,12 @@ Guarantees:
   exchanges at once in a sweep (aioquic is pure Python: a handshake must not time out
   waiting for our own CPU), then the server's connections, as a TCP connection does
   (``Limits.connection``). Waiting is queue time, outside every timeout.
-- ``after_failure_s``: seconds since a handshake of this sweep to the same address failed (None:
-  none did). The analysis does not call a silent address blocked when an earlier failure of
-  ours may have triggered residual blocking of it.
+- ``after_failure_s`` (every exchange): seconds from the start of the latest handshake of this
+  sweep naming *another* service name at the same address that failed or was still in flight,
+  and that began before this exchange did (the ping, the control SNI) or ended (a handshake:
+  0 when it began during this one), to this exchange's start; None: none did. A censor's
+  residual blocking begins with the Initial that names a blocked name and blocks every name
+  after it: the analysis never calls a silence of this kind blocked.
 - Facts only (``QUICObservation``), bounded in memory (``probes.quic_wire``); the verdicts are
   ``blockwatch.analysis.quic``'s.
 """
@@ -63,7 +66,11 @@ from blockwatch.probes.tls import describe, profile
 HANDSHAKE, CONTROL, PING = "handshake", "control_sni", "quicping"
 PROXY_UNSUPPORTED = "quic_unsupported_with_proxy"  # project-local: nothing sent
 ALPN = ("h3",)
-_FAILURES_KEY = "quic_failed_at"  # ctx.cache: address -> time.monotonic() of a failed handshake
+# ctx.cache: address -> service name -> (time.monotonic() its latest handshake there started,
+# False: it completed / True: it failed / None: in flight), the residual blocking a censor may
+# have set for our client and that address (see ``_after``)
+_TRIED_KEY = "quic_tried"
+MAX_TRIED = (65536, 8)  # addresses kept (the oldest forgotten first), names kept per address
 _LIMITER_KEY = "quic_in_flight"  # ctx.cache: the sweep's Limiter of QUIC exchanges
 
 
@@ -170,12 +177,49 @@ async def _slot(job: Job, address: str) -> Slot:
     return Slot(release)
 
 
-async def _handshake(job: Job, address: str, kind: str, attempt: int,
-                     after: float | None) -> QUICObservation:
+def _tried(job: Job, address: str) -> dict[str, tuple[float, bool | None]]:
+    book: dict[str, dict[str, tuple[float, bool | None]]] = job.ctx.cache.setdefault(
+        _TRIED_KEY, {})
+    names = book.get(address)
+    if names is None:
+        if len(book) >= MAX_TRIED[0]:
+            del book[next(iter(book))]
+        names = book[address] = {}
+    return names
+
+
+def _begin(job: Job, address: str) -> float:
+    """A handshake naming the service starts at ``address``: recorded as in flight."""
+    started = time.monotonic()
+    names = _tried(job, address)
+    names.pop(job.sni.lower(), None)
+    if len(names) >= MAX_TRIED[1]:
+        del names[next(iter(names))]
+    names[job.sni.lower()] = (started, None)
+    return started
+
+
+def _end(job: Job, address: str, started: float, failed: bool) -> None:
+    names = _tried(job, address)
+    if names.get(job.sni.lower(), (None, None))[0] == started:
+        names[job.sni.lower()] = (started, failed)
+
+
+def _after(job: Job, address: str, started: float, until: float) -> float | None:
+    """``after_failure_s`` of an exchange at ``address`` that started at ``started``: the
+    handshakes naming another name that began by ``until`` and failed or have not ended."""
+    own = job.sni.lower()
+    suspects = [t for name, (t, failed) in _tried(job, address).items()
+                if name != own and failed is not False and t <= until]
+    return round(max(0.0, started - max(suspects)), 3) if suspects else None
+
+
+async def _handshake(job: Job, address: str, kind: str, attempt: int) -> QUICObservation:
     slot = await _slot(job, address)
     try:
         t0 = job.clock()
         control = kind == CONTROL
+        started = time.monotonic() if control else _begin(job, address)
         out = await wire.handshake(
             address, job.port, job.ctx.control_sni if control else job.sni, alpn=job.alpn,
             trust=None if control else job.trust, path=job.path,
@@ -183,17 +227,24 @@ async def _handshake(job: Job, address: str, kind: str, attempt: int,
             source=job.ctx.source_address)
     finally:
         slot.release()
+    if not control:
+        _end(job, address, started, out.failure is not None)
+    # the handshake counts a residual blocking set at any time until it ended (its later
+    # packets, or the GET, met it), the control SNI one set before it began
+    after = _after(job, address, started, started if control else time.monotonic())
     return _handshake_obs(job, kind, address, t0, out, attempt, after)
 
 
-async def _ping(job: Job, address: str, after: float | None) -> QUICObservation:
+async def _ping(job: Job, address: str) -> QUICObservation:
     slot = await _slot(job, address)
     try:
         t0 = job.clock()
+        started = time.monotonic()
         got = await ping.quicping(address, job.port, job.settings.timeout,
                                   job.ctx.source_address)
     finally:
         slot.release()
+    after = _after(job, address, started, started)
     return QUICObservation(kind=PING, address=address, port=job.port, t0=t0, t=job.clock(),
                            versions=got.versions, answered=bool(got.versions),
                            ignored=got.ignored, after_failure_s=after, failure=got.failure,
@@ -208,21 +259,16 @@ async def measure_address(job: Job, address: str) -> tuple[QUICObservation, ...]
         return (QUICObservation(kind=HANDSHAKE, address=address, port=job.port, t0=t, t=t,
                                 sni=job.sni, failure=F.OUT_OF_SCOPE,
                                 operation="quic_handshake"),)
-    failed_at: dict[str, float] = ctx.cache.setdefault(_FAILURES_KEY, {})
-    since = failed_at.get(address)
-    after = round(time.monotonic() - since, 3) if since is not None else None
     first: list[asyncio.Future[QUICObservation]] = []
     if job.settings.quicping:
-        first.append(asyncio.ensure_future(_ping(job, address, after)))
+        first.append(asyncio.ensure_future(_ping(job, address)))
     name = ctx.control_sni
     if job.settings.control_sni and name and name.lower() != job.sni.lower():
-        first.append(asyncio.ensure_future(_handshake(job, address, CONTROL, 1, after)))
+        first.append(asyncio.ensure_future(_handshake(job, address, CONTROL, 1)))
     before = list(await asyncio.gather(*first))
-    real = [await _handshake(job, address, HANDSHAKE, 1, after)]
+    real = [await _handshake(job, address, HANDSHAKE, 1)]
     if real[0].failure == F.GENERIC_TIMEOUT:
-        real.append(await _handshake(job, address, HANDSHAKE, 2, after))
-    if real[-1].failure is not None and len(failed_at) < 65536:
-        failed_at[address] = time.monotonic()
+        real.append(await _handshake(job, address, HANDSHAKE, 2))
     return (*before, *real)
 
 

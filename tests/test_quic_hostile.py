@@ -4,12 +4,23 @@ our own limits, sockets closed on every path."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 
-from test_quic import peer
+from test_quic import HOST, by_kind, h3, peer
+from test_quic import pki as pki  # the fixture
+from test_quic_rules import ADDRESS as ADDRESS_R
+from test_quic_rules import HOST as HOST_R
+from test_quic_rules import judged, q, quic_m, tcp_side
 
+from blockwatch.lab.quicsni import initial_sni
 from blockwatch.probes import failures as F
 from blockwatch.probes import quic_ping as ping
+from blockwatch.probes.context import Lookup, ProbeContext
+from blockwatch.probes.model import Target
+from blockwatch.probes.quic import CONTROL, HANDSHAKE, PING, QUICProbe, QUICSettings
+from blockwatch.probes.runner import run_probe
+from blockwatch.probes.scope import Scope
 
 
 def vn(dcid: bytes, scid: bytes, versions: tuple[int, ...] = (1,)) -> bytes:
@@ -58,3 +69,128 @@ async def test_the_ping_still_takes_a_good_answer_after_bad_ones() -> None:
     async for _server, port in peer(answer):
         got = await asyncio.wait_for(ping.quicping("127.0.0.1", port, 2.0, None), 5)
     assert got.failure is None and got.versions == ("1",) and got.ignored == 1
+
+
+# --- residual blocking of our own making -------------------------------------------------------
+
+
+def test_a_silence_after_another_names_handshake_began_is_never_blocking() -> None:
+    """Ping and control SNI answered first; then another name's handshake at the same address
+    began (and set a censor's residual blocking) while ours was under way: ours timed out.
+    It was ``quic.sni_vs_control_sni`` (quic_blocked): the residual rule came after it and
+    ``after_failure_s`` was taken once, before the ping."""
+    ping_ok = dataclasses.replace(q(PING), t0=0.0)
+    control_ok = dataclasses.replace(q(CONTROL), t0=0.0)
+    late = dataclasses.replace(q(HANDSHAKE, F.GENERIC_TIMEOUT, after=0.0), t0=1.0)
+    v, service = judged(quic_m(ping_ok, control_ok, late), *tcp_side())
+    assert (v.rule_id, v.verdict) == ("quic.residual", "inconclusive")
+    assert service.verdict == "ok"
+    # nor against a control vantage that completed it (the residual blocking is ours alone)
+    v, _ = judged(quic_m(ping_ok, control_ok, late), *tcp_side(),
+                  quic_m(q(HANDSHAKE), vantage="vps"), controls=True)
+    assert v.rule_id == "quic.residual"
+    # a ping sent after that handshake began and answered: no residual blocking there
+    v, _ = judged(quic_m(dataclasses.replace(ping_ok, t0=0.5), control_ok,
+                         dataclasses.replace(late, after_failure_s=0.8)), *tcp_side())
+    assert v.rule_id == "quic.sni_vs_control_sni"
+    # ping and control SNI silent before any other name's handshake began: UDP was dropped
+    # there, not by our doing; udp_blocked judges it
+    v, _ = judged(quic_m(q(PING, F.GENERIC_TIMEOUT), q(CONTROL, F.GENERIC_TIMEOUT), late),
+                  *tcp_side())
+    assert v.rule_id == "quic.udp_blocked"
+    # a certificate error is an answer, not a silence: never the residual rule's
+    bad = dataclasses.replace(q(HANDSHAKE, F.SSL_INVALID_HOSTNAME, after=0.0), answered=True)
+    assert judged(quic_m(ping_ok, control_ok, bad), *tcp_side())[0].rule_id != "quic.residual"
+
+
+class GFW(asyncio.DatagramProtocol):
+    """A GFW-style relay in front of a real aioquic server: an Initial naming ``blocked`` is
+    dropped and sets residual blocking of every datagram to the server for a minute; the
+    first Initial of every other name waits until that has happened (the order a busy sweep
+    may give them), so the other name's handshake meets the residual blocking."""
+
+    def __init__(self, server: tuple[str, int], blocked: str, other: str) -> None:
+        self.server, self.blocked, self.other = server, blocked, other
+        self.residual = asyncio.Event()
+        self.upstream: dict[tuple[str, int], asyncio.DatagramTransport] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        task = asyncio.ensure_future(self.relay(data, addr))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def relay(self, data: bytes, addr: tuple[str, int]) -> None:
+        name = initial_sni(data)
+        if name == self.other:
+            await self.residual.wait()
+        if name == self.blocked:
+            self.residual.set()
+        if self.residual.is_set():
+            return
+        up = self.upstream.get(addr)
+        if up is None:
+            loop = asyncio.get_running_loop()
+            back = self.transport
+            assert back is not None
+
+            class Back(asyncio.DatagramProtocol):
+                def datagram_received(self, reply: bytes, _: tuple[str, int]) -> None:
+                    back.sendto(reply, addr)
+
+            up, _ = await loop.create_datagram_endpoint(Back, remote_addr=self.server)
+            self.upstream[addr] = up
+        up.sendto(data)
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for up in self.upstream.values():
+            up.close()
+
+
+async def test_the_probe_marks_a_name_met_by_another_names_residual_blocking(
+        pki: dict[str, str]) -> None:
+    """Two names of one sweep at one address behind the relay: ``quic.test`` is not blocked,
+    ``blocked.test`` is. quic.test's ping and control SNI are answered, its handshake meets
+    the residual blocking: its observations say so, and it is never judged blocked."""
+    loop = asyncio.get_running_loop()
+    servers, port = await h3("127.0.0.1", pki["good"])
+    gfw = GFW(("127.0.0.1", port), "blocked.test", HOST)
+    front, _ = await loop.create_datagram_endpoint(lambda: gfw, local_addr=("127.0.0.1", 0))
+    try:
+        ctx = ProbeContext(scope=Scope.loopback(), ca_bundle=pki["ca"],
+                           static_lookups={n: Lookup(("127.0.0.1",))
+                                           for n in (HOST, "blocked.test")},
+                           settings={"quic": QUICSettings(timeout=0.5)}).for_sweep()
+        relay = front.get_extra_info("sockname")[1]
+        ms = await asyncio.gather(*(
+            run_probe(QUICProbe(), Target(service="site", probe="quic", host=n, port=relay,
+                                          sni=n, transport="udp"), ctx, run_id="r", vantage="v")
+            for n in ("blocked.test", HOST)))
+    finally:
+        gfw.close()
+        front.close()
+        for s in servers:
+            s.close()  # type: ignore[attr-defined]
+    kinds = by_kind(ms[1])
+    assert kinds[PING][0].failure is None and kinds[CONTROL][0].failure is None
+    final = kinds[HANDSHAKE][-1]
+    assert final.failure == F.GENERIC_TIMEOUT
+    assert final.after_failure_s is not None and final.after_failure_s < 1.0
+    # the blocked name's handshake overlapped quic.test's: either could have set the other's
+    # residual blocking, so from the observations neither is judged blocked (its own earlier
+    # attempt is no suspect: only other names are)
+    assert by_kind(ms[0])[HANDSHAKE][-1].after_failure_s is not None
+    # judged as test_quic_rules' site (at its address, TCP/TLS working there, Alt-Svc h3)
+    site = dataclasses.replace(
+        ms[1], vantage="home", target=dataclasses.replace(ms[1].target, host=HOST_R, sni=HOST_R),
+        observations=tuple(dataclasses.replace(o, address=ADDRESS_R, port=443,
+                                               sni=HOST_R if o.sni == HOST else o.sni)
+                           for o in ms[1].observations))
+    v, _ = judged(site, *tcp_side())
+    assert (v.verdict, v.rule_id) == ("inconclusive", "quic.residual")
