@@ -28,10 +28,10 @@ Guarantees:
   recorded, the second counts. Every exchange ends by ``[probe.quic] timeout``, and a probe
   takes at most three of them per address (ping and control side by side, the handshake, its
   retry), well inside the runner's deadline.
-- Each exchange takes its share of our limits first: at most ``[probe.quic] in_flight`` QUIC
+- Each exchange takes its share of our limits first: the server's connections, as a TCP
+  connection does (``Limits.connection``), then one of at most ``[probe.quic] in_flight`` QUIC
   exchanges at once in a sweep (aioquic is pure Python: a handshake must not time out
-  waiting for our own CPU), then the server's connections, as a TCP connection does
-  (``Limits.connection``). Waiting is queue time, outside every timeout.
+  waiting for our own CPU). Waiting is queue time, outside every timeout.
 - ``after_failure_s`` (every exchange): seconds from the start of the latest handshake of this
   sweep naming *another* service name at the same address that failed or was still in flight,
   and that began before this exchange did (the ping, the control SNI) or ended (a handshake:
@@ -158,16 +158,18 @@ def _handshake_obs(job: Job, kind: str, address: str, t0: float, out: wire.Outco
 
 
 async def _slot(job: Job, address: str) -> Slot:
-    """Our limits for one exchange: the sweep's QUIC exchanges in flight, then the server's
-    connections (``Limits.connection``); waiting is queue time."""
+    """Our limits for one exchange: the server's connections (``Limits.connection``), then the
+    sweep's QUIC exchanges in flight (in that order, as ``Limits.connection`` takes a socket
+    after the server's share: an exchange waiting for a busy server must not hold a permit the
+    exchanges with other servers need); waiting is queue time."""
     limiter = job.ctx.cache.get(_LIMITER_KEY)
     if limiter is None:
         limiter = job.ctx.cache[_LIMITER_KEY] = Limiter(job.settings.in_flight)
-    mine = await limiter.acquire()
+    theirs = await job.ctx.limits.connection(address)
     try:
-        theirs = await job.ctx.limits.connection(address)
+        mine = await limiter.acquire()
     except BaseException:
-        mine.release()
+        theirs.release()
         raise
 
     def release() -> None:

@@ -16,9 +16,20 @@ from test_quic_rules import judged, q, quic_m, tcp_side
 from blockwatch.lab.quicsni import initial_sni
 from blockwatch.probes import failures as F
 from blockwatch.probes import quic_ping as ping
+from blockwatch.probes import quic_wire as wire
 from blockwatch.probes.context import Lookup, ProbeContext
+from blockwatch.probes.dial import Clock
 from blockwatch.probes.model import Target
-from blockwatch.probes.quic import CONTROL, HANDSHAKE, PING, QUICProbe, QUICSettings
+from blockwatch.probes.pacing import Limits
+from blockwatch.probes.quic import (
+    CONTROL,
+    HANDSHAKE,
+    PING,
+    Job,
+    QUICProbe,
+    QUICSettings,
+    _slot,
+)
 from blockwatch.probes.runner import run_probe
 from blockwatch.probes.scope import Scope
 
@@ -194,3 +205,21 @@ async def test_the_probe_marks_a_name_met_by_another_names_residual_blocking(
                            for o in ms[1].observations))
     v, _ = judged(site, *tcp_side())
     assert (v.verdict, v.rule_id) == ("inconclusive", "quic.residual")
+
+
+# --- our own limits -------------------------------------------------------------------------
+
+
+async def test_an_exchange_waiting_for_a_busy_server_holds_no_in_flight_permit() -> None:
+    """in_flight 2, one connection per server: A holds server X, B waits for X. C, to server
+    Y, must start at once (B held the second permit while it waited, and C waited for B)."""
+    ctx = ProbeContext(scope=Scope.loopback(), limits=Limits(per_host=1)).for_sweep()
+    job = Job(ctx, QUICSettings(in_flight=2), HOST, 443, "/", ("h3",), wire.Trust(), Clock())
+    a = await _slot(job, "192.0.2.1")
+    b = asyncio.ensure_future(_slot(job, "192.0.2.1"))
+    await asyncio.sleep(0.01)
+    c = await asyncio.wait_for(_slot(job, "192.0.2.2"), 1.0)
+    assert not b.done()
+    a.release()
+    (await asyncio.wait_for(b, 1.0)).release()
+    c.release()
