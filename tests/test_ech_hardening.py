@@ -10,6 +10,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import signal
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext
 from blockwatch.probes.ech import ECHObservation, outcome
 from blockwatch.probes.ech_build import BUILDER, build
+from blockwatch.probes.ech_hello import ECH_VERSION, ECHConfig, parse_ech_configs
+from blockwatch.probes.errors import MalformedReply
 from blockwatch.probes.scope import Scope
 
 
@@ -186,3 +189,51 @@ async def test_waiting_for_the_builder_is_our_queue_not_the_network(
             assert await build(ctx, "a.test", None) == b"\x16hello"
     assert meter.queued >= 0.3
     await ctx.aclose()
+
+
+# --- ECHConfigList: what a client must ignore (RFC 9849 section 4) --------------------------
+
+
+def config_bytes(config: ECHConfig, extensions: bytes = b"", trailing: bytes = b"",
+                 name: bytes | None = None) -> bytes:
+    """One ECHConfig's wire form with ``extensions`` (and bytes after them), its public name
+    given as bytes when ``name`` is."""
+    raw = config.public_name.encode() if name is None else name
+    suites = b"".join(struct.pack("!HH", *x) for x in config.suites)
+    contents = (struct.pack("!BHH", config.config_id, config.kem_id, len(config.public_key))
+                + config.public_key + struct.pack("!H", len(suites)) + suites
+                + struct.pack("!BB", config.max_name_length, len(raw)) + raw
+                + struct.pack("!H", len(extensions)) + extensions + trailing)
+    return struct.pack("!HH", ECH_VERSION, len(contents)) + contents
+
+
+def config_list(*items: bytes) -> bytes:
+    body = b"".join(items)
+    return struct.pack("!H", len(body)) + body
+
+
+GOOD = ECHConfig(config_id=7, kem_id=0x20, suites=((1, 1),), public_name="public.test",
+                 public_key=b"k" * 32)
+
+
+@pytest.mark.parametrize("name", ["bad name", "x\x1b[31m.test", ".test", "test.", "a..b",
+                                  "-a.test", "a-.test", "1.2.3.4", "host.0x1f", "a" * 64 + ".t",
+                                  "caf\u00e9.test"])
+def test_a_config_whose_public_name_is_no_host_name_is_ignored(name: str) -> None:
+    """It was kept, terminal escapes and all, and its name sent as the real hello's SNI."""
+    raw = config_bytes(dataclasses.replace(GOOD, config_id=1), name=name.encode())
+    assert parse_ech_configs(config_list(raw, config_bytes(GOOD))) == [GOOD]
+
+
+def test_extensions_are_read_and_a_mandatory_one_ignores_the_config() -> None:
+    optional = struct.pack("!HH", 0x0A0A, 3) + b"abc"
+    mandatory = struct.pack("!HH", 0x8A0A, 0)
+    assert parse_ech_configs(config_list(config_bytes(GOOD, optional))) == [GOOD]
+    assert parse_ech_configs(config_list(config_bytes(GOOD, mandatory),
+                                         config_bytes(GOOD, optional))) == [GOOD]
+    assert parse_ech_configs(config_list(config_bytes(GOOD, optional + mandatory))) == []
+    for broken in (struct.pack("!HH", 1, 9) + b"x", b"\x00"):  # a length past the end
+        with pytest.raises(MalformedReply):
+            parse_ech_configs(config_list(config_bytes(GOOD, broken)))
+    with pytest.raises(MalformedReply):  # bytes after the extensions, inside the contents
+        parse_ech_configs(config_list(config_bytes(GOOD, b"", b"junk")))
