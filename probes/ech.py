@@ -242,6 +242,8 @@ def outcome(observations: tuple[Observation, ...]) -> tuple[str | None, str | No
 # --- the HTTPS record ---------------------------------------------------------------------------
 
 MAX_RECORDS = 16
+NO_USABLE_CONFIG = ("ECHConfigList: no config a client can use (another version, a public name "
+                    "that is no host name, a mandatory extension)")
 MAX_HINTS = 16
 _Records = tuple[tuple[DNSObservation, ...], tuple[ECHObservation, ...], ECHConfig | None]
 
@@ -277,6 +279,8 @@ def read_record(qname: str, text: str, t0: float, t: float
         configs = parse_ech_configs(ech.ech)
     except MalformedReply as exc:
         return replace(obs, ech_config=True, ech_error=str(exc)[:200]), []
+    if not configs:
+        return replace(obs, ech_config=True, ech_error=NO_USABLE_CONFIG), []
     return replace(obs, ech_config=True,
                    ech_config_ids=tuple(c.config_id for c in configs),
                    ech_public_names=tuple(c.public_name for c in configs)), configs
