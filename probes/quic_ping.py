@@ -99,7 +99,11 @@ async def quicping(address: str, port: int, limit: float, source: str | None) ->
     except OSError as exc:
         result.failure = classify(exc)
         return result
-    transport, inbox = await loop.create_datagram_endpoint(_Inbox, sock=sock)
+    try:
+        transport, inbox = await loop.create_datagram_endpoint(_Inbox, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     try:
         times = send_times(limit)
         start = loop.time()

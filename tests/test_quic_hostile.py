@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
+from typing import Any
 
-from test_quic import HOST, by_kind, h3, peer
+import pytest
+from test_quic import HOST, by_kind, context, h3, measure, peer
 from test_quic import pki as pki  # the fixture
 from test_quic_rules import ADDRESS as ADDRESS_R
 from test_quic_rules import HOST as HOST_R
@@ -223,3 +226,59 @@ async def test_an_exchange_waiting_for_a_busy_server_holds_no_in_flight_permit()
     a.release()
     (await asyncio.wait_for(b, 1.0)).release()
     c.release()
+
+
+# --- a hostile HTTP/3 server ----------------------------------------------------------------
+
+
+def _odd_status(status: bytes) -> type[Any]:
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.h3.connection import H3_ALPN, H3Connection
+    from aioquic.h3.events import HeadersReceived
+    from aioquic.quic.events import ProtocolNegotiated
+
+    class OddStatus(QuicConnectionProtocol):
+        h3: H3Connection | None = None
+
+        def quic_event_received(self, event: Any) -> None:
+            if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
+                self.h3 = H3Connection(self._quic)
+            if self.h3 is None:
+                return
+            for h3_event in self.h3.handle_event(event):
+                if isinstance(h3_event, HeadersReceived):
+                    self.h3.send_headers(h3_event.stream_id, [(b":status", status)],
+                                         end_stream=True)
+                    self.transmit()
+
+    return OddStatus
+
+
+@pytest.mark.parametrize("status", [b"9" * 5000, b"2000000000000", b"20"])
+async def test_a_response_without_a_status_ends_the_exchange_at_once(
+        pki: dict[str, str], status: bytes) -> None:
+    """A real aioquic server answers the GET with a ``:status`` that is no three-digit status;
+    the client's HTTP/3 layer refuses it and closes the connection with H3_MESSAGE_ERROR
+    (0x10e, an application close), which was read as a TLS alert (ssl_failed_handshake: the
+    range of CRYPTO_ERROR, a transport close's). With 5,000 digits aioquic's close itself
+    raised (QuicPacketBuilderStop: the reason phrase quotes the status) inside the datagram
+    callback: the loop logged it at every datagram and the exchange waited for its limit, a
+    generic_timeout_error at http3_round_trip, what a censor gives."""
+    from aioquic.asyncio.server import serve as quic_serve
+
+    from blockwatch.lab.h3server import configuration
+
+    server = await quic_serve("127.0.0.1", 0, configuration=configuration(pki["good"],
+                                                                          pki["good"]),
+                              create_protocol=_odd_status(status))
+    port = server._transport.get_extra_info("sockname")[1]
+    start = time.monotonic()
+    try:
+        m = await measure(context(pki, timeout=3.0), port)
+    finally:
+        server.close()
+    assert time.monotonic() - start < 2.0
+    assert m.failed_operation == "http3_round_trip"
+    assert m.failure == wire.QUIC_CLOSED or m.failure.startswith(F.UNKNOWN_PREFIX), m.failure
+    final = by_kind(m)[HANDSHAKE][-1]
+    assert final.verified and final.attempt == 1
