@@ -282,3 +282,18 @@ async def test_a_response_without_a_status_ends_the_exchange_at_once(
     assert m.failure == wire.QUIC_CLOSED or m.failure.startswith(F.UNKNOWN_PREFIX), m.failure
     final = by_kind(m)[HANDSHAKE][-1]
     assert final.verified and final.attempt == 1
+
+
+def test_the_lab_censor_survives_an_empty_crypto_frame() -> None:
+    """A CRYPTO frame of length 0 at offset 0 made ``crypto_data`` loop forever (the lab's
+    QUIC filter, and with it every UDP datagram to 443 in the lab, stuck)."""
+    import threading
+
+    from blockwatch.lab.quicsni import crypto_data
+
+    got: list[bytes] = []
+    worker = threading.Thread(target=lambda: got.append(
+        crypto_data(bytes([0x06, 0x00, 0x00, 0x06, 0x00, 0x02]) + b"hi")), daemon=True)
+    worker.start()
+    worker.join(2.0)
+    assert got == [b"hi"]
