@@ -28,7 +28,7 @@ from blockwatch.analysis.failure import NO_CONTROL, SAME_AS_CONTROL
 from blockwatch.analysis.rules import Decision, Finding, Rule, first
 from blockwatch.probes import failures as F
 from blockwatch.probes.model import Measurement
-from blockwatch.probes.quic import CONTROL, HANDSHAKE, PING, QUICObservation
+from blockwatch.probes.quic import CONTROL, HANDSHAKE, PING, PROXY_UNSUPPORTED, QUICObservation
 
 OPERATIONS = frozenset({"quic_handshake", "http3_round_trip"})
 # what a censor makes of a QUIC handshake: silence, an ICMP error, a forged close or reset
@@ -85,6 +85,13 @@ def case(s: Subject) -> QUICCase | None:
                      and o.kind == HANDSHAKE and o.address == final.address)
     return QUICCase(s.m, final.address, final.port, sni, final, ping, control, tcp_ok,
                     bool({sni, final.address} & s.ev.alt_svc_h3), controls)
+
+
+def _not_sent(c: QUICCase) -> Finding | None:
+    if c.handshake.failure != PROXY_UNSUPPORTED:
+        return None
+    return Finding("nothing sent: UDP cannot go through the vantage's SOCKS5 proxy",
+                   {"address": c.address})
 
 
 def _sni_vs_control_sni(c: QUICCase) -> Finding | None:
@@ -170,6 +177,9 @@ def _no_control(c: QUICCase) -> Finding:
 
 
 QUIC_RULES: tuple[Rule[QUICCase], ...] = (
+    Rule("quic.not_sent", "error",
+         "a SOCKS5 proxy is configured and UDP cannot go through it: nothing was sent, so "
+         "nothing is said of the server (a control vantage's failure included)", _not_sent),
     Rule("quic.residual", "inconclusive",
          "no answer on UDP at an address where a QUIC handshake of this sweep naming another "
          "name had begun shortly before (or during) and failed or not ended: a censor's "
