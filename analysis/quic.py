@@ -179,7 +179,8 @@ def _no_control(c: QUICCase) -> Finding:
 QUIC_RULES: tuple[Rule[QUICCase], ...] = (
     Rule("quic.not_sent", "error",
          "a SOCKS5 proxy is configured and UDP cannot go through it: nothing was sent, so "
-         "nothing is said of the server (a control vantage's failure included)", _not_sent),
+         "nothing is said of the server (a control vantage's failure included)", _not_sent,
+         "quic"),
     Rule("quic.residual", "inconclusive",
          "no answer on UDP at an address where a QUIC handshake of this sweep naming another "
          "name had begun shortly before (or during) and failed or not ended: a censor's "
