@@ -274,6 +274,14 @@ async def measure_address(job: Job, address: str) -> tuple[QUICObservation, ...]
     return (*before, *real)
 
 
+def _request_path(url: str | None) -> str:
+    """The GET's ``:path``: the URL's path and query (RFC 9114 section 4.3.1), else "/"."""
+    if not url:
+        return "/"
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
 def _outcome(per_address: list[tuple[QUICObservation, ...]]) -> tuple[str | None, str | None]:
     """None if any address completed a trusted handshake and answered the GET, else the first
     address's (last) handshake failure."""
@@ -303,7 +311,7 @@ class QUICProbe:
             return ProbeResult(found.observations, found.failure or F.DNS_NO_ANSWER, "resolve")
         settings = ctx.settings.get("quic") or QUICSettings()
         trust, alpn = _trust(ctx, target)
-        path = urlsplit(target.url).path or "/" if target.url else "/"
+        path = _request_path(target.url)
         job = Job(ctx, settings, sni, port, path, alpn, trust, clock)
         per_address = list(await asyncio.gather(*(measure_address(job, a)
                                                   for a in found.addresses)))

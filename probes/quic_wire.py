@@ -278,7 +278,8 @@ async def handshake(address: str, port: int, sni: str | None, *, alpn: tuple[str
                 stream = quic.get_next_available_stream_id()
                 client.h3.send_headers(stream, [
                     (b":method", b"GET"), (b":scheme", b"https"),
-                    (b":authority", (sni or address).encode()), (b":path", path.encode()),
+                    (b":authority", _authority(sni or address, port)),
+                    (b":path", path.encode()),
                     (b"user-agent", user_agent.encode())], end_stream=True)
                 client.pump()
                 out.failure = await client.done
@@ -296,6 +297,12 @@ async def handshake(address: str, port: int, sni: str | None, *, alpn: tuple[str
                 transport.sendto(data)
         transport.close()
     return out
+
+
+def _authority(host: str, port: int) -> bytes:
+    """``host[:port]`` (the port when it is not 443; an IPv6 literal in brackets)."""
+    name = f"[{host}]" if ":" in host else host
+    return (name if port == 443 else f"{name}:{port}").encode()
 
 
 @functools.lru_cache(maxsize=16)

@@ -299,3 +299,46 @@ def test_the_lab_censor_survives_an_empty_crypto_frame() -> None:
     worker.start()
     worker.join(2.0)
     assert got == [b"hi"]
+
+
+async def test_the_get_names_the_port_and_keeps_the_query(pki: dict[str, str]) -> None:
+    """``:authority`` is host:port off 443 (RFC 9114 section 4.3.1 takes the URL's authority)
+    and ``:path`` keeps the query: the GET was for host and path alone."""
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.asyncio.server import serve as quic_serve
+    from aioquic.h3.connection import H3Connection
+    from aioquic.h3.events import HeadersReceived
+    from aioquic.quic.events import ProtocolNegotiated
+
+    from blockwatch.lab.h3server import configuration
+
+    seen: list[dict[bytes, bytes]] = []
+
+    class Recorder(QuicConnectionProtocol):
+        h3: H3Connection | None = None
+
+        def quic_event_received(self, event: Any) -> None:
+            if isinstance(event, ProtocolNegotiated):
+                self.h3 = H3Connection(self._quic)
+            if self.h3 is None:
+                return
+            for h3_event in self.h3.handle_event(event):
+                if isinstance(h3_event, HeadersReceived):
+                    seen.append(dict(h3_event.headers))
+                    self.h3.send_headers(h3_event.stream_id, [(b":status", b"204")],
+                                         end_stream=True)
+                    self.transmit()
+
+    server = await quic_serve("127.0.0.1", 0, configuration=configuration(pki["good"],
+                                                                          pki["good"]),
+                              create_protocol=Recorder)
+    port = server._transport.get_extra_info("sockname")[1]
+    try:
+        target = Target(service="s", probe="quic", host=HOST, port=port, sni=HOST,
+                        url=f"https://{HOST}:{port}/watch?v=1", transport="udp")
+        m = await run_probe(QUICProbe(), target, context(pki), run_id="r", vantage="v")
+    finally:
+        server.close()
+    assert m.failure is None and by_kind(m)[HANDSHAKE][-1].http_status == 204
+    assert seen[-1][b":authority"] == f"{HOST}:{port}".encode()
+    assert seen[-1][b":path"] == b"/watch?v=1"
