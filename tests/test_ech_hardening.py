@@ -4,8 +4,10 @@ ECHConfigs a client must ignore, and the worker process's life."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
+import gc
 import multiprocessing
 import multiprocessing.context
 import os
@@ -13,19 +15,23 @@ import signal
 import struct
 import threading
 import time
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from dns_server import Behaviour, DNSServer
 from judging import judge_run
-from test_ech import NEWS, measured
+from test_ech import NEWS, context, measured
 
 from blockwatch.probes import ech_build, pacing
 from blockwatch.probes import failures as F
 from blockwatch.probes.context import ProbeContext
-from blockwatch.probes.ech import ECHObservation, outcome
+from blockwatch.probes.ech import ECHObservation, ECHProbe, outcome
 from blockwatch.probes.ech_build import BUILDER, build
 from blockwatch.probes.ech_hello import ECH_VERSION, ECHConfig, parse_ech_configs
 from blockwatch.probes.errors import MalformedReply
+from blockwatch.probes.model import Target
 from blockwatch.probes.scope import Scope
 
 
@@ -237,3 +243,42 @@ def test_extensions_are_read_and_a_mandatory_one_ignores_the_config() -> None:
             parse_ech_configs(config_list(config_bytes(GOOD, broken)))
     with pytest.raises(MalformedReply):  # bytes after the extensions, inside the contents
         parse_ech_configs(config_list(config_bytes(GOOD, b"", b"junk")))
+
+
+# --- sockets closed on every path -----------------------------------------------------------
+
+
+async def test_no_socket_outlives_a_probe_finished_or_cancelled(fresh_builder: None) -> None:
+    """Garbage, a reset, silence (the retry included), each run to its end, and silence
+    cancelled halfway: once the sweep's context is closed (its DNS queries listen for late
+    answers until then), the file descriptors open before are all that is open after (the
+    builder's worker, started first, is not counted)."""
+    from servers import LoopbackServer, abort_with_reset, silent
+    from test_ech import replies
+
+    async def reset(_s: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(16384)
+        abort_with_reset(writer)
+
+    await build(sweep_ctx(), "warm.test", None)  # a sweep still on: the worker stays
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for handler, cancel in ((replies(b"garbage!", close=True), False), (reset, False),
+                                (silent, False), (silent, True)):
+            async with LoopbackServer(handler) as server:
+                with DNSServer({"news.test": Behaviour(addresses=("127.0.0.1",))}) as dns:
+                    target = Target(service="news", probe="ech", host="news.test",
+                                    port=server.port, sni="news.test")
+                    ctx = context(dns).for_sweep()
+                    task = asyncio.ensure_future(ECHProbe().observe(target, ctx))
+                    if cancel:
+                        await asyncio.sleep(0.5)
+                        task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    await ctx.aclose()
+        gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

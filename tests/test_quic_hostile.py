@@ -4,13 +4,16 @@ our own limits, sockets closed on every path."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import os
 import time
+import warnings
 from typing import Any
 
 import pytest
-from test_quic import HOST, by_kind, context, h3, measure, peer
+from test_quic import HOST, by_kind, context, free_udp_port, h3, measure, peer
 from test_quic import pki as pki  # the fixture
 from test_quic_rules import ADDRESS as ADDRESS_R
 from test_quic_rules import HOST as HOST_R
@@ -342,3 +345,31 @@ async def test_the_get_names_the_port_and_keeps_the_query(pki: dict[str, str]) -
     assert m.failure is None and by_kind(m)[HANDSHAKE][-1].http_status == 204
     assert seen[-1][b":authority"] == f"{HOST}:{port}".encode()
     assert seen[-1][b":path"] == b"/watch?v=1"
+
+
+# --- sockets closed on every path -----------------------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_no_socket_outlives_an_exchange_finished_or_cancelled(pki: dict[str, str]) -> None:
+    """Silence, garbage and a closed port, each run to its end and each cancelled halfway (a
+    sweep interrupted): the file descriptors open before are all that is open after."""
+    gc.collect()
+    before = open_fds()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for answer in (lambda d: [], lambda d: [os.urandom(40)]):
+            async for _server, port in peer(answer):
+                await measure(context(pki, timeout=0.3), port)
+                task = asyncio.ensure_future(measure(context(pki, timeout=5.0), port))
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await measure(context(pki, timeout=0.3), free_udp_port())
+        gc.collect()
+    assert open_fds() == before
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
