@@ -373,3 +373,38 @@ async def test_no_socket_outlives_an_exchange_finished_or_cancelled(pki: dict[st
         gc.collect()
     assert open_fds() == before
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+async def test_the_in_flight_bound_is_honoured_across_targets(
+        pki: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six names at one silent address, ``in_flight`` 3: the real exchanges (counted around
+    the real functions) never exceed 3 at once, and the wait is queue time, not a timeout."""
+    active, peak = 0, 0
+
+    def counted(real: Any) -> Any:
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                active -= 1
+        return run
+
+    monkeypatch.setattr(wire, "handshake", counted(wire.handshake))
+    monkeypatch.setattr(ping, "quicping", counted(ping.quicping))
+    names = [f"n{i}.test" for i in range(6)]
+    async for _server, port in peer(lambda d: []):
+        ctx = ProbeContext(scope=Scope.loopback(), ca_bundle=pki["ca"],
+                           static_lookups={n: Lookup(("127.0.0.1",)) for n in names},
+                           settings={"quic": QUICSettings(timeout=0.2, in_flight=3)}
+                           ).for_sweep()
+        ms = await asyncio.gather(*(
+            run_probe(QUICProbe(), Target(service="s", probe="quic", host=n, port=port, sni=n,
+                                          transport="udp"), ctx, run_id="r", vantage="v")
+            for n in names))
+    assert peak == 3
+    assert all(m.failure == F.GENERIC_TIMEOUT and m.failed_operation == "quic_handshake"
+               for m in ms)
+    assert max(m.queued_s for m in ms) > 0.1
