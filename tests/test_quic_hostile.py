@@ -19,6 +19,7 @@ from test_quic_rules import ADDRESS as ADDRESS_R
 from test_quic_rules import HOST as HOST_R
 from test_quic_rules import judged, q, quic_m, tcp_side
 
+from blockwatch.lab.h3server import Answer, serve
 from blockwatch.lab.quicsni import initial_sni
 from blockwatch.probes import failures as F
 from blockwatch.probes import quic_ping as ping
@@ -234,27 +235,10 @@ async def test_an_exchange_waiting_for_a_busy_server_holds_no_in_flight_permit()
 # --- a hostile HTTP/3 server ----------------------------------------------------------------
 
 
-def _odd_status(status: bytes) -> type[Any]:
-    from aioquic.asyncio.protocol import QuicConnectionProtocol
-    from aioquic.h3.connection import H3_ALPN, H3Connection
-    from aioquic.h3.events import HeadersReceived
-    from aioquic.quic.events import ProtocolNegotiated
-
-    class OddStatus(QuicConnectionProtocol):
-        h3: H3Connection | None = None
-
-        def quic_event_received(self, event: Any) -> None:
-            if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
-                self.h3 = H3Connection(self._quic)
-            if self.h3 is None:
-                return
-            for h3_event in self.h3.handle_event(event):
-                if isinstance(h3_event, HeadersReceived):
-                    self.h3.send_headers(h3_event.stream_id, [(b":status", status)],
-                                         end_stream=True)
-                    self.transmit()
-
-    return OddStatus
+async def answering(pki: dict[str, str], answer: Answer) -> tuple[list[Any], int]:
+    """The lab's HTTP/3 server on loopback, answering every GET with ``answer(headers)``."""
+    servers = await serve(["127.0.0.1"], 0, pki["good"], pki["good"], answer=answer)
+    return servers, servers[0]._transport.get_extra_info("sockname")[1]
 
 
 @pytest.mark.parametrize("status", [b"9" * 5000, b"2000000000000", b"20"])
@@ -267,19 +251,13 @@ async def test_a_response_without_a_status_ends_the_exchange_at_once(
     raised (QuicPacketBuilderStop: the reason phrase quotes the status) inside the datagram
     callback: the loop logged it at every datagram and the exchange waited for its limit, a
     generic_timeout_error at http3_round_trip, what a censor gives."""
-    from aioquic.asyncio.server import serve as quic_serve
-
-    from blockwatch.lab.h3server import configuration
-
-    server = await quic_serve("127.0.0.1", 0, configuration=configuration(pki["good"],
-                                                                          pki["good"]),
-                              create_protocol=_odd_status(status))
-    port = server._transport.get_extra_info("sockname")[1]
+    servers, port = await answering(pki, lambda _: ([(b":status", status)], b""))
     start = time.monotonic()
     try:
         m = await measure(context(pki, timeout=3.0), port)
     finally:
-        server.close()
+        for server in servers:
+            server.close()
     assert time.monotonic() - start < 2.0
     assert m.failed_operation == "http3_round_trip"
     assert m.failure == wire.QUIC_CLOSED or m.failure.startswith(F.UNKNOWN_PREFIX), m.failure
@@ -307,41 +285,20 @@ def test_the_lab_censor_survives_an_empty_crypto_frame() -> None:
 async def test_the_get_names_the_port_and_keeps_the_query(pki: dict[str, str]) -> None:
     """``:authority`` is host:port off 443 (RFC 9114 section 4.3.1 takes the URL's authority)
     and ``:path`` keeps the query: the GET was for host and path alone."""
-    from aioquic.asyncio.protocol import QuicConnectionProtocol
-    from aioquic.asyncio.server import serve as quic_serve
-    from aioquic.h3.connection import H3Connection
-    from aioquic.h3.events import HeadersReceived
-    from aioquic.quic.events import ProtocolNegotiated
-
-    from blockwatch.lab.h3server import configuration
-
     seen: list[dict[bytes, bytes]] = []
 
-    class Recorder(QuicConnectionProtocol):
-        h3: H3Connection | None = None
+    def record(headers: dict[bytes, bytes]) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        seen.append(headers)
+        return [(b":status", b"204")], b""
 
-        def quic_event_received(self, event: Any) -> None:
-            if isinstance(event, ProtocolNegotiated):
-                self.h3 = H3Connection(self._quic)
-            if self.h3 is None:
-                return
-            for h3_event in self.h3.handle_event(event):
-                if isinstance(h3_event, HeadersReceived):
-                    seen.append(dict(h3_event.headers))
-                    self.h3.send_headers(h3_event.stream_id, [(b":status", b"204")],
-                                         end_stream=True)
-                    self.transmit()
-
-    server = await quic_serve("127.0.0.1", 0, configuration=configuration(pki["good"],
-                                                                          pki["good"]),
-                              create_protocol=Recorder)
-    port = server._transport.get_extra_info("sockname")[1]
+    servers, port = await answering(pki, record)
     try:
         target = Target(service="s", probe="quic", host=HOST, port=port, sni=HOST,
                         url=f"https://{HOST}:{port}/watch?v=1", transport="udp")
         m = await run_probe(QUICProbe(), target, context(pki), run_id="r", vantage="v")
     finally:
-        server.close()
+        for server in servers:
+            server.close()
     assert m.failure is None and by_kind(m)[HANDSHAKE][-1].http_status == 204
     assert seen[-1][b":authority"] == f"{HOST}:{port}".encode()
     assert seen[-1][b":path"] == b"/watch?v=1"
