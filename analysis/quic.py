@@ -137,10 +137,14 @@ def _failure_vs_control(c: QUICCase) -> Finding | None:
 
 
 def _handshake_vs_quicping(c: QUICCase) -> Finding | None:
-    if c.handshake.failure != F.GENERIC_TIMEOUT or not c.ping_answered or not c.tcp_ok:
+    # a stack that answers a Version Negotiation may still complete no handshake (a load
+    # balancer in front of a site without HTTP/3): only one that says it serves HTTP/3 counts
+    if (c.handshake.failure != F.GENERIC_TIMEOUT or not c.ping_answered or not c.tcp_ok
+            or not c.h3_advertised):
         return None
     return Finding(f"QUIC handshake timed out at {c.where} while the address answered the "
-                   "version-negotiation ping and TCP/TLS: QUIC handshakes are filtered",
+                   "version-negotiation ping and TCP/TLS, and advertises HTTP/3: QUIC "
+                   "handshakes are filtered",
                    {"address": c.address, "quicping": True, "tcp_ok": True})
 
 
@@ -200,7 +204,8 @@ QUIC_RULES: tuple[Rule[QUICCase], ...] = (
          "not speak QUIC (or is down)", _same_as_control, "quic"),
     Rule("quic.handshake_vs_quicping", "quic_blocked",
          "the QUIC handshake timed out while the address answered the version-negotiation ping "
-         "(UDP reaches its QUIC stack) and TCP/TLS to it worked: QUIC handshakes are filtered",
+         "(UDP reaches its QUIC stack), TCP/TLS to it worked and the server advertises HTTP/3 "
+         "(Alt-Svc h3): QUIC handshakes are filtered",
          _handshake_vs_quicping, "quic"),
     Rule("quic.udp_blocked", "quic_blocked",
          "neither the QUIC handshake nor the version-negotiation ping got an answer while "

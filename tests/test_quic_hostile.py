@@ -365,3 +365,13 @@ async def test_the_in_flight_bound_is_honoured_across_targets(
     assert all(m.failure == F.GENERIC_TIMEOUT and m.failed_operation == "quic_handshake"
                for m in ms)
     assert max(m.queued_s for m in ms) > 0.1
+
+
+def test_an_answered_ping_at_a_server_that_advertises_no_http3_is_no_blocking() -> None:
+    """A QUIC stack that answers Version Negotiation (a load balancer) in front of a site
+    that serves no HTTP/3: every handshake, the control SNI's too, times out. It was
+    quic.handshake_vs_quicping (quic_blocked) without Alt-Svc h3."""
+    v, service = judged(quic_m(q(PING), q(CONTROL, F.GENERIC_TIMEOUT),
+                               q(HANDSHAKE, F.GENERIC_TIMEOUT)), *tcp_side(alt_svc=False))
+    assert (v.rule_id, v.verdict) == ("quic.no_control", "inconclusive")
+    assert service.verdict == "ok"
