@@ -57,6 +57,13 @@ class QUICCase:
         return f"{self.address}:{self.port} naming {self.sni}"
 
     @property
+    def handshake_failed(self) -> bool:
+        """The handshake itself failed, not the GET after it: from one vantage, a GET that
+        timed out over a completed handshake is the server's slowness as likely as a censor's
+        (the control SNI's exchange and the ping have no GET to compare it with)."""
+        return self.handshake.operation != "http3_round_trip"
+
+    @property
     def ping_answered(self) -> bool:
         return self.ping is not None and self.ping.failure is None
 
@@ -95,7 +102,7 @@ def _not_sent(c: QUICCase) -> Finding | None:
 
 
 def _sni_vs_control_sni(c: QUICCase) -> Finding | None:
-    if (c.handshake.failure not in SILENCED or c.control_sni is None
+    if (not c.handshake_failed or c.handshake.failure not in SILENCED or c.control_sni is None
             or c.control_sni.failure is not None):
         return None
     return Finding(f"QUIC handshake {c.handshake.failure} at {c.where}; the same address "
@@ -139,8 +146,8 @@ def _failure_vs_control(c: QUICCase) -> Finding | None:
 def _handshake_vs_quicping(c: QUICCase) -> Finding | None:
     # a stack that answers a Version Negotiation may still complete no handshake (a load
     # balancer in front of a site without HTTP/3): only one that says it serves HTTP/3 counts
-    if (c.handshake.failure != F.GENERIC_TIMEOUT or not c.ping_answered or not c.tcp_ok
-            or not c.h3_advertised):
+    if (not c.handshake_failed or c.handshake.failure != F.GENERIC_TIMEOUT
+            or not c.ping_answered or not c.tcp_ok or not c.h3_advertised):
         return None
     return Finding(f"QUIC handshake timed out at {c.where} while the address answered the "
                    "version-negotiation ping and TCP/TLS, and advertises HTTP/3: QUIC "
@@ -149,8 +156,8 @@ def _handshake_vs_quicping(c: QUICCase) -> Finding | None:
 
 
 def _udp_blocked(c: QUICCase) -> Finding | None:
-    if (c.handshake.failure != F.GENERIC_TIMEOUT or not c.ping_silent or not c.tcp_ok
-            or not c.h3_advertised
+    if (not c.handshake_failed or c.handshake.failure != F.GENERIC_TIMEOUT
+            or not c.ping_silent or not c.tcp_ok or not c.h3_advertised
             or (c.control_sni is not None and c.control_sni.failure is None)):
         return None
     return Finding(f"nothing answers QUIC at {c.address}:{c.port} (handshake and "

@@ -375,3 +375,20 @@ def test_an_answered_ping_at_a_server_that_advertises_no_http3_is_no_blocking() 
                                q(HANDSHAKE, F.GENERIC_TIMEOUT)), *tcp_side(alt_svc=False))
     assert (v.rule_id, v.verdict) == ("quic.no_control", "inconclusive")
     assert service.verdict == "ok"
+
+
+def test_a_get_that_timed_out_over_a_completed_handshake_is_no_blocking_from_one_vantage(
+        ) -> None:
+    """The handshake naming the service completed and was verified; the HTTP/3 GET then
+    timed out (a slow server). It was quic.sni_vs_control_sni ("the name is filtered in QUIC
+    Initials") beside the control SNI's handshake, and handshake_vs_quicping beside the ping."""
+    slow = dataclasses.replace(q(HANDSHAKE, F.GENERIC_TIMEOUT), operation="http3_round_trip",
+                               answered=True, verified=True, version="1", alpn="h3")
+    for before in ((q(PING), q(CONTROL)), (q(PING), q(CONTROL, F.GENERIC_TIMEOUT))):
+        v, service = judged(quic_m(*before, slow), *tcp_side())
+        assert v.verdict != "quic_blocked", v.rule_id
+        assert service.verdict == "ok"
+    # a control vantage that got its answer: the same exchange compared, still a claim
+    v, _ = judged(quic_m(q(PING), q(CONTROL), slow), *tcp_side(),
+                  quic_m(q(HANDSHAKE), vantage="vps"), controls=True)
+    assert v.rule_id == "quic.failure_vs_control"
