@@ -84,6 +84,7 @@ from blockwatch.probes.scope import is_ip
 from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 OPERATION = "ech_hello"
+NOT_BUILT = "not_built"  # outcome: the ClientHello could not be built, nothing was sent
 VARIANTS = ("plain", "grease", "real")
 
 
@@ -113,7 +114,7 @@ class ECHObservation(ProbeObservation):
     variant: str | None = None  # plain, grease or real
     order: int | None = None  # its place (1-3) in this address's random order
     attempt: int = 1  # 2: sent again after a timeout
-    outcome: str | None = None  # ech_hello.Reply.outcome, or connect_failed
+    outcome: str | None = None  # ech_hello.Reply.outcome, connect_failed or not_built
     alert: int | None = None
     config_id: int | None = None  # the ECH config id sent (grease: a random one)
     detail: str | None = None
@@ -160,9 +161,9 @@ async def _send(ctx: ProbeContext, route: Route, hello: _Hello, order: int, trie
     try:  # built before connecting, in the worker: scapy's import (seconds) and each build
         # (10-20 ms) would otherwise stop the event loop, and every other probe's clock
         record = await build(ctx, hello.sni, hello.ech)
-    except (ValueError, TimeoutError, BrokenExecutor) as exc:  # nothing is sent: a name IDNA
-        # cannot encode, a builder that hung or died twice (ours, never the network's)
-        return (replace(base, t=clock(), outcome="error",
+    except (ValueError, TimeoutError, BrokenExecutor, RuntimeError) as exc:  # nothing is
+        # sent: a name IDNA cannot encode, a builder that hung or died twice (ours)
+        return (replace(base, t=clock(), outcome=NOT_BUILT,
                         failure=unknown(f"ClientHello not built: {type(exc).__name__}")),)
     dialed = await attempt(ctx, route, clock, streams=True)
     base = replace(base, t0=clock())
@@ -223,8 +224,13 @@ def counted(hellos: list[ECHObservation]) -> dict[str, dict[str, ECHObservation]
 
 
 def outcome(observations: tuple[Observation, ...]) -> tuple[str | None, str | None]:
-    """The measurement's failure and operation (see the module's guarantees)."""
+    """The measurement's failure and operation (see the module's guarantees). A hello that
+    was never built (so never sent) fails it at ``probe``: our own failure, judged as such
+    (``probe.bug``), never a hello the network did not answer."""
     by_address = counted([o for o in observations if isinstance(o, ECHObservation)])
+    unbuilt = [o for v in by_address.values() for o in v.values() if o.outcome == NOT_BUILT]
+    if unbuilt:
+        return unbuilt[0].failure, "probe"
     plain_ok = {a: v for a, v in by_address.items() if "plain" in v and v["plain"].answered}
     if plain_ok:
         if any(all(o.answered for o in v.values()) for v in plain_ok.values()):

@@ -79,7 +79,10 @@ class _Builder:
         self.users -= 1
         if self.users <= 0:
             self.users = 0
-            await asyncio.to_thread(self.shutdown)
+            # let go of it at once: a sweep starting while it shuts down gets a new one
+            pool, self.pool = self.pool, None
+            if pool is not None:
+                await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     def shutdown(self) -> None:
         pool, self.pool = self.pool, None
@@ -117,6 +120,6 @@ async def build(ctx: ProbeContext, sni: str | None, ech: bytes | None) -> bytes:
         async with asyncio.timeout(BUILD_LIMIT):
             try:
                 return await loop.run_in_executor(pool, client_hello, sni, ech)
-            except BrokenExecutor:
+            except (BrokenExecutor, RuntimeError):  # died, or shut down under us
                 return await loop.run_in_executor(BUILDER.replace(pool), client_hello, sni,
                                                   ech)

@@ -282,3 +282,44 @@ async def test_no_socket_outlives_a_probe_finished_or_cancelled(fresh_builder: N
         gc.collect()
     assert len(os.listdir("/proc/self/fd")) == before
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+async def test_a_sweep_starting_while_the_last_one_shuts_the_worker_down(
+        fresh_builder: None) -> None:
+    """The worker was let go only once its shutdown had finished, in a thread: a sweep
+    building meanwhile met the pool shutting down (RuntimeError out of the probe)."""
+    one = sweep_ctx()
+    await build(one, "a.test", None)
+    closing = asyncio.ensure_future(one.aclose())
+    await asyncio.sleep(0)  # the shutdown has begun
+    two = sweep_ctx()
+    assert (await build(two, "b.test", None))[:1] == b"\x16"
+    await closing
+    await two.aclose()
+    assert children() == []
+
+
+async def test_a_hello_that_could_not_be_built_is_our_failure(
+        fresh_builder: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing was sent: the measurement fails at ``probe`` (probe.bug, an error of ours), not
+    as a hello the network left unanswered (it was tls_handshake, for the tls rules)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def refuse(sni: str | None, ech: bytes | None) -> bytes:
+        raise ValueError("label too long")
+
+    monkeypatch.setattr(ech_build, "client_hello", refuse)
+    BUILDER.pool = ThreadPoolExecutor(max_workers=1)
+    with DNSServer({"news.test": Behaviour(addresses=("127.0.0.1",))}) as dns:
+        ctx = context(dns).for_sweep()
+        target = Target(service="news", probe="ech", host="news.test", port=9, sni="news.test")
+        result = await ECHProbe().observe(target, ctx)
+        await ctx.aclose()
+    assert result.operation == "probe" and "ClientHello not built" in (result.failure or "")
+    hellos = [o for o in result.observations if isinstance(o, ECHObservation)]
+    assert hellos and all(o.outcome == "not_built" for o in hellos)
+    m = dataclasses.replace(measured("home", {"plain": "server_hello"}),
+                            observations=tuple(hellos), failure=result.failure,
+                            failed_operation=result.operation)
+    v = judge_run([m], {"news": NEWS}, [])[0]
+    assert (v.rule_id, v.verdict) == ("probe.bug", "error")
