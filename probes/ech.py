@@ -14,8 +14,8 @@ since 2024-11-05 while the same address answers hellos without ECH. For each TLS
   inner hello is random bytes: the question is whether the hello is answered).
 
 The hellos and the reply reading are in ``probes.ech_hello`` (scapy builds every hello, in one
-worker process, ``_Builder``: importing scapy's TLS layers takes seconds and a build 10-20 ms of
-CPU, which on the event loop would hold up every other probe's timing).
+worker process, ``probes.ech_build``: importing scapy's TLS layers takes seconds and a build
+10-20 ms of CPU, which on the event loop would hold up every other probe's timing).
 
 Guarantees:
 
