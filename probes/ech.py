@@ -85,7 +85,6 @@ from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 OPERATION = "ech_hello"
 NOT_BUILT = "not_built"  # outcome: the ClientHello could not be built, nothing was sent
-VARIANTS = ("plain", "grease", "real")
 
 
 class ECHSettings(BaseModel):

@@ -110,7 +110,9 @@ class QUICObservation(ProbeObservation):
     http_status: int | None = None  # the HTTP/3 GET's status
     versions: tuple[str, ...] = ()  # quicping: the versions the server offered
     answered: bool = False  # any datagram came back from the address
-    close_reason: str | None = None  # the peer's CONNECTION_CLOSE reason phrase (data)
+    # the CONNECTION_CLOSE reason phrase (data): the peer's, or aioquic's own when it closed
+    # over a malformed answer
+    close_reason: str | None = None
     ignored: int = 0  # quicping: datagrams that were not our Version Negotiation
     after_failure_s: float | None = None
     failure: str | None = None

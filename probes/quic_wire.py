@@ -116,7 +116,7 @@ class Outcome:
     verify_error: str | None = None
     status: int | None = None
     answered: bool = False  # any datagram came back from the server
-    close_reason: str | None = None  # the peer's CONNECTION_CLOSE reason phrase, cut short
+    close_reason: str | None = None  # the CONNECTION_CLOSE reason phrase (ours too), cut short
 
 
 def _verify_failure(exc: Exception) -> str:
