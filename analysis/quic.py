@@ -28,15 +28,19 @@ from blockwatch.analysis.failure import NO_CONTROL, SAME_AS_CONTROL
 from blockwatch.analysis.rules import Decision, Finding, Rule, first
 from blockwatch.probes import failures as F
 from blockwatch.probes.model import Measurement
-from blockwatch.probes.quic import CONTROL, HANDSHAKE, PING, PROXY_UNSUPPORTED, QUICObservation
+from blockwatch.probes.quic import (
+    CONTROL,
+    HANDSHAKE,
+    PING,
+    PROXY_UNSUPPORTED,
+    RESIDUAL_S,
+    QUICObservation,
+)
 
 OPERATIONS = frozenset({"quic_handshake", "http3_round_trip"})
 # what a censor makes of a QUIC handshake: silence, an ICMP error, a forged close or reset
 SILENCED = frozenset({F.GENERIC_TIMEOUT, F.CONNECTION_REFUSED, F.HOST_UNREACHABLE,
                       F.NETWORK_UNREACHABLE, F.CONNECTION_RESET})
-# residual blocking: the GFW blocks a client, server address and port for 60 s or more after a
-# blocked name; a silence this soon after our own failed handshake there may be our making
-RESIDUAL_S = 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +134,9 @@ def _residual(c: QUICCase) -> Finding | None:
             c.control_sni is None or _clean_silence(c.control_sni)):
         return None  # UDP was silent there before any name of ours: not our doing
     return Finding(f"QUIC {c.handshake.failure} at {c.where} {after:.0f} s after a handshake "
-                   "of this sweep naming another name began there and failed (or had not "
-                   "ended): possibly residual blocking our own probe triggered, not this "
-                   "name's", {"address": c.address})
+                   "of ours naming another name began there and failed (or had not ended): "
+                   "possibly residual blocking our own probe triggered, not this name's",
+                   {"address": c.address})
 
 
 def _failure_vs_control(c: QUICCase) -> Finding | None:
@@ -193,8 +197,9 @@ QUIC_RULES: tuple[Rule[QUICCase], ...] = (
          "nothing is said of the server (a control vantage's failure included)", _not_sent,
          "quic"),
     Rule("quic.residual", "inconclusive",
-         "no answer on UDP at an address where a QUIC handshake of this sweep naming another "
-         "name had begun shortly before (or during) and failed or not ended: a censor's "
+         "no answer on UDP at an address where a QUIC handshake of this (or a recent) sweep "
+         "naming another name had begun shortly before (or during) and failed or not ended: "
+         "a censor's "
          "residual blocking that our own handshake may have triggered says nothing about this "
          "name (first: it outranks the control SNI and the control vantage, which that "
          "blocking did not reach)", _residual, "quic"),

@@ -33,7 +33,8 @@ Guarantees:
   exchanges at once in a sweep (aioquic is pure Python: a handshake must not time out
   waiting for our own CPU). Waiting is queue time, outside every timeout.
 - ``after_failure_s`` (every exchange): seconds from the start of the latest handshake of this
-  sweep naming *another* service name at the same address that failed or was still in flight,
+  process (this sweep or one in the last ``RESIDUAL_S``: a daemon's sweeps follow each other)
+  naming *another* service name at the same address that failed or was still in flight,
   and that began before this exchange did (the ping, the control SNI) or ended (a handshake:
   0 when it began during this one), to this exchange's start; None: none did. A censor's
   residual blocking begins with the Initial that names a blocked name and blocks every name
@@ -66,10 +67,14 @@ from blockwatch.probes.tls import describe, profile
 HANDSHAKE, CONTROL, PING = "handshake", "control_sni", "quicping"
 PROXY_UNSUPPORTED = "quic_unsupported_with_proxy"  # project-local: nothing sent
 ALPN = ("h3",)
-# ctx.cache: address -> service name -> (time.monotonic() its latest handshake there started,
-# False: it completed / True: it failed / None: in flight), the residual blocking a censor may
-# have set for our client and that address (see ``_after``)
-_TRIED_KEY = "quic_tried"
+# residual blocking lasts 60 s at the GFW, longer elsewhere: what the analysis calls too soon
+# after another name's failure (``analysis.quic``) and how long the book below remembers one
+RESIDUAL_S = 180.0
+# address -> service name -> (time.monotonic() its latest handshake there started, False: it
+# completed / True: it failed / None: in flight): the residual blocking a censor may have set
+# for our client and that address (see ``_after``). Kept by the process, not the sweep: a
+# daemon's next sweep, or one more run, may come within the residual blocking of the last
+_TRIED: dict[str, dict[str, tuple[float, bool | None]]] = {}
 MAX_TRIED = (65536, 8)  # addresses kept (the oldest forgotten first), names kept per address
 _LIMITER_KEY = "quic_in_flight"  # ctx.cache: the sweep's Limiter of QUIC exchanges
 
@@ -181,21 +186,23 @@ async def _slot(job: Job, address: str) -> Slot:
     return Slot(release)
 
 
-def _tried(job: Job, address: str) -> dict[str, tuple[float, bool | None]]:
-    book: dict[str, dict[str, tuple[float, bool | None]]] = job.ctx.cache.setdefault(
-        _TRIED_KEY, {})
-    names = book.get(address)
+def _tried(address: str) -> dict[str, tuple[float, bool | None]]:
+    """The address's handshakes of the last ``RESIDUAL_S`` seconds."""
+    names = _TRIED.get(address)
     if names is None:
-        if len(book) >= MAX_TRIED[0]:
-            del book[next(iter(book))]
-        names = book[address] = {}
+        if len(_TRIED) >= MAX_TRIED[0]:
+            del _TRIED[next(iter(_TRIED))]
+        names = _TRIED[address] = {}
+    old = time.monotonic() - RESIDUAL_S
+    for name in [n for n, (t, _) in names.items() if t < old]:
+        del names[name]
     return names
 
 
 def _begin(job: Job, address: str) -> float:
     """A handshake naming the service starts at ``address``: recorded as in flight."""
     started = time.monotonic()
-    names = _tried(job, address)
+    names = _tried(address)
     names.pop(job.sni.lower(), None)
     if len(names) >= MAX_TRIED[1]:
         del names[next(iter(names))]
@@ -204,7 +211,7 @@ def _begin(job: Job, address: str) -> float:
 
 
 def _end(job: Job, address: str, started: float, failed: bool) -> None:
-    names = _tried(job, address)
+    names = _tried(address)
     if names.get(job.sni.lower(), (None, None))[0] == started:
         names[job.sni.lower()] = (started, failed)
 
@@ -213,7 +220,7 @@ def _after(job: Job, address: str, started: float, until: float) -> float | None
     """``after_failure_s`` of an exchange at ``address`` that started at ``started``: the
     handshakes naming another name that began by ``until`` and failed or have not ended."""
     own = job.sni.lower()
-    suspects = [t for name, (t, failed) in _tried(job, address).items()
+    suspects = [t for name, (t, failed) in _tried(address).items()
                 if name != own and failed is not False and t <= until]
     return round(max(0.0, started - max(suspects)), 3) if suspects else None
 

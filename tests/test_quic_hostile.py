@@ -10,6 +10,7 @@ import gc
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,11 +23,12 @@ from test_quic_rules import judged, q, quic_m, tcp_side
 from blockwatch.lab.h3server import Answer, serve
 from blockwatch.lab.quicsni import initial_sni
 from blockwatch.probes import failures as F
+from blockwatch.probes import quic
 from blockwatch.probes import quic_ping as ping
 from blockwatch.probes import quic_wire as wire
 from blockwatch.probes.context import Lookup, ProbeContext
 from blockwatch.probes.dial import Clock
-from blockwatch.probes.model import Target
+from blockwatch.probes.model import Measurement, Target
 from blockwatch.probes.pacing import Limits
 from blockwatch.probes.quic import (
     CONTROL,
@@ -39,6 +41,14 @@ from blockwatch.probes.quic import (
 )
 from blockwatch.probes.runner import run_probe
 from blockwatch.probes.scope import Scope
+
+
+@pytest.fixture(autouse=True)
+def no_earlier_handshakes() -> Iterator[None]:
+    """The quic probe remembers the process's handshakes for RESIDUAL_S: each test alone."""
+    quic._TRIED.clear()
+    yield
+    quic._TRIED.clear()
 
 
 def vn(dcid: bytes, scid: bytes, versions: tuple[int, ...] = (1,)) -> bytes:
@@ -204,14 +214,52 @@ async def test_the_probe_marks_a_name_met_by_another_names_residual_blocking(
     # residual blocking, so from the observations neither is judged blocked (its own earlier
     # attempt is no suspect: only other names are)
     assert by_kind(ms[0])[HANDSHAKE][-1].after_failure_s is not None
-    # judged as test_quic_rules' site (at its address, TCP/TLS working there, Alt-Svc h3)
-    site = dataclasses.replace(
-        ms[1], vantage="home", target=dataclasses.replace(ms[1].target, host=HOST_R, sni=HOST_R),
+    v, _ = judged(as_site(ms[1]), *tcp_side())
+    assert (v.verdict, v.rule_id) == ("inconclusive", "quic.residual")
+
+
+def as_site(m: Measurement) -> Measurement:
+    """``m`` as test_quic_rules' site (at its address, where TCP/TLS work, Alt-Svc h3)."""
+    return dataclasses.replace(
+        m, vantage="home", target=dataclasses.replace(m.target, host=HOST_R, sni=HOST_R),
         observations=tuple(dataclasses.replace(o, address=ADDRESS_R, port=443,
                                                sni=HOST_R if o.sni == HOST else o.sni)
-                           for o in ms[1].observations))
-    v, _ = judged(site, *tcp_side())
-    assert (v.verdict, v.rule_id) == ("inconclusive", "quic.residual")
+                           for o in m.observations))
+
+
+async def test_the_next_sweep_remembers_the_residual_blocking_of_the_last(
+        pki: dict[str, str]) -> None:
+    """A daemon's sweeps follow each other: the first one's blocked name set the residual
+    blocking, and in the next sweep quic.test, not blocked, hears nothing at that address,
+    ping and control SNI included. It was quic.udp_blocked: each sweep forgot the last."""
+    loop = asyncio.get_running_loop()
+    servers, port = await h3("127.0.0.1", pki["good"])
+    gfw = GFW(("127.0.0.1", port), "blocked.test", "nobody.test")
+    front, _ = await loop.create_datagram_endpoint(lambda: gfw, local_addr=("127.0.0.1", 0))
+    relay = front.get_extra_info("sockname")[1]
+    base = ProbeContext(scope=Scope.loopback(), ca_bundle=pki["ca"],
+                        static_lookups={n: Lookup(("127.0.0.1",))
+                                        for n in (HOST, "blocked.test")},
+                        settings={"quic": QUICSettings(timeout=0.3)})
+    try:
+        got = []
+        for name in ("blocked.test", HOST):  # one sweep each
+            ctx = base.for_sweep()
+            got.append(await run_probe(QUICProbe(), Target(
+                service="site", probe="quic", host=name, port=relay, sni=name,
+                transport="udp"), ctx, run_id="r", vantage="v"))
+            await ctx.aclose()
+    finally:
+        gfw.close()
+        front.close()
+        for s in servers:
+            s.close()  # type: ignore[attr-defined]
+    kinds = by_kind(got[1])
+    assert kinds[PING][0].failure == F.GENERIC_TIMEOUT
+    assert kinds[PING][0].after_failure_s is not None
+    v, service = judged(as_site(got[1]), *tcp_side())
+    assert (v.rule_id, v.verdict) == ("quic.residual", "inconclusive")
+    assert service.verdict == "ok"
 
 
 # --- our own limits -------------------------------------------------------------------------
