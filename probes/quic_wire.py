@@ -49,6 +49,7 @@ QUIC_CLOSED = "quic_connection_closed"
 QUIC_INCOMPATIBLE_VERSION = "quic_incompatible_version"  # OONI's: no common QUIC version
 QUIC_FLOOD = "quic_datagram_flood"  # project-local: more than MAX_DATAGRAMS came back
 VERSIONS = {0x00000001: "1", 0x6B3343CF: "2"}
+NO_COMMON_VERSION = "Could not find a common protocol version"  # aioquic's reason phrase
 # Linux's (the socket module names them from Python 3.12 on only)
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
@@ -138,7 +139,10 @@ def _closed_failure(error_code: int, frame_type: int | None, reason: str) -> str
     # when aioquic refuses a malformed response), which are no TLS alert
     if frame_type is not None and 0x100 <= error_code <= 0x1FF:
         return SSL_FAILED_HANDSHAKE
-    if error_code == 0x11 or "version" in reason.lower():  # VERSION_NEGOTIATION_ERROR
+    # VERSION_NEGOTIATION_ERROR (RFC 9368), or aioquic's own close after a Version
+    # Negotiation naming no version it speaks (its exact words: a peer's phrase that merely
+    # says "version" is no negotiation)
+    if error_code == 0x11 or (frame_type is not None and reason == NO_COMMON_VERSION):
         return QUIC_INCOMPATIBLE_VERSION
     return QUIC_CLOSED
 

@@ -440,3 +440,29 @@ def test_a_get_that_timed_out_over_a_completed_handshake_is_no_blocking_from_one
     v, _ = judged(quic_m(q(PING), q(CONTROL), slow), *tcp_side(),
                   quic_m(q(HANDSHAKE), vantage="vps"), controls=True)
     assert v.rule_id == "quic.failure_vs_control"
+
+
+async def test_a_server_of_other_versions_is_an_incompatible_version(
+        pki: dict[str, str]) -> None:
+    """A real aioquic server that speaks only a version we do not: its Version Negotiation
+    ends the handshake as OONI's quic_incompatible_version, at once; the ping sees the
+    version it offered. (No test reached it; a peer's close phrase with "version" in it was
+    taken for one too.)"""
+    from aioquic.asyncio.server import serve as quic_serve
+
+    from blockwatch.lab.h3server import _protocol, configuration
+
+    config = configuration(pki["good"], pki["good"])
+    config.supported_versions = [0x5A6A7A8A]
+    server = await quic_serve("127.0.0.1", 0, configuration=config,
+                              create_protocol=_protocol())
+    port = server._transport.get_extra_info("sockname")[1]
+    start = time.monotonic()
+    try:
+        m = await measure(context(pki, timeout=2.0), port)
+    finally:
+        server.close()
+    assert time.monotonic() - start < 1.5
+    assert m.failure == wire.QUIC_INCOMPATIBLE_VERSION, m.failure
+    assert by_kind(m)[PING][0].versions == ("0x5a6a7a8a",)
+    assert wire._closed_failure(0x0A, 0x06, "unsupported version field") == wire.QUIC_CLOSED
