@@ -35,6 +35,13 @@ INTERFERED = frozenset({F.CONNECTION_RESET, F.GENERIC_TIMEOUT, F.EOF_ERROR,
 ECH_VARIANTS = ("grease", "real")
 
 
+def interfered(o: ECHObservation) -> bool:
+    """The hello went out on an open connection and got what a censor gives a hello it filters.
+    A connection that never opened (``connect_failed``, even by a timeout: a lost SYN, a loaded
+    path) carried no hello, so no ECH extension: it says nothing about ECH."""
+    return not o.answered and o.outcome != "connect_failed" and o.failure in INTERFERED
+
+
 @dataclass(frozen=True, slots=True)
 class ECHCase:
     m: Measurement
@@ -59,8 +66,7 @@ class ECHCase:
         """On every address where the plain hello was answered, every ECH hello failed, each
         as a censor makes a hello fail."""
         return bool(self.plain_ok) and all(
-            hellos and all(not o.answered and o.failure in INTERFERED for o in hellos)
-            for hellos in self.plain_ok.values())
+            hellos and all(interfered(o) for o in hellos) for hellos in self.plain_ok.values())
 
     def said(self) -> str:
         parts = [f"{o.variant} {o.outcome} at {o.address}" for o in self.failed[:4]]

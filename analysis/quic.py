@@ -28,15 +28,19 @@ from blockwatch.analysis.failure import NO_CONTROL, SAME_AS_CONTROL
 from blockwatch.analysis.rules import Decision, Finding, Rule, first
 from blockwatch.probes import failures as F
 from blockwatch.probes.model import Measurement
-from blockwatch.probes.quic import CONTROL, HANDSHAKE, PING, QUICObservation
+from blockwatch.probes.quic import (
+    CONTROL,
+    HANDSHAKE,
+    PING,
+    PROXY_UNSUPPORTED,
+    RESIDUAL_S,
+    QUICObservation,
+)
 
 OPERATIONS = frozenset({"quic_handshake", "http3_round_trip"})
 # what a censor makes of a QUIC handshake: silence, an ICMP error, a forged close or reset
 SILENCED = frozenset({F.GENERIC_TIMEOUT, F.CONNECTION_REFUSED, F.HOST_UNREACHABLE,
                       F.NETWORK_UNREACHABLE, F.CONNECTION_RESET})
-# residual blocking: the GFW blocks a client, server address and port for 60 s or more after a
-# blocked name; a silence this soon after our own failed handshake there may be our making
-RESIDUAL_S = 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,13 @@ class QUICCase:
     @property
     def where(self) -> str:
         return f"{self.address}:{self.port} naming {self.sni}"
+
+    @property
+    def handshake_failed(self) -> bool:
+        """The handshake itself failed, not the GET after it: from one vantage, a GET that
+        timed out over a completed handshake is the server's slowness as likely as a censor's
+        (the control SNI's exchange and the ping have no GET to compare it with)."""
+        return self.handshake.operation != "http3_round_trip"
 
     @property
     def ping_answered(self) -> bool:
@@ -87,8 +98,15 @@ def case(s: Subject) -> QUICCase | None:
                     bool({sni, final.address} & s.ev.alt_svc_h3), controls)
 
 
+def _not_sent(c: QUICCase) -> Finding | None:
+    if c.handshake.failure != PROXY_UNSUPPORTED:
+        return None
+    return Finding("nothing sent: UDP cannot go through the vantage's SOCKS5 proxy",
+                   {"address": c.address})
+
+
 def _sni_vs_control_sni(c: QUICCase) -> Finding | None:
-    if (c.handshake.failure not in SILENCED or c.control_sni is None
+    if (not c.handshake_failed or c.handshake.failure not in SILENCED or c.control_sni is None
             or c.control_sni.failure is not None):
         return None
     return Finding(f"QUIC handshake {c.handshake.failure} at {c.where}; the same address "
@@ -97,13 +115,28 @@ def _sni_vs_control_sni(c: QUICCase) -> Finding | None:
                     "tcp_ok": c.tcp_ok})
 
 
+def _clean_silence(o: QUICObservation) -> bool:
+    """Silent, and begun before any handshake of ours naming another name there."""
+    return o.after_failure_s is None and o.failure in SILENCED
+
+
 def _residual(c: QUICCase) -> Finding | None:
+    """A silence after another name's handshake at the address began (and failed, or had not
+    ended): that name may have set the censor's residual blocking, which blocks every name
+    after it. Not so when the ping, sent after that handshake began, was answered, nor when
+    the ping and the control SNI were silent before any such handshake began (UDP dropped)."""
     after = c.handshake.after_failure_s
-    if after is None or after > RESIDUAL_S or c.ping_answered:
+    if after is None or after > RESIDUAL_S or c.handshake.failure not in SILENCED:
         return None
-    return Finding(f"QUIC {c.handshake.failure} at {c.where} {after:.0f} s after another "
-                   "handshake of this sweep failed there: possibly residual blocking our own "
-                   "probe triggered, not this name's", {"address": c.address})
+    if c.ping_answered and c.ping is not None and c.ping.t0 >= c.handshake.t0 - after:
+        return None
+    if c.ping is not None and _clean_silence(c.ping) and (
+            c.control_sni is None or _clean_silence(c.control_sni)):
+        return None  # UDP was silent there before any name of ours: not our doing
+    return Finding(f"QUIC {c.handshake.failure} at {c.where} {after:.0f} s after a handshake "
+                   "of ours naming another name began there and failed (or had not ended): "
+                   "possibly residual blocking our own probe triggered, not this name's",
+                   {"address": c.address})
 
 
 def _failure_vs_control(c: QUICCase) -> Finding | None:
@@ -115,16 +148,20 @@ def _failure_vs_control(c: QUICCase) -> Finding | None:
 
 
 def _handshake_vs_quicping(c: QUICCase) -> Finding | None:
-    if c.handshake.failure != F.GENERIC_TIMEOUT or not c.ping_answered or not c.tcp_ok:
+    # a stack that answers a Version Negotiation may still complete no handshake (a load
+    # balancer in front of a site without HTTP/3): only one that says it serves HTTP/3 counts
+    if (not c.handshake_failed or c.handshake.failure != F.GENERIC_TIMEOUT
+            or not c.ping_answered or not c.tcp_ok or not c.h3_advertised):
         return None
     return Finding(f"QUIC handshake timed out at {c.where} while the address answered the "
-                   "version-negotiation ping and TCP/TLS: QUIC handshakes are filtered",
+                   "version-negotiation ping and TCP/TLS, and advertises HTTP/3: QUIC "
+                   "handshakes are filtered",
                    {"address": c.address, "quicping": True, "tcp_ok": True})
 
 
 def _udp_blocked(c: QUICCase) -> Finding | None:
-    if (c.handshake.failure != F.GENERIC_TIMEOUT or not c.ping_silent or not c.tcp_ok
-            or not c.h3_advertised
+    if (not c.handshake_failed or c.handshake.failure != F.GENERIC_TIMEOUT
+            or not c.ping_silent or not c.tcp_ok or not c.h3_advertised
             or (c.control_sni is not None and c.control_sni.failure is None)):
         return None
     return Finding(f"nothing answers QUIC at {c.address}:{c.port} (handshake and "
@@ -155,15 +192,22 @@ def _no_control(c: QUICCase) -> Finding:
 
 
 QUIC_RULES: tuple[Rule[QUICCase], ...] = (
+    Rule("quic.not_sent", "error",
+         "a SOCKS5 proxy is configured and UDP cannot go through it: nothing was sent, so "
+         "nothing is said of the server (a control vantage's failure included)", _not_sent,
+         "quic"),
+    Rule("quic.residual", "inconclusive",
+         "no answer on UDP at an address where a QUIC handshake of this (or a recent) sweep "
+         "naming another name had begun shortly before (or during) and failed or not ended: "
+         "a censor's "
+         "residual blocking that our own handshake may have triggered says nothing about this "
+         "name (first: it outranks the control SNI and the control vantage, which that "
+         "blocking did not reach)", _residual, "quic"),
     Rule("quic.sni_vs_control_sni", "quic_blocked",
          "the QUIC handshake naming the service got no answer (or an ICMP error or a reset) "
          "while, just before, the same address completed a QUIC handshake for the harmless "
          "control name: the name is filtered in QUIC (SNI blocking of QUIC Initials)",
          _sni_vs_control_sni, "quic"),
-    Rule("quic.residual", "inconclusive",
-         "no answer on UDP at an address where another QUIC handshake of this sweep had failed "
-         "shortly before: a censor's residual blocking that our own earlier handshake may have "
-         "triggered says nothing about this name", _residual, "quic"),
     Rule("quic.failure_vs_control", "quic_blocked",
          "the QUIC handshake failed while a control vantage completed it at the same address",
          _failure_vs_control, "quic"),
@@ -172,7 +216,8 @@ QUIC_RULES: tuple[Rule[QUICCase], ...] = (
          "not speak QUIC (or is down)", _same_as_control, "quic"),
     Rule("quic.handshake_vs_quicping", "quic_blocked",
          "the QUIC handshake timed out while the address answered the version-negotiation ping "
-         "(UDP reaches its QUIC stack) and TCP/TLS to it worked: QUIC handshakes are filtered",
+         "(UDP reaches its QUIC stack), TCP/TLS to it worked and the server advertises HTTP/3 "
+         "(Alt-Svc h3): QUIC handshakes are filtered",
          _handshake_vs_quicping, "quic"),
     Rule("quic.udp_blocked", "quic_blocked",
          "neither the QUIC handshake nor the version-negotiation ping got an answer while "

@@ -27,6 +27,11 @@ class Timeouts:
     http: float = 15.0
 
 
+# ``ProbeContext.cache`` key: a list of ``async () -> None`` that ``aclose`` awaits at the
+# sweep's end (whatever ended it), for what a probe started and must end with the sweep
+CLOSERS = "closers"
+
+
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """The addresses a name resolved to for this sweep, and the DNS facts behind them."""
@@ -121,7 +126,10 @@ class ProbeContext:
 
     async def aclose(self) -> None:
         """End what the sweep left running (queries still listening for late answers, kept
-        connections to resolvers)."""
+        connections to resolvers, what a probe registered under ``CLOSERS``: e.g. the ech
+        probe's worker process)."""
+        for closing in self.cache.pop(CLOSERS, []):
+            await closing()
         if self._resolutions is not None:
             await self._resolutions.aclose()
         from blockwatch.probes.dns import close_connections

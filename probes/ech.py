@@ -13,9 +13,9 @@ since 2024-11-05 while the same address answers hellos without ECH. For each TLS
   carrying the config's id and HPKE suite, as a browser using ECH sends it (its encrypted
   inner hello is random bytes: the question is whether the hello is answered).
 
-The hellos and the reply reading are in ``probes.ech_hello`` (scapy builds every hello, in a
-worker thread: importing scapy's TLS layers takes seconds and a build 10-20 ms of CPU, which on
-the event loop would hold up every other probe's timing).
+The hellos and the reply reading are in ``probes.ech_hello`` (scapy builds every hello, in one
+worker process, ``probes.ech_build``: importing scapy's TLS layers takes seconds and a build
+10-20 ms of CPU, which on the event loop would hold up every other probe's timing).
 
 Guarantees:
 
@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,13 +61,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from blockwatch.probes import pacing
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, Route, attempt, close, plan
+from blockwatch.probes.ech_build import BUILDER, build
 from blockwatch.probes.ech_hello import (
     ANSWERED,
     ECHConfig,
     Reply,
-    client_hello,
     grease_extension,
-    load,
     parse_ech_configs,
     read_reply,
     real_extension,
@@ -85,36 +84,7 @@ from blockwatch.probes.scope import is_ip
 from blockwatch.probes.targets import PlanContext, tcp_endpoints
 
 OPERATION = "ech_hello"
-# One worker process builds every ClientHello: scapy's import (seconds) and builds (10-20 ms
-# each) are CPU work; in a thread they held the GIL and stretched every other probe's clock in
-# the same sweep (a lab delay test saw it), in a process they take the other core. A thread is
-# the fallback where a process cannot start.
-_BUILDER: list[Executor] = []
-
-
-def _builder() -> Executor:
-    if not _BUILDER:
-        try:
-            import multiprocessing
-
-            pool: Executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=load)
-        except (OSError, NotImplementedError, ImportError):
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ech-hello")
-        _BUILDER.append(pool)
-    return _BUILDER[0]
-
-
-async def _build(sni: str | None, ech: bytes | None) -> bytes:
-    """``client_hello(sni, ech)`` in the builder; a worker that died is replaced once."""
-    loop = asyncio.get_running_loop()
-    try:
-        return await loop.run_in_executor(_builder(), client_hello, sni, ech)
-    except BrokenExecutor:
-        _BUILDER.clear()
-        return await loop.run_in_executor(_builder(), client_hello, sni, ech)
-VARIANTS = ("plain", "grease", "real")
+NOT_BUILT = "not_built"  # outcome: the ClientHello could not be built, nothing was sent
 
 
 class ECHSettings(BaseModel):
@@ -143,7 +113,7 @@ class ECHObservation(ProbeObservation):
     variant: str | None = None  # plain, grease or real
     order: int | None = None  # its place (1-3) in this address's random order
     attempt: int = 1  # 2: sent again after a timeout
-    outcome: str | None = None  # ech_hello.Reply.outcome, or connect_failed
+    outcome: str | None = None  # ech_hello.Reply.outcome, connect_failed or not_built
     alert: int | None = None
     config_id: int | None = None  # the ECH config id sent (grease: a random one)
     detail: str | None = None
@@ -187,11 +157,12 @@ async def _send(ctx: ProbeContext, route: Route, hello: _Hello, order: int, trie
     base = ECHObservation(kind="hello", t0=clock(), t=0.0, address=route.address,
                           port=route.port, sni=hello.sni, variant=hello.variant, order=order,
                           attempt=tries, config_id=hello.config_id)
-    try:  # built before connecting, in a worker thread: scapy's import (seconds) and each
-        # build (10-20 ms) would otherwise stop the event loop, and every other probe's clock
-        record = await _build(hello.sni, hello.ech)
-    except ValueError as exc:  # a name IDNA cannot encode: nothing is sent
-        return (replace(base, t=clock(), outcome="error",
+    try:  # built before connecting, in the worker: scapy's import (seconds) and each build
+        # (10-20 ms) would otherwise stop the event loop, and every other probe's clock
+        record = await build(ctx, hello.sni, hello.ech)
+    except (ValueError, TimeoutError, BrokenExecutor, RuntimeError) as exc:  # nothing is
+        # sent: a name IDNA cannot encode, a builder that hung or died twice (ours)
+        return (replace(base, t=clock(), outcome=NOT_BUILT,
                         failure=unknown(f"ClientHello not built: {type(exc).__name__}")),)
     dialed = await attempt(ctx, route, clock, streams=True)
     base = replace(base, t0=clock())
@@ -252,8 +223,13 @@ def counted(hellos: list[ECHObservation]) -> dict[str, dict[str, ECHObservation]
 
 
 def outcome(observations: tuple[Observation, ...]) -> tuple[str | None, str | None]:
-    """The measurement's failure and operation (see the module's guarantees)."""
+    """The measurement's failure and operation (see the module's guarantees). A hello that
+    was never built (so never sent) fails it at ``probe``: our own failure, judged as such
+    (``probe.bug``), never a hello the network did not answer."""
     by_address = counted([o for o in observations if isinstance(o, ECHObservation)])
+    unbuilt = [o for v in by_address.values() for o in v.values() if o.outcome == NOT_BUILT]
+    if unbuilt:
+        return unbuilt[0].failure, "probe"
     plain_ok = {a: v for a, v in by_address.items() if "plain" in v and v["plain"].answered}
     if plain_ok:
         if any(all(o.answered for o in v.values()) for v in plain_ok.values()):
@@ -271,6 +247,8 @@ def outcome(observations: tuple[Observation, ...]) -> tuple[str | None, str | No
 # --- the HTTPS record ---------------------------------------------------------------------------
 
 MAX_RECORDS = 16
+NO_USABLE_CONFIG = ("ECHConfigList: no config a client can use (another version, a public name "
+                    "that is no host name, a mandatory extension)")
 MAX_HINTS = 16
 _Records = tuple[tuple[DNSObservation, ...], tuple[ECHObservation, ...], ECHConfig | None]
 
@@ -306,6 +284,8 @@ def read_record(qname: str, text: str, t0: float, t: float
         configs = parse_ech_configs(ech.ech)
     except MalformedReply as exc:
         return replace(obs, ech_config=True, ech_error=str(exc)[:200]), []
+    if not configs:
+        return replace(obs, ech_config=True, ech_error=NO_USABLE_CONFIG), []
     return replace(obs, ech_config=True,
                    ech_config_ids=tuple(c.config_id for c in configs),
                    ech_public_names=tuple(c.public_name for c in configs)), configs
@@ -369,7 +349,7 @@ def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
     targets = [Target(service=service.name, probe="ech", host=h, port=p, sni=h)
                for (h, p), tls in tcp_endpoints(service).items() if tls]
     if targets:  # the builder starts (and imports scapy) while the sweep is planned
-        _builder().submit(load)
+        BUILDER.get()
     return targets
 
 

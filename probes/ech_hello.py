@@ -18,7 +18,10 @@ Guarantees:
   the server answering; a reset, silence, an EOF and bytes that are not TLS are told apart.
   Memory is bounded by the record limit, time by the deadline, whatever the peer sends.
 - ``parse_ech_configs`` reads an ECHConfigList (RFC 9849 section 4) with every length checked
-  against what is left; anything else raises ``MalformedReply``. No maintained Python library
+  against what is left, extensions included; anything else raises ``MalformedReply``. A config
+  a client must ignore is skipped: another version, a public name that is not a host name
+  (LDH labels, not an IPv4 literal: no text of the network's choosing is kept), a mandatory
+  extension. No maintained Python library
   reads ECHConfig (dnspython hands over its bytes), so this is the one structure read by hand.
 """
 
@@ -28,6 +31,7 @@ import asyncio
 import importlib
 import os
 import random
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -115,12 +119,38 @@ def parse_ech_configs(data: bytes) -> list[ECHConfig]:
         raw, c = _take(contents, c, 2)
         max_len, name_len = raw[0], raw[1]
         name, c = _take(contents, c, name_len)
-        try:
-            public_name = name.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise MalformedReply("ECHConfig: public name is not ASCII") from exc
+        extensions, c = _vec16(contents, c)
+        if c != len(contents):
+            raise MalformedReply("ECHConfig: bytes after its extensions")
+        public_name = name.decode("ascii", "replace")
+        if not _public_name(public_name) or _mandatory(extensions):
+            continue  # section 4: a client MUST ignore such a config
         out.append(ECHConfig(config_id, kem_id, suites, public_name, public_key, max_len))
     return out
+
+
+_LDH = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_IPV4ISH = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
+
+
+def _public_name(name: str) -> bool:
+    """RFC 9849 section 4: dot-separated LDH labels of at most 63 octets, no leading or
+    trailing dot, and a last label that an IPv4 literal could not be read from."""
+    labels = name.split(".")
+    return (all(_LDH.fullmatch(label) for label in labels)
+            and not _IPV4ISH.fullmatch(labels[-1]))
+
+
+def _mandatory(extensions: bytes) -> bool:
+    """Whether the ECHConfig's extensions hold one a client must understand (the type's high
+    bit, section 4.2): this one understands none."""
+    at = 0
+    while at < len(extensions):
+        kind, at = _u16(extensions, at)
+        _, at = _vec16(extensions, at)
+        if kind & 0x8000:
+            return True
+    return False
 
 
 def ech_config_list(configs: list[ECHConfig]) -> bytes:

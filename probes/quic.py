@@ -28,13 +28,17 @@ Guarantees:
   recorded, the second counts. Every exchange ends by ``[probe.quic] timeout``, and a probe
   takes at most three of them per address (ping and control side by side, the handshake, its
   retry), well inside the runner's deadline.
-- Each exchange takes its share of our limits first: at most ``[probe.quic] in_flight`` QUIC
+- Each exchange takes its share of our limits first: the server's connections, as a TCP
+  connection does (``Limits.connection``), then one of at most ``[probe.quic] in_flight`` QUIC
   exchanges at once in a sweep (aioquic is pure Python: a handshake must not time out
-  waiting for our own CPU), then the server's connections, as a TCP connection does
-  (``Limits.connection``). Waiting is queue time, outside every timeout.
-- ``after_failure_s``: seconds since a handshake of this sweep to the same address failed (None:
-  none did). The analysis does not call a silent address blocked when an earlier failure of
-  ours may have triggered residual blocking of it.
+  waiting for our own CPU). Waiting is queue time, outside every timeout.
+- ``after_failure_s`` (every exchange): seconds from the start of the latest handshake of this
+  process (this sweep or one in the last ``RESIDUAL_S``: a daemon's sweeps follow each other)
+  naming *another* service name at the same address that failed or was still in flight,
+  and that began before this exchange did (the ping, the control SNI) or ended (a handshake:
+  0 when it began during this one), to this exchange's start; None: none did. A censor's
+  residual blocking begins with the Initial that names a blocked name and blocks every name
+  after it: the analysis never calls a silence of this kind blocked.
 - Facts only (``QUICObservation``), bounded in memory (``probes.quic_wire``); the verdicts are
   ``blockwatch.analysis.quic``'s.
 """
@@ -63,7 +67,15 @@ from blockwatch.probes.tls import describe, profile
 HANDSHAKE, CONTROL, PING = "handshake", "control_sni", "quicping"
 PROXY_UNSUPPORTED = "quic_unsupported_with_proxy"  # project-local: nothing sent
 ALPN = ("h3",)
-_FAILURES_KEY = "quic_failed_at"  # ctx.cache: address -> time.monotonic() of a failed handshake
+# residual blocking lasts 60 s at the GFW, longer elsewhere: what the analysis calls too soon
+# after another name's failure (``analysis.quic``) and how long the book below remembers one
+RESIDUAL_S = 180.0
+# address -> service name -> (time.monotonic() its latest handshake there started, False: it
+# completed / True: it failed / None: in flight): the residual blocking a censor may have set
+# for our client and that address (see ``_after``). Kept by the process, not the sweep: a
+# daemon's next sweep, or one more run, may come within the residual blocking of the last
+_TRIED: dict[str, dict[str, tuple[float, bool | None]]] = {}
+MAX_TRIED = (65536, 8)  # addresses kept (the oldest forgotten first), names kept per address
 _LIMITER_KEY = "quic_in_flight"  # ctx.cache: the sweep's Limiter of QUIC exchanges
 
 
@@ -103,7 +115,9 @@ class QUICObservation(ProbeObservation):
     http_status: int | None = None  # the HTTP/3 GET's status
     versions: tuple[str, ...] = ()  # quicping: the versions the server offered
     answered: bool = False  # any datagram came back from the address
-    close_reason: str | None = None  # the peer's CONNECTION_CLOSE reason phrase (data)
+    # the CONNECTION_CLOSE reason phrase (data): the peer's, or aioquic's own when it closed
+    # over a malformed answer
+    close_reason: str | None = None
     ignored: int = 0  # quicping: datagrams that were not our Version Negotiation
     after_failure_s: float | None = None
     failure: str | None = None
@@ -151,16 +165,18 @@ def _handshake_obs(job: Job, kind: str, address: str, t0: float, out: wire.Outco
 
 
 async def _slot(job: Job, address: str) -> Slot:
-    """Our limits for one exchange: the sweep's QUIC exchanges in flight, then the server's
-    connections (``Limits.connection``); waiting is queue time."""
+    """Our limits for one exchange: the server's connections (``Limits.connection``), then the
+    sweep's QUIC exchanges in flight (in that order, as ``Limits.connection`` takes a socket
+    after the server's share: an exchange waiting for a busy server must not hold a permit the
+    exchanges with other servers need); waiting is queue time."""
     limiter = job.ctx.cache.get(_LIMITER_KEY)
     if limiter is None:
         limiter = job.ctx.cache[_LIMITER_KEY] = Limiter(job.settings.in_flight)
-    mine = await limiter.acquire()
+    theirs = await job.ctx.limits.connection(address)
     try:
-        theirs = await job.ctx.limits.connection(address)
+        mine = await limiter.acquire()
     except BaseException:
-        mine.release()
+        theirs.release()
         raise
 
     def release() -> None:
@@ -170,12 +186,51 @@ async def _slot(job: Job, address: str) -> Slot:
     return Slot(release)
 
 
-async def _handshake(job: Job, address: str, kind: str, attempt: int,
-                     after: float | None) -> QUICObservation:
+def _tried(address: str) -> dict[str, tuple[float, bool | None]]:
+    """The address's handshakes of the last ``RESIDUAL_S`` seconds."""
+    names = _TRIED.get(address)
+    if names is None:
+        if len(_TRIED) >= MAX_TRIED[0]:
+            del _TRIED[next(iter(_TRIED))]
+        names = _TRIED[address] = {}
+    old = time.monotonic() - RESIDUAL_S
+    for name in [n for n, (t, _) in names.items() if t < old]:
+        del names[name]
+    return names
+
+
+def _begin(job: Job, address: str) -> float:
+    """A handshake naming the service starts at ``address``: recorded as in flight."""
+    started = time.monotonic()
+    names = _tried(address)
+    names.pop(job.sni.lower(), None)
+    if len(names) >= MAX_TRIED[1]:
+        del names[next(iter(names))]
+    names[job.sni.lower()] = (started, None)
+    return started
+
+
+def _end(job: Job, address: str, started: float, failed: bool) -> None:
+    names = _tried(address)
+    if names.get(job.sni.lower(), (None, None))[0] == started:
+        names[job.sni.lower()] = (started, failed)
+
+
+def _after(job: Job, address: str, started: float, until: float) -> float | None:
+    """``after_failure_s`` of an exchange at ``address`` that started at ``started``: the
+    handshakes naming another name that began by ``until`` and failed or have not ended."""
+    own = job.sni.lower()
+    suspects = [t for name, (t, failed) in _tried(address).items()
+                if name != own and failed is not False and t <= until]
+    return round(max(0.0, started - max(suspects)), 3) if suspects else None
+
+
+async def _handshake(job: Job, address: str, kind: str, attempt: int) -> QUICObservation:
     slot = await _slot(job, address)
     try:
         t0 = job.clock()
         control = kind == CONTROL
+        started = time.monotonic() if control else _begin(job, address)
         out = await wire.handshake(
             address, job.port, job.ctx.control_sni if control else job.sni, alpn=job.alpn,
             trust=None if control else job.trust, path=job.path,
@@ -183,17 +238,24 @@ async def _handshake(job: Job, address: str, kind: str, attempt: int,
             source=job.ctx.source_address)
     finally:
         slot.release()
+    if not control:
+        _end(job, address, started, out.failure is not None)
+    # the handshake counts a residual blocking set at any time until it ended (its later
+    # packets, or the GET, met it), the control SNI one set before it began
+    after = _after(job, address, started, started if control else time.monotonic())
     return _handshake_obs(job, kind, address, t0, out, attempt, after)
 
 
-async def _ping(job: Job, address: str, after: float | None) -> QUICObservation:
+async def _ping(job: Job, address: str) -> QUICObservation:
     slot = await _slot(job, address)
     try:
         t0 = job.clock()
+        started = time.monotonic()
         got = await ping.quicping(address, job.port, job.settings.timeout,
                                   job.ctx.source_address)
     finally:
         slot.release()
+    after = _after(job, address, started, started)
     return QUICObservation(kind=PING, address=address, port=job.port, t0=t0, t=job.clock(),
                            versions=got.versions, answered=bool(got.versions),
                            ignored=got.ignored, after_failure_s=after, failure=got.failure,
@@ -208,22 +270,25 @@ async def measure_address(job: Job, address: str) -> tuple[QUICObservation, ...]
         return (QUICObservation(kind=HANDSHAKE, address=address, port=job.port, t0=t, t=t,
                                 sni=job.sni, failure=F.OUT_OF_SCOPE,
                                 operation="quic_handshake"),)
-    failed_at: dict[str, float] = ctx.cache.setdefault(_FAILURES_KEY, {})
-    since = failed_at.get(address)
-    after = round(time.monotonic() - since, 3) if since is not None else None
     first: list[asyncio.Future[QUICObservation]] = []
     if job.settings.quicping:
-        first.append(asyncio.ensure_future(_ping(job, address, after)))
+        first.append(asyncio.ensure_future(_ping(job, address)))
     name = ctx.control_sni
     if job.settings.control_sni and name and name.lower() != job.sni.lower():
-        first.append(asyncio.ensure_future(_handshake(job, address, CONTROL, 1, after)))
+        first.append(asyncio.ensure_future(_handshake(job, address, CONTROL, 1)))
     before = list(await asyncio.gather(*first))
-    real = [await _handshake(job, address, HANDSHAKE, 1, after)]
+    real = [await _handshake(job, address, HANDSHAKE, 1)]
     if real[0].failure == F.GENERIC_TIMEOUT:
-        real.append(await _handshake(job, address, HANDSHAKE, 2, after))
-    if real[-1].failure is not None and len(failed_at) < 65536:
-        failed_at[address] = time.monotonic()
+        real.append(await _handshake(job, address, HANDSHAKE, 2))
     return (*before, *real)
+
+
+def _request_path(url: str | None) -> str:
+    """The GET's ``:path``: the URL's path and query (RFC 9114 section 4.3.1), else "/"."""
+    if not url:
+        return "/"
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def _outcome(per_address: list[tuple[QUICObservation, ...]]) -> tuple[str | None, str | None]:
@@ -255,7 +320,7 @@ class QUICProbe:
             return ProbeResult(found.observations, found.failure or F.DNS_NO_ANSWER, "resolve")
         settings = ctx.settings.get("quic") or QUICSettings()
         trust, alpn = _trust(ctx, target)
-        path = urlsplit(target.url).path or "/" if target.url else "/"
+        path = _request_path(target.url)
         job = Job(ctx, settings, sni, port, path, alpn, trust, clock)
         per_address = list(await asyncio.gather(*(measure_address(job, a)
                                                   for a in found.addresses)))

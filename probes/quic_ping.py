@@ -46,12 +46,15 @@ def ping_packet(dcid: bytes, scid: bytes) -> bytes:
 
 def parse_version_negotiation(data: bytes, dcid: bytes, scid: bytes) -> tuple[int, ...] | None:
     """The versions of a Version Negotiation answering our ping (its DCID is our SCID, its
-    SCID our DCID), or None for any other datagram."""
+    SCID our DCID), or None for any other datagram, however short or malformed. A list naming
+    the version we sent is no answer to it (RFC 9000 section 6.2: the client discards it)."""
     if len(data) < 7 or not data[0] & 0x80 or data[1:5] != b"\0\0\0\0":
         return None
     pos = 5
     got = []
     for _ in range(2):
+        if pos >= len(data):  # a datagram cut inside the connection ids
+            return None
         n = data[pos]
         got.append(data[pos + 1: pos + 1 + n])
         pos += 1 + n
@@ -59,7 +62,8 @@ def parse_version_negotiation(data: bytes, dcid: bytes, scid: bytes) -> tuple[in
             return None
     if got != [scid, dcid] or (len(data) - pos) % 4 or len(data) == pos:
         return None
-    return tuple(int.from_bytes(data[i: i + 4], "big") for i in range(pos, len(data), 4))
+    versions = tuple(int.from_bytes(data[i: i + 4], "big") for i in range(pos, len(data), 4))
+    return None if PING_VERSION in versions else versions
 
 
 class _Inbox(asyncio.DatagramProtocol):
@@ -95,7 +99,11 @@ async def quicping(address: str, port: int, limit: float, source: str | None) ->
     except OSError as exc:
         result.failure = classify(exc)
         return result
-    transport, inbox = await loop.create_datagram_endpoint(_Inbox, sock=sock)
+    try:
+        transport, inbox = await loop.create_datagram_endpoint(_Inbox, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     try:
         times = send_times(limit)
         start = loop.time()

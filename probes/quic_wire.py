@@ -38,14 +38,18 @@ from blockwatch.probes.failures import (
     SSL_INVALID_HOSTNAME,
     SSL_UNKNOWN_AUTHORITY,
     classify,
+    unknown,
 )
 
 RECEIVE_WINDOW = 65536  # bytes a peer may send per connection and per stream (flow control)
 MAX_DATAGRAMS = 4096  # datagrams read per exchange; beyond: a flood, the exchange ends
-QUIC_CLOSED = "quic_connection_closed"  # project-local: the peer closed with a transport error
+# project-local: closed with an error that is no TLS alert (by the peer, or by aioquic refusing
+# a malformed answer, e.g. an HTTP/3 response without a three-digit status)
+QUIC_CLOSED = "quic_connection_closed"
 QUIC_INCOMPATIBLE_VERSION = "quic_incompatible_version"  # OONI's: no common QUIC version
 QUIC_FLOOD = "quic_datagram_flood"  # project-local: more than MAX_DATAGRAMS came back
 VERSIONS = {0x00000001: "1", 0x6B3343CF: "2"}
+NO_COMMON_VERSION = "Could not find a common protocol version"  # aioquic's reason phrase
 # Linux's (the socket module names them from Python 3.12 on only)
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
@@ -113,7 +117,7 @@ class Outcome:
     verify_error: str | None = None
     status: int | None = None
     answered: bool = False  # any datagram came back from the server
-    close_reason: str | None = None  # the peer's CONNECTION_CLOSE reason phrase, cut short
+    close_reason: str | None = None  # the CONNECTION_CLOSE reason phrase (ours too), cut short
 
 
 def _verify_failure(exc: Exception) -> str:
@@ -129,10 +133,16 @@ def _verify_failure(exc: Exception) -> str:
     return SSL_INVALID_CERTIFICATE
 
 
-def _closed_failure(error_code: int, reason: str) -> str:
-    if 0x100 <= error_code <= 0x1FF:  # CRYPTO_ERROR: a TLS alert
+def _closed_failure(error_code: int, frame_type: int | None, reason: str) -> str:
+    # CRYPTO_ERROR (a TLS alert) is a transport close's code; an application close (no frame
+    # type) uses 0x100-0x110 too, for HTTP/3's errors (RFC 9114 section 8.1: H3_MESSAGE_ERROR
+    # when aioquic refuses a malformed response), which are no TLS alert
+    if frame_type is not None and 0x100 <= error_code <= 0x1FF:
         return SSL_FAILED_HANDSHAKE
-    if error_code == 0x11 or "version" in reason.lower():  # VERSION_NEGOTIATION_ERROR
+    # VERSION_NEGOTIATION_ERROR (RFC 9368), or aioquic's own close after a Version
+    # Negotiation naming no version it speaks (its exact words: a peer's phrase that merely
+    # says "version" is no negotiation)
+    if error_code == 0x11 or (frame_type is not None and reason == NO_COMMON_VERSION):
         return QUIC_INCOMPATIBLE_VERSION
     return QUIC_CLOSED
 
@@ -160,8 +170,17 @@ class _Client(asyncio.DatagramProtocol):
         if self.datagrams > MAX_DATAGRAMS:
             self._end(QUIC_FLOOD)
             return
-        self.quic.receive_datagram(data, self.addr, now=self.loop.time())
-        self.pump()
+        try:
+            self.quic.receive_datagram(data, self.addr, now=self.loop.time())
+            self.pump()
+        except Exception as exc:  # what nobody foresaw: this exchange's failure, at once
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        """An exception out of aioquic or our handling of its events. Raised into the event
+        loop it was only logged there, and the exchange waited for its limit: a timeout, what
+        a censor gives."""
+        self._end(unknown(f"{type(exc).__name__}: {exc}"))
 
     def error_received(self, exc: Exception) -> None:
         self._end(classify(exc))
@@ -181,7 +200,8 @@ class _Client(asyncio.DatagramProtocol):
                     self.connected.set_result(None)
             elif isinstance(event, ConnectionTerminated):
                 self.close_reason = (event.reason_phrase or "")[:120] or None
-                self._end(_closed_failure(event.error_code, event.reason_phrase or ""))
+                self._end(_closed_failure(event.error_code, event.frame_type,
+                                          event.reason_phrase or ""))
             elif self.h3 is not None:
                 for h3_event in self.h3.handle_event(event):
                     if isinstance(h3_event, HeadersReceived) and self.status is None:
@@ -199,8 +219,11 @@ class _Client(asyncio.DatagramProtocol):
 
     def _on_timer(self) -> None:
         self.timer = None
-        self.quic.handle_timer(now=self.loop.time())
-        self.pump()
+        try:
+            self.quic.handle_timer(now=self.loop.time())
+            self.pump()
+        except Exception as exc:
+            self._broken(exc)
 
 
 def _facts(quic: Any, out: Outcome) -> None:
@@ -237,8 +260,12 @@ async def handshake(address: str, port: int, sni: str | None, *, alpn: tuple[str
         out.failure = classify(exc)
         return out
     addr = (address, port)
-    transport, client = await loop.create_datagram_endpoint(lambda: _Client(quic, addr),
-                                                            sock=sock)
+    try:
+        transport, client = await loop.create_datagram_endpoint(lambda: _Client(quic, addr),
+                                                                sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     try:
         async with asyncio.timeout(limit):
             quic.connect(addr, now=loop.time())
@@ -255,7 +282,8 @@ async def handshake(address: str, port: int, sni: str | None, *, alpn: tuple[str
                 stream = quic.get_next_available_stream_id()
                 client.h3.send_headers(stream, [
                     (b":method", b"GET"), (b":scheme", b"https"),
-                    (b":authority", (sni or address).encode()), (b":path", path.encode()),
+                    (b":authority", _authority(sni or address, port)),
+                    (b":path", path.encode()),
                     (b"user-agent", user_agent.encode())], end_stream=True)
                 client.pump()
                 out.failure = await client.done
@@ -273,6 +301,12 @@ async def handshake(address: str, port: int, sni: str | None, *, alpn: tuple[str
                 transport.sendto(data)
         transport.close()
     return out
+
+
+def _authority(host: str, port: int) -> bytes:
+    """``host[:port]`` (the port when it is not 443; an IPv6 literal in brackets)."""
+    name = f"[{host}]" if ":" in host else host
+    return (name if port == 443 else f"{name}:{port}").encode()
 
 
 @functools.lru_cache(maxsize=16)

@@ -21,7 +21,7 @@ from blockwatch.probes.model import (
     TLSObservation,
     Verdict,
 )
-from blockwatch.probes.quic import CONTROL, HANDSHAKE, PING, QUICObservation
+from blockwatch.probes.quic import CONTROL, HANDSHAKE, PING, PROXY_UNSUPPORTED, QUICObservation
 from blockwatch.probes.runner import new_id
 
 HOST, ADDRESS = "site.test", "192.0.2.10"
@@ -121,6 +121,11 @@ CASES: dict[str, tuple[Callable[[], tuple[Verdict, Verdict]], str, str]] = {
     "quic.tcp_fails_too": (lambda: judged(
         quic_m(q(PING, TIMEOUT), q(HANDSHAKE, TIMEOUT)), *tcp_side(ok=False)),
         "inconclusive", "inconclusive"),
+    # a SOCKS5 proxy: nothing sent, nothing said, whatever the control vantage saw (it was
+    # quic.same_as_control, "down", when the control's handshake failed)
+    "quic.not_sent": (lambda: judged(
+        quic_m(q(HANDSHAKE, PROXY_UNSUPPORTED)), *tcp_side(),
+        quic_m(q(HANDSHAKE, TIMEOUT), vantage="vps"), controls=True), "error", "ok"),
     # no Alt-Svc h3: maybe the server has no QUIC at all; never blocked, and the service ok
     "quic.no_control": (lambda: judged(
         quic_m(q(PING, TIMEOUT), q(CONTROL, TIMEOUT), q(HANDSHAKE, TIMEOUT)),

@@ -13,20 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 PAGE = "<!doctype html><html><head><title>{host} (blockwatch lab, HTTP/3)</title></head>" \
        "<body>The lab's copy of {host}, over HTTP/3.</body></html>\n"
 
 
-def _protocol() -> type[Any]:
+Answer = Callable[[dict[bytes, bytes]], tuple[list[tuple[bytes, bytes]], bytes]]
+
+
+def page(headers: dict[bytes, bytes]) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The lab's answer: 200 and a small page naming the host."""
+    host = headers.get(b":authority", b"").decode("ascii", "replace")[:200]
+    body = PAGE.format(host=host).encode()
+    return [(b":status", b"200"), (b"content-type", b"text/html"),
+            (b"content-length", str(len(body)).encode())], body
+
+
+def _protocol(answer: Answer = page) -> type[Any]:
     from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.h3.connection import H3_ALPN, H3Connection
     from aioquic.h3.events import HeadersReceived
     from aioquic.quic.events import ProtocolNegotiated
 
     class H3Site(QuicConnectionProtocol):
-        """Answers every request's headers with 200 and the page."""
+        """Answers every request's headers with ``answer(headers)``: headers and a body."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -39,13 +51,10 @@ def _protocol() -> type[Any]:
                 return
             for h3_event in self.h3.handle_event(event):
                 if isinstance(h3_event, HeadersReceived):
-                    headers = dict(h3_event.headers)
-                    host = headers.get(b":authority", b"").decode("ascii", "replace")[:200]
-                    body = PAGE.format(host=host).encode()
-                    self.h3.send_headers(h3_event.stream_id, [
-                        (b":status", b"200"), (b"content-type", b"text/html"),
-                        (b"content-length", str(len(body)).encode())])
-                    self.h3.send_data(h3_event.stream_id, body, end_stream=True)
+                    headers, body = answer(dict(h3_event.headers))
+                    self.h3.send_headers(h3_event.stream_id, headers, end_stream=not body)
+                    if body:
+                        self.h3.send_data(h3_event.stream_id, body, end_stream=True)
                     self.transmit()
 
     return H3Site
@@ -62,12 +71,13 @@ def configuration(cert: str, key: str, alpn: list[str] | None = None) -> Any:
 
 
 async def serve(addresses: list[str], port: int, cert: str, key: str,
-                alpn: list[str] | None = None) -> list[Any]:
-    """Start serving on each address (the returned servers' ``close()`` stops them)."""
+                alpn: list[str] | None = None, answer: Answer = page) -> list[Any]:
+    """Start serving on each address (the returned servers' ``close()`` stops them); the tests
+    give their own ``answer``."""
     from aioquic.asyncio.server import serve as quic_serve
 
     config = configuration(cert, key, alpn)
-    return [await quic_serve(a, port, configuration=config, create_protocol=_protocol())
+    return [await quic_serve(a, port, configuration=config, create_protocol=_protocol(answer))
             for a in addresses]
 
 

@@ -86,7 +86,8 @@ def crypto_data(frames: bytes) -> bytes:
             break
         offset, pos = _varint(frames, pos + 1)
         length, pos = _varint(frames, pos)
-        chunks[offset] = frames[pos: pos + length]
+        if length:  # an empty chunk would add nothing, forever (the loop below)
+            chunks[offset] = frames[pos: pos + length]
         pos += length
     out = b""
     while len(out) in chunks:
