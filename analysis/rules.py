@@ -22,7 +22,11 @@ from blockwatch.probes import failures as F
 from blockwatch.probes import registry
 from blockwatch.probes.model import Measurement, Verdict
 
-ANALYZER_VERSION = "9"
+ANALYZER_VERSION = "10"
+# 10: the quic and ech rules reviewed (#17): an ECH hello whose connect timed out is no claim;
+#    quic.residual first (our own overlapping handshake at an address is never SNI filtering);
+#    quic.handshake_vs_quicping needs Alt-Svc h3; a GET that timed out after a verified
+#    handshake is not a filtered Initial; quic.not_sent (a SOCKS5 proxy) is an error, not down;
 # 9: controls from another vantage are, of each vantage and service, its run nearest in time
 #    (those started before the judged run ended first), not every run of the window: an outage
 #    with an older control run that still worked was a false tcp_blocked (#14); the quic

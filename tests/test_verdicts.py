@@ -184,7 +184,7 @@ def verdict_of(out: list, m: Measurement) -> tuple[str, str]:
 
 
 def test_analyzer_version_and_every_rule_verdict_is_known() -> None:
-    assert ANALYZER_VERSION == "9"
+    assert ANALYZER_VERSION == "10"
     known = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked",
              "blocked", "partial", "down", "inconclusive", "network_unavailable", "error",
              *(f"{spec.layer}_blocked" for spec in registry.SPECS)}  # vpn_blocked, stun_blocked

@@ -71,7 +71,7 @@ from blockwatch.lab.state import LabError
 if TYPE_CHECKING:
     from blockwatch.lab.services import Catalogue
 
-ANALYZER = "9"  # the analysis.rules.ANALYZER_VERSION these expectations were checked against
+ANALYZER = "10"  # the analysis.rules.ANALYZER_VERSION these expectations were checked against
 
 
 @dataclass(frozen=True, slots=True)
