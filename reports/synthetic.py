@@ -53,6 +53,18 @@ class Scenario:
     config_hash: str = field(default="synthetic-0001")
 
 
+def small(vantages: Sequence[tuple[str, str]] = (("cn", "CN"), ("kr", "KR")),
+          days: float = 2, blocked_after: dt.timedelta = dt.timedelta(days=1)) -> Scenario:
+    """A small history the tests read: LINE and Instagram hourly from 2014-07-01 for ``days``,
+    LINE blocked in ``cn`` from ``blocked_after`` on, measurements every 6th run, no flakes."""
+    start = dt.datetime(2014, 7, 1, tzinfo=dt.UTC)
+    return Scenario(vantages=vantages, services=["line", "instagram"], start=start,
+                    end=start + dt.timedelta(days=days),
+                    blocking=[Blocking(service="line", vantage="cn",
+                                       start=start + blocked_after)],
+                    measurements_every=6, flaky=0)
+
+
 def truth(s: Scenario, service: str, vantage: str, at: dt.datetime) -> Blocking | None:
     for b in s.blocking:
         if b.service == service and b.vantage == vantage and b.start <= at and (

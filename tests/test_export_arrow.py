@@ -30,12 +30,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> str:
     failed_operation), a run's ASN NULL then set, a re-analysed measurement (two verdicts),
     one without a verdict, text beyond ASCII and an observation with a bidi override."""
     path = tmp_path_factory.mktemp("arrow") / "a.db"
-    scenario = synthetic.Scenario(
-        vantages=[("cn", "CN"), ("kr", "KR")], services=["line", "instagram"],
-        start=dt.datetime(2014, 7, 1, tzinfo=U), end=dt.datetime(2014, 7, 3, tzinfo=U),
-        blocking=[synthetic.Blocking(service="line", vantage="cn",
-                                     start=dt.datetime(2014, 7, 2, tzinfo=U))],
-        measurements_every=6, flaky=0)
+    scenario = synthetic.small()
     with open_store(str(path)) as store:
         synthetic.write(store, scenario)
     with sqlite3.connect(path) as conn:

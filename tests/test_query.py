@@ -20,12 +20,7 @@ U = dt.UTC
 @pytest.fixture
 def db(tmp_path: Path) -> str:
     path = tmp_path / "q.db"
-    scenario = synthetic.Scenario(
-        vantages=[("cn", "CN"), ("kr", "KR")], services=["line", "instagram"],
-        start=dt.datetime(2014, 7, 1, tzinfo=U), end=dt.datetime(2014, 7, 3, tzinfo=U),
-        blocking=[synthetic.Blocking(service="line", vantage="cn",
-                                     start=dt.datetime(2014, 7, 2, tzinfo=U))],
-        measurements_every=6, flaky=0)
+    scenario = synthetic.small()
     with open_store(str(path)) as store:
         synthetic.write(store, scenario)
     return str(path)

@@ -33,12 +33,8 @@ BLOCKWATCH = str(Path(sys.executable).parent / "blockwatch")
 
 
 def _write_history(path: Path) -> None:
-    scenario = synthetic.Scenario(
-        vantages=[("cn", "CN")], services=["line", "instagram"],
-        start=dt.datetime(2014, 7, 1, tzinfo=U), end=dt.datetime(2014, 7, 2, tzinfo=U),
-        blocking=[synthetic.Blocking(service="line", vantage="cn",
-                                     start=dt.datetime(2014, 7, 1, 12, tzinfo=U))],
-        measurements_every=6, flaky=0)
+    scenario = synthetic.small(vantages=[("cn", "CN")], days=1,
+                               blocked_after=dt.timedelta(hours=12))
     with open_store(str(path)) as store:
         synthetic.write(store, scenario)
 
