@@ -143,7 +143,7 @@ class _Hello:
     config_id: int | None
 
 
-def _hellos(sni: str, config: ECHConfig | None, real: bool) -> list[_Hello]:
+def _hellos(sni: str | None, config: ECHConfig | None, real: bool) -> list[_Hello]:
     grease = grease_extension()
     out = [_Hello("plain", sni, None, None), _Hello("grease", sni, grease, grease[5])]
     if config is not None and real:
@@ -186,7 +186,7 @@ async def _send(ctx: ProbeContext, route: Route, hello: _Hello, order: int, trie
                                        detail=reply.detail)
 
 
-async def _address(ctx: ProbeContext, route: Route, sni: str, config: ECHConfig | None,
+async def _address(ctx: ProbeContext, route: Route, sni: str | None, config: ECHConfig | None,
                    settings: ECHSettings, clock: Clock) -> tuple[Observation, ...]:
     """The address's hellos in a random order, then the timed-out ones once more. An address
     that refuses a connection gets no further hellos: no hello can speak to ECH there."""
@@ -322,7 +322,9 @@ class ECHProbe:
     async def observe(self, target: Target, ctx: ProbeContext) -> ProbeResult:
         settings = ctx.settings.get("ech") or ECHSettings()
         clock = Clock()
-        sni = target.sni or target.host
+        # an address is no server name (RFC 6066 3): an endpoint given as one is greeted
+        # without SNI
+        sni = target.sni or (None if is_ip(target.host) else target.host)
         port = target.port or 443
         ask = not ctx.proxy and not is_ip(target.host) and target.host not in ctx.static_lookups
         found, records = await asyncio.gather(
@@ -346,7 +348,8 @@ async def _nothing() -> _Records:
 def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
     """Every TCP endpoint of the service that speaks TLS, with its host as the SNI. (scapy's
     TLS layers are loaded here, while planning: see ``ech_hello.load``.)"""
-    targets = [Target(service=service.name, probe="ech", host=h, port=p, sni=h)
+    targets = [Target(service=service.name, probe="ech", host=h, port=p,
+                      sni=None if is_ip(h) else h)
                for (h, p), tls in tcp_endpoints(service).items() if tls]
     if targets:  # the builder starts (and imports scapy) while the sweep is planned
         BUILDER.get()

@@ -417,3 +417,19 @@ def test_the_lab_censor_reads_the_extension_not_the_bytes() -> None:
     assert not carries_ech(packet(sneaky))
     assert not carries_ech(packet(b"\x16\x03\x01\xff\xff" + b"\xfe\x0d" * 50))
     assert not carries_ech(b"\x45garbage")
+
+
+async def test_an_endpoint_given_as_an_address_is_greeted_without_a_name(pki: Any) -> None:
+    """An IP address is no server name (RFC 6066 3): neither the plan nor the probe sends one
+    as the SNI."""
+    svc = Service(name="ip", title="IP", category="news", domains=(),
+                  urls=("https://192.0.2.9/",))
+    assert [(t.host, t.sni) for t in plan_targets(svc, PlanContext())] == [("192.0.2.9", None)]
+    with DNSServer({}) as dns:
+        async with LoopbackServer(ech_filter(pki.server_context(pki.valid), "none")) as server:
+            target = Target(service="ip", probe="ech", host="127.0.0.1", port=server.port)
+            result = await ECHProbe().observe(target, context(dns))
+    got = hellos(result)
+    assert result.failure is None, result
+    assert sorted(o.variant or "" for o in got) == ["grease", "plain"]  # no HTTPS record asked
+    assert {o.sni for o in got} == {None} and {o.outcome for o in got} == {"server_hello"}
