@@ -11,8 +11,9 @@ the analysis compares the two):
    request): the address's QUIC with a harmless name;
 2. then the **handshake naming the service** (ALPN ``h3``), its certificate verified against the
    vantage's CA settings as the TLS probe's (the system store and ``[tls] ca_bundle``, or a
-   service's pinned CA), and over a trusted connection an **HTTP/3 GET** of the endpoint's
-   path, whose status is recorded (any status is an answer: no failure).
+   service's pinned CA), and over a trusted connection an **HTTP/3 GET** of ``/`` (the
+   target's URL path and query when it carries one; the planner's targets are endpoints, so
+   ``/``), whose status is recorded (any status is an answer: no failure).
 
 The control SNI and the ping go *first*: a censor that blocks by SNI, as the Great Firewall has
 done for QUIC since 2024, then blocks the client, server address and port for a while
