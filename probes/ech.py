@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from blockwatch.probes import pacing
 from blockwatch.probes.context import ProbeContext, ProbeResult
 from blockwatch.probes.dial import Clock, Route, attempt, close, plan
-from blockwatch.probes.ech_build import BUILDER, build
+from blockwatch.probes.ech_build import build
 from blockwatch.probes.ech_hello import (
     ANSWERED,
     ECHConfig,
@@ -346,13 +346,11 @@ async def _nothing() -> _Records:
 
 
 def plan_targets(service: Service, pc: PlanContext) -> list[Target]:
-    """Every TCP endpoint of the service that speaks TLS, with its host as the SNI. (scapy's
-    TLS layers are loaded here, while planning: see ``ech_hello.load``.)"""
+    """Every TCP endpoint of the service that speaks TLS, with its host as the SNI (none for
+    an address)."""
     targets = [Target(service=service.name, probe="ech", host=h, port=p,
                       sni=None if is_ip(h) else h)
                for (h, p), tls in tcp_endpoints(service).items() if tls]
-    if targets:  # the builder starts (and imports scapy) while the sweep is planned
-        BUILDER.get()
     return targets
 
 

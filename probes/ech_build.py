@@ -3,8 +3,10 @@
 
 Guarantees:
 
-- One worker for the whole process, shared by the sweeps in flight; the planner starts it (and
-  its import of scapy) before a sweep sends anything.
+- One worker for the whole process, shared by the sweeps in flight, started by a sweep's first
+  build (its spawn and import of scapy are that build's queue time, below). It used to start
+  while the sweep was planned, but a sweep that never builds (its network down) then never
+  joined it to shut it down: an idle process was left behind.
 - The last sweep to end (``ProbeContext.aclose``, which ``scheduler.sweep`` awaits whether the
   sweep finished, failed or was interrupted) shuts the worker down and waits for it: a daemon's
   many sweeps leave no process or thread behind. Ctrl-C does not kill the worker (it ignores
@@ -47,8 +49,8 @@ class _Builder:
     A process: scapy's import (seconds) and builds (10-20 ms each) are CPU work; in a thread
     they held the GIL and stretched every other probe's clock in the same sweep (a lab delay
     test saw it), in a process they take the other core. A thread where no process can start
-    (at construction or at the first submit, where the process is spawned). The planner starts
-    it before a sweep sends anything; each sweep that builds joins it, and the last to end
+    (at construction or at the first submit, where the process is spawned). A sweep's first
+    build starts it; each sweep that builds joins it, and the last to end
     (``ProbeContext.aclose``: a finished, failed or interrupted sweep alike) shuts it down and
     waits for it: a daemon's sweeps leave no process or thread behind."""
 

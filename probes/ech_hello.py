@@ -51,9 +51,9 @@ ALPN = ("h2", "http/1.1")
 MALFORMED = "tls_malformed_reply"  # project-local: the reply was not a TLS record we know
 
 # scapy's TLS layers (untyped: reached through modules typed Any), imported by ``load``. The
-# import takes seconds of CPU: the ech probe's planner calls ``load`` before a sweep sends
-# anything, so that time is never on a measurement's clock (and the analysis, which reads this
-# probe's observations, never pays it).
+# import takes seconds of CPU: the builder's worker process (``ech_build``) calls ``load`` when
+# it starts, and waiting for it is queue time, never on a measurement's clock (and the
+# analysis, which reads this probe's observations, never pays it).
 _SCAPY: list[tuple[Any, Any, Any, Any]] = []
 
 

@@ -323,3 +323,14 @@ async def test_a_hello_that_could_not_be_built_is_our_failure(
                             failed_operation=result.operation)
     v = judge_run([m], {"news": NEWS}, [])[0]
     assert (v.rule_id, v.verdict) == ("probe.bug", "error")
+
+
+def test_planning_starts_no_worker(fresh_builder: None) -> None:
+    """The worker starts with a sweep's first build, not while the sweep is planned: a sweep
+    that never builds (its network down: nothing is probed) never joins it, so nothing would
+    shut down a worker the planner had started, and an idle process stayed behind."""
+    from blockwatch.probes.ech import plan_targets
+    from blockwatch.probes.targets import PlanContext
+
+    assert plan_targets(NEWS, PlanContext())
+    assert BUILDER.pool is None and children() == []
