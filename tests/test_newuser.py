@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import trustme
 
 from blockwatch.config import load_config
@@ -24,3 +25,19 @@ def test_the_readme_config_example_measures_its_own_service(tmp_path: Path) -> N
     path.write_text(block, encoding="utf-8")
     chosen = [s.name for s in load_config(path).selected_services()]
     assert "mynews" in chosen and {"kakaotalk", "line"} <= set(chosen)
+
+
+def test_a_lab_that_is_not_up_names_the_command_that_starts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--name`` is an option of ``lab``: ``blockwatch lab up --name NAME`` is refused by
+    the parser, so the hint must say ``blockwatch lab --name NAME up``."""
+    from blockwatch.cli import build_parser
+    from blockwatch.lab import lifecycle, state
+
+    monkeypatch.setattr(state, "STATE_ROOT", tmp_path / "run")
+    with pytest.raises(state.LabError) as err:
+        lifecycle.get("nolab7")
+    (hint,) = re.findall(r"`sudo (blockwatch [^`]*)`", str(err.value))
+    assert hint == "blockwatch lab --name nolab7 up"
+    args = build_parser().parse_args(hint.split()[1:])  # the parser takes it as written
+    assert (args.name, args.lab_command) == ("nolab7", "up")
