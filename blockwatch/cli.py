@@ -650,12 +650,14 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from blockwatch.storage.queries import short_run_ids
     from blockwatch.storage.types import iso_utc
     from blockwatch.term import console
 
     with open_reading(reading_url(args)) as store:
         runs = store.runs(limit=args.limit, group=args.group, vantages=args.vantage,
                           since=args.since, until=args.until)
+        short = short_run_ids(store, [r.id for r in runs])  # each one `show` takes
     table = Table(title=f"{len(runs)} most recent runs")
     grouped = any(r.group for r in runs)  # no group column where no run has one
     table.add_column("run", no_wrap=True)
@@ -665,7 +667,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:  # stored text (names, summaries of test-list URLs) is data, never markup
         dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
         table.add_row(*(cell(c) for c in (
-            r.id[:13], iso_utc(r.started_at), r.vantage,
+            short[r.id], iso_utc(r.started_at), r.vantage,
             *((r.group or "",) if grouped else ()), r.status, dur, _one_line(r.summary))))
     console().print(table)
     return EXIT_OK

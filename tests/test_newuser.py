@@ -3,6 +3,7 @@ newcomer would, and fix what breaks): each test is one thing that was wrong."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -41,3 +42,34 @@ def test_a_lab_that_is_not_up_names_the_command_that_starts_it(
     assert hint == "blockwatch lab --name nolab7 up"
     args = build_parser().parse_args(hint.split()[1:])  # the parser takes it as written
     assert (args.name, args.lab_command) == ("nolab7", "up")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_runs_shows_ids_that_show_takes(backend: str, tmp_path: Path,
+                                        request: pytest.FixtureRequest,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs made in the same millisecond share the 13 characters ``runs`` used to show (OONI
+    measurements imported from the same second always do), and ``show`` refused every one
+    of them as ambiguous: each shown id is now its shortest unique prefix, checked against
+    runs not listed too (``-n``)."""
+    from blockwatch.cli import main
+    from blockwatch.storage import open_store
+    from blockwatch.storage.queries import bulk_insert
+
+    at = dt.datetime(2026, 12, 6, 18, 23, 52, tzinfo=dt.UTC)
+    ids = ["01a24c99-1ac0-7667-979a-2d0f63105583", "01a24c99-1ac0-7a9a-a2fc-89f3b5d179db",
+           "01a24c99-1ac0-7a9b-9edd-2115bdde53c4", "01a24c99-1d35-725e-b403-851ece9b24ee"]
+    db = tmp_path / "r.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    with open_store(str(db)) as store:
+        bulk_insert(store, "runs", [
+            {"id": i, "vantage": "ooni-IR-AS0", "country": "IR", "asn": None,
+             "group_name": None, "started_at": at + dt.timedelta(microseconds=n),
+             "finished_at": at, "status": "complete", "software_version": "t",
+             "config_hash": "", "baseline": {}, "summary": {}} for n, i in enumerate(ids)])
+    assert main(["runs", "--db", str(db), "-n", "3"]) == 0  # the oldest run is not listed
+    shown = re.findall(r"│ (01a24c99-[0-9a-f-]+) +│", capsys.readouterr().out)
+    assert shown == ["01a24c99-1d35", "01a24c99-1ac0-7a9b", "01a24c99-1ac0-7a9a"]
+    with open_store(str(db), read_only=True) as store:
+        for prefix in shown:  # what `blockwatch show PREFIX` does
+            run = store.get_run(prefix)
+            assert run is not None and run.id.startswith(prefix)
