@@ -91,12 +91,21 @@ def _positive(text: str) -> int:
 # as the config's [vantage] name (tests/test_cli_values.py checks that the two agree)
 VANTAGE_NAME_MAX = 64
 MAX_RUNS = 1_000_000_000  # beyond any database; SQLite's LIMIT overflows past 2**63
+MAX_CONCURRENCY = 20_000  # [concurrency] global's bound (tests/test_newuser.py checks they agree)
 
 
 def _run_count(text: str) -> int:
     value = _positive(text)
     if value > MAX_RUNS:
         raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_RUNS:,}")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_CONCURRENCY:,} (as "
+                                         "[concurrency] global)")
     return value
 
 
@@ -147,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "OONI Run v2 descriptor; each URL is measured and judged on its own")
     run.add_argument("--input-format", choices=("auto", "plain", "csv", "ooni-run"),
                      help="the test lists' format (default: [inputs] format, or detected)")
-    run.add_argument("--concurrency", type=_positive, metavar="N",
+    run.add_argument("--concurrency", type=_concurrency, metavar="N",
                      help="names measured at once (default: [concurrency] global); 1 measures "
                      "one name after another")
     run.add_argument("--offline-ok", action="store_true",

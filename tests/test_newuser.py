@@ -73,3 +73,22 @@ def test_runs_shows_ids_that_show_takes(backend: str, tmp_path: Path,
         for prefix in shown:  # what `blockwatch show PREFIX` does
             run = store.get_run(prefix)
             assert run is not None and run.id.startswith(prefix)
+
+
+@pytest.mark.parametrize("value, says", [
+    ("20001", "is more than 20,000 (as [concurrency] global)"),
+    ("99999999999", "is more than 20,000"),  # was taken, where the config refuses 20,001
+    ("0", "must be 1 or more"),
+])
+def test_run_concurrency_is_bounded_as_the_config_bounds_it(
+        value: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from blockwatch.cli import MAX_CONCURRENCY, main
+    from blockwatch.config import Concurrency
+
+    bounds = [m.le for m in Concurrency.model_fields["total"].metadata if hasattr(m, "le")]
+    assert bounds == [MAX_CONCURRENCY]
+    with pytest.raises(SystemExit) as exit_:  # refused before the config is even read
+        main(["run", "--config", str(tmp_path / "none.toml"), "--concurrency", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert f"argument --concurrency: {value!r} {says}" in err.splitlines()[-1]
