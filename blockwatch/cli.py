@@ -367,8 +367,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.concurrency:
         settings = dataclasses.replace(settings, concurrency=args.concurrency)
     targets = app.plan(cfg, services)
-    for warning in settings.warnings:  # what the scope switches off, said before the sweep
-        print(f"blockwatch: warning: {warning}", file=sys.stderr)
+    for warning in () if args.quiet else settings.warnings:  # what the scope switches off,
+        print(f"blockwatch: warning: {warning}", file=sys.stderr)  # said before the sweep
     interactive = sys.stderr.isatty() and not (args.json or args.quiet)
     if interactive and cfg.source == "(defaults)" and not args.vantage:
         print(f"blockwatch: no config yet: this run's vantage is {settings.vantage!r}; "
