@@ -92,3 +92,22 @@ def test_run_concurrency_is_bounded_as_the_config_bounds_it(
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert f"argument --concurrency: {value!r} {says}" in err.splitlines()[-1]
+
+
+def test_init_example_writes_to_output(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``init --example --output FILE`` printed the example on stdout and wrote nothing: the
+    file is written, and an existing one is kept without --force, as ``init`` does."""
+    from blockwatch.cli import main
+    from blockwatch.init_cli import example_config
+
+    out = tmp_path / "mine" / "bw.toml"
+    assert main(["init", "--example", "--output", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == example_config()
+    assert capsys.readouterr().out == ""
+    load_config(out)  # the commands take it
+    out.write_text("# edited\n", encoding="utf-8")
+    assert main(["init", "--example", "--output", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_text() == "# edited\n"
+    assert main(["init", "--example", "--output", str(out), "--force"]) == 0
+    assert out.read_text(encoding="utf-8") == example_config()
