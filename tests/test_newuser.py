@@ -111,3 +111,19 @@ def test_init_example_writes_to_output(tmp_path: Path,
     assert "exists" in capsys.readouterr().err and out.read_text() == "# edited\n"
     assert main(["init", "--example", "--output", str(out), "--force"]) == 0
     assert out.read_text(encoding="utf-8") == example_config()
+
+
+def test_a_token_added_and_redirected_is_a_token_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``collector token add NAME > NAME.token`` wrote the line before the token too, and a
+    vantage refused that file ("not a collector token"): the token is alone on stdout."""
+    from blockwatch.cli import main
+    from blockwatch.collector.outbox import read_token
+
+    db = tmp_path / "collector.db"
+    assert main(["collector", "token", "add", "home-pi", "--db", str(db)]) == 0
+    said = capsys.readouterr()
+    assert "shown once" in said.err
+    token_file = tmp_path / "home-pi.token"
+    token_file.write_text(said.out, encoding="utf-8")
+    assert read_token(token_file) == said.out.strip() and said.out.count("\n") == 1
