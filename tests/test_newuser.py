@@ -127,3 +127,24 @@ def test_a_token_added_and_redirected_is_a_token_file(
     token_file = tmp_path / "home-pi.token"
     token_file.write_text(said.out, encoding="utf-8")
     assert read_token(token_file) == said.out.strip() and said.out.count("\n") == 1
+
+
+def test_reports_load_never_writes(tmp_path: Path) -> None:
+    """docs/schema.md: ``reports.load`` never writes. It opened the database for writing: a
+    mistyped path became a new, empty database (and empty frames), and an older one was
+    upgraded in place. It reads as ``blockwatch report`` does now."""
+    from blockwatch import reports
+    from blockwatch.storage import StorageError, open_store
+
+    missing = tmp_path / "typo.db"
+    with pytest.raises(StorageError, match="no database"):
+        reports.load(str(missing), as_frames=False)
+    assert not missing.exists()
+    db = tmp_path / "results.db"
+    open_store(str(db)).close()
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    assert reports.load(str(db), as_frames=False) == reports.Data([], [])
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before  # as tests/test_readonly.py
+    wal = tmp_path / "results.db-wal"  # reading a WAL database may leave these, empty
+    assert {p.name for p in tmp_path.iterdir()} <= {"results.db", wal.name, "results.db-shm"}
+    assert not wal.exists() or wal.stat().st_size == 0
