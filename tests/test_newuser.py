@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,28 @@ def test_reports_load_never_writes(tmp_path: Path) -> None:
     wal = tmp_path / "results.db-wal"  # reading a WAL database may leave these, empty
     assert {p.name for p in tmp_path.iterdir()} <= {"results.db", wal.name, "results.db-shm"}
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--on-calendar", "hourly\nExecStartPre=/bin/true", "is not a systemd calendar value"),
+    ("--on-calendar", " ", "is not a systemd calendar value"),
+    ("--on-calendar", "every hour", "systemd refuses 'every hour'"),
+    ("--randomized-delay", "15 minutes or so", "systemd refuses '15 minutes or so'"),
+])
+def test_install_timer_refuses_what_systemd_would(
+        option: str, value: str, says: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A schedule systemd cannot parse was written into the units and only failed at
+    ``systemctl --user enable --now`` (or, with a line break, added a line to the unit)."""
+    from blockwatch.cli import main
+
+    if "systemd refuses" in says and shutil.which("systemd-analyze") is None:
+        pytest.skip("no systemd-analyze here: the refusal is systemd's own")
+    config = tmp_path / "bw.toml"
+    config.write_text('consent = true\n', encoding="utf-8")
+    units = tmp_path / "units"
+    argv = ["install-timer", "--user", "--config", str(config), "--dir", str(units)]
+    assert main([*argv, option, value]) == 2
+    assert says in capsys.readouterr().err and not units.exists()
+    assert main([*argv, "--on-calendar", "Mon *-*-* 02:00", "--randomized-delay", "1h"]) == 0
+    assert "OnCalendar=Mon *-*-* 02:00\n" in (units / "blockwatch.timer").read_text()
