@@ -18,7 +18,7 @@ Guarantees:
   gives the same verdicts; a control path's run is not judged. One run at a time is held in
   memory.
 - Fingerprints come from ``[analysis] fingerprints`` plus the built-in set; a bad file stops
-  with exit 2 before anything is written, and so does a path given that does not exist.
+  with exit 2 before anything is written.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -73,10 +72,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     fps = fingerprints(cfg)
-    for path in args.paths:  # a mistyped name is the command's mistake, not a skipped record
-        if not os.path.lexists(path):
-            raise UsageError(f"import ooni: {printable(path)}: no such file or directory "
-                             "(nothing was imported)")
     with _store(cfg) as store:
         report = import_ooni(store, args.paths, cfg.catalogue(), fps)
     if not args.quiet:

@@ -174,21 +174,3 @@ def test_install_timer_refuses_what_systemd_would(
     assert says in capsys.readouterr().err and not units.exists()
     assert main([*argv, "--on-calendar", "Mon *-*-* 02:00", "--randomized-delay", "1h"]) == 0
     assert "OnCalendar=Mon *-*-* 02:00\n" in (units / "blockwatch.timer").read_text()
-
-
-def test_import_of_a_path_that_does_not_exist_is_a_usage_error(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``import ooni typo.jsonl`` exited 0 ("1 record skipped"), so a cron job importing
-    yesterday's file under a wrong name never failed; and it created the database."""
-    from blockwatch.cli import main
-
-    db = tmp_path / "results.db"
-    config = tmp_path / "bw.toml"
-    config.write_text(f'[storage]\nurl = "sqlite:///{db}"\n', encoding="utf-8")
-    good = tmp_path / "empty.jsonl"
-    good.write_text("", encoding="utf-8")
-    argv = ["import", "ooni", "--config", str(config), str(good)]
-    assert main([*argv, str(tmp_path / "typo.jsonl")]) == 2
-    assert "typo.jsonl: no such file or directory" in capsys.readouterr().err
-    assert not db.exists()
-    assert main(argv) == 0  # an existing file without records is no error
