@@ -91,12 +91,21 @@ def _positive(text: str) -> int:
 # as the config's [vantage] name (tests/test_cli_values.py checks that the two agree)
 VANTAGE_NAME_MAX = 64
 MAX_RUNS = 1_000_000_000  # beyond any database; SQLite's LIMIT overflows past 2**63
+MAX_CONCURRENCY = 20_000  # [concurrency] global's bound (tests/test_newuser.py checks they agree)
 
 
 def _run_count(text: str) -> int:
     value = _positive(text)
     if value > MAX_RUNS:
         raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_RUNS:,}")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_CONCURRENCY:,} (as "
+                                         "[concurrency] global)")
     return value
 
 
@@ -147,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "OONI Run v2 descriptor; each URL is measured and judged on its own")
     run.add_argument("--input-format", choices=("auto", "plain", "csv", "ooni-run"),
                      help="the test lists' format (default: [inputs] format, or detected)")
-    run.add_argument("--concurrency", type=_positive, metavar="N",
+    run.add_argument("--concurrency", type=_concurrency, metavar="N",
                      help="names measured at once (default: [concurrency] global); 1 measures "
                      "one name after another")
     run.add_argument("--offline-ok", action="store_true",
@@ -358,8 +367,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.concurrency:
         settings = dataclasses.replace(settings, concurrency=args.concurrency)
     targets = app.plan(cfg, services)
-    for warning in settings.warnings:  # what the scope switches off, said before the sweep
-        print(f"blockwatch: warning: {warning}", file=sys.stderr)
+    for warning in () if args.quiet else settings.warnings:  # what the scope switches off,
+        print(f"blockwatch: warning: {warning}", file=sys.stderr)  # said before the sweep
     interactive = sys.stderr.isatty() and not (args.json or args.quiet)
     if interactive and cfg.source == "(defaults)" and not args.vantage:
         print(f"blockwatch: no config yet: this run's vantage is {settings.vantage!r}; "
@@ -650,12 +659,14 @@ def _print_summary(outcome: Any, out: TextIO) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from blockwatch.storage.queries import short_run_ids
     from blockwatch.storage.types import iso_utc
     from blockwatch.term import console
 
     with open_reading(reading_url(args)) as store:
         runs = store.runs(limit=args.limit, group=args.group, vantages=args.vantage,
                           since=args.since, until=args.until)
+        short = short_run_ids(store, [r.id for r in runs])  # each one `show` takes
     table = Table(title=f"{len(runs)} most recent runs")
     grouped = any(r.group for r in runs)  # no group column where no run has one
     table.add_column("run", no_wrap=True)
@@ -665,7 +676,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:  # stored text (names, summaries of test-list URLs) is data, never markup
         dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
         table.add_row(*(cell(c) for c in (
-            r.id[:13], iso_utc(r.started_at), r.vantage,
+            short[r.id], iso_utc(r.started_at), r.vantage,
             *((r.group or "",) if grouped else ()), r.status, dur, _one_line(r.summary))))
     console().print(table)
     return EXIT_OK

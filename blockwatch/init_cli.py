@@ -45,7 +45,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dic
                    "($XDG_CONFIG_HOME)")
     p.add_argument("--force", action="store_true", help="replace an existing config")
     p.add_argument("--example", action="store_true",
-                   help="print the annotated example config (every setting) and exit")
+                   help="print the annotated example config (every setting), or write it to "
+                   "--output FILE, and exit")
     return {"init": cmd_init}
 
 
@@ -116,13 +117,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     from blockwatch.config import ConfigError, default_config_path, parse_config
     from blockwatch.consent import ask, is_interactive
 
-    if args.example:
+    if args.example and not args.output:
         sys.stdout.write(example_config())
         return EXIT_OK
     target = Path(args.output).expanduser() if args.output else default_config_path()
     if target.exists() and not args.force:
         raise UsageError(f"{target} exists (blockwatch init was run before): edit it, or "
                          "use --force to replace it")
+    if args.example:  # --output FILE: written there, as a config of one's own would be
+        _write(target, example_config())
+        print(f"blockwatch: wrote the example config to {target}", file=sys.stderr)
+        return EXIT_OK
     interactive = is_interactive(sys.stdin, sys.stderr)
     try:
         name = check_name(args.name) if args.name is not None else None
@@ -149,11 +154,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         parse_config(text, str(target))  # never write a file the commands would refuse
     except ConfigError as exc:
         raise UsageError(f"init: {exc}") from None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+    _write(target, text)
     print(f"blockwatch: wrote {target} (vantage {name!r}"
           f"{', ' + country if country else ''}, consent = {str(consent).lower()})",
           file=sys.stderr)
@@ -167,3 +168,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         print(f"next: blockwatch run --config {target}", file=sys.stderr)
     return EXIT_OK
+
+
+def _write(target: Path, text: str) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from None

@@ -326,6 +326,8 @@ def cmd_install_timer(args: argparse.Namespace) -> int:
         _duration(args.max_runtime)
     except argparse.ArgumentTypeError as exc:
         raise UsageError(f"--max-runtime: {exc}") from None
+    _check_systemd("--on-calendar", "calendar", args.on_calendar)
+    _check_systemd("--randomized-delay", "timespan", args.randomized_delay)
     if refusal := unattended_refusal(yes=args.yes, configured=cfg.consent,  # never an answer
                                      scope=cfg.probes.scope, source=str(config)):  # given here
         print(f"blockwatch: install-timer: {refusal}", file=sys.stderr)
@@ -351,6 +353,31 @@ def cmd_install_timer(args: argparse.Namespace) -> int:
           f"systemctl --user enable --now {timer}\n"
           "to run while you are logged out:  loginctl enable-linger $USER")
     return 0
+
+
+def _check_systemd(option: str, kind: str, value: str) -> None:
+    """A value systemd would refuse is refused here, before units are written: one with a line
+    break or control character always, else what ``systemd-analyze calendar|timespan`` (the
+    parser of the systemd that will read the unit, where there is one) refuses."""
+    import shutil
+    import subprocess
+
+    from blockwatch.cli import UsageError
+    from blockwatch.probes.textsafe import one_line
+
+    if not value.strip() or any(not c.isprintable() for c in value):
+        raise UsageError(f"{option}: '{one_line(value)}' is not a systemd {kind} value")
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    try:
+        done = subprocess.run([analyze, kind, "--", value], capture_output=True, text=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no verdict from systemd: the unit says what was asked
+    if done.returncode != 0:
+        why = one_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
+        raise UsageError(f"{option}: systemd refuses {value!r}: {why}")
 
 
 def _command() -> tuple[str, ...]:

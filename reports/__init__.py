@@ -40,7 +40,8 @@ def load(source: str | Store, since: str | dt.datetime | None = None,
     pd = _pandas(as_frames)
     filters = Filters(services=services, vantages=vantages, since=_instant(since),
                       until=_instant(until))
-    store = open_store(source) if isinstance(source, str) else source
+    # read-only, as `blockwatch report` opens it: never creates, migrates or writes a database
+    store = open_store(source, read_only=True) if isinstance(source, str) else source
     try:
         # the export's documented columns, started_at as a datetime (as the verdicts' is)
         ms = [{**{k: r[k] for k in EXPORT_FIELDS}, "started_at": parse_utc(r["started_at"])}

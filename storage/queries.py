@@ -230,6 +230,35 @@ def vantages(store: Store) -> list[VantageInfo]:
             for name, i in out.items()]
 
 
+def short_run_ids(store: Store, ids: Sequence[str], least: int = 13) -> dict[str, str]:
+    """Each run id cut to its shortest prefix of at least ``least`` characters that no other
+    run's id starts with, so that what ``runs`` shows, ``show`` takes. Runs made in the same
+    millisecond share 13 characters (OONI measurements imported from the same second always
+    do). The longest prefix an id shares is the one with its neighbours in id order: two
+    indexed lookups an id."""
+    r = RunRow
+    out: dict[str, str] = {}
+    try:
+        with store.engine.connect() as conn:
+            for run_id in ids:
+                n = least
+                for nearest in (select(r.id).where(r.id < run_id).order_by(r.id.desc()),
+                                select(r.id).where(r.id > run_id).order_by(r.id)):
+                    other = conn.scalar(nearest.limit(1))
+                    if other is not None:
+                        n = max(n, _shared(run_id, other) + 1)
+                out[run_id] = run_id[:n]
+    except SQLAlchemyError as exc:
+        raise StorageError(store.url, describe(exc)) from exc
+    return out
+
+
+def _shared(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    return next((k for k in range(n) if a[k] != b[k]), n)
+
+
 def _aware(value: Any) -> dt.datetime:
     # aggregates lose the column type on SQLite (text comes back) and keep it on PostgreSQL
     if isinstance(value, str):

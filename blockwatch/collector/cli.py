@@ -7,6 +7,7 @@ vantages: ``postgresql+psycopg://collector@localhost/blockwatch``; SQLite works 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -160,8 +161,10 @@ def cmd_collector(args: argparse.Namespace) -> int:
                                    control=args.control)
             except tokens.TokenError as exc:
                 raise UsageError(str(exc)) from None
+            # the token alone on stdout: `... token add NAME > NAME.token` is a token_file
             print(f"vantage {args.name}: token (shown once, keep it in the vantage's "
-                  f"token_file):\n{token}")
+                  "token_file):", file=sys.stderr)
+            print(token)
         elif args.token_command == "list":
             for v in tokens.listed(store):
                 state = "valid" if v.revoked_at is None else f"revoked {v.revoked_at:%Y-%m-%d}"

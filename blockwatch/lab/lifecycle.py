@@ -293,8 +293,8 @@ def get(name: str, sites: int | None = None) -> Lab:
     check_name(name)
     m = Manifest.load(name)
     if m is None or m.status != "up":
-        raise LabError(f"lab {name!r} is not up: start it with `sudo blockwatch lab up`"
-                       + (f" --name {name}" if name != "bw" else ""))
+        named = f" --name {name}" if name != "bw" else ""  # an option of `lab`, not of `up`
+        raise LabError(f"lab {name!r} is not up: start it with `sudo blockwatch lab{named} up`")
     return Lab(m, lab_catalogue(int(m.info.get("sites", 0)) if sites is None else sites))
 
 
