@@ -237,6 +237,12 @@ def _changes(args: argparse.Namespace) -> int:
               None] for r in results if r.initial == "blocked"]
     _emit(args, f"change points ({len(results)} series; state needs {args.min_sweeps} sweeps)",
           cols, rows)
+    if not rows and args.format == "table":  # an empty table says why (on stderr: not data)
+        print("no change point: " + (
+            f"a state is established by {args.min_sweeps} consecutive agreeing sweeps (ok, or "
+            "blocked/partial) of a service from a vantage, and none of the "
+            f"{len(results)} series changed or started blocked (--min-sweeps N to ask for "
+            "fewer)" if results else "no run matches the selection"), file=sys.stderr)
     return EXIT_OK
 
 

@@ -292,3 +292,15 @@ def test_python_api(db: str) -> None:
     assert len(frames.verdicts) == 96
     for frame in (frames.measurements, frames.verdicts):
         assert pandas.api.types.is_datetime64_any_dtype(frame["started_at"])
+
+
+def test_an_empty_change_point_table_says_why(db: str, capsys: pytest.CaptureFixture[str]
+                                              ) -> None:
+    assert main(["report", "changes", "--db", db, "-s", "line", "--vantage", "kr-office"]) == 0
+    err = capsys.readouterr().err
+    assert "no change point: a state is established by 5 consecutive agreeing sweeps" in err
+    assert main(["report", "changes", "--db", db, "-s", "no-such-service"]) == 0
+    assert "no change point: no run matches the selection" in capsys.readouterr().err
+    assert main(["report", "changes", "--db", db, "-s", "line", "--vantage", "kr-office",
+                 "-f", "csv"]) == 0
+    assert capsys.readouterr().err == ""  # data formats carry no prose
