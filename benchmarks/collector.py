@@ -221,17 +221,16 @@ def prefill(url: str, measurements: int) -> None:
     from sqlalchemy import create_engine, text
 
     runs = max(1, measurements // 200)
-    t0 = T0
     engine = create_engine(url)
     began = time.monotonic()
     with engine.begin() as conn:
         conn.execute(text("SET synchronous_commit = off"))
         for first in range(1, runs + 1, 50_000):
-            conn.execute(text(PREFILL_RUNS), {"t0": t0, "runs": runs, "first": first,
+            conn.execute(text(PREFILL_RUNS), {"t0": T0, "runs": runs, "first": first,
                                               "last": min(runs, first + 49_999)})
     day = dt.timedelta(days=1)
     for k in range(30, 0, -1):
-        since, until = t0 - k * day, t0 - (k - 1) * day
+        since, until = T0 - k * day, T0 - (k - 1) * day
         with engine.begin() as conn:
             conn.execute(text("SET synchronous_commit = off"))
             conn.execute(text(PREFILL_MEASUREMENTS), {"since": since, "until": until})

@@ -140,15 +140,16 @@ def ping(store: Any) -> None:
 
 
 def warm(store: Any, connections: int) -> None:
-    """Open ``connections`` pooled connections at once and read the tables a batch writes
-    on each, before the first submission: a new PostgreSQL backend's first statements load
-    its catalogue caches, and the first batches after a (re)start, each on a new connection,
-    took 0.4-0.6 s more than later ones (the benchmark's slowest submissions). SQLite: nothing
-    to do."""
+    """Open ``connections`` pooled connections (at most the pool's size) at once and read the
+    tables a batch writes on each, before the first submission: a new PostgreSQL backend's
+    first statements load its catalogue caches, and the first batches after a (re)start, each
+    on a new connection, took 0.4-0.6 s more than later ones (the benchmark's slowest
+    submissions). SQLite: nothing to do."""
     import threading
 
     if store.engine.dialect.name != "postgresql":
         return
+    connections = min(connections, store.engine.pool.size())
 
     failed: list[BaseException] = []
     opened = threading.Barrier(connections, timeout=30)

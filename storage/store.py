@@ -226,12 +226,12 @@ class Store:
         transaction; with ``inputs`` and ``summary``, record in the same transaction what they
         were judged on and the run's new summary (a judgement is stored whole or not at all,
         with one commit instead of three)."""
-        if not (verdicts or inputs or summary is not None):
+        if not verdicts and inputs is None and summary is None:
             return
         with self._transaction(write=True) as s:
             if verdicts:
                 self._insert_verdicts(s, verdicts, lambda _v: run_id)
-            values: dict[str, Any] = inputs_to_row(inputs) if inputs else {}
+            values: dict[str, Any] = inputs_to_row(inputs) if inputs is not None else {}
             if summary is not None:
                 values["summary"] = (without_nul(dict(summary))
                                      if self._engine.dialect.name == "postgresql"

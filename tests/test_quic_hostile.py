@@ -10,7 +10,7 @@ import gc
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -181,30 +181,37 @@ class GFW(asyncio.DatagramProtocol):
             up.close()
 
 
-async def test_the_probe_marks_a_name_met_by_another_names_residual_blocking(
-        pki: dict[str, str]) -> None:
-    """Two names of one sweep at one address behind the relay: ``quic.test`` is not blocked,
-    ``blocked.test`` is. quic.test's ping and control SNI are answered, its handshake meets
-    the residual blocking: its observations say so, and it is never judged blocked."""
+@contextlib.asynccontextmanager
+async def behind_gfw(pki: dict[str, str], other: str) -> AsyncIterator[int]:
+    """A real aioquic server behind ``GFW`` (blocking ``blocked.test``, holding ``other``'s
+    first Initial back): the relay's port; all of it closed afterwards."""
     loop = asyncio.get_running_loop()
     servers, port = await h3("127.0.0.1", pki["good"])
-    gfw = GFW(("127.0.0.1", port), "blocked.test", HOST)
+    gfw = GFW(("127.0.0.1", port), "blocked.test", other)
     front, _ = await loop.create_datagram_endpoint(lambda: gfw, local_addr=("127.0.0.1", 0))
     try:
-        ctx = ProbeContext(scope=Scope.loopback(), ca_bundle=pki["ca"],
-                           static_lookups={n: Lookup(("127.0.0.1",))
-                                           for n in (HOST, "blocked.test")},
-                           settings={"quic": QUICSettings(timeout=0.5)}).for_sweep()
-        relay = front.get_extra_info("sockname")[1]
-        ms = await asyncio.gather(*(
-            run_probe(QUICProbe(), Target(service="site", probe="quic", host=n, port=relay,
-                                          sni=n, transport="udp"), ctx, run_id="r", vantage="v")
-            for n in ("blocked.test", HOST)))
+        yield int(front.get_extra_info("sockname")[1])
     finally:
         gfw.close()
         front.close()
         for s in servers:
             s.close()  # type: ignore[attr-defined]
+
+
+async def test_the_probe_marks_a_name_met_by_another_names_residual_blocking(
+        pki: dict[str, str]) -> None:
+    """Two names of one sweep at one address behind the relay: ``quic.test`` is not blocked,
+    ``blocked.test`` is. quic.test's ping and control SNI are answered, its handshake meets
+    the residual blocking: its observations say so, and it is never judged blocked."""
+    async with behind_gfw(pki, HOST) as relay:
+        ctx = ProbeContext(scope=Scope.loopback(), ca_bundle=pki["ca"],
+                           static_lookups={n: Lookup(("127.0.0.1",))
+                                           for n in (HOST, "blocked.test")},
+                           settings={"quic": QUICSettings(timeout=0.5)}).for_sweep()
+        ms = await asyncio.gather(*(
+            run_probe(QUICProbe(), Target(service="site", probe="quic", host=n, port=relay,
+                                          sni=n, transport="udp"), ctx, run_id="r", vantage="v")
+            for n in ("blocked.test", HOST)))
     kinds = by_kind(ms[1])
     assert kinds[PING][0].failure is None and kinds[CONTROL][0].failure is None
     final = kinds[HANDSHAKE][-1]
@@ -232,28 +239,18 @@ async def test_the_next_sweep_remembers_the_residual_blocking_of_the_last(
     """A daemon's sweeps follow each other: the first one's blocked name set the residual
     blocking, and in the next sweep quic.test, not blocked, hears nothing at that address,
     ping and control SNI included. It was quic.udp_blocked: each sweep forgot the last."""
-    loop = asyncio.get_running_loop()
-    servers, port = await h3("127.0.0.1", pki["good"])
-    gfw = GFW(("127.0.0.1", port), "blocked.test", "nobody.test")
-    front, _ = await loop.create_datagram_endpoint(lambda: gfw, local_addr=("127.0.0.1", 0))
-    relay = front.get_extra_info("sockname")[1]
     base = ProbeContext(scope=Scope.loopback(), ca_bundle=pki["ca"],
                         static_lookups={n: Lookup(("127.0.0.1",))
                                         for n in (HOST, "blocked.test")},
                         settings={"quic": QUICSettings(timeout=0.3)})
-    try:
-        got = []
+    got = []
+    async with behind_gfw(pki, "nobody.test") as relay:
         for name in ("blocked.test", HOST):  # one sweep each
             ctx = base.for_sweep()
             got.append(await run_probe(QUICProbe(), Target(
                 service="site", probe="quic", host=name, port=relay, sni=name,
                 transport="udp"), ctx, run_id="r", vantage="v"))
             await ctx.aclose()
-    finally:
-        gfw.close()
-        front.close()
-        for s in servers:
-            s.close()  # type: ignore[attr-defined]
     kinds = by_kind(got[1])
     assert kinds[PING][0].failure == F.GENERIC_TIMEOUT
     assert kinds[PING][0].after_failure_s is not None

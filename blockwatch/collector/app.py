@@ -315,7 +315,7 @@ def make_app(store: Any, *, rate: float = 20.0, burst: float = 60.0) -> Starlett
         # the judging worker started (its interpreter and imports would otherwise compete
         # with the first submissions after every restart)
         try:
-            await asyncio.to_thread(warm, store, min(POOL, store.engine.pool.size()))
+            await asyncio.to_thread(warm, store, POOL)
         except Exception as exc:  # a database down at startup: /healthz says so, requests 503
             log.warning("the database did not answer at startup (%s); serving anyway",
                         type(exc).__name__)

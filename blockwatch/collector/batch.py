@@ -265,9 +265,19 @@ def parse(text: bytes) -> Batch:
 def encode(vantage: str, runs: Iterable[dict[str, Any]], measurements: Iterable[dict[str, Any]],
            verdicts: Iterable[dict[str, Any]]) -> bytes:
     """JSON lines of storage rows (the client's side), gzip-compressed."""
-    out = [orjson.dumps({"batch": FORMAT, "vantage": vantage})]
-    for kind, rows in (("run", runs), ("measurement", measurements), ("verdict", verdicts)):
-        out += [orjson.dumps({kind: r}, default=_default) for r in rows]
+    return encode_lines(vantage, [line(kind, r) for kind, rows in (
+        ("run", runs), ("measurement", measurements), ("verdict", verdicts)) for r in rows])
+
+
+def line(kind: str, row: dict[str, Any]) -> bytes:
+    """One record's line of a batch (``kind``: run, measurement or verdict)."""
+    return orjson.dumps({kind: row}, default=_default)
+
+
+def encode_lines(vantage: str, lines: Iterable[bytes]) -> bytes:
+    """A batch of records already encoded by ``line`` (runs, then measurements, then
+    verdicts), gzip-compressed."""
+    out = [orjson.dumps({"batch": FORMAT, "vantage": vantage}), *lines]
     return gzip.compress(b"\n".join(out) + b"\n", compresslevel=6)
 
 

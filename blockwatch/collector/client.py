@@ -16,10 +16,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
-
-from blockwatch.collector.batch import _default as observation_json
-from blockwatch.collector.batch import encode
+from blockwatch.collector.batch import encode_lines, line
 from blockwatch.storage.convert import measurement_to_row, run_to_row, verdict_to_row
 
 PER_BATCH = 2000
@@ -42,22 +39,22 @@ def batches(store: Any, run_id: str, start: int = 0) -> Iterator[bytes]:
         row = verdict_to_row(v, run_id=run.id, created_at=dt.datetime.now(dt.UTC))
         row.pop("created_at", None)
         by_measurement.setdefault(v.measurement_id, []).append(row)
-    chunk: list[Any] = []
+    chunk: list[tuple[str, bytes]] = []  # (measurement id, its line): encoded once
     index = 0
-
     size = 0
 
     def cut(last: bool) -> bytes:
-        rows = [row for _, row in chunk]
         verdicts = [v for mid, _ in chunk for v in by_measurement.get(mid, ())]
         if last:
             verdicts += by_measurement.get(None, [])
-        return encode(run.vantage, [run_row] if index == 0 else [], rows, verdicts)
+        return encode_lines(run.vantage, [
+            *([line("run", run_row)] if index == 0 else []), *(x for _, x in chunk),
+            *(line("verdict", v) for v in verdicts)])
 
     for m in store.measurements(run_id=run.id):
-        row = json_row(measurement_to_row(m))
-        chunk.append((m.id, row))
-        size += len(orjson.dumps(row, default=observation_json))
+        encoded = line("measurement", json_row(measurement_to_row(m)))
+        chunk.append((m.id, encoded))
+        size += len(encoded)
         if len(chunk) >= PER_BATCH or size >= PER_BATCH_BYTES:
             if index >= start:
                 yield cut(last=False)
